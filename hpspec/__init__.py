@@ -1,0 +1,58 @@
+"""hpspec: executable hyperparameter claims, collected and judged by pytest.
+
+``import hpspec`` does not import torch: ``hpspec.models`` (and training) load it on first
+use, so pytest start-up stays fast in projects that have no experiments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from hpspec import datasets
+from hpspec.claims import (
+    converges,
+    diverges,
+    epoch_time,
+    expect,
+    metric,
+    peak_memory,
+    throughput,
+    where,
+)
+from hpspec.errors import CellError, HpspecError, SpecError
+from hpspec.spec import Case, Recipe, cells, experiment, grid
+
+if TYPE_CHECKING:
+    from hpspec import models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "experiment",
+    "grid",
+    "cells",
+    "Case",
+    "Recipe",
+    "metric",
+    "throughput",
+    "epoch_time",
+    "peak_memory",
+    "diverges",
+    "converges",
+    "where",
+    "expect",
+    "datasets",
+    "models",
+    "HpspecError",
+    "SpecError",
+    "CellError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "models":
+        import importlib
+
+        return importlib.import_module("hpspec.models")
+    raise AttributeError(f"module 'hpspec' has no attribute {name!r}")

@@ -1,0 +1,781 @@
+"""Claims about training outcomes, and their judgement. Pure: no torch, no pytest.
+
+Building blocks, from small to large:
+
+- a *quantity* reads one number from one seed's result (``metric("val_loss").min()``,
+  ``throughput()``), and supports arithmetic (``metric("val_loss").min() * 1.5``);
+- a *condition* is a yes/no question about one seed (``quantity >= 0.9``,
+  ``metric("val_loss").below(0.3).within(epochs=5)``, ``diverges()``, ``~diverges()``);
+- a *claim* says which cells a condition is about and how many seeds must satisfy it
+  (``where(lr=0.03).expect(condition, at_least=2)``).
+
+Judging a claim returns a :class:`Verdict` (plain data) whose message shows the claim, the
+value per seed and the curve, so a failure explains itself.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from hpspec.errors import SpecError
+from hpspec.results import SeedResult
+
+__all__ = [
+    "Quantity",
+    "Metric",
+    "Measure",
+    "Condition",
+    "Claim",
+    "CellClaim",
+    "Where",
+    "Verdict",
+    "SeedCheck",
+    "SpecContext",
+    "metric",
+    "throughput",
+    "epoch_time",
+    "peak_memory",
+    "diverges",
+    "converges",
+    "where",
+    "expect",
+    "judge_cell_claim",
+    "recipe_metrics",
+    "format_curve",
+]
+
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+
+
+def recipe_metrics(task: str | None) -> frozenset[str]:
+    """The per-epoch metrics recipe mode records for a task."""
+    base = {"train_loss", "val_loss"}
+    if task == "classification":
+        base |= {"val_acc"}
+    return frozenset(base)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, int):
+        return str(x)
+    if not math.isfinite(x):
+        return str(x)
+    ax = abs(x)
+    if ax != 0 and (ax >= 1e5 or ax < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.4g}" if ax < 1 else f"{x:.4g}"
+
+
+def format_curve(values: Sequence[float], limit: int = 12) -> str:
+    """``2.3 1.1 0.61 ... 0.45`` with at most ``limit`` numbers; long curves keep both ends."""
+    shown = [_fmt(v) for v in values]
+    if len(shown) <= limit:
+        return " ".join(shown)
+    head = limit // 2
+    tail = limit - head - 1
+    return " ".join(shown[:head]) + f" ... ({len(shown) - head - tail} more) ... " + " ".join(
+        shown[-tail:]
+    )
+
+
+# ------------------------------------------------------------------------------- quantities
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+_ARITH: dict[str, Callable[[float, float], float]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+}
+
+
+class Quantity:
+    """One number read from one seed's result. Compare it to get a :class:`Condition`."""
+
+    def evaluate(self, run: SeedResult) -> float | None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset()
+
+    def curve_metric(self) -> str | None:
+        return None
+
+    # Comparisons build conditions; == is left to attrs (structural equality of specs).
+    def __lt__(self, other: Any) -> Threshold:
+        return Threshold(self, "<", other)
+
+    def __le__(self, other: Any) -> Threshold:
+        return Threshold(self, "<=", other)
+
+    def __gt__(self, other: Any) -> Threshold:
+        return Threshold(self, ">", other)
+
+    def __ge__(self, other: Any) -> Threshold:
+        return Threshold(self, ">=", other)
+
+    def __add__(self, other: Any) -> Arith:
+        return Arith("+", self, other)
+
+    def __radd__(self, other: Any) -> Arith:
+        return Arith("+", other, self)
+
+    def __sub__(self, other: Any) -> Arith:
+        return Arith("-", self, other)
+
+    def __rsub__(self, other: Any) -> Arith:
+        return Arith("-", other, self)
+
+    def __mul__(self, other: Any) -> Arith:
+        return Arith("*", self, other)
+
+    def __rmul__(self, other: Any) -> Arith:
+        return Arith("*", other, self)
+
+    def __truediv__(self, other: Any) -> Arith:
+        return Arith("/", self, other)
+
+    def __rtruediv__(self, other: Any) -> Arith:
+        return Arith("/", other, self)
+
+
+def _evaluate(x: Any, run: SeedResult) -> float | None:
+    return x.evaluate(run) if isinstance(x, Quantity) else float(x)
+
+
+def _describe(x: Any) -> str:
+    return x.describe() if isinstance(x, Quantity) else _fmt(x)
+
+
+_HOW = ("final", "min", "max", "first", "mean", "at", "argmin", "argmax")
+
+
+@attrs.frozen(eq=True)
+class Metric(Quantity):
+    """A per-epoch metric, reduced to one number: ``final`` (default), ``min``, ``max``,
+    ``first``, ``mean``, ``at`` an epoch, or the epoch of its ``argmin`` / ``argmax``."""
+
+    name: str
+    how: str = "final"
+    epoch: int | None = None
+
+    def final(self) -> Metric:
+        return attrs.evolve(self, how="final", epoch=None)
+
+    def min(self) -> Metric:
+        return attrs.evolve(self, how="min", epoch=None)
+
+    def max(self) -> Metric:
+        return attrs.evolve(self, how="max", epoch=None)
+
+    def first(self) -> Metric:
+        return attrs.evolve(self, how="first", epoch=None)
+
+    def mean(self) -> Metric:
+        return attrs.evolve(self, how="mean", epoch=None)
+
+    def at(self, epoch: int) -> Metric:
+        return attrs.evolve(self, how="at", epoch=epoch)
+
+    def argmin(self) -> Metric:
+        """The (1-based) epoch at which the metric was lowest."""
+        return attrs.evolve(self, how="argmin", epoch=None)
+
+    def argmax(self) -> Metric:
+        return attrs.evolve(self, how="argmax", epoch=None)
+
+    def below(self, target: float) -> Reaches:
+        """The metric goes below ``target`` at some epoch; add ``.within(epochs=N)``."""
+        return Reaches(self.name, "below", target)
+
+    def above(self, target: float) -> Reaches:
+        return Reaches(self.name, "above", target)
+
+    def evaluate(self, run: SeedResult) -> float | None:
+        curve = run.curves.get(self.name)
+        if not curve:
+            return None
+        finite = [(i, v) for i, v in enumerate(curve) if math.isfinite(v)]
+        if self.how == "final":
+            return curve[-1]
+        if self.how == "first":
+            return curve[0]
+        if self.how == "at":
+            assert self.epoch is not None
+            return curve[self.epoch - 1] if self.epoch <= len(curve) else None
+        if self.how == "mean":
+            return sum(curve) / len(curve)
+        if not finite:
+            return math.nan
+        if self.how == "min":
+            return min(v for _, v in finite)
+        if self.how == "max":
+            return max(v for _, v in finite)
+        if self.how == "argmin":
+            return float(min(finite, key=lambda p: p[1])[0] + 1)
+        if self.how == "argmax":
+            return float(max(finite, key=lambda p: p[1])[0] + 1)
+        raise AssertionError(self.how)
+
+    def describe(self) -> str:
+        if self.how == "at":
+            return f"{self.name} at epoch {self.epoch}"
+        if self.how in ("argmin", "argmax"):
+            return f"epoch of {self.name} {self.how[3:]}"
+        return f"{self.name} {self.how}"
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset({self.name})
+
+    def curve_metric(self) -> str | None:
+        return self.name
+
+
+@attrs.frozen(eq=True)
+class Measure(Quantity):
+    """A measurement of a seed's run (see ``hpspec.results.MEASUREMENTS``)."""
+
+    name: str
+    label: str
+
+    def evaluate(self, run: SeedResult) -> float | None:
+        return run.measurements.get(self.name)
+
+    def describe(self) -> str:
+        return self.label
+
+
+@attrs.frozen(eq=True)
+class Arith(Quantity):
+    op: str
+    left: Any
+    right: Any
+
+    def evaluate(self, run: SeedResult) -> float | None:
+        a, b = _evaluate(self.left, run), _evaluate(self.right, run)
+        if a is None or b is None:
+            return None
+        try:
+            return _ARITH[self.op](a, b)
+        except ZeroDivisionError:
+            return math.nan
+
+    def describe(self) -> str:
+        return f"{_describe(self.left)} {self.op} {_describe(self.right)}"
+
+    def metrics(self) -> frozenset[str]:
+        out: frozenset[str] = frozenset()
+        for side in (self.left, self.right):
+            if isinstance(side, Quantity):
+                out |= side.metrics()
+        return out
+
+    def curve_metric(self) -> str | None:
+        for side in (self.left, self.right):
+            if isinstance(side, Quantity) and side.curve_metric():
+                return side.curve_metric()
+        return None
+
+
+def metric(name: str) -> Metric:
+    """A per-epoch metric by name: ``train_loss``, ``val_loss``, ``val_acc`` in recipe mode,
+    or any key your loop-mode generator yields."""
+    return Metric(name)
+
+
+def throughput() -> Measure:
+    """Training samples per second over the timed epochs (the first is warm-up when there
+    are several)."""
+    return Measure("samples_per_s", "samples/s")
+
+
+def epoch_time() -> Measure:
+    """Seconds of training per epoch, evaluation excluded."""
+    return Measure("time_per_epoch", "s/epoch")
+
+
+def peak_memory() -> Measure:
+    """Peak device memory allocated while training, in bytes (CUDA and MPS)."""
+    return Measure("peak_memory", "peak memory (bytes)")
+
+
+# ------------------------------------------------------------------------------- conditions
+
+
+@attrs.frozen
+class SeedCheck:
+    """A condition's answer for one seed, with the number it looked at."""
+
+    seed: int
+    ok: bool
+    value: float | None
+    note: str = ""
+
+
+class Condition:
+    """A yes/no question about one seed's run. ``~condition`` negates it."""
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset()
+
+    def curve_metric(self) -> str | None:
+        return None
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        """Raise :class:`SpecError` for a condition that cannot be judged."""
+
+    def __invert__(self) -> Not:
+        return Not(self)
+
+    def __bool__(self) -> bool:
+        # `0.1 < metric("x") < 0.5` would silently keep only the second comparison.
+        raise TypeError(
+            "a condition has no truth value: write chained comparisons as two claims, "
+            "e.g. [metric('x') > 0.1, metric('x') < 0.5]"
+        )
+
+
+def _check_number(x: Any, ctx: SpecContext, arg: str, what: str) -> None:
+    if isinstance(x, Quantity):
+        return
+    if not _is_number(x) or not math.isfinite(float(x)):
+        raise SpecError(
+            f"{what} must be a finite number",
+            where=ctx.where,
+            argument=arg,
+            value=x,
+            fix="compare with a number, e.g. metric('val_acc').final() >= 0.9",
+        )
+
+
+@attrs.frozen(eq=True)
+class Threshold(Condition):
+    left: Quantity
+    op: str
+    right: Any
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        a, b = self.left.evaluate(run), _evaluate(self.right, run)
+        if a is None or b is None:
+            return SeedCheck(run.seed, False, a, "not measured")
+        ok = _OPS[self.op](a, b)
+        note = "" if isinstance(self.right, (int, float)) else f"vs {_fmt(b)}"
+        return SeedCheck(run.seed, bool(ok), a, note)
+
+    def describe(self) -> str:
+        return f"{self.left.describe()} {self.op} {_describe(self.right)}"
+
+    def metrics(self) -> frozenset[str]:
+        out = self.left.metrics()
+        if isinstance(self.right, Quantity):
+            out |= self.right.metrics()
+        return out
+
+    def curve_metric(self) -> str | None:
+        return self.left.curve_metric() or (
+            self.right.curve_metric() if isinstance(self.right, Quantity) else None
+        )
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        _check_number(self.right, ctx, arg, "the threshold")
+        for q in (self.left, self.right):
+            if isinstance(q, Metric) and q.how == "at":
+                if not isinstance(q.epoch, int) or isinstance(q.epoch, bool) or q.epoch < 1:
+                    raise SpecError("epoch must be a whole number from 1", where=ctx.where,
+                                    argument=f"{arg}: {q.name}.at(epoch=...)", value=q.epoch,
+                                    fix="epochs count from 1: .at(epoch=1) is after one epoch")
+
+
+@attrs.frozen(eq=True)
+class Reaches(Condition):
+    """The metric goes below/above a target at some epoch (within N epochs when given)."""
+
+    metric: str
+    direction: str  # "below" | "above"
+    target: Any
+    epochs: int | None = None
+
+    def within(self, epochs: int) -> Reaches:
+        return attrs.evolve(self, epochs=epochs)
+
+    def _hit(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        return v < self.target if self.direction == "below" else v > self.target
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        curve = run.curves.get(self.metric)
+        if not curve:
+            return SeedCheck(run.seed, False, None, "not measured")
+        for epoch, v in enumerate(curve, start=1):
+            if self._hit(v):
+                ok = self.epochs is None or epoch <= self.epochs
+                seconds = sum(run.epoch_seconds[:epoch]) if run.epoch_seconds else None
+                note = f"reached at epoch {epoch}"
+                if seconds is not None:
+                    note += f" ({seconds:.2f}s)"
+                return SeedCheck(run.seed, ok, float(epoch), note)
+        return SeedCheck(run.seed, False, None, f"never {self.direction} {_fmt(self.target)}")
+
+    def describe(self) -> str:
+        sym = "<" if self.direction == "below" else ">"
+        within = f" within {self.epochs} epochs" if self.epochs is not None else ""
+        return f"{self.metric} {self.direction} {_fmt(self.target)} ({sym}){within}"
+
+    def needed(self) -> str:
+        sym = "<" if self.direction == "below" else ">"
+        by = f" by epoch {self.epochs}" if self.epochs is not None else ""
+        return f"needed {sym} {_fmt(self.target)}{by}"
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset({self.metric})
+
+    def curve_metric(self) -> str | None:
+        return self.metric
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        _check_number(self.target, ctx, arg, "the target")
+        if self.epochs is not None and (
+            not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
+        ):
+            raise SpecError("must be a positive whole number", where=ctx.where,
+                            argument=f"{arg}: within(epochs=...)", value=self.epochs,
+                            fix="e.g. .within(epochs=5)")
+
+
+@attrs.frozen(eq=True)
+class Diverges(Condition):
+    """Training was stopped as diverged (loss NaN/inf or far above its start)."""
+
+    epochs: int | None = None
+
+    def within(self, epochs: int) -> Diverges:
+        return attrs.evolve(self, epochs=epochs)
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        d = run.diverged
+        if d is None:
+            return SeedCheck(run.seed, False, None, f"did not diverge in {run.epochs_run} epochs")
+        ok = self.epochs is None or d.epoch <= self.epochs
+        return SeedCheck(run.seed, ok, float(d.epoch),
+                         f"diverged at epoch {d.epoch}, step {d.step}: {d.reason}")
+
+    def describe(self) -> str:
+        return "diverges" + (f" within {self.epochs} epochs" if self.epochs else "")
+
+    def curve_metric(self) -> str | None:
+        return None
+
+
+@attrs.frozen(eq=True)
+class Converges(Condition):
+    """Did not diverge, and ``metric`` ended at most ``fraction`` of its starting value."""
+
+    metric: str = "train_loss"
+    fraction: float = 0.5
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        if run.diverged is not None:
+            d = run.diverged
+            return SeedCheck(run.seed, False, None, f"diverged at epoch {d.epoch}: {d.reason}")
+        start = run.start_value(self.metric)
+        curve = run.curves.get(self.metric)
+        if start is None or not curve:
+            return SeedCheck(run.seed, False, None, "not measured")
+        end = curve[-1]
+        ok = math.isfinite(end) and end <= self.fraction * start
+        return SeedCheck(run.seed, ok, end, f"from {_fmt(start)} to {_fmt(end)}")
+
+    def describe(self) -> str:
+        return f"converges ({self.metric} ends <= {_fmt(self.fraction)} x its start)"
+
+    def metrics(self) -> frozenset[str]:
+        return frozenset({self.metric})
+
+    def curve_metric(self) -> str | None:
+        return self.metric
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        if not _is_number(self.fraction) or not 0 < self.fraction < 1:
+            raise SpecError("must be a number between 0 and 1", where=ctx.where,
+                            argument=f"{arg}: converges(fraction=...)", value=self.fraction,
+                            fix="e.g. fraction=0.5: the loss at least halves")
+
+
+@attrs.frozen(eq=True)
+class Not(Condition):
+    inner: Condition
+
+    def check(self, run: SeedResult) -> SeedCheck:
+        c = self.inner.check(run)
+        return attrs.evolve(c, ok=not c.ok)
+
+    def describe(self) -> str:
+        return f"not ({self.inner.describe()})"
+
+    def metrics(self) -> frozenset[str]:
+        return self.inner.metrics()
+
+    def curve_metric(self) -> str | None:
+        return self.inner.curve_metric()
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        self.inner.validate(ctx, arg)
+
+    def __invert__(self) -> Condition:  # type: ignore[override]
+        return self.inner
+
+
+def diverges() -> Diverges:
+    """The run diverges (add ``.within(epochs=N)``); ``~diverges()`` says it does not."""
+    return Diverges()
+
+
+def converges(metric: str = "train_loss", fraction: float = 0.5) -> Converges:
+    """The run does not diverge and ``metric`` ends at most ``fraction`` x where it started
+    (before training in recipe mode, else at epoch 1)."""
+    return Converges(metric, fraction)
+
+
+# ------------------------------------------------------------------------------------ claims
+
+
+@attrs.frozen
+class SpecContext:
+    """What validation needs to know about the experiment a claim belongs to."""
+
+    where: str
+    hyperparameters: Mapping[str, Sequence[Any]]
+    metrics: frozenset[str] | None
+    seeds: int
+    mode: str = "recipe"
+
+
+class Claim:
+    """Base of everything that goes in ``claims=[...]``."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@attrs.frozen(eq=True)
+class Where:
+    """Selects cells by hyperparameter value; a list or tuple value means "any of these"."""
+
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, params: Mapping[str, Any]) -> bool:
+        for name, want in self.params:
+            have = params.get(name, _MISSING)
+            if isinstance(want, (list, tuple, set, frozenset)):
+                if not any(_same(have, w) for w in want):
+                    return False
+            elif not _same(have, want):
+                return False
+        return True
+
+    def expect(self, condition: Condition, *, at_least: int | None = None) -> CellClaim:
+        """Claim ``condition`` for every matching cell, over every seed (or ``at_least`` k)."""
+        return CellClaim(self, condition, at_least)
+
+    def describe(self) -> str:
+        if not self.params:
+            return "every cell"
+        return "where " + ", ".join(f"{k}={_where_value(v)}" for k, v in self.params)
+
+
+_MISSING = object()
+
+
+def _same(a: Any, b: Any) -> bool:
+    # 1 == True in Python; a grid of booleans and one of ints should not match each other.
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _where_value(v: Any) -> str:
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return "{" + ", ".join(map(repr, v)) + "}"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def where(**params: Any) -> Where:
+    """Cells whose hyperparameters equal these values: ``where(lr=0.1, layers=[1, 2])``."""
+    return Where(tuple(params.items()))
+
+
+def expect(condition: Condition, *, at_least: int | None = None) -> CellClaim:
+    """A claim over every cell of the grid."""
+    return Where().expect(condition, at_least=at_least)
+
+
+@attrs.frozen(eq=True)
+class CellClaim(Claim):
+    """A condition over each selected cell's seeds: all of them, or at least ``at_least``."""
+
+    where: Where
+    condition: Condition
+    at_least: int | None = None
+
+    def applies_to(self, params: Mapping[str, Any]) -> bool:
+        return self.where.matches(params)
+
+    def quorum(self, n: int) -> int:
+        return n if self.at_least is None else min(self.at_least, n)
+
+    def describe(self) -> str:
+        seeds = "every seed" if self.at_least is None else f"at least {self.at_least} seeds"
+        return f"{self.where.describe()}: {self.condition.describe()} ({seeds})"
+
+    def value_label(self) -> str:
+        """What the per-seed number in a message is."""
+        cond = self.condition.inner if isinstance(self.condition, Not) else self.condition
+        if isinstance(cond, Threshold):
+            return cond.left.describe()
+        if isinstance(cond, Converges):
+            return f"{cond.metric} final"
+        return "value"
+
+
+@attrs.frozen
+class Verdict:
+    """The judgement of one claim on one cell (or, later, on several): plain data."""
+
+    claim: str
+    outcome: str  # PASS | FAIL | INCONCLUSIVE
+    message: str
+    checks: tuple[SeedCheck, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == PASS
+
+
+def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
+    """Judge a per-cell claim over the seeds of one cell."""
+    checks = tuple(claim.condition.check(r) for r in runs)
+    held = sum(c.ok for c in checks)
+    need = claim.quorum(len(runs))
+    outcome = PASS if held >= need else FAIL
+    lines = [f"claim: {claim.describe()}"]
+    curve_metric = claim.condition.curve_metric()
+    needed = claim.condition.needed() if isinstance(claim.condition, Reaches) else (
+        f"needed {claim.condition.describe()}"
+    )
+    for run, c in zip(runs, checks):
+        mark = "ok  " if c.ok else "FAIL"
+        parts = [f"  {mark} seed {run.seed}:"]
+        if not isinstance(claim.condition, (Reaches, Diverges)) and c.value is not None:
+            parts.append(f"{claim.value_label()} = {_fmt(c.value)}")
+        if c.note:
+            parts.append(c.note)
+        lines.append(" ".join(parts))
+        curve = run.curves.get(curve_metric) if curve_metric else None
+        if curve is not None and not c.ok:
+            lines.append(f"         {curve_metric} by epoch: {format_curve(curve)} ({needed})")
+        if run.diverged is not None and not isinstance(claim.condition, (Diverges, Not)):
+            d = run.diverged
+            lines.append(f"         diverged at epoch {d.epoch}, step {d.step}: {d.reason}")
+    lines.append(f"held for {held} of {len(runs)} seeds, needed {need}")
+    return Verdict(claim.describe(), outcome, "\n".join(lines), checks)
+
+
+def validate_claim(claim: Any, ctx: SpecContext, arg: str) -> Claim:
+    """Check a claim against the experiment; returns it as a :class:`Claim`."""
+    if isinstance(claim, Condition):
+        claim = expect(claim)
+    if isinstance(claim, Where):
+        raise SpecError(
+            "is a where-clause with no expectation", where=ctx.where, argument=arg,
+            value=claim.describe(), fix="add .expect(condition), e.g. "
+            "where(lr=0.1).expect(metric('val_acc').final() >= 0.9)",
+        )
+    if isinstance(claim, bool):
+        raise SpecError(
+            "is a bool, not a claim: a comparison was evaluated by Python", where=ctx.where,
+            argument=arg, value=claim,
+            fix="compare a quantity, e.g. hp.metric('val_acc').final() >= 0.9",
+        )
+    if not isinstance(claim, Claim):
+        raise SpecError(
+            f"is a {type(claim).__name__}, not a claim", where=ctx.where, argument=arg,
+            value=claim, fix="build claims with hp.where(...).expect(...) or hp.expect(...)",
+        )
+    if isinstance(claim, CellClaim):
+        _validate_cell_claim(claim, ctx, arg)
+    validate = getattr(claim, "validate", None)
+    if validate is not None:
+        validate(ctx, arg)
+    return claim
+
+
+def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
+    for name, want in w.params:
+        if name not in ctx.hyperparameters:
+            known = ", ".join(sorted(ctx.hyperparameters)) or "none"
+            raise SpecError(
+                "names an unknown hyperparameter", where=ctx.where,
+                argument=f"{arg}: where({name}=...)", value=name,
+                fix=f"use one of: {known}",
+            )
+        wants = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+        values = ctx.hyperparameters[name]
+        for wv in wants:
+            if not any(_same(wv, v) for v in values):
+                raise SpecError(
+                    "matches no cell", where=ctx.where, argument=f"{arg}: where({name}=...)",
+                    value=wv, fix=f"the grid has {name} in {list(values)}",
+                )
+
+
+def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
+    _validate_where(claim.where, ctx, arg)
+    cond = claim.condition
+    if not isinstance(cond, Condition):
+        raise SpecError(
+            f"expects a {type(cond).__name__}, not a condition", where=ctx.where,
+            argument=f"{arg}: expect(...)", value=cond,
+            fix="pass a condition such as metric('val_loss').final() < 0.3 or diverges()",
+        )
+    if ctx.metrics is not None:
+        unknown = sorted(cond.metrics() - ctx.metrics)
+        if unknown:
+            raise SpecError(
+                "is a metric this experiment never produces", where=ctx.where,
+                argument=f"{arg}: metric", value=unknown[0],
+                fix=f"use one of: {', '.join(sorted(ctx.metrics))}",
+            )
+    cond.validate(ctx, arg)
+    if claim.at_least is not None:
+        k = claim.at_least
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= ctx.seeds:
+            raise SpecError(
+                f"must be between 1 and the number of seeds ({ctx.seeds})", where=ctx.where,
+                argument=f"{arg}: at_least", value=k,
+                fix=f"use at_least={min(max(1, k if isinstance(k, int) else 1), ctx.seeds)} "
+                "or raise seeds=",
+            )

@@ -1,0 +1,318 @@
+"""Data sets for experiments: scikit-learn's bundled ones, or the user's own tensors.
+
+A :class:`DataSpec` is a small description (name, task, options) made when the experiment
+file is imported; the tensors are built when a cell first trains, so collecting tests stays
+fast and never touches torch or scikit-learn for data. Nothing is downloaded: the bundled sets
+ship inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from hpspec.errors import SpecError
+
+__all__ = [
+    "DataSpec",
+    "Data",
+    "digits",
+    "breast_cancer",
+    "diabetes",
+    "iris",
+    "wine",
+    "tensors",
+    "coerce_data",
+]
+
+CLASSIFICATION, REGRESSION = "classification", "regression"
+
+
+@attrs.frozen
+class Data:
+    """Loaded tensors (CPU or on a device) with what the runner needs to know about them."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    task: str
+    n_classes: int | None
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x_train.shape[1]) if self.x_train.dim() == 2 else int(
+            self.x_train[0].numel()
+        )
+
+    @property
+    def n_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def to(self, device: str) -> Data:
+        return attrs.evolve(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_val=self.x_val.to(device),
+            y_val=self.y_val.to(device),
+        )
+
+
+@attrs.frozen
+class DataSpec:
+    """A data set by name and options; ``load()`` builds (and caches) its CPU tensors."""
+
+    name: str
+    task: str
+    options: tuple[tuple[str, Any], ...] = ()
+    #: For user-supplied tensors: the loaded data itself (not part of equality or the key).
+    preloaded: Data | None = attrs.field(default=None, eq=False, repr=False)
+
+    def load(self) -> Data:
+        if self.preloaded is not None:
+            return self.preloaded
+        return _load_builtin(self.name, self.options)
+
+    @property
+    def key(self) -> str:
+        """A stable description for cache keys and reports."""
+        opts = ",".join(f"{k}={v!r}" for k, v in self.options)
+        return f"{self.name}({opts})"
+
+
+def _split(x: Any, y: Any, stratify: bool, val_fraction: float, seed: int) -> tuple[Any, ...]:
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(
+        x, y, test_size=val_fraction, random_state=seed, stratify=y if stratify else None
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _load_builtin(name: str, options: tuple[tuple[str, Any], ...]) -> Data:
+    import numpy as np
+    import torch
+    from sklearn import datasets as skd
+    from sklearn.preprocessing import StandardScaler
+
+    opts = dict(options)
+    loader: Callable[..., Any] = _BUILTINS[name][0]
+    task = _BUILTINS[name][1]
+    bunch = loader()
+    x, y = bunch.data.astype(np.float64), bunch.target
+    x_tr, x_va, y_tr, y_va = _split(
+        x, y, task == CLASSIFICATION, opts.get("val_fraction", 0.2), opts.get("split_seed", 0)
+    )
+    n_train = opts.get("n_train")
+    if n_train is not None:
+        x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
+    scaler = StandardScaler().fit(x_tr)
+    x_tr, x_va = scaler.transform(x_tr), scaler.transform(x_va)
+    if task == CLASSIFICATION:
+        yt, yv = torch.as_tensor(y_tr, dtype=torch.long), torch.as_tensor(y_va, dtype=torch.long)
+        n_classes = int(max(yt.max(), yv.max())) + 1
+    else:
+        mu, sd = float(y_tr.mean()), float(y_tr.std()) or 1.0
+        yt = torch.as_tensor((y_tr - mu) / sd, dtype=torch.float32).reshape(-1, 1)
+        yv = torch.as_tensor((y_va - mu) / sd, dtype=torch.float32).reshape(-1, 1)
+        n_classes = None
+    return Data(
+        x_train=torch.as_tensor(x_tr, dtype=torch.float32),
+        y_train=yt,
+        x_val=torch.as_tensor(x_va, dtype=torch.float32),
+        y_val=yv,
+        task=task,
+        n_classes=n_classes,
+    )
+
+
+def _sk(name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        from sklearn import datasets as skd
+
+        return getattr(skd, name)()
+
+    return load
+
+
+_BUILTINS: dict[str, tuple[Callable[[], Any], str]] = {
+    "digits": (_sk("load_digits"), CLASSIFICATION),
+    "breast_cancer": (_sk("load_breast_cancer"), CLASSIFICATION),
+    "diabetes": (_sk("load_diabetes"), REGRESSION),
+    "wine": (_sk("load_wine"), CLASSIFICATION),
+    "iris": (_sk("load_iris"), CLASSIFICATION),
+}
+
+
+def _builtin(name: str, val_fraction: float, split_seed: int, n_train: int | None) -> DataSpec:
+    opts: dict[str, Any] = {"val_fraction": val_fraction, "split_seed": split_seed}
+    if n_train is not None:
+        opts["n_train"] = n_train
+    return DataSpec(name, _BUILTINS[name][1], tuple(opts.items()))
+
+
+def digits(val_fraction: float = 0.2, split_seed: int = 0, n_train: int | None = None) -> DataSpec:
+    """scikit-learn's 8x8 digits: 1797 images as 64 standardized features, 10 classes.
+
+    A fixed stratified split (``val_fraction`` held out, ``split_seed``); features are
+    standardized with the training split's statistics. ``n_train`` keeps only that many
+    training samples (to make over-fitting visible).
+    """
+    return _builtin("digits", val_fraction, split_seed, n_train)
+
+
+def breast_cancer(
+    val_fraction: float = 0.2, split_seed: int = 0, n_train: int | None = None
+) -> DataSpec:
+    """scikit-learn's Wisconsin breast cancer set: 569 samples, 30 features, 2 classes."""
+    return _builtin("breast_cancer", val_fraction, split_seed, n_train)
+
+
+def diabetes(val_fraction: float = 0.2, split_seed: int = 0, n_train: int | None = None) -> DataSpec:
+    """scikit-learn's diabetes regression set: 442 samples, 10 features; the target is
+    standardized with the training split's mean and deviation, shaped (n, 1)."""
+    return _builtin("diabetes", val_fraction, split_seed, n_train)
+
+
+def iris(val_fraction: float = 0.2, split_seed: int = 0) -> DataSpec:
+    """scikit-learn's iris: 150 samples, 4 features, 3 classes."""
+    return _builtin("iris", val_fraction, split_seed, None)
+
+
+def wine(val_fraction: float = 0.2, split_seed: int = 0) -> DataSpec:
+    """scikit-learn's wine: 178 samples, 13 features, 3 classes."""
+    return _builtin("wine", val_fraction, split_seed, None)
+
+
+def tensors(train: Any, val: Any, task: str | None = None, name: str = "tensors") -> Any:
+    """Your own data: ``train`` and ``val`` as ``(x, y)`` tensor pairs or torch Datasets.
+
+    ``task`` is inferred from ``y``'s dtype (integers: classification, floats: regression)
+    unless given. Regression targets of shape (n,) become (n, 1) to match a model's output.
+    Checked when the experiment is collected, so a mistake names the experiment.
+    """
+    return _RawTensors(train, val, task, name)
+
+
+@attrs.frozen
+class _RawTensors:
+    train: Any = attrs.field(eq=False)
+    val: Any = attrs.field(eq=False)
+    task: str | None
+    name: str
+
+
+def _as_xy(part: Any, which: str, where: str) -> tuple[Any, Any]:
+    import torch
+
+    if isinstance(part, torch.utils.data.Dataset) and not isinstance(part, (tuple, list)):
+        try:
+            n = len(part)  # type: ignore[arg-type]
+            pairs = [part[i] for i in range(n)]
+            x = torch.stack([torch.as_tensor(p[0]) for p in pairs])
+            y = torch.stack([torch.as_tensor(p[1]) for p in pairs])
+        except Exception as e:  # the user's Dataset: say which and why
+            raise SpecError(
+                f"could not be read as (x, y) samples: {e}", where=where,
+                argument=f"data ({which})", value=type(part).__name__,
+                fix="make __getitem__ return (features, target) and define __len__",
+            ) from None
+        return x, y
+    if isinstance(part, (tuple, list)) and len(part) == 2:
+        x, y = part
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            try:
+                x, y = torch.as_tensor(x), torch.as_tensor(y)
+            except Exception:
+                raise SpecError(
+                    "must hold tensors (or arrays)", where=where, argument=f"data ({which})",
+                    value=(type(x).__name__, type(y).__name__),
+                    fix="pass (torch.tensor(X), torch.tensor(y))",
+                ) from None
+        return x, y
+    raise SpecError(
+        "must be an (x, y) pair of tensors or a torch Dataset", where=where,
+        argument=f"data ({which})", value=type(part).__name__,
+        fix="pass data=((x_train, y_train), (x_val, y_val))",
+    )
+
+
+def _coerce_pair(train: Any, val: Any, task: str | None, name: str, where: str) -> DataSpec:
+    import torch
+
+    x_tr, y_tr = _as_xy(train, "train", where)
+    x_va, y_va = _as_xy(val, "val", where)
+    for which, x, y in (("train", x_tr, y_tr), ("val", x_va, y_va)):
+        if x.dim() < 2:
+            raise SpecError(
+                "features must have a sample dimension and at least one feature dimension",
+                where=where, argument=f"data ({which} x.shape)", value=tuple(x.shape),
+                fix="reshape to (n_samples, n_features), e.g. x.reshape(-1, 1)",
+            )
+        if x.shape[0] != y.shape[0]:
+            raise SpecError(
+                f"has {x.shape[0]} samples but y has {y.shape[0]}", where=where,
+                argument=f"data ({which} x.shape)", value=tuple(x.shape),
+                fix="give x and y the same number of rows",
+            )
+        if x.shape[0] == 0:
+            raise SpecError("is empty", where=where, argument=f"data ({which})",
+                            value=tuple(x.shape), fix="give at least one sample")
+    if x_tr.shape[1:] != x_va.shape[1:]:
+        raise SpecError(
+            f"train features have shape {tuple(x_tr.shape[1:])} but val features "
+            f"{tuple(x_va.shape[1:])}", where=where, argument="data (val x.shape)",
+            value=tuple(x_va.shape), fix="give train and val the same feature shape",
+        )
+    if task is None:
+        task = REGRESSION if y_tr.is_floating_point() else CLASSIFICATION
+    if task not in (CLASSIFICATION, REGRESSION):
+        raise SpecError("must be 'classification' or 'regression'", where=where,
+                        argument="task", value=task)
+    n_classes = None
+    if task == CLASSIFICATION:
+        if y_tr.is_floating_point() or y_tr.dim() != 1:
+            raise SpecError(
+                "classification targets must be a 1-D tensor of class indices", where=where,
+                argument="data (train y)", value=f"{y_tr.dtype} {tuple(y_tr.shape)}",
+                fix="use y.long() with shape (n,), or task='regression'",
+            )
+        y_tr, y_va = y_tr.long(), y_va.long()
+        lo = min(int(y_tr.min()), int(y_va.min()))
+        if lo < 0:
+            raise SpecError("has a negative class index", where=where,
+                            argument="data (y)", value=lo, fix="number classes from 0")
+        n_classes = max(int(y_tr.max()), int(y_va.max())) + 1
+    else:
+        y_tr, y_va = y_tr.float(), y_va.float()
+        if y_tr.dim() == 1:
+            y_tr, y_va = y_tr.reshape(-1, 1), y_va.reshape(-1, 1)
+    data = Data(x_tr.float(), y_tr, x_va.float(), y_va, task, n_classes)
+    opts = (("n_train", int(x_tr.shape[0])), ("n_val", int(x_va.shape[0])))
+    return DataSpec(name, task, opts, preloaded=data)
+
+
+def coerce_data(data: Any, where: str) -> DataSpec:
+    """Turn what the user passed as ``data=`` into a :class:`DataSpec` (validated)."""
+    if isinstance(data, DataSpec):
+        if data.preloaded is None:
+            return data
+        d = data.preloaded
+        return _coerce_pair((d.x_train, d.y_train), (d.x_val, d.y_val), data.task, data.name,
+                            where)
+    if isinstance(data, _RawTensors):
+        return _coerce_pair(data.train, data.val, data.task, data.name, where)
+    if isinstance(data, Mapping) and {"train", "val"} <= set(data):
+        return _coerce_pair(data["train"], data["val"], data.get("task"), "tensors", where)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return _coerce_pair(data[0], data[1], None, "tensors", where)
+    raise SpecError(
+        "is not a data set hpspec can use", where=where, argument="data",
+        value=type(data).__name__,
+        fix="pass hp.datasets.digits() (or breast_cancer(), diabetes()), or "
+        "((x_train, y_train), (x_val, y_val)) tensors",
+    )

@@ -1,0 +1,416 @@
+"""Training: device choice, seeding, the recipe-mode loop and the loop-mode driver.
+
+The only module of the core that needs torch. It turns an :class:`~hpspec.spec.Experiment`
+and a :class:`~hpspec.spec.Cell` into a :class:`~hpspec.results.CellResult` (plain data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from hpspec.datasets import CLASSIFICATION, Data, DataSpec
+from hpspec.errors import CellError
+from hpspec.results import CellResult, Divergence, SeedResult
+from hpspec.spec import Case, Cell, Experiment, Recipe
+
+__all__ = ["select_device", "run_cell", "run_seed", "torch_state", "DIVERGENCE_FACTOR"]
+
+#: A loss this many times above its starting value counts as diverged.
+DIVERGENCE_FACTOR = 100.0
+_EVAL_CHUNK = 8192
+
+
+def select_device(preference: str = "auto") -> str:
+    """``auto`` picks CUDA, then MPS, then CPU; anything else is checked and returned."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    kind = preference.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CellError(f"--hpspec-device={preference}: CUDA is not available on this machine; "
+                        "use --hpspec-device=auto or cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise CellError(f"--hpspec-device={preference}: MPS is not available on this machine; "
+                        "use --hpspec-device=auto or cpu")
+    return preference
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+@contextlib.contextmanager
+def torch_state(seed: int) -> Iterator[None]:
+    """Seed every RNG for one run and put all of torch's global state back afterwards, so a
+    cell's result depends on its seed alone and not on the cells that ran before it."""
+    import numpy as np
+
+    saved_cpu = torch.get_rng_state()
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    saved_py = random.getstate()
+    saved_np = np.random.get_state()
+    threads = torch.get_num_threads()
+    dtype = torch.get_default_dtype()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    grad = torch.is_grad_enabled()
+    try:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
+    finally:
+        torch.set_rng_state(saved_cpu)
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
+        random.setstate(saved_py)
+        np.random.set_state(saved_np)
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_grad_enabled(grad)
+
+
+# ---------------------------------------------------------------------------------- data
+
+_DEVICE_DATA: dict[tuple[Any, str], Data] = {}
+
+
+def device_data(spec: DataSpec, device: str) -> Data:
+    """The data set's tensors on ``device``, moved there once per process."""
+    key = (spec.key if spec.preloaded is None else id(spec.preloaded), device)
+    data = _DEVICE_DATA.get(key)
+    if data is None:
+        if len(_DEVICE_DATA) >= 8:
+            _DEVICE_DATA.clear()
+        data = spec.load().to(device)
+        _DEVICE_DATA[key] = data
+    return data
+
+
+# -------------------------------------------------------------------------------- recipes
+
+
+def _coerce_recipe(out: Any, where: str) -> Recipe:
+    if isinstance(out, Recipe):
+        recipe = out
+    elif isinstance(out, Mapping) and "model" in out and "optimizer" in out:
+        extra = set(out) - {"model", "optimizer", "loss", "scheduler"}
+        if extra:
+            raise CellError(f"{where}: the returned dict has unknown keys {sorted(extra)}; "
+                            "allowed: model, optimizer, loss, scheduler")
+        recipe = Recipe(**out)
+    elif isinstance(out, tuple) and len(out) == 2:
+        recipe = Recipe(out[0], out[1])
+    else:
+        raise CellError(
+            f"{where}: returned {type(out).__name__}, not a recipe; fix: return "
+            "(model, optimizer), or hp.Recipe(model, optimizer, loss=..., scheduler=...), "
+            "or make the function a generator that yields a dict of metrics per epoch"
+        )
+    if not isinstance(recipe.model, torch.nn.Module):
+        raise CellError(f"{where}: the recipe's model is a {type(recipe.model).__name__}, "
+                        "not a torch.nn.Module")
+    if not isinstance(recipe.optimizer, torch.optim.Optimizer):
+        raise CellError(f"{where}: the recipe's optimizer is a "
+                        f"{type(recipe.optimizer).__name__}, not a torch.optim.Optimizer; fix: "
+                        "return (model, torch.optim.SGD(model.parameters(), lr=case.lr))")
+    if recipe.loss is not None and not callable(recipe.loss):
+        raise CellError(f"{where}: the recipe's loss is not callable")
+    return recipe
+
+
+def _default_loss(task: str) -> Callable[[Any, Any], Any]:
+    return torch.nn.CrossEntropyLoss() if task == CLASSIFICATION else torch.nn.MSELoss()
+
+
+def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> None:
+    """Turn the usual shape mistakes into messages that name the fix, once, on step one."""
+    if not isinstance(out, torch.Tensor):
+        raise CellError(f"{where}: the model returned a {type(out).__name__}, not a tensor")
+    if data.task == CLASSIFICATION:
+        if out.dim() != 2 or out.shape[1] != data.n_classes:
+            raise CellError(
+                f"{where}: the model's output has shape {tuple(out.shape)} but the data has "
+                f"{data.n_classes} classes, so it should be (batch, {data.n_classes}); fix: "
+                f"make the last layer's out_features {data.n_classes} "
+                "(case.data.n_classes)"
+            )
+    elif out.shape != yb.shape:
+        raise CellError(
+            f"{where}: the model's output has shape {tuple(out.shape)} but the targets "
+            f"{tuple(yb.shape)}; fix: make the last layer's out_features "
+            f"{yb.shape[1] if yb.dim() == 2 else 1}"
+        )
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise CellError(f"{where}: the loss must be a scalar tensor, got {shape}; fix: "
+                        "reduce it (reduction='mean') before returning it")
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    n = x.shape[0]
+    for i in range(0, n, _EVAL_CHUNK):
+        xb, yb = x[i : i + _EVAL_CHUNK], y[i : i + _EVAL_CHUNK]
+        out = model(xb)
+        total += loss_fn(out, yb).detach().float() * xb.shape[0]
+        if task == CLASSIFICATION:
+            correct += (out.argmax(dim=1) == yb).sum()
+    model.train(was_training)
+    result = {"loss": float(total) / n}
+    if task == CLASSIFICATION:
+        result["acc"] = float(correct) / n
+    return result
+
+
+def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedResult:
+    __tracebackhide__ = True
+    where = f"{exp.where}[{cell.id}]"
+    recipe = _coerce_recipe(exp.fn(case), where)
+    device = case.device
+    model = recipe.model.to(device)
+    model.train()
+    opt = recipe.optimizer
+    loss_fn = recipe.loss or _default_loss(data.task)
+    batch_size = case.batch_size
+    assert batch_size is not None
+    x, y = data.x_train, data.y_train
+    n = x.shape[0]
+    steps = math.ceil(n / batch_size)
+    sizes = torch.full((steps,), float(batch_size), device=device)
+    sizes[-1] = n - batch_size * (steps - 1)
+    order = torch.Generator(device="cpu").manual_seed(case.seed)
+
+    start_train = _evaluate(model, x, y, loss_fn, data.task)
+    start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
+    initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
+    if "acc" in start_val:
+        initial["val_acc"] = start_val["acc"]
+    limit = DIVERGENCE_FACTOR * max(abs(start_train["loss"]), 1e-8)
+
+    curves: dict[str, list[float]] = {k: [] for k in initial}
+    seconds: list[float] = []
+    diverged: Divergence | None = None
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    checked = False
+    for epoch in range(1, case.epochs + 1):
+        perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
+        step_losses = torch.empty(steps, device=device)
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            xb, yb = x[idx], y[idx]
+            opt.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = loss_fn(out, yb)
+            if not checked:
+                _check_first_batch(out, yb, loss, data, where)
+                checked = True
+            loss.backward()
+            opt.step()
+            step_losses[i] = loss.detach()
+        if recipe.scheduler is not None:
+            recipe.scheduler.step()
+        _sync(device)
+        seconds.append(time.perf_counter() - t0)
+        # One host read per epoch: the per-step losses stay on the device until here.
+        host = step_losses.cpu()
+        train_loss = float((host * sizes.cpu()).sum()) / n
+        val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
+        curves["train_loss"].append(train_loss)
+        curves["val_loss"].append(val["loss"])
+        if "val_acc" in curves:
+            curves["val_acc"].append(val["acc"])
+        bad = (~torch.isfinite(host)) | (host > limit)
+        if bool(bad.any()):
+            step = int(bad.nonzero()[0, 0]) + 1
+            value = float(host[step - 1])
+            reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
+                      f"loss {value:.4g} > {DIVERGENCE_FACTOR:g}x its start "
+                      f"{start_train['loss']:.4g}")
+            diverged = Divergence(epoch, step, reason)
+            break
+
+    measurements = _timing(seconds, n, steps)
+    if device.startswith("cuda"):
+        measurements["peak_memory"] = float(torch.cuda.max_memory_allocated(device))
+    return SeedResult(
+        seed=case.seed,
+        curves=curves,
+        epoch_seconds=seconds,
+        initial=initial,
+        diverged=diverged,
+        measurements=measurements,
+        epochs_planned=case.epochs,
+    )
+
+
+def _timing(seconds: list[float], samples: int, steps: int) -> dict[str, float]:
+    # The first epoch pays for warm-up (allocator, kernels, caches); leave it out when there
+    # is more than one.
+    timed = seconds[1:] if len(seconds) > 1 else seconds
+    total = sum(timed)
+    if not timed or total <= 0:
+        return {}
+    return {
+        "time_per_epoch": total / len(timed),
+        "samples_per_s": samples * len(timed) / total,
+        "steps_per_s": steps * len(timed) / total,
+    }
+
+
+# ------------------------------------------------------------------------------ loop mode
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.detach().cpu().item())
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        try:
+            v = item()
+        except Exception:
+            return None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return None
+
+
+def _run_loop(exp: Experiment, cell: Cell, case: Case) -> SeedResult:
+    __tracebackhide__ = True
+    where = f"{exp.where}[{cell.id}]"
+    gen = exp.fn(case)
+    curves: dict[str, list[float]] = {}
+    seconds: list[float] = []
+    diverged: Divergence | None = None
+    epoch = 0
+    t0 = time.perf_counter()
+    try:
+        for item in gen:
+            _sync(case.device)
+            seconds.append(time.perf_counter() - t0)
+            epoch += 1
+            if not isinstance(item, Mapping):
+                raise CellError(f"{where}: epoch {epoch} yielded a {type(item).__name__}; "
+                                "fix: yield a dict of metrics, e.g. "
+                                "yield {'train_loss': loss, 'val_acc': acc}")
+            for key, value in item.items():
+                v = _as_float(value)
+                if not isinstance(key, str) or v is None:
+                    raise CellError(
+                        f"{where}: epoch {epoch} yielded {key!r}: {value!r}, which is not a "
+                        "number; fix: yield plain numbers (loss.item()) keyed by metric name"
+                    )
+                series = curves.setdefault(key, [math.nan] * (epoch - 1))
+                series.append(v)
+            for series in curves.values():
+                if len(series) < epoch:
+                    series.append(math.nan)
+            for key, series in curves.items():
+                if "loss" not in key:
+                    continue
+                v, first = series[-1], series[0]
+                if not math.isfinite(v):
+                    diverged = Divergence(epoch, 0, f"{key} {v:g} is not finite")
+                elif math.isfinite(first) and abs(v) > DIVERGENCE_FACTOR * max(abs(first), 1e-8):
+                    diverged = Divergence(
+                        epoch, 0, f"{key} {v:.4g} > {DIVERGENCE_FACTOR:g}x its start {first:.4g}"
+                    )
+            if diverged is not None or (case.epochs and epoch >= case.epochs):
+                break
+            t0 = time.perf_counter()
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+    if exp.metrics is not None:
+        missing = sorted(exp.metrics - set(curves))
+        if missing and diverged is None:
+            raise CellError(f"{where}: declared metrics {missing} were never yielded; yielded: "
+                            f"{sorted(curves) or 'nothing'}")
+    timing = _timing(seconds, 0, 0)
+    return SeedResult(
+        seed=case.seed,
+        curves=curves,
+        epoch_seconds=seconds,
+        diverged=diverged,
+        measurements={"time_per_epoch": timing["time_per_epoch"]} if timing else {},
+        epochs_planned=case.epochs or epoch,
+    )
+
+
+# ---------------------------------------------------------------------------------- cells
+
+
+def run_seed(exp: Experiment, cell: Cell, seed: int, device: str) -> SeedResult:
+    """Train one seed of one cell, in its own seeded, restored torch state."""
+    __tracebackhide__ = True
+    data = device_data(exp.data, device) if exp.data is not None else None
+    case = Case(
+        cell.as_dict(),
+        seed=seed,
+        device=device,
+        epochs=exp.epochs_for(cell) if (exp.epochs or "epochs" in cell.as_dict()) else 0,
+        batch_size=exp.batch_size_for(cell),
+        data=data,
+        experiment=exp.name,
+        cell_id=cell.id,
+    )
+    with torch_state(seed):
+        try:
+            if exp.mode == "loop":
+                return _run_loop(exp, cell, case)
+            assert data is not None
+            return _train_recipe(exp, cell, case, data)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+            gc.collect()
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            raise CellError(
+                f"{exp.where}[{cell.id}]: out of memory on {device} at batch_size="
+                f"{case.batch_size} (seed {seed}): {str(e).splitlines()[0] if str(e) else ''}"
+                "; fix: lower batch_size or the model's size for this cell"
+            ) from None
+
+
+def run_cell(
+    exp: Experiment,
+    cell: Cell,
+    device: str,
+    seeds: tuple[int, ...] | None = None,
+) -> CellResult:
+    """Train every seed of a cell, one after the other."""
+    __tracebackhide__ = True
+    runs = tuple(run_seed(exp, cell, s, device) for s in (seeds or exp.seeds))
+    return CellResult(
+        experiment=exp.name,
+        cell_id=cell.id,
+        params=cell.as_dict(),
+        device=device,
+        seeds=runs,
+    )

@@ -1,0 +1,602 @@
+"""The experiment DSL: grids, cells, the ``@experiment`` decorator and the ``Case``.
+
+Pure: imports neither torch nor pytest. The decorator only records what the user wrote on the
+function (``fn.__hpspec__``); :func:`build` validates it into an :class:`Experiment` at
+collection time, where an error can name the file, the function and the argument without
+breaking the import of the rest of the file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from hpspec.errors import SpecError
+
+__all__ = [
+    "Grid",
+    "Cell",
+    "Case",
+    "Experiment",
+    "RawSpec",
+    "grid",
+    "cells",
+    "experiment",
+    "build",
+    "format_value",
+    "cell_id",
+    "Recipe",
+]
+
+#: Hyperparameter values must be plain scalars: they become test ids, keys in the store and
+#: JSON fields, and are compared with ``==`` by where-clauses.
+SCALAR_TYPES = (bool, int, float, str, type(None))
+#: Settings hpspec itself reads from a cell when they are given in the grid or in ``fixed``.
+RUN_SETTINGS = ("epochs", "batch_size")
+DEFAULT_BATCH_SIZE = 64
+
+
+def format_value(value: Any) -> str:
+    """A hyperparameter value as it appears in a test id: shortest text that round-trips."""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def cell_id(params: Mapping[str, Any]) -> str:
+    return "-".join(f"{k}={format_value(v)}" for k, v in params.items())
+
+
+# --------------------------------------------------------------------------------------- grid
+
+
+@attrs.frozen
+class Grid:
+    """A list of cells, given as a cartesian product of axes or listed one by one.
+
+    Holds what the user wrote, unchecked: :meth:`expand` validates it, so a mistake shows at
+    collection with the experiment's name rather than as an import error.
+    """
+
+    axes: tuple[tuple[str, Any], ...] = ()
+    listed: tuple[Any, ...] | None = None
+    parts: tuple[Grid, ...] = ()
+
+    def __add__(self, other: object) -> Grid:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return Grid(parts=(*self._pieces(), *other._pieces()))
+
+    def _pieces(self) -> tuple[Grid, ...]:
+        return self.parts if self.parts else (self,)
+
+    def expand(self, where: str = "") -> list[dict[str, Any]]:
+        """Every cell as an ordered dict of hyperparameters; raises :class:`SpecError`."""
+        if self.parts:
+            out: list[dict[str, Any]] = []
+            for part in self.parts:
+                out.extend(part.expand(where))
+            return out
+        if self.listed is not None:
+            return _expand_listed(self.listed, where)
+        return _expand_product(self.axes, where)
+
+
+def grid(**axes: Any) -> Grid:
+    """The cartesian product of named value lists: ``grid(lr=[1e-3, 1e-2], layers=[1, 2])``."""
+    return Grid(axes=tuple(axes.items()))
+
+
+def cells(*listed: Any) -> Grid:
+    """Cells listed explicitly, for grids that are not products:
+    ``cells(dict(lr=0.1, layers=1), dict(lr=0.01, layers=4))``. Grids add: ``grid(...) + cells(...)``.
+    """
+    if len(listed) == 1 and isinstance(listed[0], (list, tuple)):
+        listed = tuple(listed[0])
+    return Grid(listed=tuple(listed))
+
+
+def _check_scalar(value: Any, where: str, argument: str) -> None:
+    if not isinstance(value, SCALAR_TYPES):
+        raise SpecError(
+            f"is a {type(value).__name__}; hyperparameter values must be numbers, strings, "
+            "booleans or None",
+            where=where,
+            argument=argument,
+            value=value,
+            fix="name the choice with a string and map it inside the function "
+            "(e.g. optimizer=['sgd', 'adam'])",
+        )
+    if isinstance(value, float) and math.isnan(value):
+        raise SpecError(
+            "is NaN, which equals nothing, so no where-clause could select it",
+            where=where,
+            argument=argument,
+            value=value,
+            fix="remove it from the grid",
+        )
+
+
+def _check_name(name: Any, where: str, argument: str) -> None:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SpecError(
+            "is not a valid hyperparameter name",
+            where=where,
+            argument=argument,
+            value=name,
+            fix="use a Python identifier such as 'lr' or 'hidden_size'",
+        )
+
+
+def _expand_product(axes: tuple[tuple[str, Any], ...], where: str) -> list[dict[str, Any]]:
+    if not axes:
+        return [{}]
+    names: list[str] = []
+    value_lists: list[list[Any]] = []
+    for name, values in axes:
+        _check_name(name, where, "grid")
+        arg = f"grid[{name!r}]"
+        if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+            raise SpecError(
+                "must be a list of values",
+                where=where,
+                argument=arg,
+                value=values,
+                fix=f"write {name}=[{values!r}], or move it to fixed=dict({name}={values!r})",
+            )
+        values = list(values)
+        if not values:
+            raise SpecError(
+                "is empty, so the grid has no cells",
+                where=where,
+                argument=arg,
+                value=values,
+                fix="give at least one value, or remove the axis",
+            )
+        seen: list[Any] = []
+        for v in values:
+            _check_scalar(v, where, arg)
+            if any(v == s and type(v) is type(s) for s in seen):
+                raise SpecError(
+                    f"lists {v!r} twice, which would make two identical cells",
+                    where=where,
+                    argument=arg,
+                    value=values,
+                    fix="remove the duplicate",
+                )
+            seen.append(v)
+        names.append(name)
+        value_lists.append(values)
+    return [dict(zip(names, combo)) for combo in itertools.product(*value_lists)]
+
+
+def _expand_listed(listed: tuple[Any, ...], where: str) -> list[dict[str, Any]]:
+    if not listed:
+        raise SpecError(
+            "lists no cells",
+            where=where,
+            argument="cells()",
+            fix="pass one dict per cell: cells(dict(lr=0.1), dict(lr=0.01))",
+        )
+    out = []
+    for i, item in enumerate(listed):
+        arg = f"cells()[{i}]"
+        if not isinstance(item, Mapping):
+            raise SpecError(
+                "must be a dict of hyperparameters",
+                where=where,
+                argument=arg,
+                value=item,
+                fix="write dict(lr=0.1, layers=2)",
+            )
+        for name, v in item.items():
+            _check_name(name, where, arg)
+            _check_scalar(v, where, f"{arg}[{name!r}]")
+        out.append(dict(item))
+    return out
+
+
+# --------------------------------------------------------------------------------------- cells
+
+
+@attrs.frozen
+class Cell:
+    """One point of the grid: its hyperparameters (grid axes first, then ``fixed``)."""
+
+    params: tuple[tuple[str, Any], ...]
+    #: Names of the hyperparameters that vary in the grid (they make up the id).
+    varying: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        d = self.as_dict()
+        return cell_id({k: d[k] for k in self.varying}) or "default"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.as_dict().get(name, default)
+
+
+class Case:
+    """What the experiment function receives for one seed of one cell.
+
+    Hyperparameters read as attributes or keys (``case.lr``, ``case["lr"]``); ``seed``,
+    ``device``, ``epochs``, ``batch_size`` and ``data`` (the loaded data set, or None) are
+    attributes too.
+    """
+
+    __slots__ = ("_params", "seed", "device", "epochs", "batch_size", "data", "experiment", "cell_id")
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        *,
+        seed: int,
+        device: str,
+        epochs: int,
+        batch_size: int | None,
+        data: Any = None,
+        experiment: str = "",
+        cell_id: str = "",
+    ) -> None:
+        self._params = dict(params)
+        self.seed = seed
+        self.device = device
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.data = data
+        self.experiment = experiment
+        self.cell_id = cell_id
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self._params)
+
+    def __getattr__(self, name: str) -> Any:
+        params = object.__getattribute__(self, "_params")
+        try:
+            return params[name]
+        except KeyError:
+            raise AttributeError(
+                f"case has no hyperparameter {name!r}; it has {sorted(params)} "
+                "(add it to grid= or fixed= of the experiment)"
+            ) from None
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._params[name]
+        except KeyError:
+            raise KeyError(
+                f"case has no hyperparameter {name!r}; it has {sorted(self._params)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._params
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._params.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"Case({cell_id(self._params)}, seed={self.seed}, device={self.device!r})"
+
+
+# ------------------------------------------------------------------------------- experiments
+
+
+@attrs.frozen
+class RawSpec:
+    """What ``@experiment(...)`` was given, unvalidated."""
+
+    kwargs: Mapping[str, Any]
+
+
+def experiment(
+    *,
+    grid: Grid | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    seeds: int | Sequence[int] = 1,
+    data: Any = None,
+    claims: Sequence[Any] = (),
+    metrics: Sequence[str] | None = None,
+    name: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
+
+    The function either returns a recipe (``model, optimizer`` or :class:`hpspec.Recipe`) and
+    hpspec trains it (*recipe mode*), or is a generator that yields a dict of metrics per epoch
+    (*loop mode*). The function is returned unchanged; the spec rides on ``fn.__hpspec__``.
+    """
+    kwargs = dict(
+        grid=grid,
+        fixed=fixed,
+        epochs=epochs,
+        batch_size=batch_size,
+        seeds=seeds,
+        data=data,
+        claims=claims,
+        metrics=metrics,
+        name=name,
+    )
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__hpspec__ = RawSpec(kwargs)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+@attrs.frozen
+class Experiment:
+    """A validated experiment: everything the runner and the judge need."""
+
+    name: str
+    where: str
+    fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
+    mode: str  # "recipe" | "loop"
+    cells: tuple[Cell, ...]
+    axes: tuple[str, ...]
+    fixed: tuple[tuple[str, Any], ...]
+    epochs: int | None
+    batch_size: int | None
+    seeds: tuple[int, ...]
+    data: Any = attrs.field(eq=False, repr=False)
+    claims: tuple[Any, ...]
+    metrics: frozenset[str] | None
+
+    @property
+    def hyperparameters(self) -> tuple[str, ...]:
+        """Grid axes, then fixed names."""
+        return self.axes + tuple(k for k, _ in self.fixed if k not in self.axes)
+
+    def epochs_for(self, cell: Cell) -> int:
+        value = cell.get("epochs", self.epochs)
+        assert isinstance(value, int)
+        return value
+
+    def batch_size_for(self, cell: Cell) -> int | None:
+        return cell.get("batch_size", self.batch_size)
+
+    def cell(self, cid: str) -> Cell:
+        for c in self.cells:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+
+def location(fn: Callable[..., Any]) -> str:
+    """``exp_file.py::function``, the way pytest users read test locations."""
+    code = getattr(fn, "__code__", None)
+    filename = os.path.basename(code.co_filename) if code else "<unknown>"
+    return f"{filename}::{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _positive_int(value: Any, where: str, argument: str, fix: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError("must be a positive whole number", where=where, argument=argument,
+                        value=value, fix=fix)
+    return value
+
+
+def _check_signature(fn: Callable[..., Any], where: str) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    required_kw = [p for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty]
+    varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+    required_pos = [p for p in positional if p.default is p.empty]
+    if required_kw or len(required_pos) > 1 or (not positional and not varargs):
+        shown = f"({', '.join(str(p) for p in params)})"
+        raise SpecError(
+            "must take exactly one argument, the case",
+            where=where,
+            argument="signature",
+            value=shown,
+            fix=f"define it as def {getattr(fn, '__name__', 'fn')}(case): ... "
+            "and read hyperparameters as case.lr, case.layers",
+        )
+
+
+def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    fix = "give a count (seeds=3 means seeds 0, 1, 2) or a list of ints (seeds=[0, 7])"
+    if isinstance(seeds, bool):
+        raise SpecError("must be a count or a list of seeds", where=where, argument="seeds",
+                        value=seeds, fix=fix)
+    if isinstance(seeds, int):
+        if seeds <= 0:
+            raise SpecError("must be at least 1: a cell trained with no seed proves nothing",
+                            where=where, argument="seeds", value=seeds, fix=fix)
+        return tuple(range(seeds))
+    if isinstance(seeds, (list, tuple)):
+        if not seeds:
+            raise SpecError("is empty", where=where, argument="seeds", value=seeds, fix=fix)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise SpecError("must hold non-negative ints only", where=where, argument="seeds",
+                            value=seeds, fix=fix)
+        if len(set(seeds)) != len(seeds):
+            raise SpecError("repeats a seed", where=where, argument="seeds", value=seeds,
+                            fix="list each seed once")
+        return tuple(seeds)
+    raise SpecError("must be a count or a list of seeds", where=where, argument="seeds",
+                    value=seeds, fix=fix)
+
+
+def build(fn: Callable[..., Any]) -> Experiment:
+    """Validate ``fn.__hpspec__`` into an :class:`Experiment`; raises :class:`SpecError`."""
+    from hpspec import claims as claims_mod
+    from hpspec.datasets import DataSpec, coerce_data
+
+    raw: RawSpec = fn.__hpspec__  # type: ignore[attr-defined]
+    where = location(fn)
+    kw = dict(raw.kwargs)
+    name = kw["name"] or getattr(fn, "__name__", "experiment")
+    if not isinstance(name, str) or not name:
+        raise SpecError("must be a non-empty string", where=where, argument="name", value=name)
+
+    if not callable(fn):
+        raise SpecError("@hpspec.experiment must decorate a function", where=where,
+                        argument="target", value=fn)
+    _check_signature(fn, where)
+    mode = "loop" if inspect.isgeneratorfunction(fn) else "recipe"
+
+    g = kw["grid"]
+    if g is None:
+        g = Grid()
+    if isinstance(g, Mapping):
+        g = grid(**g)
+    if not isinstance(g, Grid):
+        raise SpecError("must be built with hpspec.grid(...) or hpspec.cells(...)",
+                        where=where, argument="grid", value=g,
+                        fix="write grid=hp.grid(lr=[0.01, 0.1])")
+    expanded = g.expand(where)
+
+    fixed = kw["fixed"] or {}
+    if not isinstance(fixed, Mapping):
+        raise SpecError("must be a dict of hyperparameter values", where=where,
+                        argument="fixed", value=fixed, fix="write fixed=dict(layers=2)")
+    for k, v in fixed.items():
+        _check_name(k, where, "fixed")
+        _check_scalar(v, where, f"fixed[{k!r}]")
+
+    axes: list[str] = []
+    for params in expanded:
+        for k in params:
+            if k not in axes:
+                axes.append(k)
+    clash = [k for k in axes if k in fixed]
+    if clash:
+        raise SpecError(
+            "names a hyperparameter that is also in the grid",
+            where=where, argument="fixed", value={k: fixed[k] for k in clash},
+            fix=f"keep {clash[0]!r} in one place: the grid or fixed",
+        )
+    if expanded and any(set(p) != set(axes) for p in expanded):
+        missing = next(p for p in expanded if set(p) != set(axes))
+        raise SpecError(
+            "lists cells with different hyperparameter names",
+            where=where, argument="grid", value=missing,
+            fix=f"give every cell the same names: {axes}",
+        )
+
+    cells_: list[Cell] = []
+    seen_ids: dict[str, dict[str, Any]] = {}
+    for params in expanded:
+        full = {**params, **fixed}
+        cell = Cell(params=tuple(full.items()), varying=tuple(axes))
+        if cell.id in seen_ids:
+            raise SpecError("lists the same cell twice", where=where, argument="grid",
+                            value=params, fix="remove the duplicate cell")
+        seen_ids[cell.id] = params
+        cells_.append(cell)
+
+    epochs = kw["epochs"]
+    if epochs is not None:
+        _positive_int(epochs, where, "epochs", "e.g. epochs=10")
+    batch_size = kw["batch_size"]
+    if batch_size is not None:
+        _positive_int(batch_size, where, "batch_size", "e.g. batch_size=64")
+    for cell in cells_:
+        for setting, default in (("epochs", epochs), ("batch_size", batch_size)):
+            value = cell.get(setting, default)
+            if setting == "epochs" and value is None:
+                if mode == "recipe":
+                    raise SpecError(
+                        "is missing: hpspec must know how long to train",
+                        where=where, argument="epochs", value=None,
+                        fix="pass epochs=N to @experiment, or put epochs in the grid",
+                    )
+                continue
+            if value is not None:
+                src = "grid" if setting in axes else "fixed" if setting in fixed else setting
+                arg = setting if src == setting else f"{src}[{setting!r}]"
+                _positive_int(value, where, arg, f"e.g. {setting}={10 if setting == 'epochs' else 64}")
+    if mode == "recipe" and batch_size is None and "batch_size" not in axes and "batch_size" not in fixed:
+        batch_size = DEFAULT_BATCH_SIZE
+
+    seeds = _normalize_seeds(kw["seeds"], where)
+
+    data = kw["data"]
+    if data is not None:
+        data = coerce_data(data, where)
+    if mode == "recipe" and data is None:
+        raise SpecError(
+            "is missing: recipe mode trains on data hpspec owns",
+            where=where, argument="data", value=None,
+            fix="pass data=hp.datasets.digits() (or your own (train, val) tensors), "
+            "or make the function a generator that yields metrics (loop mode)",
+        )
+
+    metrics = kw["metrics"]
+    known: frozenset[str] | None
+    if metrics is not None:
+        if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+            raise SpecError("must be a list of metric names", where=where, argument="metrics",
+                            value=metrics, fix="write metrics=['loss', 'acc']")
+        known = frozenset(metrics)
+    elif mode == "recipe":
+        known = claims_mod.recipe_metrics(data.task if isinstance(data, DataSpec) else None)
+    else:
+        known = None
+
+    claim_list = kw["claims"]
+    if isinstance(claim_list, (claims_mod.Claim, claims_mod.Condition)):
+        claim_list = [claim_list]
+    if not isinstance(claim_list, (list, tuple)):
+        raise SpecError("must be a list of claims", where=where, argument="claims",
+                        value=claim_list, fix="write claims=[hp.where(lr=0.1).expect(...)]")
+    hyper_values: dict[str, list[Any]] = {}
+    for cell in cells_:
+        for k, v in cell.params:
+            hyper_values.setdefault(k, [])
+            if v not in hyper_values[k]:
+                hyper_values[k].append(v)
+    ctx = claims_mod.SpecContext(
+        where=where, hyperparameters=hyper_values, metrics=known, seeds=len(seeds), mode=mode
+    )
+    checked = []
+    for i, c in enumerate(claim_list):
+        checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
+
+    return Experiment(
+        name=name,
+        where=where,
+        fn=fn,
+        mode=mode,
+        cells=tuple(cells_),
+        axes=tuple(axes),
+        fixed=tuple(fixed.items()),
+        epochs=epochs,
+        batch_size=batch_size,
+        seeds=seeds,
+        data=data,
+        claims=tuple(checked),
+        metrics=known,
+    )
+
+
+@attrs.define
+class Recipe:
+    """What a recipe-mode function returns when it needs more than ``(model, optimizer)``.
+
+    ``loss`` defaults to cross-entropy for classification data and mean squared error for
+    regression; ``scheduler`` (any object with ``step()``) is stepped once per epoch.
+    """
+
+    model: Any
+    optimizer: Any
+    loss: Callable[[Any, Any], Any] | None = None
+    scheduler: Any = None
