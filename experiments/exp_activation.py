@@ -1,0 +1,23 @@
+"""Activation: in a 3-hidden-layer net trained with SGD, tanh and elu learn fastest, relu
+is slower from this init, and sigmoid's gradients vanish."""
+
+import torch
+
+import hpspec as hp
+
+
+@hp.experiment(
+    grid=hp.grid(activation=["relu", "tanh", "sigmoid", "gelu", "leaky_relu", "elu"]),
+    fixed=dict(layers=3, hidden=64, lr=0.05),
+    epochs=5,
+    seeds=3,
+    data=hp.datasets.digits(),
+    claims=[
+        hp.where(activation=["tanh", "elu"]).expect(hp.metric("val_acc").final() >= 0.75),
+        hp.where(activation=["relu", "leaky_relu"]).expect(hp.metric("val_acc").final() >= 0.4),
+        hp.where(activation="sigmoid").expect(hp.metric("train_loss").final() > 2.25),
+    ],
+)
+def activation_sgd(case):
+    model = hp.models.mlp(64, [case.hidden] * case.layers, 10, activation=case.activation)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
