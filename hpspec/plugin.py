@@ -166,8 +166,11 @@ class ExperimentFile(pytest.Module):
             records = state.records.setdefault(key, {})
             for cell in exp.cells:
                 records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict())
+                name = f"{exp.name}[{cell.id}]"
+                # The id is given as text so pytest parses its "[params]" part the way it
+                # does for parametrized tests (--lf and the cache compare parsed ids).
                 yield CellItem.from_parent(
-                    self, name=f"{exp.name}[{cell.id}]", exp=exp, cell=cell, key=key
+                    self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, cell=cell, key=key
                 )
 
 

@@ -139,6 +139,14 @@ def _default_loss(task: str) -> Callable[[Any, Any], Any]:
     return torch.nn.CrossEntropyLoss() if task == CLASSIFICATION else torch.nn.MSELoss()
 
 
+def _fits(out: Any, yb: Any, data: Data) -> bool:
+    if not isinstance(out, torch.Tensor):
+        return False
+    if data.task == CLASSIFICATION:
+        return out.dim() == 2 and out.shape[1] == data.n_classes
+    return out.shape == yb.shape
+
+
 def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> None:
     """Turn the usual shape mistakes into messages that name the fix, once, on step one."""
     if not isinstance(out, torch.Tensor):
@@ -201,6 +209,11 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
     sizes[-1] = n - batch_size * (steps - 1)
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
+    with torch.no_grad():
+        xb, yb = x[:batch_size], y[:batch_size]
+        out = model(xb)
+        _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data,
+                           where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
@@ -213,7 +226,6 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
     diverged: Divergence | None = None
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-    checked = False
     for epoch in range(1, case.epochs + 1):
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
         step_losses = torch.empty(steps, device=device)
@@ -225,9 +237,6 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
             opt.zero_grad(set_to_none=True)
             out = model(xb)
             loss = loss_fn(out, yb)
-            if not checked:
-                _check_first_batch(out, yb, loss, data, where)
-                checked = True
             loss.backward()
             opt.step()
             step_losses[i] = loss.detach()

@@ -1,0 +1,100 @@
+"""Every broken spec named in the core issue gives a SpecError naming file::function, the
+argument, the value and a fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hpspec as hp
+from hpspec.spec import build
+
+LOC = "test_bad_specs.py::"
+
+
+def spec(**kwargs):
+    kwargs.setdefault("epochs", 2)
+    kwargs.setdefault("data", hp.datasets.digits())
+    kwargs.setdefault("grid", hp.grid(lr=[0.1, 0.01]))
+
+    def bad_exp(case):
+        return None
+
+    return hp.experiment(**kwargs)(bad_exp)
+
+
+CASES = [
+    ("non-list grid value", dict(grid=hp.grid(lr=0.1)), "grid['lr'] = 0.1", "lr=[0.1]"),
+    ("string grid value", dict(grid=hp.grid(act="relu")), "grid['act'] = 'relu'", "act=['relu']"),
+    ("empty grid values", dict(grid=hp.grid(lr=[])), "grid['lr'] = []", "at least one value"),
+    ("object in grid", dict(grid=hp.grid(opt=[object])), "grid['opt']", "string"),
+    ("duplicate grid values", dict(grid=hp.grid(lr=[0.1, 0.1])), "twice", "duplicate"),
+    ("unknown where name",
+     dict(claims=[hp.where(lrr=0.1).expect(hp.diverges())]), "where(lrr=...) = 'lrr'",
+     "one of: lr"),
+    ("where value not in grid",
+     dict(claims=[hp.where(lr=0.3).expect(hp.diverges())]), "= 0.3 matches no cell",
+     "[0.1, 0.01]"),
+    ("unknown metric",
+     dict(claims=[hp.expect(hp.metric("val_accuracy").final() > 0.9)]), "'val_accuracy'",
+     "val_acc"),
+    ("metric absent for regression",
+     dict(data=hp.datasets.diabetes(), claims=[hp.expect(hp.metric("val_acc") > 0.9)]),
+     "'val_acc'", "train_loss, val_loss"),
+    ("epochs zero", dict(epochs=0), "epochs = 0", "epochs=10"),
+    ("epochs negative", dict(epochs=-3), "epochs = -3", "positive"),
+    ("epochs in grid zero", dict(grid=hp.grid(epochs=[0, 1])), "grid['epochs'] = 0", "positive"),
+    ("seeds zero", dict(seeds=0), "seeds = 0", "seeds=3"),
+    ("seeds empty list", dict(seeds=[]), "seeds = []", "list of ints"),
+    ("batch size zero", dict(batch_size=0), "batch_size = 0", "batch_size=64"),
+    ("at_least above seeds",
+     dict(seeds=2, claims=[hp.expect(hp.diverges(), at_least=3)]), "at_least = 3", "seeds"),
+    ("claim is a bool", dict(claims=[True]), "claims[0] = True", "quantity"),
+    ("claim is where without expect", dict(claims=[hp.where(lr=0.1)]), "no expectation",
+     ".expect("),
+    ("threshold not a number",
+     dict(claims=[hp.expect(hp.metric("val_loss").final() < "0.3")]), "threshold", "number"),
+    ("missing data", dict(data=None), "data = None", "hp.datasets.digits()"),
+    ("data of the wrong type", dict(data="digits"), "data = 'str'", "hp.datasets.digits()"),
+    ("data x/y length mismatch",
+     dict(data=((torch.zeros(10, 3), torch.zeros(9, dtype=torch.long)),
+                (torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)))),
+     "data (train x.shape) = (10, 3)", "same number of rows"),
+    ("data 1-D features",
+     dict(data=((torch.zeros(10), torch.zeros(10)), (torch.zeros(4), torch.zeros(4)))),
+     "data (train x.shape) = (10,)", "reshape"),
+    ("train/val feature mismatch",
+     dict(data=((torch.zeros(10, 3), torch.zeros(10)), (torch.zeros(4, 5), torch.zeros(4)))),
+     "data (val x.shape) = (4, 5)", "same feature shape"),
+    ("fixed clashes with grid", dict(fixed=dict(lr=0.3)), "fixed = {'lr': 0.3}", "one place"),
+    ("grid not a Grid", dict(grid=[0.1, 0.2]), "grid = [0.1, 0.2]", "hp.grid"),
+]
+
+
+@pytest.mark.parametrize("kwargs, where_text, fix_text", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_spec_names_location_argument_value_and_fix(kwargs, where_text, fix_text):
+    with pytest.raises(hp.SpecError) as info:
+        build(spec(**kwargs))
+    msg = str(info.value)
+    assert msg.startswith(LOC + "spec.<locals>.bad_exp: "), msg
+    assert where_text in msg, msg
+    assert "fix:" in msg and fix_text in msg, msg
+
+
+@pytest.mark.parametrize(
+    "signature",
+    ["def f(): pass", "def f(case, other): pass", "def f(*, case): pass"],
+)
+def test_wrong_signature(signature):
+    ns: dict = {}
+    exec(signature, ns)
+    fn = hp.experiment(epochs=1, data=hp.datasets.digits())(ns["f"])
+    with pytest.raises(hp.SpecError, match=r"signature = .* must take exactly one argument.*"
+                       r"def f\(case\)"):
+        build(fn)
+
+
+def test_chained_comparison_is_refused_with_advice():
+    with pytest.raises(TypeError, match="two claims"):
+        0.1 < hp.metric("val_loss").final() < 0.5  # noqa: B015

@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+RECIPE = """
+import torch
+import hpspec as hp
+
+@hp.experiment(
+    grid=hp.grid(lr=[0.3, 0.001], activation=["relu", "tanh"]),
+    fixed=dict(hidden=16),
+    epochs=3,
+    seeds=2,
+    data=hp.datasets.digits(n_train=300),
+    claims=[
+        hp.where(lr=0.3).expect(hp.metric("val_acc").final() >= 0.5),
+        hp.where(lr=0.001).expect(hp.metric("val_loss").below(0.3).within(epochs=2)),
+    ],
+)
+def digits_mlp(case):
+    model = hp.models.mlp(64, [case.hidden], 10, activation=case.activation)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+LOOP = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.1, 0.5]), epochs=3,
+               claims=[hp.expect(hp.metric("loss").final() < 0.5)])
+def loop(case):
+    loss = 1.0
+    for _ in range(10):
+        loss *= (1 - case.lr)
+        yield {"loss": loss}
+"""
+
+
+def test_one_item_per_cell_with_readable_ids(pytester):
+    pytester.makepyfile(exp_digits=RECIPE)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines([
+        "exp_digits.py::digits_mlp[[]lr=0.3-activation=relu[]]",
+        "exp_digits.py::digits_mlp[[]lr=0.3-activation=tanh[]]",
+        "exp_digits.py::digits_mlp[[]lr=0.001-activation=relu[]]",
+        "exp_digits.py::digits_mlp[[]lr=0.001-activation=tanh[]]",
+        "4 tests collected*",
+    ])
+
+
+def test_collect_only_trains_nothing(pytester):
+    pytester.makepyfile(exp_sentinel="""
+        import hpspec as hp
+        @hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1)
+        def never(case):
+            raise AssertionError("trained during --collect-only")
+            yield {}
+    """)
+    result = pytester.runpytest("--collect-only")
+    result.assert_outcomes()
+    assert "trained during" not in result.stdout.str()
+    assert result.ret == 0
+
+
+def test_passes_fails_and_shows_the_curve(pytester):
+    pytester.makepyfile(exp_digits=RECIPE)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines([
+        "*claim: where lr=0.001: val_loss below 0.3 (<) within 2 epochs (every seed)*",
+        "*FAIL seed 0: never below 0.3*",
+        "*val_loss by epoch: * * * (needed < 0.3 by epoch 2)*",
+        "*held for 0 of 2 seeds, needed 2*",
+    ])
+
+
+def test_summary_table_per_experiment(pytester):
+    pytester.makepyfile(exp_digits=RECIPE)
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines([
+        "*hpspec: exp_digits.py::digits_mlp*",
+        "digits_mlp on cpu, 2 seeds per cell (mean ± sd)",
+        "lr*activation*verdict*train_loss (final)*val_loss (final)*val_acc (final)*diverged*"
+        "time/epoch*samples/s*peak mem",
+        "0.3*relu*passed*",
+        "0.001*tanh*FAILED*",
+    ])
+    quiet = pytester.runpytest("--hpspec-table=none")
+    assert "hpspec: exp_digits.py" not in quiet.stdout.str()
+
+
+def test_dash_k_selects_cells(pytester):
+    pytester.makepyfile(exp_digits=RECIPE)
+    result = pytester.runpytest("-k", "0.3 and tanh", "-q")
+    result.assert_outcomes(passed=1, deselected=3)
+
+
+def test_last_failed_reruns_only_failing_cells(pytester):
+    pytester.makepyfile(exp_loop=LOOP)
+    pytester.runpytest().assert_outcomes(passed=1, failed=1)
+    again = pytester.runpytest("--lf", "-v")
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*rerun previous 1 failure*", "*loop[[]lr=0.1[]] FAILED*"])
+    assert "lr=0.5" not in again.stdout.str().split("short test summary")[0].split("FAILURES")[0]
+
+
+def test_junit_xml_carries_key_numbers(pytester):
+    pytester.makepyfile(exp_loop=LOOP)
+    pytester.runpytest("--junitxml=out.xml")
+    xml = (pytester.path / "out.xml").read_text()
+    assert 'name="loop[lr=0.5]"' in xml
+    assert '<property name="hpspec.loss" value="0.125"' in xml
+
+
+def test_broken_spec_is_an_error_and_the_rest_still_runs(pytester):
+    pytester.makepyfile(exp_mixed=LOOP + """
+
+@hp.experiment(grid=hp.grid(lr=0.1), epochs=2)
+def broken(case):
+    yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=2,
+               claims=[hp.where(momentum=0.9).expect(hp.diverges())])
+def unknown_name(case):
+    yield {"loss": 1.0}
+""")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1, errors=2)
+    out = result.stdout.str()
+    assert ("hpspec spec error: exp_mixed.py::broken: grid['lr'] = 0.1 must be a list of "
+            "values; fix: write lr=[0.1]") in out
+    assert ("exp_mixed.py::unknown_name: claims[0]: where(momentum=...) = 'momentum' names "
+            "an unknown hyperparameter; fix: use one of: lr") in out
+    assert "hpspec/spec.py" not in out and "Traceback" not in out
+
+
+def test_user_exception_shows_user_code_not_hpspec(pytester):
+    pytester.makepyfile(exp_crash="""
+        import hpspec as hp
+
+        def helper():
+            raise ValueError("bug in my data code")
+
+        @hp.experiment(grid=hp.grid(lr=[0.1]), epochs=2)
+        def crash(case):
+            helper()
+            yield {"loss": 1.0}
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "bug in my data code" in out
+    assert "helper()" in out
+    assert "hpspec/runner.py" not in out
+
+
+def test_experiment_files_pattern_is_configurable(pytester):
+    pytester.makeini("[pytest]\nhpspec_files = hp_*.py\n")
+    pytester.makepyfile(hp_custom=LOOP, exp_ignored=LOOP)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["hp_custom.py::loop[[]lr=0.1[]]", "*2 tests collected*"])
+
+
+def test_bad_device_option_is_a_usage_error(pytester):
+    pytester.makepyfile(exp_loop=LOOP)
+    result = pytester.runpytest("--hpspec-device=tpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--hpspec-device: 'tpu' is not a device; use auto, cpu*"])
+
+
+def test_bad_ini_value_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\nhpspec_table = wide\n")
+    pytester.makepyfile(exp_loop=LOOP)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--hpspec-table: 'wide' is not one of full, none*hpspec_table*"])
+
+
+def test_import_error_in_experiment_file_is_reported_like_pytest(pytester):
+    pytester.makepyfile(exp_bad="import not_a_module_anywhere\n")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*ModuleNotFoundError: No module named 'not_a_module_anywhere'*"])
+
+
+def test_plugin_import_does_not_import_torch():
+    code = textwrap.dedent("""
+        import sys
+        import hpspec, hpspec.plugin
+        print("torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_public_api_names_resolve():
+    import hpspec
+
+    for name in hpspec.__all__:
+        assert getattr(hpspec, name) is not None, name

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+
+import hpspec as hp
+from hpspec.spec import build, cell_id, format_value
+
+
+def make(fn_name="exp", **kwargs):
+    kwargs.setdefault("epochs", 2)
+    kwargs.setdefault("data", hp.datasets.digits())
+
+    def f(case):
+        return None
+
+    f.__name__ = f.__qualname__ = fn_name
+    return hp.experiment(**kwargs)(f)
+
+
+def test_grid_is_cartesian_product_in_axis_order():
+    e = build(make(grid=hp.grid(lr=[0.1, 0.01], act=["relu", "tanh"])))
+    assert [c.id for c in e.cells] == [
+        "lr=0.1-act=relu",
+        "lr=0.1-act=tanh",
+        "lr=0.01-act=relu",
+        "lr=0.01-act=tanh",
+    ]
+    assert e.axes == ("lr", "act")
+
+
+def test_listed_cells_and_grid_addition():
+    g = hp.grid(lr=[0.1], layers=[1]) + hp.cells(dict(lr=0.5, layers=4))
+    e = build(make(grid=g))
+    assert [c.id for c in e.cells] == ["lr=0.1-layers=1", "lr=0.5-layers=4"]
+
+
+def test_fixed_values_reach_the_cell_but_not_the_id():
+    e = build(make(grid=hp.grid(lr=[0.1]), fixed=dict(hidden=32)))
+    (cell,) = e.cells
+    assert cell.id == "lr=0.1"
+    assert cell.as_dict() == {"lr": 0.1, "hidden": 32}
+
+
+@pytest.mark.parametrize(
+    "value, text", [(1e-3, "0.001"), (3e-2, "0.03"), (50.0, "50.0"), (1, "1"), ("relu", "relu"),
+                    (True, "True"), (1e-7, "1e-07"), (None, "None")]
+)
+def test_values_format_as_shortest_round_trip(value, text):
+    assert format_value(value) == text
+
+
+def test_cell_id_joins_params():
+    assert cell_id({"lr": 0.03, "activation": "relu"}) == "lr=0.03-activation=relu"
+
+
+def test_seeds_count_and_list():
+    assert build(make(seeds=3)).seeds == (0, 1, 2)
+    assert build(make(seeds=[4, 9])).seeds == (4, 9)
+
+
+def test_batch_size_defaults_to_64_and_can_live_in_the_grid():
+    assert build(make()).batch_size == 64
+    e = build(make(grid=hp.grid(batch_size=[16, 32])))
+    assert [e.batch_size_for(c) for c in e.cells] == [16, 32]
+
+
+def test_epochs_can_live_in_the_grid():
+    e = build(make(grid=hp.grid(epochs=[1, 3]), epochs=None))
+    assert [e.epochs_for(c) for c in e.cells] == [1, 3]
+
+
+def test_generator_function_is_loop_mode_and_needs_no_data():
+    @hp.experiment(grid=hp.grid(lr=[0.1]), epochs=2)
+    def loop(case):
+        yield {"loss": 1.0}
+
+    e = build(loop)
+    assert e.mode == "loop"
+    assert e.metrics is None
+
+
+def test_recipe_metrics_depend_on_the_task():
+    assert build(make()).metrics == {"train_loss", "val_loss", "val_acc"}
+    assert build(make(data=hp.datasets.diabetes())).metrics == {"train_loss", "val_loss"}
+
+
+def test_decorator_returns_the_function_unchanged():
+    def f(case):
+        return 1
+
+    assert hp.experiment(epochs=1)(f) is f
+    assert f(None) == 1
+
+
+def test_case_reads_params_by_attribute_and_key():
+    case = hp.Case({"lr": 0.1}, seed=3, device="cpu", epochs=2, batch_size=8)
+    assert case.lr == case["lr"] == 0.1
+    assert case.seed == 3 and case.device == "cpu"
+    with pytest.raises(AttributeError, match="no hyperparameter 'layers'.*'lr'"):
+        case.layers
