@@ -6,8 +6,6 @@ import textwrap
 
 import pytest
 
-pytest_plugins = ["pytester"]
-
 RECIPE = """
 import torch
 import hpspec as hp
