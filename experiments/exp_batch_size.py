@@ -1,5 +1,6 @@
 """Batch size: per epoch, small batches take more steps and learn faster; large batches
-take few steps per epoch and learn little in the same number of epochs."""
+take few steps per epoch and learn little in the same number of epochs, but process more
+samples per second."""
 
 import torch
 
@@ -15,6 +16,8 @@ import hpspec as hp
     claims=[
         hp.where(batch_size=16).expect(hp.metric("val_acc").above(0.9).within(epochs=3)),
         hp.where(batch_size=1024).expect(hp.metric("val_acc").final() < 0.5),
+        hp.trend(hp.throughput(), over="batch_size", increasing=True),
+        hp.trend(hp.metric("val_loss").final(), over="batch_size", increasing=True),
     ],
 )
 def batch_size_sgd(case):

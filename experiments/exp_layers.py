@@ -16,6 +16,7 @@ import hpspec as hp
         hp.where(layers=[1, 2]).expect(hp.metric("val_acc").above(0.9).within(epochs=5)),
         hp.where(layers=8).expect(hp.metric("train_loss").final() > 2.2),
         hp.expect(~hp.diverges()),
+        hp.trend(hp.metric("train_loss").final(), over="layers", increasing=True),
     ],
 )
 def depth_sgd(case):

@@ -19,6 +19,8 @@ import hpspec as hp
         hp.where(lr=1e-3).expect(hp.metric("train_loss").final() > 2.0),
         hp.where(lr=50.0).expect(hp.diverges().within(epochs=1)),
         hp.where(lr=[1e-3, 3e-2, 0.3]).expect(~hp.diverges()),
+        hp.compare(hp.metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 3e-2}),
+        hp.best(hp.metric("val_acc").final(), cell={"lr": 0.3}),
     ],
 )
 def sgd_lr(case):

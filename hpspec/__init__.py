@@ -19,8 +19,10 @@ from hpspec.claims import (
     throughput,
     where,
 )
+from hpspec.cross import best, compare, trend
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.spec import Case, Recipe, cells, experiment, grid
+from hpspec.stats import adaptive
 
 if TYPE_CHECKING:
     from hpspec import models
@@ -40,6 +42,10 @@ __all__ = [
     "peak_memory",
     "diverges",
     "converges",
+    "compare",
+    "trend",
+    "best",
+    "adaptive",
     "where",
     "expect",
     "datasets",

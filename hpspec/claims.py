@@ -574,6 +574,7 @@ class SpecContext:
     metrics: frozenset[str] | None
     seeds: int
     mode: str = "recipe"
+    cells: tuple[Mapping[str, Any], ...] = ()
 
 
 class Claim:
@@ -599,9 +600,16 @@ class Where:
                 return False
         return True
 
-    def expect(self, condition: Condition, *, at_least: int | None = None) -> CellClaim:
-        """Claim ``condition`` for every matching cell, over every seed (or ``at_least`` k)."""
-        return CellClaim(self, condition, at_least)
+    def expect(
+        self,
+        condition: Condition,
+        *,
+        at_least: int | None = None,
+        confidence: float | None = None,
+    ) -> CellClaim:
+        """Claim ``condition`` for every matching cell: over every seed, over ``at_least`` k
+        seeds, or (``confidence=0.95``) for the mean over seeds with that confidence."""
+        return CellClaim(self, condition, at_least, confidence)
 
     def describe(self) -> str:
         if not self.params:
@@ -628,9 +636,11 @@ def where(**params: Any) -> Where:
     return Where(tuple(params.items()))
 
 
-def expect(condition: Condition, *, at_least: int | None = None) -> CellClaim:
+def expect(
+    condition: Condition, *, at_least: int | None = None, confidence: float | None = None
+) -> CellClaim:
     """A claim over every cell of the grid."""
-    return Where().expect(condition, at_least=at_least)
+    return Where().expect(condition, at_least=at_least, confidence=confidence)
 
 
 @attrs.frozen(eq=True)
@@ -640,6 +650,7 @@ class CellClaim(Claim):
     where: Where
     condition: Condition
     at_least: int | None = None
+    confidence: float | None = None
 
     def applies_to(self, params: Mapping[str, Any]) -> bool:
         return self.where.matches(params)
@@ -648,6 +659,9 @@ class CellClaim(Claim):
         return n if self.at_least is None else min(self.at_least, n)
 
     def describe(self) -> str:
+        if self.confidence is not None:
+            return (f"{self.where.describe()}: mean {self.condition.describe()} "
+                    f"({self.confidence:.0%} confidence)")
         seeds = "every seed" if self.at_least is None else f"at least {self.at_least} seeds"
         return f"{self.where.describe()}: {self.condition.describe()} ({seeds})"
 
@@ -669,6 +683,9 @@ class Verdict:
     outcome: str  # PASS | FAIL | INCONCLUSIVE
     message: str
     checks: tuple[SeedCheck, ...] = ()
+    #: For statistical verdicts: p-values of "the claim is false" and "the claim is true".
+    p_pass: float | None = None
+    p_fail: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -677,6 +694,8 @@ class Verdict:
 
 def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     """Judge a per-cell claim over the seeds of one cell."""
+    if claim.confidence is not None:
+        return _judge_mean(claim, runs)
     checks = tuple(claim.condition.check(r) for r in runs)
     held = sum(c.ok for c in checks)
     need = claim.quorum(len(runs))
@@ -702,6 +721,33 @@ def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
             lines.append(f"         diverged at epoch {d.epoch}, step {d.step}: {d.reason}")
     lines.append(f"held for {held} of {len(runs)} seeds, needed {need}")
     return Verdict(claim.describe(), outcome, "\n".join(lines), checks)
+
+
+def _judge_mean(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
+    """The mean over seeds against the threshold, by a one-sample t-test."""
+    from hpspec import stats
+
+    cond = claim.condition
+    assert isinstance(cond, Threshold) and claim.confidence is not None
+    alpha = 1 - claim.confidence
+    values = [cond.left.evaluate(r) for r in runs]
+    xs = [math.nan if v is None else float(v) for v in values]
+    lines = [f"claim: {claim.describe()} (one-sample t-test)",
+             f"  {cond.left.describe()} by seed: {format_curve(xs)}"]
+    try:
+        t = stats.one_sample(xs, float(cond.right))
+    except ValueError:
+        lines.append("  needs at least two finite values")
+        return Verdict(claim.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0, p_fail=1.0)
+    below = cond.op in ("<", "<=")
+    p_pass, p_fail = (t.p_below, t.p_above) if below else (t.p_above, t.p_below)
+    lo, hi = t.interval(1 - 2 * alpha)
+    shift = float(cond.right)
+    lines.append(f"  mean {_fmt(t.estimate + shift)}, {1 - 2 * alpha:.0%} interval "
+                 f"[{_fmt(lo + shift)}, {_fmt(hi + shift)}], threshold {_fmt(shift)}")
+    outcome = PASS if p_pass < alpha else FAIL if p_fail < alpha else INCONCLUSIVE
+    lines.append(f"  p = {p_pass:.3g} for, {p_fail:.3g} against: {outcome}")
+    return Verdict(claim.describe(), outcome, "\n".join(lines), p_pass=p_pass, p_fail=p_fail)
 
 
 def validate_claim(claim: Any, ctx: SpecContext, arg: str) -> Claim:
@@ -770,6 +816,21 @@ def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
                 fix=f"use one of: {', '.join(sorted(ctx.metrics))}",
             )
     cond.validate(ctx, arg)
+    if claim.confidence is not None:
+        c = claim.confidence
+        if not isinstance(c, float) or not 0.5 <= c < 1:
+            raise SpecError("must be a probability between 0.5 and 1", where=ctx.where,
+                            argument=f"{arg}: confidence", value=c, fix="e.g. confidence=0.95")
+        if not isinstance(cond, Threshold) or isinstance(cond.right, Quantity):
+            raise SpecError(
+                "works on a comparison with a number only", where=ctx.where,
+                argument=f"{arg}: confidence", value=cond.describe(),
+                fix="e.g. expect(metric('val_acc').final() >= 0.9, confidence=0.95)",
+            )
+        if claim.at_least is not None:
+            raise SpecError("cannot be combined with at_least", where=ctx.where,
+                            argument=f"{arg}: confidence", value=c,
+                            fix="use one of at_least= (count of seeds) or confidence= (mean)")
     if claim.at_least is not None:
         k = claim.at_least
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= ctx.seeds:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import inspect
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -20,14 +21,17 @@ import attrs
 import pytest
 from _pytest._code.code import ExceptionInfo, TerminalRepr
 
-from hpspec.claims import CellClaim, Verdict, judge_cell_claim
+from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
+from hpspec.cross import CrossClaim, decide
 from hpspec.errors import CellError, HpspecError, SpecError
-from hpspec.report import CellRecord, render_experiment
+from hpspec.report import CellRecord, render_claims, render_experiment
 from hpspec.results import CellResult
 from hpspec.spec import Cell, Experiment, RawSpec, build
 
 _HPSPEC_DIR = os.path.dirname(os.path.abspath(__file__))
 TABLE_CHOICES = ("full", "none")
+INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
+HOLM_CHOICES = ("off", "experiment")
 
 
 # ----------------------------------------------------------------------------------- options
@@ -51,6 +55,32 @@ def parse_table(value: str) -> str:
     )
 
 
+def _choice(flag: str, choices: tuple[str, ...]) -> Any:
+    def parse(value: str) -> str:
+        value = value.strip().lower()
+        if value in choices:
+            return value
+        raise argparse.ArgumentTypeError(f"{flag}: {value!r} is not one of {', '.join(choices)}")
+
+    return parse
+
+
+parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
+parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
+
+
+def parse_confidence(value: str) -> float:
+    try:
+        c = float(value)
+    except ValueError:
+        c = math.nan
+    if not 0.5 <= c < 1:
+        raise argparse.ArgumentTypeError(
+            f"--hpspec-confidence: {value!r} is not a probability in [0.5, 1); e.g. 0.95"
+        )
+    return c
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hpspec", "hpspec: hyperparameter experiments")
     group.addoption(
@@ -67,6 +97,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="summary table per experiment at the end of the run: full or none. "
         "ini: hpspec_table. Default full.",
     )
+    group.addoption(
+        "--hpspec-confidence",
+        type=parse_confidence,
+        default=None,
+        help="confidence of statistical verdicts (compare, trend, best, mean claims). "
+        "ini: hpspec_confidence. Default 0.95.",
+    )
+    group.addoption(
+        "--hpspec-inconclusive",
+        type=parse_inconclusive,
+        default=None,
+        help="what an undecided statistical claim does: fail, skip or xfail. "
+        "ini: hpspec_inconclusive. Default fail.",
+    )
+    group.addoption(
+        "--hpspec-holm",
+        type=parse_holm,
+        default=None,
+        help="Holm correction of cross-cell claims: off or experiment (over each "
+        "experiment's claims). ini: hpspec_holm. Default off.",
+    )
+    parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
+    parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
+    parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
     parser.addini("hpspec_files", "glob patterns of experiment files", type="args",
                   default=["exp_*.py"])
     parser.addini("hpspec_device", "default for --hpspec-device", default="auto")
@@ -93,11 +147,16 @@ class State:
 
     device_option: str
     table: str
+    confidence: float = 0.95
+    inconclusive: str = "fail"
+    holm: str = "off"
     device: str | None = None
     experiments: dict[str, Experiment] = attrs.field(factory=dict)
     records: dict[str, dict[str, CellRecord]] = attrs.field(factory=dict)
     results: dict[tuple[str, str], CellResult] = attrs.field(factory=dict)
     spec_errors: list[str] = attrs.field(factory=list)
+    failures: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    cross: dict[str, dict[str, Verdict]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -113,9 +172,111 @@ class State:
         if found is None:
             from hpspec.runner import run_cell
 
-            found = run_cell(exp, cell, self.resolve_device())
-            self.results[(key, cell.id)] = found
+            try:
+                found = run_cell(exp, cell, self.resolve_device())
+            except BaseException as e:
+                self.failures[(key, cell.id)] = f"{type(e).__name__}: {e}"
+                raise
+            self._store(key, cell, found)
         return found
+
+    def _store(self, key: str, cell: Cell, result: CellResult) -> None:
+        self.results[(key, cell.id)] = result
+        self.records[key][cell.id].result = result
+
+    def with_seeds(self, key: str, exp: Experiment, cell: Cell, n: int) -> CellResult:
+        """The cell's result with at least ``n`` seeds (adaptive seeding trains the rest)."""
+        __tracebackhide__ = True
+        have = self.result(key, exp, cell)
+        if len(have.seeds) >= n:
+            return have
+        from hpspec.runner import run_cell
+
+        start = max(s.seed for s in have.seeds) + 1
+        more = run_cell(exp, cell, self.resolve_device(),
+                        seeds=tuple(range(start, start + n - len(have.seeds))))
+        grown = attrs.evolve(have, seeds=have.seeds + more.seeds)
+        self._store(key, cell, grown)
+        return grown
+
+    def needed_results(self, key: str, exp: Experiment, claim: CrossClaim,
+                       n: int | None = None) -> dict[str, CellResult]:
+        """Results of every cell a cross-cell claim needs; a failed cell is named."""
+        __tracebackhide__ = True
+        out = {}
+        for cell in exp.cells:
+            if not claim.selects(cell.as_dict()):
+                continue
+            failed = self.failures.get((key, cell.id))
+            if failed is None:
+                try:
+                    out[cell.id] = (self.with_seeds(key, exp, cell, n) if n
+                                    else self.result(key, exp, cell))
+                    continue
+                except Exception:
+                    failed = self.failures.get((key, cell.id), "it raised while training")
+            raise NeededCellFailed(
+                f"{exp.where}: claim {claim.slug()!r} needs cell {exp.name}[{cell.id}], which "
+                f"failed: {failed.splitlines()[0] if failed else ''}"
+            )
+        return out
+
+    def cross_verdict(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
+        """Judge a cross-cell claim (with adaptive seeds and Holm's correction when on)."""
+        __tracebackhide__ = True
+        cache = self.cross.setdefault(key, {})
+        if claim.slug() not in cache:
+            family = [c for c in exp.claims if isinstance(c, CrossClaim)]
+            todo = family if self.holm == "experiment" else [claim]
+            judged = {c.slug(): self._judge_one(key, exp, c) for c in todo}
+            if self.holm == "experiment" and len(judged) > 1:
+                judged = _holm(judged, {c.slug(): c for c in family}, self.confidence)
+            cache.update(judged)
+        return cache[claim.slug()]
+
+    def _judge_one(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
+        __tracebackhide__ = True
+        alpha = claim.alpha(1 - self.confidence)
+        if exp.adaptive is None:
+            return claim.judge(self.needed_results(key, exp, claim), alpha)
+        looks = exp.adaptive.looks()
+        per_look = alpha / len(looks)
+        verdict = None
+        for n in looks:
+            verdict = claim.judge(self.needed_results(key, exp, claim, n), per_look)
+            if verdict.outcome != INCONCLUSIVE:
+                break
+        assert verdict is not None
+        note = (f"\nadaptive seeds: decided at {n} seeds per cell" if verdict.outcome !=
+                INCONCLUSIVE else f"\nadaptive seeds: still undecided at the maximum, {n}")
+        note += f" (looks at {looks}, each at alpha {per_look:.3g})"
+        return attrs.evolve(verdict, message=verdict.message + note)
+
+
+def _holm(judged: dict[str, Verdict], claims: dict[str, CrossClaim],
+          confidence: float) -> dict[str, Verdict]:
+    from hpspec.stats import holm
+
+    names = list(judged)
+    adj_pass = holm([judged[n].p_pass if judged[n].p_pass is not None else 1.0 for n in names])
+    adj_fail = holm([judged[n].p_fail if judged[n].p_fail is not None else 1.0 for n in names])
+    out = {}
+    for n, pp, pf in zip(names, adj_pass, adj_fail):
+        v = judged[n]
+        alpha = claims[n].alpha(1 - confidence)
+        out[n] = attrs.evolve(
+            v,
+            outcome=decide(pp, pf, alpha),
+            message=v.message + f"\nHolm-adjusted over {len(names)} claims: p = {pp:.3g} "
+            f"for, {pf:.3g} against",
+            p_pass=pp,
+            p_fail=pf,
+        )
+    return out
+
+
+class NeededCellFailed(HpspecError):
+    """A cross-cell claim cannot be judged because a cell it needs failed to train."""
 
 
 STATE = pytest.StashKey[State]()
@@ -126,6 +287,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE] = State(
         device_option=_option(config, "device", parse_device),
         table=_option(config, "table", parse_table),
+        confidence=_option(config, "confidence", parse_confidence),
+        inconclusive=_option(config, "inconclusive", parse_inconclusive),
+        holm=_option(config, "holm", parse_holm),
     )
 
 
@@ -172,6 +336,13 @@ class ExperimentFile(pytest.Module):
                 yield CellItem.from_parent(
                     self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, cell=cell, key=key
                 )
+            for claim in exp.claims:
+                if isinstance(claim, CrossClaim):
+                    name = f"{exp.name}[{claim.slug()}]"
+                    yield ClaimItem.from_parent(
+                        self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, claim=claim,
+                        key=key,
+                    )
 
 
 def _fn_location(fn: Any) -> tuple[int | None]:
@@ -263,6 +434,9 @@ class CellItem(_HpspecItem):
         failed = [v for v in verdicts if not v.passed]
         record.outcome = "FAILED" if failed else "passed"
         if failed:
+            if all(v.outcome == INCONCLUSIVE for v in failed):
+                record.outcome = "inconclusive"
+                _inconclusive(state, failed)
             raise ClaimsFailed(failed)
 
     def repr_failure(  # type: ignore[override]
@@ -271,6 +445,54 @@ class CellItem(_HpspecItem):
         if isinstance(excinfo.value, (ClaimsFailed, CellError, SpecError)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
+
+
+def _inconclusive(state: State, verdicts: list[Verdict]) -> None:
+    """Skip or xfail an undecided claim when asked to; by default it fails like a false one."""
+    text = "\n\n".join(v.message for v in verdicts)
+    if state.inconclusive == "skip":
+        pytest.skip(f"inconclusive: {text}")
+    if state.inconclusive == "xfail":
+        pytest.xfail(f"inconclusive: {text}")
+
+
+class ClaimItem(_HpspecItem):
+    """A claim across cells (compare, trend, best): its own item, run after its cells."""
+
+    def __init__(self, *, exp: Experiment, claim: CrossClaim, key: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.exp = exp
+        self.claim = claim
+        self.key = key
+        self.fn = exp.fn
+        self.add_marker(pytest.mark.hpspec)
+
+    def setup(self) -> None:
+        # Training the cells this claim needs (when it runs alone) and naming a failed one
+        # belong to setup: a failure here is an error of the claim, not a false claim.
+        __tracebackhide__ = True
+        self.config.stash[STATE].needed_results(self.key, self.exp, self.claim)
+
+    def runtest(self) -> None:
+        __tracebackhide__ = True
+        state = self.config.stash[STATE]
+        verdict = state.cross_verdict(self.key, self.exp, self.claim)
+        if verdict.p_pass is not None:
+            self.user_properties.append(("hpspec.p_value", float(verdict.p_pass)))
+        self.user_properties.append(("hpspec.verdict", verdict.outcome))
+        if verdict.outcome == INCONCLUSIVE:
+            _inconclusive(state, [verdict])
+        if not verdict.passed:
+            raise ClaimsFailed([verdict])
+
+    def repr_failure(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        if isinstance(excinfo.value, HpspecError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    _repr_failure_py = repr_failure  # type: ignore[assignment]
 
 
 def _key_numbers(result: CellResult) -> dict[str, float]:
@@ -317,4 +539,7 @@ def pytest_terminal_summary(
         terminalreporter.write_line(
             render_experiment(exp.name, exp.axes, ran, device=state.device)
         )
+        cross = state.cross.get(key)
+        if cross:
+            terminalreporter.write_line(render_claims(list(cross.values())))
 

@@ -14,7 +14,7 @@ from hpspec.claims import Verdict
 from hpspec.results import CellResult
 from hpspec.spec import format_value
 
-__all__ = ["CellRecord", "render_experiment", "human_rate", "human_bytes", "human_seconds"]
+__all__ = ["CellRecord", "render_experiment", "render_claims", "human_rate", "human_bytes", "human_seconds"]
 
 
 @attrs.define
@@ -118,9 +118,22 @@ def render_experiment(
         row.append(human_rate(_mean(s.measurements.get("samples_per_s") for s in res.seeds)))
         row.append(human_bytes(_mean(s.measurements.get("peak_memory") for s in res.seeds)))
         rows.append(row)
-    seeds = max((len(r.result.seeds) for r in records if r.result), default=0)
+    counts = sorted({len(r.result.seeds) for r in records if r.result})
+    seeds = "" if not counts else (
+        f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    )
+    plural = "s" if counts and counts[-1] != 1 else ""
     title = f"{name}" + (f" on {device}" if device else "") + (
-        f", {seeds} seed{'s' if seeds != 1 else ''} per cell (mean ± sd)" if seeds else ""
+        f", {seeds} seed{plural} per cell (mean ± sd)" if counts else ""
     )
     table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     return f"{title}\n{table}"
+
+
+def render_claims(verdicts: Sequence[Verdict]) -> str:
+    """The cross-cell claims of one experiment: claim, verdict and p-value."""
+    rows = [
+        [v.claim, v.outcome, "-" if v.p_pass is None else f"{v.p_pass:.3g}"] for v in verdicts
+    ]
+    return tabulate(rows, headers=["claim across cells", "verdict", "p"], tablefmt="simple",
+                    disable_numparse=True)

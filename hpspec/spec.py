@@ -304,7 +304,7 @@ def experiment(
     fixed: Mapping[str, Any] | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] | Any = 1,
     data: Any = None,
     claims: Sequence[Any] = (),
     metrics: Sequence[str] | None = None,
@@ -352,6 +352,8 @@ class Experiment:
     data: Any = attrs.field(eq=False, repr=False)
     claims: tuple[Any, ...]
     metrics: frozenset[str] | None
+    #: ``hpspec.stats.Adaptive`` when seeds are added until cross-cell claims are decided.
+    adaptive: Any = None
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -412,7 +414,17 @@ def _check_signature(fn: Callable[..., Any], where: str) -> None:
 
 
 def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
+    from hpspec.stats import Adaptive
+
     fix = "give a count (seeds=3 means seeds 0, 1, 2) or a list of ints (seeds=[0, 7])"
+    if isinstance(seeds, Adaptive):
+        ok = all(isinstance(x, int) and not isinstance(x, bool) for x in
+                 (seeds.min, seeds.max, seeds.step))
+        if not ok or not 2 <= seeds.min <= seeds.max or seeds.step < 1:
+            raise SpecError("needs 2 <= min <= max and step >= 1", where=where,
+                            argument="seeds", value=seeds,
+                            fix="e.g. seeds=hp.adaptive(min=3, max=20)")
+        return tuple(range(seeds.min))
     if isinstance(seeds, bool):
         raise SpecError("must be a count or a list of seeds", where=where, argument="seeds",
                         value=seeds, fix=fix)
@@ -528,6 +540,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         batch_size = DEFAULT_BATCH_SIZE
 
     seeds = _normalize_seeds(kw["seeds"], where)
+    adaptive = kw["seeds"] if not isinstance(kw["seeds"], (int, list, tuple)) else None
 
     data = kw["data"]
     if data is not None:
@@ -565,7 +578,8 @@ def build(fn: Callable[..., Any]) -> Experiment:
             if v not in hyper_values[k]:
                 hyper_values[k].append(v)
     ctx = claims_mod.SpecContext(
-        where=where, hyperparameters=hyper_values, metrics=known, seeds=len(seeds), mode=mode
+        where=where, hyperparameters=hyper_values, metrics=known, seeds=len(seeds), mode=mode,
+        cells=tuple(c.as_dict() for c in cells_),
     )
     checked = []
     for i, c in enumerate(claim_list):
@@ -585,6 +599,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         data=data,
         claims=tuple(checked),
         metrics=known,
+        adaptive=adaptive,
     )
 
 
