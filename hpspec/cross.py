@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -32,7 +32,17 @@ from hpspec.errors import SpecError
 from hpspec.results import CellResult
 from hpspec.spec import cell_id, format_value
 
-__all__ = ["Compare", "Trend", "Best", "compare", "trend", "best", "CrossClaim", "decide"]
+__all__ = [
+    "Compare",
+    "Trend",
+    "Best",
+    "compare",
+    "trend",
+    "best",
+    "CrossClaim",
+    "decide",
+    "judge_adaptive",
+]
 
 
 def decide(p_pass: float, p_fail: float, alpha: float) -> str:
@@ -400,3 +410,27 @@ def best(
     """``best(metric("val_acc").final(), cell={"lr": 0.3})``: that cell beats every other
     (``lower=True`` when lower is better)."""
     return Best(quantity, _selector(cell), lower, _selector(where or {}), confidence, name)
+
+
+def judge_adaptive(
+    claim: CrossClaim,
+    fetch: Callable[[int], Mapping[str, CellResult]],
+    plan: stats.Adaptive,
+    alpha: float,
+) -> Verdict:
+    """Judge with sequential seeding: ``fetch(n)`` returns the needed cells' results with at
+    least ``n`` seeds each; stop at the first look that decides. Each look tests at
+    ``alpha / looks`` so the chance of a false decision over all looks is at most ``alpha``."""
+    looks = plan.looks()
+    per_look = alpha / len(looks)
+    verdict: Verdict | None = None
+    n = looks[0]
+    for n in looks:
+        verdict = claim.judge(fetch(n), per_look)
+        if verdict.outcome != INCONCLUSIVE:
+            break
+    assert verdict is not None
+    state = (f"decided at {n} seeds per cell" if verdict.outcome != INCONCLUSIVE
+             else f"still undecided at the maximum, {n} seeds per cell")
+    note = f"\nadaptive seeds: {state} (looks at {looks}, each at alpha {per_look:.3g})"
+    return attrs.evolve(verdict, message=verdict.message + note)

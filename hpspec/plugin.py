@@ -22,7 +22,7 @@ import pytest
 from _pytest._code.code import ExceptionInfo, TerminalRepr
 
 from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
-from hpspec.cross import CrossClaim, decide
+from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.report import CellRecord, render_claims, render_experiment
 from hpspec.results import CellResult
@@ -182,7 +182,10 @@ class State:
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
-        self.records[key][cell.id].result = result
+        record = self.records[key][cell.id]
+        record.result = result
+        if record.outcome == "not run":  # trained for a claim, its own item not selected
+            record.outcome = "for claims"
 
     def with_seeds(self, key: str, exp: Experiment, cell: Cell, n: int) -> CellResult:
         """The cell's result with at least ``n`` seeds (adaptive seeding trains the rest)."""
@@ -239,18 +242,9 @@ class State:
         alpha = claim.alpha(1 - self.confidence)
         if exp.adaptive is None:
             return claim.judge(self.needed_results(key, exp, claim), alpha)
-        looks = exp.adaptive.looks()
-        per_look = alpha / len(looks)
-        verdict = None
-        for n in looks:
-            verdict = claim.judge(self.needed_results(key, exp, claim, n), per_look)
-            if verdict.outcome != INCONCLUSIVE:
-                break
-        assert verdict is not None
-        note = (f"\nadaptive seeds: decided at {n} seeds per cell" if verdict.outcome !=
-                INCONCLUSIVE else f"\nadaptive seeds: still undecided at the maximum, {n}")
-        note += f" (looks at {looks}, each at alpha {per_look:.3g})"
-        return attrs.evolve(verdict, message=verdict.message + note)
+        return judge_adaptive(
+            claim, lambda n: self.needed_results(key, exp, claim, n), exp.adaptive, alpha
+        )
 
 
 def _holm(judged: dict[str, Verdict], claims: dict[str, CrossClaim],
@@ -492,7 +486,13 @@ class ClaimItem(_HpspecItem):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
-    _repr_failure_py = repr_failure  # type: ignore[assignment]
+    def _repr_failure_py(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        # Errors in setup (a needed cell that failed) are rendered here, not by repr_failure.
+        if isinstance(excinfo.value, HpspecError):
+            return str(excinfo.value)
+        return super()._repr_failure_py(excinfo, style)
 
 
 def _key_numbers(result: CellResult) -> dict[str, float]:
