@@ -202,6 +202,8 @@ class Compare(CrossClaim):
                      "against")
         if outcome == INCONCLUSIVE:
             lines.append(_more_seeds(t, va, vb, alpha))
+        elif outcome == FAIL:
+            lines.append(f"  refuted: the data contradict the claim at {conf:.0%} confidence")
         return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
                        p_fail=t.p_above)
 
