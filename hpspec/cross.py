@@ -218,6 +218,13 @@ def _more_seeds(t: stats.TTest, va: Sequence[float], vb: Sequence[float], alpha:
             "effect this size (80% power)")
 
 
+def _any_against(p_fails: Sequence[float]) -> float:
+    """p-value of "at least one step (or rival) goes clearly the wrong way": Bonferroni over
+    the steps keeps the false-fail rate at alpha. (Passing is an intersection-union test: the
+    largest step p-value, no correction needed.)"""
+    return min(1.0, min(p_fails) * len(p_fails)) if p_fails else 1.0
+
+
 def _q_slug(q: Quantity) -> str:
     return q.describe().replace(" ", "_")
 
@@ -298,9 +305,7 @@ class Trend(CrossClaim):
                 p_fails.append(t.p_above)
                 if verdict == INCONCLUSIVE:
                     undecided.append(step)
-        # Failing needs one step clearly the wrong way; Bonferroni over the steps keeps that
-        # decision's false rate at alpha too.
-        p_fail = min(1.0, min(p_fails) * len(p_fails)) if p_fails else 1.0
+        p_fail = _any_against(p_fails)
         outcome = decide(p_pass, p_fail, alpha)
         if outcome == INCONCLUSIVE and undecided:
             lines.append(f"  undecided steps: {', '.join(undecided)}")
@@ -361,7 +366,7 @@ class Best(CrossClaim):
             lines.append(f"  vs {label}: {_summary(vo)}, p = {t.p_below:.3g} ({verdict})")
             p_pass = max(p_pass, t.p_below)
             p_fails.append(t.p_above)
-        p_fail = min(1.0, min(p_fails) * len(p_fails)) if p_fails else 1.0
+        p_fail = _any_against(p_fails)
         return Verdict(self.describe(), decide(p_pass, p_fail, alpha), "\n".join(lines),
                        p_pass=p_pass, p_fail=p_fail)
 

@@ -349,6 +349,24 @@ def _fn_location(fn: Any) -> tuple[int | None]:
 class _HpspecItem(pytest.Item):
     fn: Any
 
+    # hpspec's own errors (false claims, spec and cell errors) carry a complete message; a
+    # traceback would only show hpspec's insides. Anything else is the user's exception.
+    def repr_failure(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        if isinstance(excinfo.value, HpspecError):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def _repr_failure_py(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        # pytest renders errors raised in setup through this method, not repr_failure.
+        if isinstance(excinfo.value, HpspecError):
+            return str(excinfo.value)
+        return super()._repr_failure_py(excinfo, style)
+
+
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, _fn_location(self.fn)[0], self.name
 
@@ -384,12 +402,10 @@ class SpecErrorItem(_HpspecItem):
     def runtest(self) -> None:  # pragma: no cover - setup always raises
         raise self.error
 
-    def repr_failure(self, excinfo: ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+    def _repr_failure_py(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
         return f"hpspec spec error: {excinfo.value}"
-
-    # pytest renders errors raised in setup through this method, not repr_failure; the
-    # message says everything, hpspec's validation frames would only bury it.
-    _repr_failure_py = repr_failure  # type: ignore[assignment]
 
 
 class ClaimsFailed(HpspecError):
@@ -433,13 +449,6 @@ class CellItem(_HpspecItem):
                 _inconclusive(state, failed)
             raise ClaimsFailed(failed)
 
-    def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        if isinstance(excinfo.value, (ClaimsFailed, CellError, SpecError)):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
 
 def _inconclusive(state: State, verdicts: list[Verdict]) -> None:
     """Skip or xfail an undecided claim when asked to; by default it fails like a false one."""
@@ -478,21 +487,6 @@ class ClaimItem(_HpspecItem):
             _inconclusive(state, [verdict])
         if not verdict.passed:
             raise ClaimsFailed([verdict])
-
-    def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
-    def _repr_failure_py(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        # Errors in setup (a needed cell that failed) are rendered here, not by repr_failure.
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super()._repr_failure_py(excinfo, style)
 
 
 def _key_numbers(result: CellResult) -> dict[str, float]:
