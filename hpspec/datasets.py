@@ -96,7 +96,6 @@ def _split(x: Any, y: Any, stratify: bool, val_fraction: float, seed: int) -> tu
 def _load_builtin(name: str, options: tuple[tuple[str, Any], ...]) -> Data:
     import numpy as np
     import torch
-    from sklearn import datasets as skd
     from sklearn.preprocessing import StandardScaler
 
     opts = dict(options)
@@ -242,7 +241,6 @@ def _as_xy(part: Any, which: str, where: str) -> tuple[Any, Any]:
 
 
 def _coerce_pair(train: Any, val: Any, task: str | None, name: str, where: str) -> DataSpec:
-    import torch
 
     x_tr, y_tr = _as_xy(train, "train", where)
     x_va, y_va = _as_xy(val, "val", where)
