@@ -31,7 +31,7 @@ from hpspec.spec import Cell, Experiment, RawSpec, build
 _HPSPEC_DIR = os.path.dirname(os.path.abspath(__file__))
 TABLE_CHOICES = ("full", "none")
 INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
-HOLM_CHOICES = ("off", "experiment")
+HOLM_CHOICES = ("off", "experiment", "run")
 
 
 # ----------------------------------------------------------------------------------- options
@@ -115,8 +115,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hpspec-holm",
         type=parse_holm,
         default=None,
-        help="Holm correction of cross-cell claims: off or experiment (over each "
-        "experiment's claims). ini: hpspec_holm. Default off.",
+        help="Holm correction of cross-cell claims: off, experiment (over each experiment's "
+        "selected claims) or run (over all selected claims). ini: hpspec_holm. Default off.",
     )
     parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
     parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
@@ -157,6 +157,7 @@ class State:
     spec_errors: list[str] = attrs.field(factory=list)
     failures: dict[tuple[str, str], str] = attrs.field(factory=dict)
     cross: dict[str, dict[str, Verdict]] = attrs.field(factory=dict)
+    selected_claims: set[tuple[str, str]] = attrs.field(factory=set)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -228,13 +229,30 @@ class State:
         """Judge a cross-cell claim (with adaptive seeds and Holm's correction when on)."""
         __tracebackhide__ = True
         cache = self.cross.setdefault(key, {})
-        if claim.slug() not in cache:
-            family = [c for c in exp.claims if isinstance(c, CrossClaim)]
-            todo = family if self.holm == "experiment" else [claim]
-            judged = {c.slug(): self._judge_one(key, exp, c) for c in todo}
-            if self.holm == "experiment" and len(judged) > 1:
-                judged = _holm(judged, {c.slug(): c for c in family}, self.confidence)
-            cache.update(judged)
+        if claim.slug() in cache:
+            return cache[claim.slug()]
+        family = [(key, exp, claim)]
+        if self.holm != "off":
+            family += [
+                (k, e, c)
+                for k, e in self.experiments.items()
+                if self.holm == "run" or k == key
+                for c in e.claims
+                if isinstance(c, CrossClaim) and (k, c.slug()) in self.selected_claims
+                and (k, c.slug()) != (key, claim.slug())
+            ]
+        judged: dict[tuple[str, str], tuple[CrossClaim, Verdict]] = {}
+        for k, e, c in family:
+            try:
+                judged[(k, c.slug())] = (c, self._judge_one(k, e, c))
+            except NeededCellFailed:
+                if c is claim:
+                    raise
+                # That claim errors in its own item; it leaves the family.
+        if len(judged) > 1:
+            judged = _holm(judged, self.confidence)
+        for (k, slug), (_, verdict) in judged.items():
+            self.cross.setdefault(k, {})[slug] = verdict
         return cache[claim.slug()]
 
     def _judge_one(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
@@ -247,18 +265,20 @@ class State:
         )
 
 
-def _holm(judged: dict[str, Verdict], claims: dict[str, CrossClaim],
-          confidence: float) -> dict[str, Verdict]:
+def _holm(
+    judged: dict[tuple[str, str], tuple[CrossClaim, Verdict]], confidence: float
+) -> dict[tuple[str, str], tuple[CrossClaim, Verdict]]:
     from hpspec.stats import holm
 
     names = list(judged)
-    adj_pass = holm([judged[n].p_pass if judged[n].p_pass is not None else 1.0 for n in names])
-    adj_fail = holm([judged[n].p_fail if judged[n].p_fail is not None else 1.0 for n in names])
+    ps = [judged[n][1] for n in names]
+    adj_pass = holm([v.p_pass if v.p_pass is not None else 1.0 for v in ps])
+    adj_fail = holm([v.p_fail if v.p_fail is not None else 1.0 for v in ps])
     out = {}
     for n, pp, pf in zip(names, adj_pass, adj_fail):
-        v = judged[n]
-        alpha = claims[n].alpha(1 - confidence)
-        out[n] = attrs.evolve(
+        claim, v = judged[n]
+        alpha = claim.alpha(1 - confidence)
+        out[n] = claim, attrs.evolve(
             v,
             outcome=decide(pp, pf, alpha),
             message=v.message + f"\nHolm-adjusted over {len(names)} claims: p = {pp:.3g} "
@@ -505,6 +525,9 @@ def _key_numbers(result: CellResult) -> dict[str, float]:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
+    config.stash[STATE].selected_claims = {
+        (i.key, i.claim.slug()) for i in items if isinstance(i, ClaimItem)
+    }
     # Resolve the device before anything trains, so a bad --hpspec-device is one usage error
     # rather than one failure per cell; only when cells will run (torch loads here).
     if config.option.collectonly or not any(isinstance(i, CellItem) for i in items):

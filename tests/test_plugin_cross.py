@@ -94,10 +94,14 @@ def test_adaptive_seeds_decide_the_claim(pytester):
     assert m and 2 < int(m.group(1)) < 30
 
 
-def test_holm_adjusts_over_an_experiment(pytester):
-    pytester.makepyfile(exp_arms=NOISY)
-    result = pytester.runpytest("--hpspec-holm=experiment", "-rA")
-    result.stdout.fnmatch_lines(["*Holm-adjusted over 2 claims*"])
+@pytest.mark.parametrize("scope, family", [("experiment", 2), ("run", 4)])
+def test_holm_adjusts_over_the_selected_claims(pytester, scope, family):
+    pytester.makepyfile(exp_arms=NOISY, exp_arms2=NOISY.replace("def arms", "def arms2"))
+    result = pytester.runpytest(f"--hpspec-holm={scope}")
+    result.stdout.fnmatch_lines([f"*Holm-adjusted over {family} claims*"])
+    alone = pytester.runpytest(f"--hpspec-holm={scope}", "-k", "arms2 and a-vs-c")
+    alone.stdout.fnmatch_lines(["*a-vs-c*"])
+    assert "Holm-adjusted" not in alone.stdout.str()  # a family of one: nothing to adjust
 
 
 def test_bad_confidence_option(pytester):
