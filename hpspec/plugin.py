@@ -118,6 +118,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Holm correction of cross-cell claims: off, experiment (over each experiment's "
         "selected claims) or run (over all selected claims). ini: hpspec_holm. Default off.",
     )
+    group.addoption(
+        "--hpspec-json",
+        default=None,
+        metavar="PATH",
+        help="write every cell, seed, curve, measurement and verdict, with the environment, "
+        "as JSON (schema hpspec-run, version 1) to PATH.",
+    )
     parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
     parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
     parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
@@ -560,3 +567,55 @@ def pytest_terminal_summary(
         if cross:
             terminalreporter.write_line(render_claims(list(cross.values())))
 
+
+
+def environment(device: str | None) -> dict[str, Any]:
+    """What produced the numbers: versions, device, CPU count, git commit when there is one."""
+    import platform
+    import subprocess
+    import sys
+
+    from hpspec import __version__
+
+    env: dict[str, Any] = {
+        "hpspec": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.version.cuda
+        if device and device.startswith("cuda"):
+            env["device_name"] = torch.cuda.get_device_name(device)
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        env["git_commit"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    path = config.getoption("--hpspec-json", None)
+    state = config.stash.get(STATE, None)
+    if not path or state is None:
+        return
+    import json
+
+    from hpspec.report import run_document
+
+    experiments = []
+    for key, records in state.records.items():
+        exp = state.experiments[key]
+        ran = [r for r in records.values() if r.outcome != "not run"]
+        if ran or state.cross.get(key):
+            experiments.append(
+                (key, exp.name, exp.axes, ran, list(state.cross.get(key, {}).values()))
+            )
+    doc = run_document(experiments, environment(state.device))
+    Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False))

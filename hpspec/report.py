@@ -14,7 +14,7 @@ from hpspec.claims import Verdict
 from hpspec.results import CellResult
 from hpspec.spec import format_value
 
-__all__ = ["CellRecord", "render_experiment", "render_claims", "human_rate", "human_bytes", "human_seconds"]
+__all__ = ["CellRecord", "render_experiment", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
 
 
 @attrs.define
@@ -137,3 +137,62 @@ def render_claims(verdicts: Sequence[Verdict]) -> str:
     ]
     return tabulate(rows, headers=["claim across cells", "verdict", "p"], tablefmt="simple",
                     disable_numparse=True)
+
+
+#: Version of the ``--hpspec-json`` document; bump on any incompatible change.
+JSON_SCHEMA_VERSION = 1
+
+
+def _verdict_dict(v: Verdict) -> dict[str, Any]:
+    return {
+        "claim": v.claim,
+        "outcome": v.outcome,
+        "message": v.message,
+        "p_pass": v.p_pass,
+        "p_fail": v.p_fail,
+        "seeds": [{**attrs.asdict(c), "value": _json_number(c.value)} for c in v.checks],
+    }
+
+
+def _json_number(x: float | None) -> float | str | None:
+    # JSON has no NaN or infinity: keep them as text rather than write invalid JSON.
+    if x is None or math.isfinite(x):
+        return x
+    return repr(float(x))
+
+
+def run_document(
+    experiments: Sequence[tuple[str, str, Sequence[str], Sequence[CellRecord], Sequence[Verdict]]],
+    environment: dict[str, Any],
+) -> dict[str, Any]:
+    """The whole run as one JSON-ready dict (schema ``hpspec-run``, version 1):
+
+    ``{"schema", "version", "environment", "experiments": [{"key", "name", "axes",
+    "cells": [{"cell_id", "params", "outcome", "verdicts", "result"}], "claims": [...]}]}``
+    where ``result`` is :meth:`hpspec.results.CellResult.to_dict` (per seed: curves by
+    epoch, epoch seconds, initial values, divergence, measurements) or null.
+    """
+    return {
+        "schema": "hpspec-run",
+        "version": JSON_SCHEMA_VERSION,
+        "environment": environment,
+        "experiments": [
+            {
+                "key": key,
+                "name": name,
+                "axes": list(axes),
+                "cells": [
+                    {
+                        "cell_id": r.cell_id,
+                        "params": dict(r.params),
+                        "outcome": r.outcome,
+                        "verdicts": [_verdict_dict(v) for v in r.verdicts],
+                        "result": r.result.to_dict() if r.result else None,
+                    }
+                    for r in records
+                ],
+                "claims": [_verdict_dict(v) for v in claims],
+            }
+            for key, name, axes, records, claims in experiments
+        ],
+    }

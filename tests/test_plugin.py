@@ -200,3 +200,22 @@ def test_public_api_names_resolve():
 
     for name in hpspec.__all__:
         assert getattr(hpspec, name) is not None, name
+
+
+def test_json_report_holds_every_seed_curve_and_verdict(pytester):
+    import json
+
+    from hpspec.results import CellResult
+
+    pytester.makepyfile(exp_loop=LOOP)
+    pytester.runpytest("--hpspec-json=run.json")
+    doc = json.loads((pytester.path / "run.json").read_text())
+    assert doc["schema"] == "hpspec-run" and doc["version"] == 1
+    assert doc["environment"]["cpu_count"] >= 1 and doc["environment"]["device"] == "cpu"
+    (exp,) = doc["experiments"]
+    assert exp["name"] == "loop" and exp["axes"] == ["lr"]
+    by_id = {c["cell_id"]: c for c in exp["cells"]}
+    assert by_id["lr=0.5"]["outcome"] == "passed"
+    assert by_id["lr=0.1"]["verdicts"][0]["outcome"] == "fail"
+    result = CellResult.from_dict(by_id["lr=0.5"]["result"])
+    assert result.seeds[0].curves["loss"] == [0.5, 0.25, 0.125]
