@@ -375,6 +375,14 @@ def _fn_location(fn: Any) -> tuple[int | None]:
 
 class _HpspecItem(pytest.Item):
     fn: Any
+    exp: Experiment
+    key: str
+
+    def _bind(self, exp: Experiment, key: str) -> None:
+        self.exp = exp
+        self.key = key
+        self.fn = exp.fn
+        self.add_marker(pytest.mark.hpspec)
 
     # hpspec's own errors (false claims, spec and cell errors) carry a complete message; a
     # traceback would only show hpspec's insides. Anything else is the user's exception.
@@ -446,11 +454,8 @@ class CellItem(_HpspecItem):
 
     def __init__(self, *, exp: Experiment, cell: Cell, key: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.exp = exp
+        self._bind(exp, key)
         self.cell = cell
-        self.key = key
-        self.fn = exp.fn
-        self.add_marker(pytest.mark.hpspec)
 
     def runtest(self) -> None:
         __tracebackhide__ = True
@@ -491,11 +496,8 @@ class ClaimItem(_HpspecItem):
 
     def __init__(self, *, exp: Experiment, claim: CrossClaim, key: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.exp = exp
+        self._bind(exp, key)
         self.claim = claim
-        self.key = key
-        self.fn = exp.fn
-        self.add_marker(pytest.mark.hpspec)
 
     def setup(self) -> None:
         # Training the cells this claim needs (when it runs alone) and naming a failed one
