@@ -74,7 +74,7 @@ def _fmt(x: float | None) -> str:
     ax = abs(x)
     if ax != 0 and (ax >= 1e5 or ax < 1e-3):
         return f"{x:.3g}"
-    return f"{x:.4g}" if ax < 1 else f"{x:.4g}"
+    return f"{x:.4g}"
 
 
 def format_curve(values: Sequence[float], limit: int = 12) -> str:

@@ -11,7 +11,7 @@ import attrs
 from tabulate import tabulate
 
 from hpspec.claims import Verdict
-from hpspec.results import CellResult
+from hpspec.results import CellResult, json_number
 from hpspec.spec import format_value
 
 __all__ = ["CellRecord", "render_experiment", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
@@ -150,15 +150,9 @@ def _verdict_dict(v: Verdict) -> dict[str, Any]:
         "message": v.message,
         "p_pass": v.p_pass,
         "p_fail": v.p_fail,
-        "seeds": [{**attrs.asdict(c), "value": _json_number(c.value)} for c in v.checks],
+        "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
     }
 
-
-def _json_number(x: float | None) -> float | str | None:
-    # JSON has no NaN or infinity: keep them as text rather than write invalid JSON.
-    if x is None or math.isfinite(x):
-        return x
-    return repr(float(x))
 
 
 def run_document(

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS"]
+__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_number"]
 
 #: Measurements the runner takes per seed, with the unit each is in.
 MEASUREMENTS = {
@@ -62,11 +62,11 @@ class SeedResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed,
-            "curves": {k: [_num(x) for x in v] for k, v in self.curves.items()},
+            "curves": {k: [json_number(x) for x in v] for k, v in self.curves.items()},
             "epoch_seconds": [float(x) for x in self.epoch_seconds],
-            "initial": {k: _num(v) for k, v in self.initial.items()},
+            "initial": {k: json_number(v) for k, v in self.initial.items()},
             "diverged": attrs.asdict(self.diverged) if self.diverged else None,
-            "measurements": {k: _num(v) for k, v in self.measurements.items()},
+            "measurements": {k: json_number(v) for k, v in self.measurements.items()},
             "epochs_planned": self.epochs_planned,
         }
 
@@ -114,7 +114,7 @@ class CellResult:
         )
 
 
-def _num(x: float | None) -> float | str | None:
+def json_number(x: float | None) -> float | str | None:
     """JSON has no NaN or infinity; keep them as strings rather than lose them."""
     if x is None:
         return None
