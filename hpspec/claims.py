@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ __all__ = [
     "throughput",
     "epoch_time",
     "peak_memory",
+    "measure",
+    "parse_size",
     "diverges",
     "converges",
     "where",
@@ -250,18 +253,52 @@ class Metric(Quantity):
         return self.name
 
 
+_SIZE_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(text: str) -> float:
+    """``"2 GiB"``, ``"512MiB"``, ``"1.5 GB"``, ``"300 kB"`` or ``"4096"`` as bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-z]*)\s*", text.lower())
+    if not m or m.group(2) not in {"", *_SIZE_UNITS}:
+        raise ValueError(f"{text!r} is not a size; write e.g. '2 GiB', '512 MiB' or '1.5 GB'")
+    return float(m.group(1)) * _SIZE_UNITS.get(m.group(2) or "b", 1)
+
+
 @attrs.frozen(eq=True)
 class Measure(Quantity):
-    """A measurement of a seed's run (see ``hpspec.results.MEASUREMENTS``)."""
+    """A measurement of a seed's run (see ``hpspec.results.MEASUREMENTS``). Sizes compare
+    with numbers of bytes or with text such as ``"2 GiB"``."""
 
     name: str
     label: str
+    unit: str = ""
 
     def evaluate(self, run: SeedResult) -> float | None:
         return run.measurements.get(self.name)
 
     def describe(self) -> str:
         return self.label
+
+    def _bytes(self, other: Any) -> Any:
+        if self.unit == "bytes" and isinstance(other, str):
+            try:
+                return parse_size(other)
+            except ValueError:
+                return other  # validation names it, with the fix
+        return other
+
+    def __lt__(self, other: Any) -> Threshold:
+        return Threshold(self, "<", self._bytes(other))
+
+    def __le__(self, other: Any) -> Threshold:
+        return Threshold(self, "<=", self._bytes(other))
+
+    def __gt__(self, other: Any) -> Threshold:
+        return Threshold(self, ">", self._bytes(other))
+
+    def __ge__(self, other: Any) -> Threshold:
+        return Threshold(self, ">=", self._bytes(other))
 
 
 @attrs.frozen(eq=True)
@@ -314,8 +351,28 @@ def epoch_time() -> Measure:
 
 
 def peak_memory() -> Measure:
-    """Peak device memory allocated while training, in bytes (CUDA and MPS)."""
-    return Measure("peak_memory", "peak memory (bytes)")
+    """Peak live tensor memory while training, in bytes; compare with ``"2 GiB"`` and such."""
+    return Measure("peak_memory", "peak memory", "bytes")
+
+
+#: Measurements that ``measure()`` names, with the unit comparisons take.
+_MEASURES = {
+    "samples_per_s": ("samples/s", ""),
+    "steps_per_s": ("steps/s", ""),
+    "time_per_epoch": ("s/epoch", ""),
+    "peak_memory": ("peak memory", "bytes"),
+    "params": ("parameters", ""),
+    "param_bytes": ("parameter bytes", "bytes"),
+    "flops_per_sample": ("FLOPs per training sample", ""),
+    "mfu": ("MFU", ""),
+}
+
+
+def measure(name: str) -> Measure:
+    """Any measurement by name: samples_per_s, steps_per_s, time_per_epoch, peak_memory,
+    params, param_bytes, flops_per_sample, mfu (CUDA cards hpspec knows)."""
+    label, unit = _MEASURES.get(name, (name, ""))
+    return Measure(name, label, unit)
 
 
 # ------------------------------------------------------------------------------- conditions
@@ -402,7 +459,13 @@ class Threshold(Condition):
         )
 
     def validate(self, ctx: SpecContext, arg: str) -> None:
+        if isinstance(self.left, Measure) and isinstance(self.right, str):
+            raise SpecError("is not a size", where=ctx.where, argument=arg, value=self.right,
+                            fix="write a size such as '2 GiB', '512 MiB' or '1.5 GB', or bytes")
         _check_number(self.right, ctx, arg, "the threshold")
+        for q in (self.left, self.right):
+            if isinstance(q, Measure):
+                _validate_measure(q, ctx, arg)
         for q in (self.left, self.right):
             if isinstance(q, Metric) and q.how == "at":
                 if not isinstance(q.epoch, int) or isinstance(q.epoch, bool) or q.epoch < 1:
@@ -419,9 +482,22 @@ class Reaches(Condition):
     direction: str  # "below" | "above"
     target: Any
     epochs: int | None = None
+    seconds: float | None = None
 
-    def within(self, epochs: int) -> Reaches:
-        return attrs.evolve(self, epochs=epochs)
+    def within(self, epochs: int | None = None, seconds: float | None = None) -> Reaches:
+        """By the end of epoch ``epochs``, and/or within ``seconds`` of training time
+        (time-to-target: evaluation excluded, warm-up included)."""
+        return attrs.evolve(self, epochs=epochs, seconds=seconds)
+
+    def reached(self, run: SeedResult) -> tuple[int, int, float | None] | None:
+        """When the target was first reached: (epoch, step, seconds of training), or None."""
+        curve = run.curves.get(self.metric) or ()
+        for epoch, v in enumerate(curve, start=1):
+            if self._hit(v):
+                seconds = (sum(run.epoch_seconds[:epoch])
+                           if len(run.epoch_seconds) >= epoch else None)
+                return epoch, epoch * run.steps_per_epoch, seconds
+        return None
 
     def _hit(self, v: float) -> bool:
         if not math.isfinite(v):
@@ -429,27 +505,42 @@ class Reaches(Condition):
         return v < self.target if self.direction == "below" else v > self.target
 
     def check(self, run: SeedResult) -> SeedCheck:
-        curve = run.curves.get(self.metric)
-        if not curve:
+        if not run.curves.get(self.metric):
             return SeedCheck(run.seed, False, None, "not measured")
-        for epoch, v in enumerate(curve, start=1):
-            if self._hit(v):
-                ok = self.epochs is None or epoch <= self.epochs
-                seconds = sum(run.epoch_seconds[:epoch]) if run.epoch_seconds else None
-                note = f"reached at epoch {epoch}"
-                if seconds is not None:
-                    note += f" ({seconds:.2f}s)"
-                return SeedCheck(run.seed, ok, float(epoch), note)
-        return SeedCheck(run.seed, False, None, f"never {self.direction} {_fmt(self.target)}")
+        hit = self.reached(run)
+        if hit is None:
+            return SeedCheck(run.seed, False, None,
+                             f"never {self.direction} {_fmt(self.target)}")
+        epoch, step, seconds = hit
+        ok = self.epochs is None or epoch <= self.epochs
+        if self.seconds is not None:
+            ok = ok and seconds is not None and seconds <= self.seconds
+        note = f"reached at epoch {epoch}"
+        if step:
+            note += f", step {step}"
+        if seconds is not None:
+            note += f", {seconds:.3g} s"
+        return SeedCheck(run.seed, ok, float(epoch), note)
+
+    def _limits(self) -> list[str]:
+        out = []
+        if self.epochs is not None:
+            out.append(f"{self.epochs} epochs")
+        if self.seconds is not None:
+            out.append(f"{_fmt(self.seconds)} s")
+        return out
 
     def describe(self) -> str:
         sym = "<" if self.direction == "below" else ">"
-        within = f" within {self.epochs} epochs" if self.epochs is not None else ""
+        limits = self._limits()
+        within = f" within {' and '.join(limits)}" if limits else ""
         return f"{self.metric} {self.direction} {_fmt(self.target)} ({sym}){within}"
 
     def needed(self) -> str:
         sym = "<" if self.direction == "below" else ">"
         by = f" by epoch {self.epochs}" if self.epochs is not None else ""
+        if self.seconds is not None:
+            by += f" within {_fmt(self.seconds)} s"
         return f"needed {sym} {_fmt(self.target)}{by}"
 
     def metrics(self) -> frozenset[str]:
@@ -466,6 +557,12 @@ class Reaches(Condition):
             raise SpecError("must be a positive whole number", where=ctx.where,
                             argument=f"{arg}: within(epochs=...)", value=self.epochs,
                             fix="e.g. .within(epochs=5)")
+        if self.seconds is not None and (
+            not _is_number(self.seconds) or not 0 < float(self.seconds) < math.inf
+        ):
+            raise SpecError("must be a positive number of seconds", where=ctx.where,
+                            argument=f"{arg}: within(seconds=...)", value=self.seconds,
+                            fix="e.g. .within(seconds=30)")
 
 
 @attrs.frozen(eq=True)
@@ -777,6 +874,18 @@ def validate_claim(claim: Any, ctx: SpecContext, arg: str) -> Claim:
     if validate is not None:
         validate(ctx, arg)
     return claim
+
+
+def _validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
+    if q.name not in _MEASURES:
+        raise SpecError("is not a measurement hpspec takes", where=ctx.where,
+                        argument=f"{arg}: measure(...)", value=q.name,
+                        fix=f"use one of: {', '.join(_MEASURES)}")
+    if ctx.mode == "loop" and q.name != "time_per_epoch":
+        raise SpecError("is measured in recipe mode only", where=ctx.where,
+                        argument=f"{arg}: measure(...)", value=q.name,
+                        fix="a loop-mode generator can yield the number as a metric and "
+                        "claim it with metric(...); epoch_time() works in both modes")
 
 
 def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:

@@ -21,11 +21,13 @@ from hpspec.claims import (
     INCONCLUSIVE,
     PASS,
     Claim,
+    Measure,
     Quantity,
     SpecContext,
     Verdict,
     Where,
     _fmt,
+    _validate_measure,
     _validate_where,
 )
 from hpspec.errors import SpecError
@@ -117,6 +119,8 @@ class CrossClaim(Claim):
                 raise SpecError("is a metric this experiment never produces", where=ctx.where,
                                 argument=f"{arg}: metric", value=unknown[0],
                                 fix=f"use one of: {', '.join(sorted(ctx.metrics))}")
+        if isinstance(q, Measure):
+            _validate_measure(q, ctx, f"{arg}: quantity")
         for w in selectors:
             _validate_where(w, ctx, arg)
             if not any(w.matches(c) for c in ctx.cells):

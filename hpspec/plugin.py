@@ -21,7 +21,7 @@ import attrs
 import pytest
 from _pytest._code.code import ExceptionInfo, TerminalRepr
 
-from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
+from hpspec.claims import INCONCLUSIVE, CellClaim, Reaches, Verdict, judge_cell_claim
 from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.report import CellRecord, render_claims, render_experiment
@@ -29,7 +29,7 @@ from hpspec.results import CellResult
 from hpspec.spec import Cell, Experiment, RawSpec, build
 
 _HPSPEC_DIR = os.path.dirname(os.path.abspath(__file__))
-TABLE_CHOICES = ("full", "none")
+TABLE_CHOICES = ("full", "short", "none")
 INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
 HOLM_CHOICES = ("off", "experiment", "run")
 
@@ -53,6 +53,17 @@ def parse_table(value: str) -> str:
     raise argparse.ArgumentTypeError(
         f"--hpspec-table: {value!r} is not one of {', '.join(TABLE_CHOICES)}"
     )
+
+
+def parse_columns(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z_][\w.<>=+-]*", n)]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"--hpspec-columns: {value!r} is not a comma-separated list of column names; "
+            "e.g. --hpspec-columns=verdict,val_acc,samples_per_s,peak_memory"
+        )
+    return names
 
 
 def _choice(flag: str, choices: tuple[str, ...]) -> Any:
@@ -94,8 +105,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hpspec-table",
         type=parse_table,
         default=None,
-        help="summary table per experiment at the end of the run: full or none. "
+        help="summary table per experiment at the end of the run: full (every column, with "
+        "a legend), short (verdict, validation metrics, samples/s, peak memory) or none. "
         "ini: hpspec_table. Default full.",
+    )
+    group.addoption(
+        "--hpspec-columns",
+        type=parse_columns,
+        default=None,
+        metavar="NAMES",
+        help="comma-separated columns of the summary table (the grid's axes always come "
+        "first): verdict, a metric name (val_loss, ...), diverged, time_to_<metric><op><target>, "
+        "time_per_epoch, samples_per_s, steps_per_s, peak_memory, params, flops_per_sample, "
+        "mfu. ini: hpspec_columns.",
     )
     group.addoption(
         "--hpspec-confidence",
@@ -119,6 +141,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "selected claims) or run (over all selected claims). ini: hpspec_holm. Default off.",
     )
     group.addoption(
+        "--hpspec-inference",
+        action="store_true",
+        default=None,
+        help="after training, profile each cell's model for inference with pytorch-benchmark "
+        "(latency at batch 1 and at the batch size, MACs, CUDA inference memory); needs "
+        "pip install 'hpspec[inference]'.",
+    )
+    group.addoption(
+        "--hpspec-html",
+        default=None,
+        metavar="PATH",
+        help="write the run as one self-contained HTML file (curves per cell, a heatmap over "
+        "two grid axes, the tables; no scripts, no network) to PATH.",
+    )
+    group.addoption(
         "--hpspec-json",
         default=None,
         metavar="PATH",
@@ -132,6 +169,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default=["exp_*.py"])
     parser.addini("hpspec_device", "default for --hpspec-device", default="auto")
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
+    parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
 
 
 def _option(config: pytest.Config, name: str, parse: Any) -> Any:
@@ -154,6 +192,8 @@ class State:
 
     device_option: str
     table: str
+    columns: tuple[str, ...] | None = None
+    inference: bool = False
     confidence: float = 0.95
     inconclusive: str = "fail"
     holm: str = "off"
@@ -173,7 +213,7 @@ class State:
             self.device = select_device(self.device_option)
         return self.device
 
-    def result(self, key: str, exp: Experiment, cell: Cell) -> CellResult:
+    def result(self, key: str, exp: Experiment, cell: Cell, progress: Any = None) -> CellResult:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
         found = self.results.get((key, cell.id))
@@ -181,7 +221,8 @@ class State:
             from hpspec.runner import run_cell
 
             try:
-                found = run_cell(exp, cell, self.resolve_device())
+                found = run_cell(exp, cell, self.resolve_device(), progress=progress,
+                                 inference=self.inference)
             except BaseException as e:
                 self.failures[(key, cell.id)] = f"{type(e).__name__}: {e}"
                 raise
@@ -201,11 +242,13 @@ class State:
         have = self.result(key, exp, cell)
         if len(have.seeds) >= n:
             return have
-        from hpspec.runner import run_cell
+        from hpspec.runner import PROBED, run_cell
 
         start = max(s.seed for s in have.seeds) + 1
+        probed = {m: v for m, v in have.seeds[0].measurements.items()
+                  if m in PROBED or m.startswith("inference_")}
         more = run_cell(exp, cell, self.resolve_device(),
-                        seeds=tuple(range(start, start + n - len(have.seeds))))
+                        seeds=tuple(range(start, start + n - len(have.seeds))), probed=probed)
         grown = attrs.evolve(have, seeds=have.seeds + more.seeds)
         self._store(key, cell, grown)
         return grown
@@ -311,7 +354,16 @@ def pytest_configure(config: pytest.Config) -> None:
         confidence=_option(config, "confidence", parse_confidence),
         inconclusive=_option(config, "inconclusive", parse_inconclusive),
         holm=_option(config, "holm", parse_holm),
+        columns=_option(config, "columns", lambda v: parse_columns(v) if v.strip() else None),
+        inference=bool(config.getoption("--hpspec-inference")),
     )
+    if config.stash[STATE].inference:
+        from hpspec.measure import InferenceUnavailable, _benchmark_module
+
+        try:
+            _benchmark_module()
+        except InferenceUnavailable as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 # -------------------------------------------------------------------------------- collection
@@ -462,7 +514,11 @@ class CellItem(_HpspecItem):
         state = self.config.stash[STATE]
         record = state.records[self.key][self.cell.id]
         record.outcome = "error"
-        result = state.result(self.key, self.exp, self.cell)
+        progress, done = _live_progress(self.config, self.name)
+        try:
+            result = state.result(self.key, self.exp, self.cell, progress)
+        finally:
+            done()
         record.result = result
         params = self.cell.as_dict()
         verdicts = [
@@ -480,6 +536,37 @@ class CellItem(_HpspecItem):
                 record.outcome = "inconclusive"
                 _inconclusive(state, failed)
             raise ClaimsFailed(failed)
+
+
+def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
+    """On an interactive terminal, a status line (cell, seed, epoch k/N, loss) that the cell's
+    result replaces; nothing on CI logs, pipes, or xdist workers."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if (reporter is None or not getattr(reporter, "isatty", False)
+            or hasattr(config, "workerinput") or config.option.verbose < 0):
+        return None, lambda: None
+    import time
+
+    writer = getattr(reporter, "_tw", None)
+    saved = getattr(writer, "_current_line", "")
+    last = [time.monotonic()]  # cells shorter than the interval never show a line
+    shown = [False]
+
+    def progress(k: int, n: int, epoch: int, epochs: int, loss: float) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5:
+            return
+        last[0] = now
+        shown[0] = True
+        seeds = f" seed {k}/{n}" if n > 1 else ""
+        reporter.rewrite(f"{saved} {name}{seeds} epoch {epoch}/{epochs} loss {loss:.4g}",
+                         erase=True)
+
+    def done() -> None:
+        if shown[0]:
+            reporter.rewrite(saved, erase=True)
+
+    return progress, done
 
 
 def _inconclusive(state: State, verdicts: list[Verdict]) -> None:
@@ -562,8 +649,11 @@ def pytest_terminal_summary(
             continue
         exp = state.experiments[key]
         terminalreporter.write_sep("-", f"hpspec: {key}")
+        targets = [c.condition for c in exp.claims
+                   if isinstance(c, CellClaim) and isinstance(c.condition, Reaches)]
         terminalreporter.write_line(
-            render_experiment(exp.name, exp.axes, ran, device=state.device)
+            render_experiment(exp.name, exp.axes, ran, device=state.device, targets=targets,
+                              table=state.table, pick=state.columns)
         )
         cross = state.cross.get(key)
         if cross:
@@ -601,14 +691,8 @@ def environment(device: str | None) -> dict[str, Any]:
     return env
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    config = session.config
-    path = config.getoption("--hpspec-json", None)
-    state = config.stash.get(STATE, None)
-    if not path or state is None:
-        return
-    import json
-
+def run_document_of(state: State) -> dict[str, Any]:
+    """The session's results as an ``hpspec-run`` document (plain data)."""
     from hpspec.report import run_document
 
     experiments = []
@@ -619,5 +703,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             experiments.append(
                 (key, exp.name, exp.axes, ran, list(state.cross.get(key, {}).values()))
             )
-    doc = run_document(experiments, environment(state.device))
-    Path(path).write_text(json.dumps(doc, indent=1, allow_nan=False))
+    return run_document(experiments, environment(state.device))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    state = config.stash.get(STATE, None)
+    json_path = config.getoption("--hpspec-json", None)
+    html_path = config.getoption("--hpspec-html", None)
+    if state is None or not (json_path or html_path):
+        return
+    import json
+
+    doc = run_document_of(state)
+    if json_path:
+        Path(json_path).write_text(json.dumps(doc, indent=1, allow_nan=False))
+    if html_path:
+        from hpspec.html import render_html
+
+        Path(html_path).write_text(render_html(doc), encoding="utf-8")

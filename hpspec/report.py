@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
 from tabulate import tabulate
 
-from hpspec.claims import Verdict
+from hpspec.claims import Reaches, Verdict, _fmt
 from hpspec.results import CellResult, json_number
 from hpspec.spec import format_value
 
-__all__ = ["CellRecord", "render_experiment", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
+__all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
 
 
 @attrs.define
@@ -90,33 +90,141 @@ def _metrics_of(records: Sequence[CellRecord]) -> list[str]:
     return [m for m in order if m in seen] + [m for m in seen if m not in order]
 
 
-def render_experiment(
-    name: str, axes: Sequence[str], records: Sequence[CellRecord], device: str | None = None
-) -> str:
-    """One table: a row per cell with its hyperparameters, verdict, final metrics (mean ± sd
-    over seeds), divergence, time per epoch, samples/s and peak memory."""
+@attrs.frozen
+class Column:
+    """A column of the experiment table: its header, how a cell's result fills it, and the
+    line of the legend that says what it means."""
+
+    name: str
+    header: str
+    value: Callable[[CellResult], str]
+    legend: str = ""
+
+
+def _measure_column(name: str, header: str, fmt: Callable[[float | None], str],
+                    legend: str = "") -> Column:
+    return Column(name, header,
+                  lambda res: fmt(_mean(s.measurements.get(name) for s in res.seeds)), legend)
+
+
+def _fmt_int(x: float | None) -> str:
+    return "-" if x is None else human_rate(x).replace(".0", "") if x >= 1e3 else f"{x:.0f}"
+
+
+def _fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2g}%"
+
+
+def _diverged(res: CellResult) -> str:
+    div = [s.diverged for s in res.seeds if s.diverged is not None]
+    if not div:
+        return "-"
+    return f"{len(div)}/{len(res.seeds)} (epoch {min(d.epoch for d in div)})"
+
+
+def _time_to(claim: Reaches) -> Callable[[CellResult], str]:
+    def value(res: CellResult) -> str:
+        hits = [claim.reached(s) for s in res.seeds]
+        got = [h for h in hits if h is not None]
+        if not got:
+            return "never"
+        epoch = statistics.median(h[0] for h in got)
+        secs = _mean(h[2] for h in got)
+        text = f"ep {epoch:g}" + (f", {human_seconds(secs)}" if secs is not None else "")
+        return text if len(got) == len(hits) else f"{text} ({len(got)}/{len(hits)})"
+
+    return value
+
+
+MEASURE_COLUMNS: tuple[Column, ...] = (
+    _measure_column("time_per_epoch", "time/epoch", human_seconds,
+                    "time/epoch: training seconds per epoch, evaluation excluded"),
+    _measure_column("samples_per_s", "samples/s", human_rate,
+                    "samples/s: training samples per second over the timed steps (the first "
+                    "steps are warm-up, left out; the device is synchronised before each "
+                    "clock read)"),
+    _measure_column("steps_per_s", "steps/s", human_rate, "steps/s: optimizer steps per second"),
+    _measure_column("peak_memory", "peak mem", human_bytes,
+                    "peak mem: peak bytes of live tensors while training (parameters, "
+                    "gradients, optimizer state, activations, data on the device); on CUDA "
+                    "torch.cuda.max_memory_allocated"),
+    _measure_column("params", "params", _fmt_int, "params: trainable and frozen parameters"),
+    _measure_column("flops_per_sample", "FLOPs/sample", human_rate,
+                    "FLOPs/sample: forward plus backward FLOPs per training sample "
+                    "(torch.utils.flop_counter)"),
+    _measure_column("mfu", "MFU", _fmt_pct,
+                    "MFU: FLOPs/sample x samples/s over the card's float32 peak"),
+    _measure_column("inference_latency_b1", "infer b=1", human_seconds,
+                    "infer b=1: inference latency at batch 1 (pytorch-benchmark)"),
+    _measure_column("inference_macs", "MACs", human_rate,
+                    "MACs: multiply-adds per inference sample (pytorch-benchmark, ptflops)"),
+)
+
+#: Columns of ``--hpspec-table=short`` (with the grid's axes and final validation metrics).
+SHORT_COLUMNS = ("verdict", "samples_per_s", "peak_memory")
+
+
+def columns_for(
+    records: Sequence[CellRecord],
+    targets: Sequence[Reaches] = (),
+    table: str = "full",
+    pick: Sequence[str] | None = None,
+) -> tuple[list[Column], list[str]]:
+    """The columns to show (besides the grid's axes) and the names asked for that have no
+    data in this experiment. ``pick`` (``--hpspec-columns``) wins over ``table``."""
+    results = [r.result for r in records if r.result is not None]
     metrics = _metrics_of(records)
-    headers = [*axes, "verdict", *[f"{m} (final)" for m in metrics], "diverged", "time/epoch",
-               "samples/s", "peak mem"]
+    available: dict[str, Column] = {
+        "verdict": Column("verdict", "verdict", lambda res: "")  # filled from the record
+    }
+    for m in metrics:
+        available[m] = Column(
+            m, f"{m} (final)",
+            lambda res, m=m: _mean_sd([s.curves[m][-1] for s in res.seeds if s.curves.get(m)]),
+        )
+    available["diverged"] = Column("diverged", "diverged", _diverged)
+    for t in targets:
+        sym = "<" if t.direction == "below" else ">"
+        name = f"time_to_{t.metric}{sym}{_fmt(t.target)}"
+        available[name] = Column(
+            name, f"{t.metric}{sym}{_fmt(t.target)} at", _time_to(t),
+            f"{t.metric}{sym}{_fmt(t.target)} at: epoch (median over seeds) and training "
+            "seconds (mean) when the target was first reached",
+        )
+    for c in MEASURE_COLUMNS:
+        if any(c.name in s.measurements for res in results for s in res.seeds):
+            available[c.name] = c
+    if pick:
+        chosen = [available[n] for n in pick if n in available]
+        return chosen, [n for n in pick if n not in available]
+    if table == "short":
+        vals = [m for m in metrics if m.startswith("val_")] or metrics[:1]
+        names = ["verdict", *vals, "diverged", *SHORT_COLUMNS[1:]]
+        return [available[n] for n in names if n in available], []
+    return list(available.values()), []
+
+
+def render_experiment(
+    name: str,
+    axes: Sequence[str],
+    records: Sequence[CellRecord],
+    device: str | None = None,
+    targets: Sequence[Reaches] = (),
+    table: str = "full",
+    pick: Sequence[str] | None = None,
+) -> str:
+    """One table: a row per cell with its hyperparameters and the chosen columns (final
+    metrics as mean ± sd over seeds, measurements as means), then a legend of the columns."""
+    cols, missing = columns_for(records, targets, table, pick)
+    headers = [*axes, *[c.header for c in cols]]
     rows = []
     for r in records:
         row: list[Any] = [format_value(r.params.get(a)) for a in axes]
-        row.append(r.outcome)
-        res = r.result
-        if res is None:
-            row += ["-"] * (len(metrics) + 4)
-            rows.append(row)
-            continue
-        for m in metrics:
-            finals = [s.curves[m][-1] for s in res.seeds if s.curves.get(m)]
-            row.append(_mean_sd(finals))
-        div = [s for s in res.seeds if s.diverged is not None]
-        row.append(
-            "-" if not div else f"{len(div)}/{len(res.seeds)} (epoch {min(s.diverged.epoch for s in div)})"  # type: ignore[union-attr]
-        )
-        row.append(human_seconds(_mean(s.measurements.get("time_per_epoch") for s in res.seeds)))
-        row.append(human_rate(_mean(s.measurements.get("samples_per_s") for s in res.seeds)))
-        row.append(human_bytes(_mean(s.measurements.get("peak_memory") for s in res.seeds)))
+        for c in cols:
+            if c.name == "verdict":
+                row.append(r.outcome)
+            else:
+                row.append("-" if r.result is None else c.value(r.result))
         rows.append(row)
     counts = sorted({len(r.result.seeds) for r in records if r.result})
     seeds = "" if not counts else (
@@ -126,8 +234,15 @@ def render_experiment(
     title = f"{name}" + (f" on {device}" if device else "") + (
         f", {seeds} seed{plural} per cell (mean ± sd)" if counts else ""
     )
-    table = tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
-    return f"{title}\n{table}"
+    out = [title, tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
+    legend = [c.legend for c in cols if c.legend]
+    if legend and table == "full" and not pick:
+        out.append("\n".join(f"  {line}" for line in legend))
+    if missing:
+        known = ", ".join(c.name for c in columns_for(records, targets)[0])
+        out.append(f"  --hpspec-columns: no data for {', '.join(missing)}; this experiment "
+                   f"has: {known}")
+    return "\n".join(out)
 
 
 def render_claims(verdicts: Sequence[Verdict]) -> str:

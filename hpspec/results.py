@@ -16,10 +16,18 @@ __all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_numbe
 
 #: Measurements the runner takes per seed, with the unit each is in.
 MEASUREMENTS = {
-    "samples_per_s": "training samples per second over the timed epochs",
-    "steps_per_s": "optimizer steps per second over the timed epochs",
+    "samples_per_s": "training samples per second over the timed steps (warm-up excluded)",
+    "steps_per_s": "optimizer steps per second over the timed steps",
     "time_per_epoch": "seconds of training per epoch (evaluation excluded)",
-    "peak_memory": "bytes: peak device memory allocated while training (CUDA, MPS)",
+    "peak_memory": "bytes: peak of live tensor memory while training (parameters, gradients, "
+    "optimizer state, activations, data on the device); CUDA: max_memory_allocated",
+    "params": "number of model parameters",
+    "param_bytes": "bytes of the model's parameters and buffers",
+    "flops_per_sample": "FLOPs of one training sample, forward plus backward "
+    "(torch.utils.flop_counter)",
+    "mfu": "model FLOPs utilisation: flops_per_sample x samples/s over the card's peak (CUDA)",
+    "inference_macs": "multiply-adds of one inference sample (pytorch-benchmark, ptflops)",
+    "inference_latency_b1": "seconds per inference batch of 1 (pytorch-benchmark)",
 }
 
 
@@ -43,6 +51,7 @@ class SeedResult:
     diverged: Divergence | None = None
     measurements: Mapping[str, float] = attrs.field(factory=dict)
     epochs_planned: int = 0
+    steps_per_epoch: int = 0
 
     @property
     def epochs_run(self) -> int:
@@ -68,6 +77,7 @@ class SeedResult:
             "diverged": attrs.asdict(self.diverged) if self.diverged else None,
             "measurements": {k: json_number(v) for k, v in self.measurements.items()},
             "epochs_planned": self.epochs_planned,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     @classmethod
@@ -81,6 +91,7 @@ class SeedResult:
             diverged=Divergence(**div) if div else None,
             measurements={k: _unnum(v) for k, v in d.get("measurements", {}).items()},
             epochs_planned=int(d.get("epochs_planned", 0)),
+            steps_per_epoch=int(d.get("steps_per_epoch", 0)),
         )
 
 

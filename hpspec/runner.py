@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,14 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import CellError
+from hpspec.measure import (
+    LiveMemory,
+    count_flops,
+    device_peak_flops,
+    inference_profile,
+    model_size,
+    optimizer_tensors,
+)
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 
@@ -191,7 +200,23 @@ def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -
     return result
 
 
-def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedResult:
+#: Steps at the start of the first epoch that pay for warm-up (allocator, kernels, caches)
+#: and carry the probes (FLOPs, live memory); they are left out of the throughput.
+WARMUP_STEPS = 2
+
+Progress = Callable[[int, int, float], None]  # (epoch, epochs, train loss so far)
+
+
+#: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
+#: seed and copied to the others.
+PROBED = ("params", "param_bytes", "flops_per_sample", "peak_memory")
+
+
+def _train_recipe(
+    exp: Experiment, cell: Cell, case: Case, data: Data,
+    probed: Mapping[str, float] | None = None, progress: Progress | None = None,
+    inference: bool = False,
+) -> SeedResult:
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
     recipe = _coerce_recipe(exp.fn(case), where)
@@ -207,6 +232,7 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
     steps = math.ceil(n / batch_size)
     sizes = torch.full((steps,), float(batch_size), device=device)
     sizes[-1] = n - batch_size * (steps - 1)
+    host_sizes = sizes.cpu()
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
     with torch.no_grad():
@@ -221,50 +247,103 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
         initial["val_acc"] = start_val["acc"]
     limit = DIVERGENCE_FACTOR * max(abs(start_train["loss"]), 1e-8)
 
+    probe = probed is None
+    measurements: dict[str, float] = dict(probed or {})
+    if probe:
+        measurements.update(model_size(model))
     curves: dict[str, list[float]] = {k: [] for k in initial}
     seconds: list[float] = []
+    timed_seconds = 0.0
+    timed_steps = 0
+    timed_samples = 0.0
     diverged: Divergence | None = None
-    if device.startswith("cuda"):
+    cuda = device.startswith("cuda")
+    if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    memory = LiveMemory() if probe and not cuda else None
+    if memory is not None:
+        memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
+                    x, y, data.x_val, data.y_val])
+
+    def step(i: int, perm: torch.Tensor, step_losses: torch.Tensor) -> None:
+        idx = perm[i * batch_size : (i + 1) * batch_size]
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        out = model(xb)
+        loss = loss_fn(out, yb)
+        loss.backward()
+        opt.step()
+        step_losses[i] = loss.detach()
+
     for epoch in range(1, case.epochs + 1):
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
         step_losses = torch.empty(steps, device=device)
         _sync(device)
         t0 = time.perf_counter()
-        for i in range(steps):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            xb, yb = x[idx], y[idx]
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            opt.step()
-            step_losses[i] = loss.detach()
+        first = 0
+        if epoch == 1:
+            # Warm-up steps: real training steps, with the probes on the first seed.
+            first = min(WARMUP_STEPS, steps)
+            for i in range(first):
+                if memory is not None:
+                    with memory:
+                        if i == 0:
+                            with count_flops() as flops:
+                                step(i, perm, step_losses)
+                        else:
+                            step(i, perm, step_losses)
+                elif probe and i == 0:
+                    with count_flops() as flops:
+                        step(i, perm, step_losses)
+                else:
+                    step(i, perm, step_losses)
+                if probe and i == 0:
+                    measurements["flops_per_sample"] = flops.get_total_flops() / float(
+                        host_sizes[0])
+            _sync(device)
+        t1 = time.perf_counter()
+        for i in range(first, steps):
+            step(i, perm, step_losses)
         if recipe.scheduler is not None:
             recipe.scheduler.step()
         _sync(device)
-        seconds.append(time.perf_counter() - t0)
+        t2 = time.perf_counter()
+        seconds.append(t2 - t0)
+        if first < steps:
+            timed_seconds += t2 - t1
+            timed_steps += steps - first
+            timed_samples += float(host_sizes[first:].sum())
         # One host read per epoch: the per-step losses stay on the device until here.
         host = step_losses.cpu()
-        train_loss = float((host * sizes.cpu()).sum()) / n
+        train_loss = float((host * host_sizes).sum()) / n
         val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
         curves["train_loss"].append(train_loss)
         curves["val_loss"].append(val["loss"])
         if "val_acc" in curves:
             curves["val_acc"].append(val["acc"])
+        if progress is not None:
+            progress(epoch, case.epochs, train_loss)
         bad = (~torch.isfinite(host)) | (host > limit)
         if bool(bad.any()):
-            step = int(bad.nonzero()[0, 0]) + 1
-            value = float(host[step - 1])
+            step_no = int(bad.nonzero()[0, 0]) + 1
+            value = float(host[step_no - 1])
             reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
                       f"loss {value:.4g} > {DIVERGENCE_FACTOR:g}x its start "
                       f"{start_train['loss']:.4g}")
-            diverged = Divergence(epoch, step, reason)
+            diverged = Divergence(epoch, step_no, reason)
             break
 
-    measurements = _timing(seconds, n, steps)
-    if device.startswith("cuda"):
+    measurements.update(_timing(timed_seconds, timed_samples, timed_steps, steps))
+    if cuda and probe:
         measurements["peak_memory"] = float(torch.cuda.max_memory_allocated(device))
+    elif memory is not None:
+        measurements["peak_memory"] = float(memory.peak)
+    if inference and probe:
+        measurements.update(inference_profile(model, data.x_val[:batch_size]))
+    peak = device_peak_flops(device)
+    if peak and "flops_per_sample" in measurements and "samples_per_s" in measurements:
+        measurements["mfu"] = (measurements["flops_per_sample"] * measurements["samples_per_s"]
+                               / peak)
     return SeedResult(
         seed=case.seed,
         curves=curves,
@@ -273,21 +352,18 @@ def _train_recipe(exp: Experiment, cell: Cell, case: Case, data: Data) -> SeedRe
         diverged=diverged,
         measurements=measurements,
         epochs_planned=case.epochs,
+        steps_per_epoch=steps,
     )
 
 
-def _timing(seconds: list[float], samples: int, steps: int) -> dict[str, float]:
-    # The first epoch pays for warm-up (allocator, kernels, caches); leave it out when there
-    # is more than one.
-    timed = seconds[1:] if len(seconds) > 1 else seconds
-    total = sum(timed)
-    if not timed or total <= 0:
+def _timing(seconds: float, samples: float, steps: int, steps_per_epoch: int) -> dict[str, float]:
+    """Throughput over the timed steps (warm-up steps excluded); an epoch's time from it."""
+    if seconds <= 0 or steps <= 0:
         return {}
-    return {
-        "time_per_epoch": total / len(timed),
-        "samples_per_s": samples * len(timed) / total,
-        "steps_per_s": steps * len(timed) / total,
-    }
+    out = {"time_per_epoch": seconds / steps * steps_per_epoch, "steps_per_s": steps / seconds}
+    if samples > 0:
+        out["samples_per_s"] = samples / seconds
+    return out
 
 
 # ------------------------------------------------------------------------------ loop mode
@@ -362,13 +438,14 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case) -> SeedResult:
         if missing and diverged is None:
             raise CellError(f"{where}: declared metrics {missing} were never yielded; yielded: "
                             f"{sorted(curves) or 'nothing'}")
-    timing = _timing(seconds, 0, 0)
+    # The first epoch pays for warm-up; leave it out when there are more.
+    timed = seconds[1:] if len(seconds) > 1 else seconds
     return SeedResult(
         seed=case.seed,
         curves=curves,
         epoch_seconds=seconds,
         diverged=diverged,
-        measurements={"time_per_epoch": timing["time_per_epoch"]} if timing else {},
+        measurements={"time_per_epoch": sum(timed) / len(timed)} if timed else {},
         epochs_planned=case.epochs or epoch,
     )
 
@@ -376,8 +453,17 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case) -> SeedResult:
 # ---------------------------------------------------------------------------------- cells
 
 
-def run_seed(exp: Experiment, cell: Cell, seed: int, device: str) -> SeedResult:
-    """Train one seed of one cell, in its own seeded, restored torch state."""
+def run_seed(
+    exp: Experiment,
+    cell: Cell,
+    seed: int,
+    device: str,
+    probed: Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+    inference: bool = False,
+) -> SeedResult:
+    """Train one seed of one cell, in its own seeded, restored torch state. ``probed`` carries
+    the model's size, FLOPs and memory from an earlier seed of the cell (else they are probed)."""
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
     case = Case(
@@ -395,7 +481,7 @@ def run_seed(exp: Experiment, cell: Cell, seed: int, device: str) -> SeedResult:
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case)
             assert data is not None
-            return _train_recipe(exp, cell, case, data)
+            return _train_recipe(exp, cell, case, data, probed, progress, inference)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             gc.collect()
             if device.startswith("cuda"):
@@ -403,8 +489,25 @@ def run_seed(exp: Experiment, cell: Cell, seed: int, device: str) -> SeedResult:
             raise CellError(
                 f"{exp.where}[{cell.id}]: out of memory on {device} at batch_size="
                 f"{case.batch_size} (seed {seed}): {str(e).splitlines()[0] if str(e) else ''}"
-                "; fix: lower batch_size or the model's size for this cell"
+                f"{_memory_figures(device)}; fix: lower batch_size or the model's size for "
+                "this cell"
             ) from None
+
+
+def _memory_figures(device: str) -> str:
+    if device.startswith("cuda"):
+        free, total = torch.cuda.mem_get_info(device)
+        return (f" [{torch.cuda.memory_allocated(device) / 2**20:.0f} MiB allocated, "
+                f"{free / 2**20:.0f} MiB free of {total / 2**20:.0f} MiB]")
+    try:
+        pages, size = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return ""
+    return f" [{pages * size / 2**20:.0f} MiB free of {total * size / 2**20:.0f} MiB RAM]"
+
+
+CellProgress = Callable[[int, int, int, int, float], None]  # seed k, of n, epoch, epochs, loss
 
 
 def run_cell(
@@ -412,14 +515,29 @@ def run_cell(
     cell: Cell,
     device: str,
     seeds: tuple[int, ...] | None = None,
+    probed: Mapping[str, float] | None = None,
+    progress: CellProgress | None = None,
+    inference: bool = False,
 ) -> CellResult:
-    """Train every seed of a cell, one after the other."""
+    """Train every seed of a cell, one after the other; the first probes size, FLOPs and
+    memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
     __tracebackhide__ = True
-    runs = tuple(run_seed(exp, cell, s, device) for s in (seeds or exp.seeds))
+    todo = seeds or exp.seeds
+    runs: list[SeedResult] = []
+    for k, seed in enumerate(todo):
+        report = None
+        if progress is not None:
+            def report(epoch: int, epochs: int, loss: float, k: int = k) -> None:
+                progress(k + 1, len(todo), epoch, epochs, loss)
+        run = run_seed(exp, cell, seed, device, probed, report, inference)
+        if probed is None:
+            probed = {m: v for m, v in run.measurements.items()
+                      if m in PROBED or m.startswith("inference_")}
+        runs.append(run)
     return CellResult(
         experiment=exp.name,
         cell_id=cell.id,
         params=cell.as_dict(),
         device=device,
-        seeds=runs,
+        seeds=tuple(runs),
     )
