@@ -358,7 +358,7 @@ def pytest_configure(config: pytest.Config) -> None:
         inference=bool(config.getoption("--hpspec-inference")),
     )
     if config.stash[STATE].inference:
-        from hpspec.measure import InferenceUnavailable, _benchmark_module
+        from hpspec.probes import InferenceUnavailable, _benchmark_module
 
         try:
             _benchmark_module()

@@ -99,12 +99,14 @@ class Column:
     header: str
     value: Callable[[CellResult], str]
     legend: str = ""
+    in_full: bool = True  # False: shown only when --hpspec-columns names it
 
 
 def _measure_column(name: str, header: str, fmt: Callable[[float | None], str],
-                    legend: str = "") -> Column:
+                    legend: str = "", in_full: bool = True) -> Column:
     return Column(name, header,
-                  lambda res: fmt(_mean(s.measurements.get(name) for s in res.seeds)), legend)
+                  lambda res: fmt(_mean(s.measurements.get(name) for s in res.seeds)), legend,
+                  in_full)
 
 
 def _fmt_int(x: float | None) -> str:
@@ -143,7 +145,8 @@ MEASURE_COLUMNS: tuple[Column, ...] = (
                     "samples/s: training samples per second over the timed steps (the first "
                     "steps are warm-up, left out; the device is synchronised before each "
                     "clock read)"),
-    _measure_column("steps_per_s", "steps/s", human_rate, "steps/s: optimizer steps per second"),
+    _measure_column("steps_per_s", "steps/s", human_rate, "steps/s: optimizer steps per second",
+                    in_full=False),
     _measure_column("peak_memory", "peak mem", human_bytes,
                     "peak mem: peak bytes of live tensors while training (parameters, "
                     "gradients, optimizer state, activations, data on the device); on CUDA "
@@ -201,7 +204,7 @@ def columns_for(
         vals = [m for m in metrics if m.startswith("val_")] or metrics[:1]
         names = ["verdict", *vals, "diverged", *SHORT_COLUMNS[1:]]
         return [available[n] for n in names if n in available], []
-    return list(available.values()), []
+    return [c for c in available.values() if c.in_full], []
 
 
 def render_experiment(

@@ -19,7 +19,7 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import CellError
-from hpspec.measure import (
+from hpspec.probes import (
     LiveMemory,
     count_flops,
     device_peak_flops,
@@ -265,7 +265,7 @@ def _train_recipe(
         memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
                     x, y, data.x_val, data.y_val])
 
-    def step(i: int, perm: torch.Tensor, step_losses: torch.Tensor) -> None:
+    def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:
         idx = perm[i * batch_size : (i + 1) * batch_size]
         xb, yb = x[idx], y[idx]
         opt.zero_grad(set_to_none=True)
@@ -273,37 +273,37 @@ def _train_recipe(
         loss = loss_fn(out, yb)
         loss.backward()
         opt.step()
-        step_losses[i] = loss.detach()
+        step_losses.append(loss.detach())
 
     for epoch in range(1, case.epochs + 1):
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
-        step_losses = torch.empty(steps, device=device)
+        # Losses stay on the device (a list of 0-d tensors: no copy op per step) until the
+        # end of the epoch, where one stack and one host read bring them back.
+        step_losses: list[torch.Tensor] = []
         _sync(device)
         t0 = time.perf_counter()
         first = 0
         if epoch == 1:
             # Warm-up steps: real training steps, with the probes on the first seed.
             first = min(WARMUP_STEPS, steps)
-            for i in range(first):
-                if memory is not None:
-                    with memory:
-                        if i == 0:
-                            with count_flops() as flops:
-                                step(i, perm, step_losses)
-                        else:
+            with memory if memory is not None else contextlib.nullcontext():
+                for i in range(first):
+                    if probe and i == 0:
+                        with count_flops() as flops:
                             step(i, perm, step_losses)
-                elif probe and i == 0:
-                    with count_flops() as flops:
+                        measurements["flops_per_sample"] = flops.get_total_flops() / float(
+                            host_sizes[0])
+                    else:
                         step(i, perm, step_losses)
-                else:
-                    step(i, perm, step_losses)
-                if probe and i == 0:
-                    measurements["flops_per_sample"] = flops.get_total_flops() / float(
-                        host_sizes[0])
             _sync(device)
         t1 = time.perf_counter()
         for i in range(first, steps):
-            step(i, perm, step_losses)
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            step_losses.append(loss.detach())
         if recipe.scheduler is not None:
             recipe.scheduler.step()
         _sync(device)
@@ -314,7 +314,7 @@ def _train_recipe(
             timed_steps += steps - first
             timed_samples += float(host_sizes[first:].sum())
         # One host read per epoch: the per-step losses stay on the device until here.
-        host = step_losses.cpu()
+        host = torch.stack(step_losses).float().cpu()
         train_loss = float((host * host_sizes).sum()) / n
         val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
         curves["train_loss"].append(train_loss)

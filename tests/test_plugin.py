@@ -84,12 +84,31 @@ def test_summary_table_per_experiment(pytester):
         "*hpspec: exp_digits.py::digits_mlp*",
         "digits_mlp on cpu, 2 seeds per cell (mean ± sd)",
         "lr*activation*verdict*train_loss (final)*val_loss (final)*val_acc (final)*diverged*"
-        "time/epoch*samples/s*peak mem",
+        "val_loss<0.3 at*time/epoch*samples/s*peak mem*params*FLOPs/sample",
         "0.3*relu*passed*",
-        "0.001*tanh*FAILED*",
+        "0.001*tanh*FAILED*never*",
+        "*peak mem: peak bytes of live tensors while training*",
     ])
     quiet = pytester.runpytest("--hpspec-table=none")
     assert "hpspec: exp_digits.py" not in quiet.stdout.str()
+    short = pytester.runpytest("--hpspec-table=short")
+    short.stdout.fnmatch_lines([
+        "lr*activation*verdict*val_loss (final)*val_acc (final)*diverged*samples/s*peak mem",
+    ])
+    assert "train_loss (final)" not in short.stdout.str()
+    assert "FLOPs/sample" not in short.stdout.str()
+
+
+def test_columns_option_picks_columns_and_names_missing_ones(pytester):
+    pytester.makepyfile(exp_digits=RECIPE)
+    result = pytester.runpytest("--hpspec-columns=samples_per_s,val_acc,steps_per_s,nope")
+    result.stdout.fnmatch_lines([
+        "lr*activation*samples/s*val_acc (final)*steps/s",
+        "*--hpspec-columns: no data for nope; this experiment has: verdict, *",
+    ])
+    bad = pytester.runpytest("--hpspec-columns=,")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*--hpspec-columns*not a comma-separated list*e.g.*"])
 
 
 def test_dash_k_selects_cells(pytester):
@@ -113,6 +132,27 @@ def test_junit_xml_carries_key_numbers(pytester):
     xml = (pytester.path / "out.xml").read_text()
     assert 'name="loop[lr=0.5]"' in xml
     assert '<property name="hpspec.loss" value="0.125"' in xml
+
+
+def test_junit_and_json_carry_recipe_measurements(pytester):
+    import json
+    import re
+
+    pytester.makepyfile(exp_digits=RECIPE)
+    pytester.runpytest("--junitxml=out.xml", "--hpspec-json=run.json", "-k", "0.3 and relu")
+    xml = (pytester.path / "out.xml").read_text()
+    props = dict(re.findall(r'<property name="hpspec\.(\w+)" value="([^"]+)"', xml))
+    # forward, weight gradients, and the input gradient of the second layer only
+    assert float(props["flops_per_sample"]) == 2 * 2 * (64 * 16 + 16 * 10) + 2 * 16 * 10
+    assert float(props["samples_per_s"]) > 0
+    assert float(props["peak_memory"]) > 4 * (64 * 16 + 16 + 16 * 10 + 10)
+    assert 0 <= float(props["val_acc"]) <= 1
+    doc = json.loads((pytester.path / "run.json").read_text())
+    (cell,) = doc["experiments"][0]["cells"]
+    seed = cell["result"]["seeds"][0]
+    assert set(seed) >= {"seed", "curves", "epoch_seconds", "initial", "diverged",
+                         "measurements", "epochs_planned", "steps_per_epoch"}
+    assert seed["measurements"]["params"] == 64 * 16 + 16 + 16 * 10 + 10
 
 
 def test_broken_spec_is_an_error_and_the_rest_still_runs(pytester):
@@ -176,7 +216,7 @@ def test_bad_ini_value_is_a_usage_error(pytester):
     pytester.makepyfile(exp_loop=LOOP)
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--hpspec-table: 'wide' is not one of full, none*hpspec_table*"])
+    result.stderr.fnmatch_lines(["*--hpspec-table: 'wide' is not one of full, short, none*hpspec_table*"])
 
 
 def test_import_error_in_experiment_file_is_reported_like_pytest(pytester):

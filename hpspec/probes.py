@@ -53,6 +53,13 @@ class LiveMemory(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._seen: dict[int, weakref.finalize] = {}
+        self._used = False
+
+    def __enter__(self) -> LiveMemory:
+        if self._used:
+            raise RuntimeError("a LiveMemory counts one block; make a new one for another")
+        self._used = True
+        return super().__enter__()  # type: ignore[return-value]
 
     def add(self, tensors: Iterable[Any]) -> None:
         for storage in _storages(tensors):
