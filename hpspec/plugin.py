@@ -538,6 +538,10 @@ class CellItem(_HpspecItem):
             raise ClaimsFailed(failed)
 
 
+#: Seconds between two progress lines (cells shorter than this never show one).
+PROGRESS_INTERVAL = 0.5
+
+
 def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
     """On an interactive terminal, a status line (cell, seed, epoch k/N, loss) that the cell's
     result replaces; nothing on CI logs, pipes, or xdist workers."""
@@ -554,7 +558,7 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
 
     def progress(k: int, n: int, epoch: int, epochs: int, loss: float) -> None:
         now = time.monotonic()
-        if now - last[0] < 0.5:
+        if now - last[0] < PROGRESS_INTERVAL:
             return
         last[0] = now
         shown[0] = True

@@ -259,3 +259,24 @@ def test_json_report_holds_every_seed_curve_and_verdict(pytester):
     assert by_id["lr=0.1"]["verdicts"][0]["outcome"] == "fail"
     result = CellResult.from_dict(by_id["lr=0.5"]["result"])
     assert result.seeds[0].curves["loss"] == [0.5, 0.25, 0.125]
+
+
+def test_live_progress_on_a_terminal_only(pytester, monkeypatch):
+    import hpspec.plugin
+
+    monkeypatch.setattr(hpspec.plugin, "PROGRESS_INTERVAL", 0.0)
+    pytester.makepyfile(exp_digits=RECIPE)
+    plain = pytester.runpytest("-k", "0.3 and relu")
+    assert "epoch 3/3" not in plain.stdout.str()  # not a terminal: quiet
+    pytester.makeconftest("""
+        import pytest
+        from _pytest.compat import CallableBool
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_configure(config):
+            config.pluginmanager.get_plugin("terminalreporter").isatty = CallableBool(True)
+    """)
+    tty = pytester.runpytest("-k", "0.3 and relu")
+    out = tty.stdout.str()
+    assert "digits_mlp[lr=0.3-activation=relu] seed 2/2 epoch 3/3 loss " in out
+    tty.assert_outcomes(passed=1)
