@@ -76,6 +76,7 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Any:
     return parse
 
 
+parse_stack = _choice("--hpspec-stack", ("on", "off"))
 parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
 
@@ -141,6 +142,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "selected claims) or run (over all selected claims). ini: hpspec_holm. Default off.",
     )
     group.addoption(
+        "--hpspec-stack",
+        type=parse_stack,
+        default=None,
+        help="on: cells that differ only in optimizer hyperparameters or seed train together "
+        "as one stacked model (same results, much faster for grids of small models); off: one "
+        "by one. An experiment can say stack=False. ini: hpspec_stack. Default on.",
+    )
+    group.addoption(
+        "--hpspec-full-curves",
+        action="store_true",
+        default=None,
+        help="train every seed for all its epochs, even when its claims are decided early.",
+    )
+    group.addoption(
         "--hpspec-inference",
         action="store_true",
         default=None,
@@ -170,6 +185,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hpspec_device", "default for --hpspec-device", default="auto")
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
     parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
+    parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
 
 
 def _option(config: pytest.Config, name: str, parse: Any) -> Any:
@@ -194,6 +210,8 @@ class State:
     table: str
     columns: tuple[str, ...] | None = None
     inference: bool = False
+    stack: bool = True
+    full_curves: bool = False
     confidence: float = 0.95
     inconclusive: str = "fail"
     holm: str = "off"
@@ -205,6 +223,12 @@ class State:
     failures: dict[tuple[str, str], str] = attrs.field(factory=dict)
     cross: dict[str, dict[str, Verdict]] = attrs.field(factory=dict)
     selected_claims: set[tuple[str, str]] = attrs.field(factory=set)
+    #: Cells each experiment's selected items need (their own, and their claims').
+    wanted: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Cells already offered to stacked training (trained, or left to run one by one).
+    stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
+    #: One line per experiment about how it was trained (stacked, or why not).
+    notes: dict[str, list[str]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -217,17 +241,75 @@ class State:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
         found = self.results.get((key, cell.id))
+        if found is None and self.stack and (key, cell.id) not in self.stack_tried:
+            self._train_stacked(key, exp, cell, progress)
+            found = self.results.get((key, cell.id))
         if found is None:
+            from hpspec.plan import stop_rule
             from hpspec.runner import run_cell
 
             try:
                 found = run_cell(exp, cell, self.resolve_device(), progress=progress,
-                                 inference=self.inference)
+                                 inference=self.inference,
+                                 stop=stop_rule(exp, cell.as_dict(), self.full_curves))
             except BaseException as e:
                 self.failures[(key, cell.id)] = f"{type(e).__name__}: {e}"
                 raise
             self._store(key, cell, found)
         return found
+
+    def note(self, key: str, line: str) -> None:
+        lines = self.notes.setdefault(key, [])
+        if line not in lines:
+            lines.append(line)
+
+    def _train_stacked(self, key: str, exp: Experiment, cell: Cell, progress: Any) -> None:
+        """Train ``cell`` with every pending cell it can share a stacked model with."""
+        __tracebackhide__ = True
+        from hpspec.plan import stop_rule, timing_claim
+        from hpspec.runner import run_stacked, stackable_cells
+
+        if exp.mode != "recipe" or self.inference:
+            return
+        if not exp.stack:
+            self.note(key, "trained one by one: the experiment says stack=False")
+            return
+        timing = timing_claim(exp)
+        if timing is not None:
+            self.note(key, f"trained one by one, so that each cell's timing is its own: "
+                      f"claim {timing!r} times the training")
+            return
+        wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        pending = [c for c in exp.cells
+                   if c.id in wanted | {cell.id} and (key, c.id) not in self.results
+                   and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried]
+        bucket = next(b for b in stackable_cells(exp, pending) if cell in b)
+        self.stack_tried.update((key, c.id) for c in bucket)
+        rules = {c.id: stop_rule(exp, c.as_dict(), self.full_curves) for c in bucket}
+        report = None
+        if progress is not None:
+            def report(epoch: int, epochs: int, loss: float) -> None:
+                progress(1, 1, epoch, epochs, loss)
+        try:
+            results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
+                                       stop_rules=rules)
+        except Exception as e:  # the cells then run one by one and report their own errors
+            self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
+                      "by one")
+            return
+        for cell_id, result in results.items():
+            target = next(c for c in bucket if c.id == cell_id)
+            self._store(key, target, result)
+        if results:
+            sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
+                            for r in results.values()})
+            self.note(key, f"stacked: {len(results)} cell(s) trained together in groups of "
+                      f"{', '.join(map(str, sizes))} (cells x seeds); their samples/s is each "
+                      "cell's samples over the group's time; --hpspec-stack=off trains them one "
+                      "by one")
+        if why:
+            reason = next(iter(why.values()))
+            self.note(key, f"trained one by one ({len(why)} cells): {reason}")
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
@@ -356,6 +438,8 @@ def pytest_configure(config: pytest.Config) -> None:
         holm=_option(config, "holm", parse_holm),
         columns=_option(config, "columns", lambda v: parse_columns(v) if v.strip() else None),
         inference=bool(config.getoption("--hpspec-inference")),
+        stack=_option(config, "stack", parse_stack) == "on",
+        full_curves=bool(config.getoption("--hpspec-full-curves")),
     )
     if config.stash[STATE].inference:
         from hpspec.probes import InferenceUnavailable, _benchmark_module
@@ -625,9 +709,15 @@ def _key_numbers(result: CellResult) -> dict[str, float]:
 def pytest_collection_modifyitems(
     session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
 ) -> None:
-    config.stash[STATE].selected_claims = {
-        (i.key, i.claim.slug()) for i in items if isinstance(i, ClaimItem)
-    }
+    state = config.stash[STATE]
+    state.selected_claims = {(i.key, i.claim.slug()) for i in items if isinstance(i, ClaimItem)}
+    state.wanted = {}
+    for i in items:
+        if isinstance(i, CellItem):
+            state.wanted.setdefault(i.key, set()).add(i.cell.id)
+        elif isinstance(i, ClaimItem):
+            state.wanted.setdefault(i.key, set()).update(
+                c.id for c in i.exp.cells if i.claim.selects(c.as_dict()))
     # Resolve the device before anything trains, so a bad --hpspec-device is one usage error
     # rather than one failure per cell; only when cells will run (torch loads here).
     if config.option.collectonly or not any(isinstance(i, CellItem) for i in items):
@@ -659,6 +749,8 @@ def pytest_terminal_summary(
             render_experiment(exp.name, exp.axes, ran, device=state.device, targets=targets,
                               table=state.table, pick=state.columns)
         )
+        for line in state.notes.get(key, []):
+            terminalreporter.write_line(f"  {line}")
         cross = state.cross.get(key)
         if cross:
             terminalreporter.write_line(render_claims(list(cross.values())))

@@ -205,6 +205,7 @@ def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -
 WARMUP_STEPS = 2
 
 Progress = Callable[[int, int, float], None]  # (epoch, epochs, train loss so far)
+StopRule = Callable[[Mapping[str, Any]], bool]  # curves so far -> may this seed stop?
 
 
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
@@ -215,7 +216,7 @@ PROBED = ("params", "param_bytes", "flops_per_sample", "peak_memory")
 def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
-    inference: bool = False,
+    inference: bool = False, stop: StopRule | None = None,
 ) -> SeedResult:
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
@@ -332,6 +333,8 @@ def _train_recipe(
                       f"{start_train['loss']:.4g}")
             diverged = Divergence(epoch, step_no, reason)
             break
+        if stop is not None and stop(curves):
+            break  # every claim on this cell is decided (early stop)
 
     measurements.update(_timing(timed_seconds, timed_samples, timed_steps, steps))
     if cuda and probe:
@@ -461,27 +464,19 @@ def run_seed(
     probed: Mapping[str, float] | None = None,
     progress: Progress | None = None,
     inference: bool = False,
+    stop: StopRule | None = None,
 ) -> SeedResult:
     """Train one seed of one cell, in its own seeded, restored torch state. ``probed`` carries
     the model's size, FLOPs and memory from an earlier seed of the cell (else they are probed)."""
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
-    case = Case(
-        cell.as_dict(),
-        seed=seed,
-        device=device,
-        epochs=exp.epochs_for(cell) if (exp.epochs or "epochs" in cell.as_dict()) else 0,
-        batch_size=exp.batch_size_for(cell),
-        data=data,
-        experiment=exp.name,
-        cell_id=cell.id,
-    )
+    case = _case(exp, cell, seed, device, data)
     with torch_state(seed):
         try:
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case)
             assert data is not None
-            return _train_recipe(exp, cell, case, data, probed, progress, inference)
+            return _train_recipe(exp, cell, case, data, probed, progress, inference, stop)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             gc.collect()
             if device.startswith("cuda"):
@@ -518,6 +513,7 @@ def run_cell(
     probed: Mapping[str, float] | None = None,
     progress: CellProgress | None = None,
     inference: bool = False,
+    stop: StopRule | None = None,
 ) -> CellResult:
     """Train every seed of a cell, one after the other; the first probes size, FLOPs and
     memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
@@ -529,7 +525,7 @@ def run_cell(
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float, k: int = k) -> None:
                 progress(k + 1, len(todo), epoch, epochs, loss)
-        run = run_seed(exp, cell, seed, device, probed, report, inference)
+        run = run_seed(exp, cell, seed, device, probed, report, inference, stop)
         if probed is None:
             probed = {m: v for m, v in run.measurements.items()
                       if m in PROBED or m.startswith("inference_")}
@@ -541,3 +537,105 @@ def run_cell(
         device=device,
         seeds=tuple(runs),
     )
+
+
+# ------------------------------------------------------------------------ stacked groups
+
+
+def _case(exp: Experiment, cell: Cell, seed: int, device: str, data: Data | None) -> Case:
+    return Case(
+        cell.as_dict(),
+        seed=seed,
+        device=device,
+        epochs=exp.epochs_for(cell) if (exp.epochs or "epochs" in cell.as_dict()) else 0,
+        batch_size=exp.batch_size_for(cell),
+        data=data,
+        experiment=exp.name,
+        cell_id=cell.id,
+    )
+
+
+def stackable_cells(exp: Experiment, cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that could share a stacked model: same batch size and epochs (recipe mode)."""
+    if exp.mode != "recipe" or not exp.stack:
+        return [[c] for c in cells]
+    by: dict[tuple[Any, Any], list[Cell]] = {}
+    for c in cells:
+        by.setdefault((exp.batch_size_for(c), exp.epochs_for(c)), []).append(c)
+    return list(by.values())
+
+
+def run_stacked(
+    exp: Experiment,
+    cells: list[Cell],
+    device: str,
+    seeds: tuple[int, ...] | None = None,
+    progress: Progress | None = None,
+    stop_rules: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, CellResult], dict[str, str]]:
+    """Train the cells' seeds that stack as one model per architecture group.
+
+    Returns the results of the cells trained that way and, for cells that were not stacked,
+    why not (they are left for :func:`run_cell`). Cells given here must share batch size and
+    epochs (see :func:`stackable_cells`).
+    """
+    __tracebackhide__ = True
+    from hpspec.stacked import Member, plan, train_group
+
+    if exp.mode != "recipe" or not exp.stack or exp.data is None or len(cells) * len(
+            seeds or exp.seeds) < 2:
+        return {}, {}
+    data = device_data(exp.data, device)
+    members: list[Member] = []
+    owner: list[Cell] = []
+    has_scheduler = False
+    for cell in cells:
+        for seed in seeds or exp.seeds:
+            case = _case(exp, cell, seed, device, data)
+            with torch_state(seed):
+                try:
+                    recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
+                except Exception:
+                    # The cell's own run (sequential) reports the error with its traceback.
+                    return {}, {c.id: "building a recipe raised" for c in cells}
+            has_scheduler = has_scheduler or recipe.scheduler is not None
+            members.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+            owner.append(cell)
+    groups, why = plan(members, data.task, has_scheduler)
+    results: dict[str, list[SeedResult]] = {}
+    for idx in groups:
+        group = [members[i] for i in idx]
+        # A group trains only whole cells: a cell split across groups runs sequentially.
+        first_cell = owner[idx[0]]
+        batch_size = exp.batch_size_for(first_cell)
+        assert batch_size is not None
+        try:
+            for m in group:
+                m.model.to(device)
+                with torch.no_grad():
+                    xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
+                    out = m.model(xb)
+                    loss_fn = m.loss or _default_loss(data.task)
+                    _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data)
+                                       else None, data, f"{exp.where}[{m.cell_id}]")
+        except CellError:
+            for i in idx:
+                why[i] = "its model does not fit the data (reported by its own run)"
+            continue
+        rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
+        runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
+                           DIVERGENCE_FACTOR, rules, progress)
+        for m, r in zip(group, runs, strict=True):
+            results.setdefault(m.cell_id, []).append(r)
+    out: dict[str, CellResult] = {}
+    reasons: dict[str, str] = {}
+    wanted = len(seeds or exp.seeds)
+    for cell in cells:
+        runs = sorted(results.get(cell.id, []), key=lambda r: r.seed)
+        if len(runs) == wanted:
+            out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
+                                      params=cell.as_dict(), device=device, seeds=tuple(runs))
+        else:
+            reasons[cell.id] = next((why[i] for i, o in enumerate(owner)
+                                     if o is cell and i in why), "not stacked")
+    return out, reasons

@@ -309,12 +309,17 @@ def experiment(
     claims: Sequence[Any] = (),
     metrics: Sequence[str] | None = None,
     name: str | None = None,
+    stack: bool = True,
+    timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
 
     The function either returns a recipe (``model, optimizer`` or :class:`hpspec.Recipe`) and
     hpspec trains it (*recipe mode*), or is a generator that yields a dict of metrics per epoch
     (*loop mode*). The function is returned unchanged; the spec rides on ``fn.__hpspec__``.
+
+    ``stack=False`` trains this experiment's cells one by one even where they could be trained
+    together as one stacked model; ``timeout`` is a budget in seconds per cell (all its seeds).
     """
     kwargs = dict(
         grid=grid,
@@ -326,6 +331,8 @@ def experiment(
         claims=claims,
         metrics=metrics,
         name=name,
+        stack=stack,
+        timeout=timeout,
     )
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -354,6 +361,10 @@ class Experiment:
     metrics: frozenset[str] | None
     #: ``hpspec.stats.Adaptive`` when seeds are added until cross-cell claims are decided.
     adaptive: Any = None
+    #: Whether compatible cells may be trained together as one stacked model.
+    stack: bool = True
+    #: Seconds a cell (all its seeds) may train before it fails; None: no budget.
+    timeout: float | None = None
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -585,6 +596,18 @@ def build(fn: Callable[..., Any]) -> Experiment:
     for i, c in enumerate(claim_list):
         checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
 
+    stack = kw.get("stack", True)
+    if not isinstance(stack, bool):
+        raise SpecError("must be True or False", where=where, argument="stack", value=stack,
+                        fix="stack=False trains the cells one by one")
+    timeout = kw.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+        or not 0 < timeout < float("inf")
+    ):
+        raise SpecError("must be a positive number of seconds", where=where,
+                        argument="timeout", value=timeout, fix="e.g. timeout=60")
+
     return Experiment(
         name=name,
         where=where,
@@ -600,6 +623,8 @@ def build(fn: Callable[..., Any]) -> Experiment:
         claims=tuple(checked),
         metrics=known,
         adaptive=adaptive,
+        stack=stack,
+        timeout=float(timeout) if timeout is not None else None,
     )
 
 

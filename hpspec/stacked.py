@@ -1,0 +1,465 @@
+"""Training many compatible cells at once, as one stacked model.
+
+A grid of small models is launch- and sync-bound: one cell at a time leaves most of a GPU (and
+much of a CPU) idle. Cells whose recipes share an architecture, a batch size and an optimizer
+class, and differ only in optimizer hyperparameters (lr, momentum, weight decay, betas...),
+initial weights or seed, are trained together: parameters stacked on a leading dimension K,
+forward with batched matrix products, the sum of the per-cell mean losses back-propagated (each
+cell's gradient is its own loss's), and an update written out for stacked tensors in which
+every cell keeps its own hyperparameters. Each cell keeps its own data order (its seed's
+permutations) and its own initial weights (built by the user's function under its seed), so a
+stacked cell's curve equals its sequential run within float tolerance (tests check it).
+
+What stacks: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations (what
+``hp.models.mlp`` builds, and what most grids of small models are), the default loss or
+``CrossEntropyLoss`` / ``MSELoss`` with mean reduction, and ``SGD`` (momentum, dampening,
+nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter group and no scheduler.
+Anything else trains sequentially; :func:`plan` says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from hpspec.datasets import CLASSIFICATION, Data
+from hpspec.probes import LiveMemory, count_flops, device_peak_flops, model_size
+from hpspec.results import Divergence, SeedResult
+
+__all__ = ["Member", "plan", "train_group", "ELEMENTWISE"]
+
+#: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
+               nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.CELU, nn.Softsign)
+
+
+@attrs.define
+class Member:
+    """One (cell, seed) of a group: its recipe, built under its seed."""
+
+    cell_id: str
+    seed: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Any
+
+
+def _layers(model: nn.Module) -> list[nn.Module] | None:
+    if not isinstance(model, nn.Sequential):
+        return None
+    out: list[nn.Module] = []
+    for m in model:
+        if isinstance(m, nn.Sequential):
+            inner = _layers(m)
+            if inner is None:
+                return None
+            out += inner
+        elif isinstance(m, nn.Linear) or (isinstance(m, ELEMENTWISE) and not list(m.parameters())):
+            out.append(m)
+        elif isinstance(m, nn.Dropout) and m.p == 0:
+            continue
+        else:
+            return None
+    return out
+
+
+_SGD_KEYS = {"lr", "momentum", "dampening", "weight_decay", "nesterov"}
+_ADAM_KEYS = {"lr", "betas", "eps", "weight_decay"}
+
+
+def _optimizer_kind(opt: torch.optim.Optimizer, model: nn.Module) -> str | None:
+    if len(opt.param_groups) != 1:
+        return None
+    group = opt.param_groups[0]
+    if [id(p) for p in group["params"]] != [id(p) for p in model.parameters()]:
+        return None
+    if any(isinstance(group.get(k), torch.Tensor) for k in ("lr", "momentum", "weight_decay")):
+        return None
+    if type(opt) is torch.optim.SGD:
+        if group.get("maximize") or group.get("differentiable"):
+            return None
+        return "sgd"
+    if type(opt) in (torch.optim.Adam, torch.optim.AdamW):
+        if (group.get("amsgrad") or group.get("maximize") or group.get("capturable")
+                or group.get("differentiable") or isinstance(group.get("betas", (0,))[0],
+                                                              torch.Tensor)):
+            return None
+        kind = "adamw" if type(opt) is torch.optim.AdamW else "adam"
+        # torch >= 2.x: Adam(decoupled_weight_decay=True) is AdamW
+        if group.get("decoupled_weight_decay"):
+            kind = "adamw"
+        return kind
+    return None
+
+
+def _loss_kind(loss: Any, task: str) -> str | None:
+    if loss is None:
+        return "ce" if task == CLASSIFICATION else "mse"
+    if type(loss) is nn.CrossEntropyLoss:
+        if (loss.reduction == "mean" and loss.weight is None and loss.label_smoothing == 0
+                and loss.ignore_index == -100):
+            return "ce"
+        return None
+    if type(loss) is nn.MSELoss and loss.reduction == "mean":
+        return "mse"
+    return None
+
+
+def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | str:
+    """What must be equal for members to stack, or the reason this member cannot."""
+    if has_scheduler:
+        return "a learning-rate scheduler is not stacked"
+    layers = _layers(m.model)
+    if layers is None:
+        return (f"the model ({type(m.model).__name__}) is not an nn.Sequential of Linear "
+                "layers and element-wise activations")
+    if any(b is not None for b in m.model.buffers()):
+        return "the model has buffers"
+    kind = _optimizer_kind(m.optimizer, m.model)
+    if kind is None:
+        return (f"the optimizer ({type(m.optimizer).__name__}) is not a plain SGD, Adam or "
+                "AdamW over model.parameters()")
+    loss = _loss_kind(m.loss, task)
+    if loss is None:
+        return "the loss is not the default, CrossEntropyLoss or MSELoss with mean reduction"
+    arch = tuple(
+        ("linear", l.in_features, l.out_features, l.bias is not None, l.weight.dtype)
+        if isinstance(l, nn.Linear) else (type(l).__name__, repr(l))
+        for l in layers
+    )
+    return (arch, kind, loss)
+
+
+def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
+        list[list[int]], dict[int, str]]:
+    """Groups of member indices that stack (two or more each) and, for the rest, why not."""
+    groups: dict[Any, list[int]] = {}
+    why: dict[int, str] = {}
+    for i, m in enumerate(members):
+        sig = signature(m, task, has_scheduler)
+        if isinstance(sig, str):
+            why[i] = sig
+        else:
+            groups.setdefault(sig, []).append(i)
+    out = []
+    for idx in groups.values():
+        if len(idx) >= 2:
+            out.append(idx)
+        else:
+            why[idx[0]] = "no other cell has the same architecture and optimizer"
+    return out, why
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class _Stacked:
+    """K copies of an MLP as stacked leaf tensors: weights [K, out, in], biases [K, 1, out]."""
+
+    def __init__(self, models: Sequence[nn.Module], device: str) -> None:
+        self.layers: list[tuple[str, Any]] = []
+        self.params: list[torch.Tensor] = []
+        per_model = [_layers(m) for m in models]
+        first = per_model[0]
+        assert first is not None
+        for j, layer in enumerate(first):
+            if isinstance(layer, nn.Linear):
+                w = torch.stack([pm[j].weight.detach() for pm in per_model])  # type: ignore[index]
+                w = w.to(device).requires_grad_(True)
+                b = None
+                if layer.bias is not None:
+                    b = torch.stack([pm[j].bias.detach() for pm in per_model])  # type: ignore[index]
+                    b = b.unsqueeze(1).to(device).requires_grad_(True)
+                self.layers.append(("linear", (w, b)))
+                self.params += [w] if b is None else [w, b]
+            else:
+                self.layers.append(("act", copy.deepcopy(layer)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for kind, obj in self.layers:
+            if kind == "linear":
+                w, b = obj
+                wt = w.transpose(1, 2)
+                x = torch.bmm(x, wt) if b is None else torch.baddbmm(b, x, wt)
+            else:
+                x = obj(x)
+        return x
+
+
+def _per_cell_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    k, b = out.shape[0], out.shape[1]
+    if kind == "ce":
+        flat = nn.functional.cross_entropy(out.reshape(k * b, -1), y.reshape(k * b),
+                                           reduction="none")
+        return flat.view(k, b).mean(dim=1)
+    return ((out - y) ** 2).reshape(k, -1).mean(dim=1)
+
+
+# -------------------------------------------------------------------------- the optimizers
+
+
+def _hp(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    shape = (len(values),) + (1,) * (like.dim() - 1)
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
+
+
+class _StackedSGD:
+    """torch.optim.SGD's update with per-cell lr, momentum, dampening, nesterov, weight decay."""
+
+    def __init__(self, params: list[torch.Tensor], groups: Sequence[dict[str, Any]]) -> None:
+        self.params = params
+        self.h = []
+        for p in params:
+            mom = [float(g["momentum"]) for g in groups]
+            damp = [float(g["dampening"]) if float(g["momentum"]) else 0.0 for g in groups]
+            self.h.append(dict(
+                lr=_hp([float(g["lr"]) for g in groups], p),
+                wd=_hp([float(g["weight_decay"]) for g in groups], p),
+                mom=_hp(mom, p),
+                keep=_hp([1 - d for d in damp], p),
+                nesterov=_hp([float(bool(g["nesterov"])) for g in groups], p),
+            ))
+        self.use_wd = any(float(g["weight_decay"]) for g in groups)
+        self.use_mom = any(float(g["momentum"]) for g in groups)
+        self.use_nesterov = any(bool(g["nesterov"]) for g in groups)
+        self.bufs: list[torch.Tensor | None] = [None] * len(params)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            g = p.grad
+            assert g is not None
+            h = self.h[i]
+            if self.use_wd:
+                g = g + h["wd"] * p
+            if self.use_mom:
+                buf = self.bufs[i]
+                if buf is None:
+                    buf = self.bufs[i] = g.clone()
+                else:
+                    buf.mul_(h["mom"]).add_(g * h["keep"])
+                if self.use_nesterov:
+                    g = torch.where(h["nesterov"] > 0, g + h["mom"] * buf, buf)
+                else:
+                    g = buf
+            p.sub_(h["lr"] * g)
+
+
+class _StackedAdam:
+    """torch.optim.Adam / AdamW's update with per-cell lr, betas, eps and weight decay."""
+
+    def __init__(self, params: list[torch.Tensor], groups: Sequence[dict[str, Any]],
+                 decoupled: bool) -> None:
+        self.params = params
+        self.decoupled = decoupled
+        self.b1 = [float(g["betas"][0]) for g in groups]
+        self.b2 = [float(g["betas"][1]) for g in groups]
+        self.h = [dict(lr=_hp([float(g["lr"]) for g in groups], p),
+                       wd=_hp([float(g["weight_decay"]) for g in groups], p),
+                       eps=_hp([float(g["eps"]) for g in groups], p),
+                       b1=_hp(self.b1, p), b2=_hp(self.b2, p)) for p in params]
+        self.use_wd = any(float(g["weight_decay"]) for g in groups)
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        for i, p in enumerate(self.params):
+            g = p.grad
+            assert g is not None
+            h = self.h[i]
+            if self.use_wd:
+                if self.decoupled:
+                    p.mul_(1 - h["lr"] * h["wd"])
+                else:
+                    g = g + h["wd"] * p
+            self.m[i].lerp_(g, 1 - h["b1"])
+            self.v[i].mul_(h["b2"]).addcmul_(g, g * (1 - h["b2"]))
+            c1 = _hp([1 - b ** self.t for b in self.b1], p)
+            c2 = _hp([math.sqrt(1 - b ** self.t) for b in self.b2], p)
+            denom = (self.v[i].sqrt() / c2).add_(h["eps"])
+            p.sub_((h["lr"] / c1) * self.m[i] / denom)
+
+
+def _stacked_optimizer(kind: str, params: list[torch.Tensor],
+                       groups: Sequence[dict[str, Any]]) -> Any:
+    if kind == "sgd":
+        return _StackedSGD(params, groups)
+    return _StackedAdam(params, groups, decoupled=kind == "adamw")
+
+
+# ------------------------------------------------------------------------------- training
+
+
+WARMUP_STEPS = 2
+StopRule = Callable[[dict[str, list[float]]], bool]
+
+
+def _probe(m: Member, data: Data, batch_size: int, loss_kind: str, device: str) -> dict[
+        str, float]:
+    """Size, FLOPs and peak live memory of one member trained alone for two steps, on a copy
+    (the member's own weights are not touched)."""
+    model, opt = copy.deepcopy((m.model, m.optimizer))
+    model = model.to(device)
+    out: dict[str, float] = dict(model_size(model))
+    x, y = data.x_train, data.y_train
+    with LiveMemory() as mem:
+        mem.add([*model.parameters(), x, y, data.x_val, data.y_val])
+        for i in range(2):
+            xb, yb = x[i * batch_size : (i + 1) * batch_size], y[i * batch_size : (i + 1) * batch_size]
+            opt.zero_grad(set_to_none=True)
+            if i == 0:
+                with count_flops() as fc:
+                    loss = _per_cell_loss(model(xb).unsqueeze(0), yb.unsqueeze(0), loss_kind)
+                    loss.sum().backward()
+                out["flops_per_sample"] = fc.get_total_flops() / float(xb.shape[0])
+            else:
+                _per_cell_loss(model(xb).unsqueeze(0), yb.unsqueeze(0), loss_kind).sum().backward()
+            opt.step()
+    out["peak_memory"] = float(mem.peak)
+    return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    elif device.startswith("mps"):
+        torch.mps.synchronize()
+
+
+@torch.no_grad()
+def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_kind: str,
+              task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    out = model(x.unsqueeze(0).expand(k, *x.shape))
+    yk = y.unsqueeze(0).expand(k, *y.shape)
+    loss = _per_cell_loss(out, yk, loss_kind)
+    acc = (out.argmax(dim=2) == yk).float().mean(dim=1) if task == CLASSIFICATION else None
+    return loss, acc
+
+
+def train_group(
+    members: Sequence[Member],
+    data: Data,
+    batch_size: int,
+    epochs: int,
+    device: str,
+    divergence_factor: float,
+    stop_rules: Sequence[StopRule | None] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[SeedResult]:
+    """Train the members as one stacked model; one :class:`SeedResult` per member, in order."""
+    k = len(members)
+    sig = signature(members[0], data.task, False)
+    assert not isinstance(sig, str)
+    _, opt_kind, loss_kind = sig
+    probed = _probe(members[0], data, batch_size, loss_kind, device)
+    model = _Stacked([m.model for m in members], device)
+    opt = _stacked_optimizer(opt_kind, model.params,
+                             [m.optimizer.param_groups[0] for m in members])
+    x, y = data.x_train, data.y_train
+    n = x.shape[0]
+    steps = math.ceil(n / batch_size)
+    sizes = torch.full((steps,), float(batch_size))
+    sizes[-1] = n - batch_size * (steps - 1)
+    orders = [torch.Generator(device="cpu").manual_seed(m.seed) for m in members]
+
+    start_train, start_train_acc = _evaluate(model, x, y, k, loss_kind, data.task)
+    start_val, start_acc = _evaluate(model, data.x_val, data.y_val, k, loss_kind, data.task)
+    st, sv = start_train.tolist(), start_val.tolist()
+    sa = start_acc.tolist() if start_acc is not None else None
+    initial = [{"train_loss": st[i], "val_loss": sv[i], **({"val_acc": sa[i]} if sa else {})}
+               for i in range(k)]
+    limits = torch.tensor([divergence_factor * max(abs(v), 1e-8) for v in st])
+    curves: list[dict[str, list[float]]] = [{key: [] for key in init} for init in initial]
+    diverged: list[Divergence | None] = [None] * k
+    stopped = [False] * k
+    seconds: list[float] = []
+    timed_seconds, timed_steps, timed_samples = 0.0, 0, 0.0
+    rules = list(stop_rules) if stop_rules is not None else [None] * k
+
+    for epoch in range(1, epochs + 1):
+        perms = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
+        step_losses: list[torch.Tensor] = []
+        _sync(device)
+        t0 = time.perf_counter()
+        first = min(WARMUP_STEPS, steps) if epoch == 1 else 0
+        t1 = t0
+        for i in range(steps):
+            if i == first:
+                if first:
+                    _sync(device)
+                t1 = time.perf_counter()
+            idx = perms[:, i * batch_size : (i + 1) * batch_size]
+            for p in model.params:
+                p.grad = None
+            losses = _per_cell_loss(model(x[idx]), y[idx], loss_kind)
+            losses.sum().backward()
+            opt.step()
+            step_losses.append(losses.detach())
+        _sync(device)
+        t2 = time.perf_counter()
+        seconds.append(t2 - t0)
+        if first < steps:
+            timed_seconds += t2 - t1
+            timed_steps += steps - first
+            timed_samples += float(sizes[first:].sum())
+        host = torch.stack(step_losses).float().cpu()  # [steps, K]
+        train = (host * sizes.unsqueeze(1)).sum(dim=0) / n
+        val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, k, loss_kind, data.task)
+        vl = val_loss.tolist()
+        va = val_acc.tolist() if val_acc is not None else None
+        bad = (~torch.isfinite(host)) | (host > limits)
+        for j in range(k):
+            if stopped[j]:
+                continue
+            curves[j]["train_loss"].append(float(train[j]))
+            curves[j]["val_loss"].append(vl[j])
+            if va is not None:
+                curves[j]["val_acc"].append(va[j])
+            col = bad[:, j]
+            if bool(col.any()):
+                step_no = int(col.nonzero()[0, 0]) + 1
+                value = float(host[step_no - 1, j])
+                reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
+                          f"loss {value:.4g} > {divergence_factor:g}x its start {st[j]:.4g}")
+                diverged[j] = Divergence(epoch, step_no, reason)
+                stopped[j] = True
+            elif rules[j] is not None and rules[j](curves[j]):  # type: ignore[misc]
+                stopped[j] = True
+        if progress is not None:
+            progress(epoch, epochs, float(train.nanmean()))
+        if all(stopped):
+            break
+
+    measurements: dict[str, float] = dict(probed)
+    measurements["stacked"] = float(k)
+    if timed_seconds > 0 and timed_steps > 0:
+        measurements["time_per_epoch"] = timed_seconds / timed_steps * steps
+        measurements["steps_per_s"] = timed_steps / timed_seconds
+        measurements["samples_per_s"] = timed_samples / timed_seconds
+    peak = device_peak_flops(device)
+    if peak and "samples_per_s" in measurements:
+        measurements["mfu"] = (k * measurements["flops_per_sample"]
+                               * measurements["samples_per_s"] / peak)
+    return [
+        SeedResult(
+            seed=m.seed,
+            curves=curves[j],
+            epoch_seconds=seconds[: len(curves[j]["train_loss"])],
+            initial=initial[j],
+            diverged=diverged[j],
+            measurements=measurements,
+            epochs_planned=epochs,
+            steps_per_epoch=steps,
+        )
+        for j, m in enumerate(members)
+    ]

@@ -1,0 +1,214 @@
+"""Stacked training of compatible cells: same results as one by one, fallbacks, early stop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hpspec as hp
+from hpspec.plan import stop_rule, timing_claim
+from hpspec.runner import run_cell, run_stacked
+from hpspec.spec import build
+
+DATA = hp.datasets.digits(n_train=400)
+
+
+def _close(a, b, rtol=2e-4):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert len(a[k]) == len(b[k]), k
+        for x, y in zip(a[k], b[k], strict=True):
+            assert x == pytest.approx(y, rel=rtol, abs=1e-6), (k, a[k], b[k])
+
+
+OPTIMIZERS = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr),
+    "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=0.9, weight_decay=1e-3),
+    "nesterov": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=0.5, nesterov=True,
+                                            dampening=0.0),
+    "dampening": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=0.8, dampening=0.3),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr / 30, betas=(0.8, 0.99), weight_decay=1e-3),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr / 30, weight_decay=0.05),
+}
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_stacked_cells_equal_their_sequential_runs(opt):
+    def recipe(case):
+        model = hp.models.mlp(64, [32, 16], 10, activation=case.act)
+        return model, OPTIMIZERS[opt](model.parameters(), case)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.03, 0.1, 0.2], act=["relu", "tanh"]),
+                              epochs=3, seeds=2, batch_size=32, data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why and set(stacked) == {c.id for c in exp.cells}
+    for cell in exp.cells:
+        alone = run_cell(exp, cell, "cpu")
+        for a, b in zip(alone.seeds, stacked[cell.id].seeds, strict=True):
+            assert a.seed == b.seed
+            _close(a.curves, b.curves)
+            _close({k: [v] for k, v in a.initial.items()}, {k: [v] for k, v in b.initial.items()})
+            assert b.measurements["stacked"] == 6.0  # 3 lr x 2 seeds per activation
+            for key in ("params", "flops_per_sample"):
+                assert b.measurements[key] == a.measurements[key]
+
+
+def test_a_diverging_cell_does_not_disturb_the_others():
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 1e4]), epochs=3, seeds=1,
+                              data=DATA)(recipe))
+    stacked, _ = run_stacked(exp, list(exp.cells), "cpu")
+    wild = stacked["lr=10000.0"].seeds[0]
+    assert wild.diverged is not None and wild.diverged.epoch == 1
+    assert len(wild.curves["train_loss"]) == 1  # stopped, as when trained alone
+    calm_alone = run_cell(exp, exp.cells[0], "cpu").seeds[0]
+    _close(calm_alone.curves, stacked["lr=0.1"].seeds[0].curves)
+    assert run_cell(exp, exp.cells[1], "cpu").seeds[0].diverged == wild.diverged
+
+
+class Custom(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda c: (Custom(), None), "not an nn.Sequential"),
+        (lambda c: (hp.models.mlp(64, [8], 10), "rmsprop"), "not a plain SGD, Adam or AdamW"),
+        (lambda c: (hp.models.mlp(64, [8], 10, dropout=0.2), None), "not an nn.Sequential"),
+        (lambda c: (hp.models.mlp(64, [8], 10), "scheduler"), "scheduler"),
+        (lambda c: (hp.models.mlp(64, [8], 10), "smooth"), "the loss"),
+    ],
+)
+def test_recipes_that_cannot_stack_are_left_sequential_with_a_reason(make, reason):
+    def recipe(case):
+        model, extra = make(case)
+        if extra == "rmsprop":
+            return model, torch.optim.RMSprop(model.parameters(), lr=case.lr)
+        opt = torch.optim.SGD(model.parameters(), lr=case.lr)
+        if extra == "scheduler":
+            return hp.Recipe(model, opt, scheduler=torch.optim.lr_scheduler.StepLR(opt, 1))
+        if extra == "smooth":
+            return hp.Recipe(model, opt, loss=torch.nn.CrossEntropyLoss(label_smoothing=0.1))
+        return model, opt
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=1, seeds=2,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert stacked == {}
+    assert set(why) == {c.id for c in exp.cells}
+    assert all(reason in w for w in why.values()), why
+
+
+def test_cells_with_different_architectures_form_separate_groups():
+    def recipe(case):
+        model = hp.models.mlp(64, [case.width], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(width=[8, 16], lr=[0.1, 0.2]), epochs=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {2.0}
+
+
+def test_timing_claims_keep_an_experiment_sequential():
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    grid = hp.grid(lr=[0.1, 0.2])
+    plain = build(hp.experiment(grid=grid, epochs=1, data=DATA,
+                                claims=[hp.expect(hp.peak_memory() < "1 GiB")])(recipe))
+    assert timing_claim(plain) is None
+    for claim in (hp.expect(hp.throughput() > 1), hp.trend(hp.epoch_time(), over="lr"),
+                  hp.expect(hp.metric("val_loss").below(9).within(epochs=1, seconds=5))):
+        exp = build(hp.experiment(grid=grid, epochs=1, data=DATA, claims=[claim])(recipe))
+        assert timing_claim(exp) is not None
+
+
+def test_stop_rule_only_for_within_claims_and_stops_when_decided():
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    grid = hp.grid(lr=[0.1, 0.2])
+    within = hp.where(lr=0.1).expect(hp.metric("val_acc").above(0.5).within(epochs=4))
+    exp = build(hp.experiment(grid=grid, epochs=10, data=DATA, claims=[within])(recipe))
+    rule = stop_rule(exp, {"lr": 0.1}, full_curves=False)
+    assert rule is not None
+    assert not rule({"val_acc": [0.2, 0.3]})
+    assert rule({"val_acc": [0.2, 0.6]})  # reached: decided pass
+    assert rule({"val_acc": [0.2, 0.3, 0.3, 0.4]})  # epoch 4 passed: decided fail
+    assert stop_rule(exp, {"lr": 0.2}, full_curves=False) is None  # no claim: full curve
+    assert stop_rule(exp, {"lr": 0.1}, full_curves=True) is None
+    final = hp.where(lr=0.1).expect(hp.metric("val_acc").final() > 0.5)
+    both = build(hp.experiment(grid=grid, epochs=10, data=DATA,
+                               claims=[within, final])(recipe))
+    assert stop_rule(both, {"lr": 0.1}, full_curves=False) is None
+    cross = build(hp.experiment(grid=grid, epochs=10, data=DATA, claims=[
+        within, hp.compare(hp.metric("val_loss"), lower={"lr": 0.1}, than={"lr": 0.2})])(recipe))
+    assert stop_rule(cross, {"lr": 0.1}, full_curves=False) is None
+
+
+def test_early_stop_trains_fewer_epochs_and_keeps_the_verdict():
+    def recipe(case):
+        model = hp.models.mlp(64, [32], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    within = hp.expect(hp.metric("val_acc").above(0.5).within(epochs=8))
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.5]), epochs=20, data=DATA,
+                              claims=[within])(recipe))
+    rule = stop_rule(exp, exp.cells[0].as_dict(), full_curves=False)
+    short = run_cell(exp, exp.cells[0], "cpu", stop=rule).seeds[0]
+    full = run_cell(exp, exp.cells[0], "cpu").seeds[0]
+    assert short.epochs_run < full.epochs_run == 20
+    assert within.condition.check(short).ok == within.condition.check(full).ok is True
+
+
+GRID = """
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.05, 0.3]), epochs=3, seeds=2,
+               data=hp.datasets.digits(n_train=300), stack=STACK,
+               claims=[hp.where(lr=0.3).expect(hp.metric("val_acc").final() > 0.6),
+                       hp.compare(hp.metric("val_loss"), lower={"lr": 0.3}, than={"lr": 0.05})])
+def grid(case):
+    model = hp.models.mlp(64, [16], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def _finals(pytester, *args):
+    import json
+
+    result = pytester.runpytest("--hpspec-json=run.json", *args)
+    doc = json.loads((pytester.path / "run.json").read_text())
+    finals = {c["cell_id"]: [s["curves"]["val_loss"][-1] for s in c["result"]["seeds"]]
+              for c in doc["experiments"][0]["cells"]}
+    return result, finals
+
+
+def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
+    pytester.makepyfile(exp_grid=GRID.replace("STACK", "True"))
+    on, on_finals = _finals(pytester)
+    on.assert_outcomes(passed=3)
+    on.stdout.fnmatch_lines(["*stacked: 2 cell(s) trained together in groups of 4*"])
+    off, off_finals = _finals(pytester, "--hpspec-stack=off")
+    off.assert_outcomes(passed=3)
+    assert "stacked:" not in off.stdout.str()
+    for cell, values in on_finals.items():
+        assert values == pytest.approx(off_finals[cell], rel=1e-4)
+    pytester.makepyfile(exp_grid=GRID.replace("STACK", "False"))
+    spec_off, spec_finals = _finals(pytester)
+    spec_off.stdout.fnmatch_lines(["*trained one by one: the experiment says stack=False*"])
+    assert spec_finals == off_finals
