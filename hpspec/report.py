@@ -124,6 +124,13 @@ def _diverged(res: CellResult) -> str:
     return f"{len(div)}/{len(res.seeds)} (epoch {min(d.epoch for d in div)})"
 
 
+def _epochs_run(res: CellResult) -> str:
+    runs = sorted({s.epochs_run for s in res.seeds})
+    planned = max(s.epochs_planned for s in res.seeds)
+    text = f"{runs[0]}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]}"
+    return f"{text}/{planned}"
+
+
 def _time_to(claim: Reaches) -> Callable[[CellResult], str]:
     def value(res: CellResult) -> str:
         hits = [claim.reached(s) for s in res.seeds]
@@ -186,6 +193,12 @@ def columns_for(
             lambda res, m=m: _mean_sd([s.curves[m][-1] for s in res.seeds if s.curves.get(m)]),
         )
     available["diverged"] = Column("diverged", "diverged", _diverged)
+    if any(s.diverged is None and 0 < s.epochs_run < s.epochs_planned
+           for res in results for s in res.seeds):
+        available["epochs"] = Column(
+            "epochs", "epochs", _epochs_run,
+            "epochs: epochs trained of those planned, where a seed stopped once its claims "
+            "were decided (--hpspec-full-curves trains them all)")
     for t in targets:
         sym = "<" if t.direction == "below" else ">"
         name = f"time_to_{t.metric}{sym}{_fmt(t.target)}"

@@ -72,7 +72,7 @@ def test_passes_fails_and_shows_the_curve(pytester):
     result.stdout.fnmatch_lines([
         "*claim: where lr=0.001: val_loss below 0.3 (<) within 2 epochs (every seed)*",
         "*FAIL seed 0: never below 0.3*",
-        "*val_loss by epoch: * * * (needed < 0.3 by epoch 2)*",
+        "*val_loss by epoch: * * (needed < 0.3 by epoch 2)*",
         "*held for 0 of 2 seeds, needed 2*",
     ])
 
@@ -278,5 +278,5 @@ def test_live_progress_on_a_terminal_only(pytester, monkeypatch):
     """)
     tty = pytester.runpytest("-k", "0.3 and relu")
     out = tty.stdout.str()
-    assert "digits_mlp[lr=0.3-activation=relu] seed 2/2 epoch 3/3 loss " in out
+    assert "digits_mlp[lr=0.3-activation=relu]" in out and " epoch 3/3 loss " in out
     tty.assert_outcomes(passed=1)
