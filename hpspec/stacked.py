@@ -183,9 +183,16 @@ class _Stacked:
                 self.layers.append(("act", copy.deepcopy(layer)))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is [K, B, F] (each cell its own batch) or [N, F] (one input for every cell,
+        as in evaluation: the first layer is then one matrix product for all K)."""
         for kind, obj in self.layers:
             if kind == "linear":
                 w, b = obj
+                if x.dim() == 2:
+                    k, out, inp = w.shape
+                    y = (x @ w.reshape(k * out, inp).t()).view(x.shape[0], k, out)
+                    x = y.transpose(0, 1) if b is None else y.transpose(0, 1) + b
+                    continue
                 wt = w.transpose(1, 2)
                 x = torch.bmm(x, wt) if b is None else torch.baddbmm(b, x, wt)
             else:
@@ -220,7 +227,7 @@ class _StackedSGD:
             mom = [float(g["momentum"]) for g in groups]
             damp = [float(g["dampening"]) if float(g["momentum"]) else 0.0 for g in groups]
             self.h.append(dict(
-                lr=_hp([float(g["lr"]) for g in groups], p),
+                neg_lr=_hp([-float(g["lr"]) for g in groups], p),
                 wd=_hp([float(g["weight_decay"]) for g in groups], p),
                 mom=_hp(mom, p),
                 keep=_hp([1 - d for d in damp], p),
@@ -228,28 +235,32 @@ class _StackedSGD:
             ))
         self.use_wd = any(float(g["weight_decay"]) for g in groups)
         self.use_mom = any(float(g["momentum"]) for g in groups)
+        self.use_damp = any(float(g["dampening"]) and float(g["momentum"]) for g in groups)
         self.use_nesterov = any(bool(g["nesterov"]) for g in groups)
         self.bufs: list[torch.Tensor | None] = [None] * len(params)
 
     @torch.no_grad()
     def step(self) -> None:
+        # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
         for i, p in enumerate(self.params):
             g = p.grad
             assert g is not None
             h = self.h[i]
             if self.use_wd:
-                g = g + h["wd"] * p
+                g = torch.addcmul(g, h["wd"], p)
             if self.use_mom:
                 buf = self.bufs[i]
                 if buf is None:
                     buf = self.bufs[i] = g.clone()
+                elif self.use_damp:
+                    buf.mul_(h["mom"]).addcmul_(g, h["keep"])
                 else:
-                    buf.mul_(h["mom"]).add_(g * h["keep"])
+                    buf.mul_(h["mom"]).add_(g)
                 if self.use_nesterov:
-                    g = torch.where(h["nesterov"] > 0, g + h["mom"] * buf, buf)
+                    g = torch.where(h["nesterov"] > 0, torch.addcmul(g, h["mom"], buf), buf)
                 else:
                     g = buf
-            p.sub_(h["lr"] * g)
+            p.addcmul_(h["neg_lr"], g)
 
 
 class _StackedAdam:
@@ -339,7 +350,7 @@ def _sync(device: str) -> None:
 @torch.no_grad()
 def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_kind: str,
               task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    out = model(x.unsqueeze(0).expand(k, *x.shape))
+    out = model(x)
     yk = y.unsqueeze(0).expand(k, *y.shape)
     loss = _per_cell_loss(out, yk, loss_kind)
     acc = (out.argmax(dim=2) == yk).float().mean(dim=1) if task == CLASSIFICATION else None
