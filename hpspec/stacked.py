@@ -160,6 +160,11 @@ def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
 # ------------------------------------------------------------------------------ the model
 
 
+_INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_, nn.Sigmoid: torch.sigmoid_,
+}
+
+
 class _Stacked:
     """K copies of an MLP as stacked leaf tensors: weights [K, out, in], biases [K, 1, out]."""
 
@@ -196,7 +201,9 @@ class _Stacked:
                 wt = w.transpose(1, 2)
                 x = torch.bmm(x, wt) if b is None else torch.baddbmm(b, x, wt)
             else:
-                x = obj(x)
+                # ReLU, tanh and sigmoid backpropagate from their output: in place is safe.
+                inplace = _INPLACE.get(type(obj))
+                x = inplace(x) if inplace is not None else obj(x)
         return x
 
 
