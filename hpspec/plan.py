@@ -74,4 +74,5 @@ def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> 
                 return False
         return True
 
+    decided.targets = tuple(sorted(t.describe() for t in targets))  # type: ignore[attr-defined]
     return decided

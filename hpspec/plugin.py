@@ -76,9 +76,19 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Any:
     return parse
 
 
+parse_cache = _choice("--hpspec-cache", ("use", "refresh", "off"))
 parse_stack = _choice("--hpspec-stack", ("on", "off"))
 parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
+
+
+def parse_limits_option(value: str) -> Any:
+    from hpspec.gate import parse_limits
+
+    try:
+        return parse_limits(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--hpspec-compare-fail: {e}") from None
 
 
 def parse_confidence(value: str) -> float:
@@ -156,6 +166,50 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="train every seed for all its epochs, even when its claims are decided early.",
     )
     group.addoption(
+        "--hpspec-store",
+        default=None,
+        metavar="PATH",
+        help="the SQLite results store (default .hpspec/results.sqlite under the rootdir). "
+        "ini: hpspec_store.",
+    )
+    group.addoption(
+        "--hpspec-cache",
+        type=parse_cache,
+        default=None,
+        help="use: a cell whose cache key has stored results is not retrained; refresh: "
+        "retrain and store; off: no store at all. ini: hpspec_cache. Default use.",
+    )
+    group.addoption("--hpspec-save", default=None, metavar="NAME",
+                    help="name this run in the store, as a baseline to compare with later.")
+    group.addoption(
+        "--hpspec-compare",
+        default=None,
+        metavar="NAME|latest|ID|FILE.json",
+        help="compare this run's numbers with a baseline: a saved name, latest (the newest "
+        "finished run), a run id, or a file written by --hpspec-export.",
+    )
+    group.addoption(
+        "--hpspec-compare-fail",
+        type=parse_limits_option,
+        default=None,
+        metavar="LIMITS",
+        help="fail the run when a cell moved past a limit against the baseline: "
+        "METRIC:+AMOUNT (a rise fails) or METRIC:-AMOUNT% (a fall fails), comma-separated, "
+        "e.g. val_loss:+0.02,throughput:-10%.",
+    )
+    group.addoption("--hpspec-compare-force", action="store_true", default=False,
+                    help="compare timings even when the baseline ran on another environment.")
+    group.addoption("--hpspec-export", default=None, metavar="FILE",
+                    help="write the run as JSON for a CI artifact (the --hpspec-json document "
+                    "plus the environment fingerprint); --hpspec-compare FILE reads it back.")
+    group.addoption(
+        "--hpspec-profile",
+        default=None,
+        metavar="NAME",
+        help="apply a profile: overrides registered with hp.register_profile or given in an "
+        "experiment's profiles= (fewer epochs or seeds, a sub-grid). ini: hpspec_profile.",
+    )
+    group.addoption(
         "--hpspec-inference",
         action="store_true",
         default=None,
@@ -186,6 +240,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
     parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
     parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
+    parser.addini("hpspec_store", "default for --hpspec-store", default="")
+    parser.addini("hpspec_cache", "default for --hpspec-cache", default="use")
+    parser.addini("hpspec_profile", "default for --hpspec-profile", default="")
 
 
 def _option(config: pytest.Config, name: str, parse: Any) -> Any:
@@ -212,6 +269,17 @@ class State:
     inference: bool = False
     stack: bool = True
     full_curves: bool = False
+    cache: str = "use"
+    store_path: Path | None = None
+    save_name: str | None = None
+    profile: str | None = None
+    store: Any = None  # hpspec.store.Store, opened on first use
+    run_id: int | None = None
+    store_error: str | None = None
+    cached_cells: set[tuple[str, str]] = attrs.field(factory=set)
+    gate_rows: list[Any] = attrs.field(factory=list)
+    gate_warnings: list[str] = attrs.field(factory=list)
+    gate_baseline: str | None = None
     confidence: float = 0.95
     inconclusive: str = "fail"
     holm: str = "off"
@@ -241,22 +309,108 @@ class State:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
         found = self.results.get((key, cell.id))
-        if found is None and self.stack and (key, cell.id) not in self.stack_tried:
+        cached: list[Any] = []
+        if found is None and self.cache == "use":
+            cached = self.cached_seeds(exp, cell, exp.seeds)
+            if len(cached) == len(exp.seeds):
+                found = self._from_cache(key, exp, cell, cached)
+        if found is None and not cached and self.stack and (key, cell.id) not in self.stack_tried:
             self._train_stacked(key, exp, cell, progress)
             found = self.results.get((key, cell.id))
         if found is None:
             from hpspec.plan import stop_rule
             from hpspec.runner import run_cell
 
+            have = {s.seed for s in cached}
             try:
-                found = run_cell(exp, cell, self.resolve_device(), progress=progress,
+                fresh = run_cell(exp, cell, self.resolve_device(), progress=progress,
                                  inference=self.inference,
-                                 stop=stop_rule(exp, cell.as_dict(), self.full_curves))
+                                 seeds=tuple(x for x in exp.seeds if x not in have),
+                                 stop=stop_rule(exp, cell.as_dict(), self.full_curves),
+                                 on_seed=lambda r: self.save_seed(key, exp, cell, r))
+                found = attrs.evolve(fresh, seeds=tuple(sorted(
+                    (*cached, *fresh.seeds), key=lambda r: exp.seeds.index(r.seed))))
             except BaseException as e:
                 self.failures[(key, cell.id)] = f"{type(e).__name__}: {e}"
                 raise
             self._store(key, cell, found)
         return found
+
+    # ------------------------------------------------------------------ store and cache
+
+    def open_store(self) -> Any:
+        """The results store, opened (and this run recorded) on first use; None when off
+        or unusable (the reason goes to the summary, the run goes on)."""
+        if self.store is not None or self.cache == "off" or self.store_error:
+            return self.store
+        from hpspec.store import Store
+
+        try:
+            self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
+            if self.run_id is None:
+                self.run_id = self.store.begin_run(environment(self.device), self.save_name)
+        except Exception as e:  # a read-only disk, say: results still reach the report
+            self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
+            self.store = None
+        return self.store
+
+    def seed_key(self, exp: Experiment, cell: Cell, seed: int) -> str:
+        from hpspec.plan import stop_rule
+        from hpspec.runner import data_digest
+        from hpspec.spec import source_digest
+        from hpspec.store import cache_key
+
+        import hpspec
+
+        torch = __import__("torch")
+        return cache_key({
+            "source": source_digest(exp.fn),
+            "experiment": exp.name,
+            "params": {k: repr(v) for k, v in cell.as_dict().items()},
+            "seed": seed,
+            "data": data_digest(exp.data) if exp.data is not None else None,
+            "epochs": exp.epochs_for(cell) if exp.mode == "recipe" or exp.epochs else None,
+            "batch_size": exp.batch_size_for(cell),
+            "mode": exp.mode,
+            "versions": {"hpspec": hpspec.__version__, "torch": torch.__version__},
+            "device": self.resolve_device(),
+            # a seed that may stop early has a shorter curve: part of what it is
+            "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
+                                   "targets", None),
+        })
+
+    def cached_seeds(self, exp: Experiment, cell: Cell, seeds: tuple[int, ...]) -> list[Any]:
+        store = self.open_store()
+        if store is None:
+            return []
+        out = []
+        for seed in seeds:
+            hit = store.cached_seed(self.seed_key(exp, cell, seed))
+            if hit is not None:
+                out.append(hit)
+        return out
+
+    def _from_cache(self, key: str, exp: Experiment, cell: Cell, seeds: list[Any]) -> CellResult:
+        result = CellResult(experiment=exp.name, cell_id=cell.id, params=cell.as_dict(),
+                            device=self.resolve_device(), seeds=tuple(seeds))
+        self.cached_cells.add((key, cell.id))
+        self.records[key][cell.id].note = "cached"
+        for r in seeds:
+            self.save_seed(key, exp, cell, r, cached=True)
+        self._store(key, cell, result)
+        return result
+
+    def save_seed(self, key: str, exp: Experiment, cell: Cell, result: Any,
+                  cached: bool = False) -> None:
+        """Commit one finished seed (called the moment it finishes)."""
+        store = self.open_store()
+        if store is None or self.run_id is None:
+            return
+        try:
+            store.put_seed(self.run_id, self.seed_key(exp, cell, result.seed), key, cell.id,
+                           cell.as_dict(), self.resolve_device(), result, cached=cached)
+        except Exception as e:
+            self.store_error = f"store {store.path}: {type(e).__name__}: {e}"
 
     def note(self, key: str, line: str) -> None:
         lines = self.notes.setdefault(key, [])
@@ -282,7 +436,9 @@ class State:
         wanted = self.wanted.get(key) or {c.id for c in exp.cells}
         pending = [c for c in exp.cells
                    if c.id in wanted | {cell.id} and (key, c.id) not in self.results
-                   and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried]
+                   and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
+                   and (c.id == cell.id or self.cache != "use"
+                        or not self.cached_seeds(exp, c, exp.seeds))]
         bucket = next(b for b in stackable_cells(exp, pending) if cell in b)
         self.stack_tried.update((key, c.id) for c in bucket)
         rules = {c.id: stop_rule(exp, c.as_dict(), self.full_curves) for c in bucket}
@@ -299,6 +455,8 @@ class State:
             return
         for cell_id, result in results.items():
             target = next(c for c in bucket if c.id == cell_id)
+            for r in result.seeds:
+                self.save_seed(key, exp, target, r)
             self._store(key, target, result)
         if results:
             sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
@@ -428,6 +586,12 @@ class NeededCellFailed(HpspecError):
 STATE = pytest.StashKey[State]()
 
 
+def _store_path(config: pytest.Config) -> Path:
+    raw = config.getoption("--hpspec-store") or config.getini("hpspec_store") or ""
+    path = Path(raw) if raw else Path(".hpspec") / "results.sqlite"
+    return path if path.is_absolute() else Path(config.rootpath) / path
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hpspec: a hyperparameter cell or claim run by hpspec")
     config.stash[STATE] = State(
@@ -440,7 +604,21 @@ def pytest_configure(config: pytest.Config) -> None:
         inference=bool(config.getoption("--hpspec-inference")),
         stack=_option(config, "stack", parse_stack) == "on",
         full_curves=bool(config.getoption("--hpspec-full-curves")),
+        cache=_option(config, "cache", parse_cache),
+        store_path=_store_path(config),
+        save_name=config.getoption("--hpspec-save"),
+        profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
     )
+    state = config.stash[STATE]
+    if state.cache == "off" and (state.save_name or config.getoption("--hpspec-compare")):
+        ref = config.getoption("--hpspec-compare")
+        if state.save_name or not (ref and ref.endswith(".json")):
+            raise pytest.UsageError(
+                "--hpspec-cache=off turns the store off, so there is nothing to save to or "
+                "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
+    if config.getoption("--hpspec-compare-fail") and not config.getoption("--hpspec-compare"):
+        raise pytest.UsageError("--hpspec-compare-fail needs a baseline: add "
+                                "--hpspec-compare NAME|latest|FILE.json")
     if config.stash[STATE].inference:
         from hpspec.probes import InferenceUnavailable, _benchmark_module
 
@@ -483,6 +661,17 @@ class ExperimentFile(pytest.Module):
                 yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
+            if state.profile:
+                from hpspec.spec import apply_profile
+
+                try:
+                    exp, notes = apply_profile(exp, state.profile)
+                except SpecError as e:
+                    state.spec_errors.append(str(e))
+                    yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                    continue
+                for line in notes:
+                    state.note(key, line)
             state.experiments[key] = exp
             records = state.records.setdefault(key, {})
             for cell in exp.cells:
@@ -735,7 +924,10 @@ def pytest_terminal_summary(
     terminalreporter: Any, exitstatus: int, config: pytest.Config
 ) -> None:
     state = config.stash.get(STATE, None)
-    if state is None or state.table == "none":
+    if state is None:
+        return
+    _summary_store(terminalreporter, state)
+    if state.table == "none":
         return
     for key, records in state.records.items():
         ran = [r for r in records.values() if r.outcome != "not run"]
@@ -755,6 +947,29 @@ def pytest_terminal_summary(
         if cross:
             terminalreporter.write_line(render_claims(list(cross.values())))
 
+
+
+def _summary_store(terminalreporter: Any, state: State) -> None:
+    from hpspec.report import render_gate
+
+    if state.store_error:
+        terminalreporter.write_line(f"hpspec: {state.store_error}; results were not stored",
+                                    yellow=True)
+    if state.gate_rows or state.gate_warnings:
+        terminalreporter.write_sep("-", f"hpspec: compared with {state.gate_baseline}")
+        for w in state.gate_warnings:
+            terminalreporter.write_line(f"warning: {w}", yellow=True)
+        if state.gate_rows:
+            terminalreporter.write_line(render_gate(state.gate_rows))
+        failed = [r for r in state.gate_rows if r.failed]
+        if failed:
+            terminalreporter.write_line(
+                f"hpspec: {len(failed)} number(s) moved past --hpspec-compare-fail: the run "
+                "fails", red=True, bold=True)
+    if state.cached_cells:
+        terminalreporter.write_line(
+            f"hpspec: {len(state.cached_cells)} cell(s) from the cache in {state.store_path} "
+            "(--hpspec-cache=refresh retrains them)")
 
 
 def environment(device: str | None) -> dict[str, Any]:
@@ -802,18 +1017,109 @@ def run_document_of(state: State) -> dict[str, Any]:
     return run_document(experiments, environment(state.device))
 
 
+def _record_run(state: State, exitstatus: int) -> None:
+    """Cells' outcomes and verdicts into the store, and the run marked finished."""
+    store = state.store
+    if store is None or state.run_id is None:
+        return
+    try:
+        for key, records in state.records.items():
+            for r in records.values():
+                if r.outcome == "not run":
+                    continue
+                store.put_cell(state.run_id, key, r.cell_id, r.params, r.outcome)
+                for v in r.verdicts:
+                    store.put_verdict(state.run_id, key, r.cell_id, v.claim, v.outcome,
+                                      v.p_pass, v.p_fail, v.message)
+            for v in state.cross.get(key, {}).values():
+                store.put_verdict(state.run_id, key, None, v.claim, v.outcome, v.p_pass,
+                                  v.p_fail, v.message)
+        status = {0: "passed", 1: "failed", 2: "interrupted"}.get(int(exitstatus), "error")
+        store.finish_run(state.run_id, status)
+    except Exception as e:
+        state.store_error = f"store {store.path}: {type(e).__name__}: {e}"
+
+
+def _current_numbers(state: State) -> dict[tuple[str, str], dict[str, float]]:
+    from hpspec.gate import cell_numbers
+
+    return {k: cell_numbers([s.to_dict() for s in r.seeds]) for k, r in state.results.items()}
+
+
+def _gate(state: State, config: pytest.Config) -> bool:
+    """Compare with the baseline; True when a limit was passed (the run then fails)."""
+    import json
+
+    from hpspec.gate import cell_numbers, compare_runs
+    from hpspec.store import fingerprint
+
+    ref = config.getoption("--hpspec-compare")
+    if not ref:
+        return False
+    baseline: dict[tuple[str, str], dict[str, float]] = {}
+    if ref.endswith(".json"):
+        try:
+            doc = json.loads(Path(ref).read_text())
+        except (OSError, ValueError) as e:
+            state.gate_warnings.append(f"--hpspec-compare {ref}: cannot read it ({e})")
+            return bool(config.getoption("--hpspec-compare-fail"))
+        for exp in doc.get("experiments", []):
+            for c in exp.get("cells", []):
+                if c.get("result"):
+                    baseline[(exp["key"], c["cell_id"])] = cell_numbers(c["result"]["seeds"])
+        base_fp = doc.get("fingerprint")
+        state.gate_baseline = ref
+    else:
+        store = state.open_store()
+        row = store.find_run(ref, exclude=state.run_id) if store is not None else None
+        if row is None:
+            state.gate_warnings.append(
+                f"--hpspec-compare {ref}: no such run in {state.store_path}; "
+                "`python -m hpspec runs` lists them")
+            return bool(config.getoption("--hpspec-compare-fail"))
+        for k, cell in store.run_cells(row.id).items():
+            if cell["seeds"]:
+                baseline[k] = cell_numbers(cell["seeds"])
+        base_fp = row.fingerprint
+        state.gate_baseline = f"run {row.id}" + (f" ({row.name})" if row.name else "")
+    limits = config.getoption("--hpspec-compare-fail") or []
+    if not limits:  # compare without failing: show the usual suspects
+        from hpspec.gate import parse_limits
+
+        limits = parse_limits("val_loss:+0,val_acc:-0,samples_per_s:-0%")
+    same = base_fp == fingerprint(environment(state.device))
+    rows, warnings = compare_runs(_current_numbers(state), baseline, limits, same,
+                                  config.getoption("--hpspec-compare-force"))
+    if not config.getoption("--hpspec-compare-fail"):
+        rows = [attrs.evolve(r, failed=False) for r in rows]
+    state.gate_rows, state.gate_warnings = rows, state.gate_warnings + warnings
+    return any(r.failed for r in rows)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     state = config.stash.get(STATE, None)
+    if state is None or hasattr(config, "workerinput"):
+        return
+    if _gate(state, config):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _record_run(state, session.exitstatus)
     json_path = config.getoption("--hpspec-json", None)
     html_path = config.getoption("--hpspec-html", None)
-    if state is None or not (json_path or html_path):
+    export_path = config.getoption("--hpspec-export", None)
+    if not (json_path or html_path or export_path):
         return
     import json
+
+    from hpspec.store import fingerprint
 
     doc = run_document_of(state)
     if json_path:
         Path(json_path).write_text(json.dumps(doc, indent=1, allow_nan=False))
+    if export_path:
+        exported = {**doc, "fingerprint": fingerprint(doc["environment"])}
+        Path(export_path).write_text(json.dumps(exported, indent=1, allow_nan=False))
     if html_path:
         from hpspec.html import render_html
 

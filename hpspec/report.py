@@ -14,7 +14,7 @@ from hpspec.claims import Reaches, Verdict, _fmt
 from hpspec.results import CellResult, json_number
 from hpspec.spec import format_value
 
-__all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
+__all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_gate", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
 
 
 @attrs.define
@@ -238,7 +238,7 @@ def render_experiment(
         row: list[Any] = [format_value(r.params.get(a)) for a in axes]
         for c in cols:
             if c.name == "verdict":
-                row.append(r.outcome)
+                row.append(f"{r.outcome} ({r.note})" if r.note else r.outcome)
             else:
                 row.append("-" if r.result is None else c.value(r.result))
         rows.append(row)
@@ -321,3 +321,16 @@ def run_document(
             for key, name, axes, records, claims in experiments
         ],
     }
+
+
+def render_gate(rows: Sequence[Any]) -> str:
+    """What moved against the baseline: a row per cell and compared metric."""
+    table = []
+    for r in rows:
+        rel = "-" if r.relative is None else f"{100 * r.relative:+.1f}%"
+        table.append([r.experiment.split("::")[-1], r.cell_id, r.metric, f"{r.baseline:.4g}",
+                      f"{r.current:.4g}", f"{r.change:+.3g}", rel, r.limit,
+                      "REGRESSED" if r.failed else "ok"])
+    return tabulate(table, headers=["experiment", "cell", "metric", "baseline", "now", "change",
+                                    "change %", "limit", "gate"],
+                    tablefmt="simple", disable_numparse=True)

@@ -549,6 +549,7 @@ def run_cell(
     progress: CellProgress | None = None,
     inference: bool = False,
     stop: StopRule | None = None,
+    on_seed: Callable[[SeedResult], None] | None = None,
 ) -> CellResult:
     """Train every seed of a cell, one after the other; the first probes size, FLOPs and
     memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
@@ -565,6 +566,8 @@ def run_cell(
             probed = {m: v for m, v in run.measurements.items()
                       if m in PROBED or m.startswith("inference_")}
         runs.append(run)
+        if on_seed is not None:
+            on_seed(run)  # committed before the next seed starts
     return CellResult(
         experiment=exp.name,
         cell_id=cell.id,
@@ -674,3 +677,26 @@ def run_stacked(
             reasons[cell.id] = next((why[i] for i, o in enumerate(owner)
                                      if o is cell and i in why), "not stacked")
     return out, reasons
+
+
+_DIGESTS: dict[int, str] = {}
+
+
+def data_digest(spec: DataSpec) -> str:
+    """What identifies a data set in cache keys: a bundled set's name and options, or a
+    digest of the bytes of user-supplied tensors."""
+    if spec.preloaded is None:
+        import sklearn
+
+        return f"{spec.key} sklearn={sklearn.__version__}"
+    found = _DIGESTS.get(id(spec.preloaded))
+    if found is None:
+        import hashlib
+
+        h = hashlib.sha256()
+        d = spec.preloaded
+        for t in (d.x_train, d.y_train, d.x_val, d.y_val):
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        found = _DIGESTS[id(spec.preloaded)] = h.hexdigest()[:24]
+    return found

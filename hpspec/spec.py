@@ -311,6 +311,7 @@ def experiment(
     name: str | None = None,
     stack: bool = True,
     timeout: float | None = None,
+    profiles: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
 
@@ -333,6 +334,7 @@ def experiment(
         name=name,
         stack=stack,
         timeout=timeout,
+        profiles=profiles,
     )
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -365,6 +367,8 @@ class Experiment:
     stack: bool = True
     #: Seconds a cell (all its seeds) may train before it fails; None: no budget.
     timeout: float | None = None
+    #: This experiment's own profiles: name -> overrides (see :func:`register_profile`).
+    profiles: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -608,6 +612,14 @@ def build(fn: Callable[..., Any]) -> Experiment:
         raise SpecError("must be a positive number of seconds", where=where,
                         argument="timeout", value=timeout, fix="e.g. timeout=60")
 
+    own = kw.get("profiles") or {}
+    if not isinstance(own, Mapping):
+        raise SpecError("must be a dict of profile name -> overrides", where=where,
+                        argument="profiles", value=own,
+                        fix="e.g. profiles={'ci': dict(epochs=2, seeds=1)}")
+    for pname, overrides in own.items():
+        _check_profile(pname, overrides, where, f"profiles[{pname!r}]")
+
     return Experiment(
         name=name,
         where=where,
@@ -625,6 +637,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         adaptive=adaptive,
         stack=stack,
         timeout=float(timeout) if timeout is not None else None,
+        profiles=tuple((k, tuple(dict(v).items())) for k, v in own.items()),
     )
 
 
@@ -640,3 +653,122 @@ class Recipe:
     optimizer: Any
     loss: Callable[[Any, Any], Any] | None = None
     scheduler: Any = None
+
+
+# ------------------------------------------------------------------------------- profiles
+
+#: Profiles registered with :func:`register_profile` (usually in ``conftest.py``).
+PROFILES: dict[str, dict[str, Any]] = {}
+_PROFILE_KEYS = ("epochs", "seeds", "grid", "batch_size")
+
+
+def _check_profile(name: Any, overrides: Any, where: str, arg: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise SpecError("must be a non-empty string", where=where, argument=arg, value=name)
+    if not isinstance(overrides, Mapping):
+        raise SpecError("must be a dict of overrides", where=where, argument=arg,
+                        value=overrides, fix="e.g. dict(epochs=2, seeds=1, grid={'lr': [0.1]})")
+    unknown = sorted(set(overrides) - set(_PROFILE_KEYS))
+    if unknown:
+        raise SpecError("has an unknown override", where=where, argument=arg,
+                        value=unknown[0], fix=f"use: {', '.join(_PROFILE_KEYS)}")
+    for key in ("epochs", "seeds", "batch_size"):
+        if key in overrides:
+            _positive_int(overrides[key], where, f"{arg}[{key!r}]", f"e.g. {key}=2")
+    g = overrides.get("grid", {})
+    if not isinstance(g, Mapping) or not all(
+            isinstance(v, (list, tuple)) and v for v in g.values()):
+        raise SpecError("must map axes to non-empty lists of the values to keep", where=where,
+                        argument=f"{arg}['grid']", value=g,
+                        fix="e.g. grid={'lr': [0.03, 0.3]}")
+
+
+def register_profile(name: str, **overrides: Any) -> None:
+    """A named set of overrides for every experiment, chosen with ``--hpspec-profile NAME``
+    (like hypothesis's settings profiles): ``epochs=2``, ``seeds=1``, ``batch_size=...``,
+    ``grid={"lr": [0.03, 0.3]}`` (keep only these values of an axis). An experiment's own
+    ``profiles={"ci": {...}}`` wins over a registered one of the same name."""
+    _check_profile(name, overrides, "register_profile", f"register_profile({name!r})")
+    PROFILES[name] = dict(overrides)
+
+
+def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
+    """The experiment under profile ``name`` (its own, else a registered one, else unchanged),
+    and notes on what changed: cells kept, claims dropped because no kept cell is left for
+    them."""
+    from hpspec import claims as claims_mod
+
+    own = dict(exp.profiles)
+    if name in own:
+        overrides = dict(own[name])
+    elif name in PROFILES:
+        overrides = PROFILES[name]
+    else:
+        return exp, []
+    where = exp.where
+    cells_ = list(exp.cells)
+    for axis, keep in dict(overrides.get("grid", {})).items():
+        if axis not in exp.axes:
+            raise SpecError("is not a grid axis of this experiment", where=where,
+                            argument=f"profile {name!r}: grid", value=axis,
+                            fix=f"use one of: {', '.join(exp.axes) or '(no axes)'}")
+        values = {format_value(c.get(axis)) for c in exp.cells}
+        for v in keep:
+            if format_value(v) not in values:
+                raise SpecError("is not a value of that axis", where=where,
+                                argument=f"profile {name!r}: grid[{axis!r}]", value=v,
+                                fix=f"the grid has {sorted(values)}")
+        wanted = {format_value(v) for v in keep}
+        cells_ = [c for c in cells_ if format_value(c.get(axis)) in wanted]
+    epochs = overrides.get("epochs", exp.epochs)
+    batch_size = overrides.get("batch_size", exp.batch_size)
+    if "epochs" in overrides and "epochs" in exp.axes:
+        raise SpecError("cannot override epochs, a grid axis here", where=where,
+                        argument=f"profile {name!r}: epochs", value=overrides["epochs"],
+                        fix="restrict it with grid={'epochs': [...]} instead")
+    seeds = tuple(range(overrides["seeds"])) if "seeds" in overrides else exp.seeds
+    adaptive = None if "seeds" in overrides else exp.adaptive
+    hyper: dict[str, list[Any]] = {}
+    for c in cells_:
+        for k, v in c.params:
+            hyper.setdefault(k, [])
+            if v not in hyper[k]:
+                hyper[k].append(v)
+    ctx = claims_mod.SpecContext(where=where, hyperparameters=hyper, metrics=exp.metrics,
+                                 seeds=len(seeds), mode=exp.mode,
+                                 cells=tuple(c.as_dict() for c in cells_))
+    kept, notes = [], []
+    for i, claim in enumerate(exp.claims):
+        try:
+            claim.validate(ctx, f"claims[{i}]") if hasattr(claim, "selects") else \
+                claims_mod.validate_claim(claim, ctx, f"claims[{i}]")
+            if isinstance(claim, claims_mod.CellClaim) and not any(
+                    claim.applies_to(c.as_dict()) for c in cells_):
+                raise SpecError("selects no kept cell", where=where, argument=f"claims[{i}]")
+            kept.append(claim)
+        except SpecError:
+            notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (its cells "
+                         "are not in the profile's grid)")
+    notes.insert(0, f"profile {name!r}: {len(cells_)} of {len(exp.cells)} cells, "
+                 f"{len(seeds)} seed(s), {epochs} epochs")
+    return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
+                        seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
+
+
+def source_digest(fn: Callable[..., Any]) -> str:
+    """A digest of the function's code without its decorator (so a grid or claim edit does
+    not change it; those enter cache keys through each cell's own hyperparameters)."""
+    import ast
+    import hashlib
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        node = tree.body[0]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.decorator_list = []
+        text = ast.dump(node)
+    except (OSError, TypeError, SyntaxError, IndexError):
+        code = getattr(fn, "__code__", None)
+        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -276,7 +276,7 @@ def test_live_progress_on_a_terminal_only(pytester, monkeypatch):
         def pytest_configure(config):
             config.pluginmanager.get_plugin("terminalreporter").isatty = CallableBool(True)
     """)
-    tty = pytester.runpytest("-k", "0.3 and relu")
+    tty = pytester.runpytest("-k", "0.3 and relu", "--hpspec-cache=refresh")
     out = tty.stdout.str()
     assert "digits_mlp[lr=0.3-activation=relu]" in out and " epoch 3/3 loss " in out
     tty.assert_outcomes(passed=1)

@@ -191,7 +191,7 @@ def grid(case):
 def _finals(pytester, *args):
     import json
 
-    result = pytester.runpytest("--hpspec-json=run.json", *args)
+    result = pytester.runpytest("--hpspec-json=run.json", "--hpspec-cache=off", *args)
     doc = json.loads((pytester.path / "run.json").read_text())
     finals = {c["cell_id"]: [s["curves"]["val_loss"][-1] for s in c["result"]["seeds"]]
               for c in doc["experiments"][0]["cells"]}

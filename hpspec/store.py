@@ -1,0 +1,321 @@
+"""The results store: every run, cell, seed and verdict in one SQLite file.
+
+Python's sqlite3 only, no ORM. WAL journal, so readers never block the writer and several
+pytest processes (xdist workers) can write at once, each waiting its turn for a short lock.
+Each seed's result is committed the moment it finishes: Ctrl-C or a crash loses no finished
+seed. Nothing read back executes code: rows hold JSON text and numbers, never pickles.
+
+Schema versions live in ``PRAGMA user_version`` and move forward through :data:`MIGRATIONS`;
+the file is marked as hpspec's with ``PRAGMA application_id``. A file that is not a database,
+or is someone else's, is moved aside (never overwritten) and a fresh store is made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hpspec.results import SeedResult
+
+__all__ = ["Store", "StoreMoved", "cache_key", "fingerprint", "SCHEMA_VERSION", "RunRow"]
+
+APPLICATION_ID = 0x68707370  # "hpsp"
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            started REAL NOT NULL,
+            finished REAL,
+            name TEXT,
+            status TEXT NOT NULL DEFAULT 'running',
+            fingerprint TEXT NOT NULL,
+            environment TEXT NOT NULL,
+            args TEXT NOT NULL DEFAULT '[]'
+        )""",
+        """CREATE TABLE seeds (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            cache_key TEXT NOT NULL,
+            experiment TEXT NOT NULL,
+            cell_id TEXT NOT NULL,
+            params TEXT NOT NULL,
+            seed INTEGER NOT NULL,
+            device TEXT NOT NULL,
+            result TEXT NOT NULL,
+            cached INTEGER NOT NULL DEFAULT 0,
+            created REAL NOT NULL
+        )""",
+        "CREATE INDEX seeds_by_key ON seeds(cache_key, created)",
+        "CREATE INDEX seeds_by_run ON seeds(run_id, experiment, cell_id)",
+        """CREATE TABLE cells (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            experiment TEXT NOT NULL,
+            cell_id TEXT NOT NULL,
+            params TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            PRIMARY KEY (run_id, experiment, cell_id)
+        )""",
+        """CREATE TABLE verdicts (
+            run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            experiment TEXT NOT NULL,
+            cell_id TEXT,
+            claim TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            p_pass REAL,
+            p_fail REAL,
+            message TEXT NOT NULL
+        )""",
+    ],
+}
+
+
+class StoreMoved(Warning):
+    """The store file was unreadable or foreign; it was moved aside and a fresh one made."""
+
+
+def fingerprint(env: Mapping[str, Any]) -> str:
+    """What must match for timings to be comparable: versions, device and CPU."""
+    keys = ("hpspec", "torch", "python", "device", "device_name", "cuda", "cpu_count",
+            "machine")
+    blob = json.dumps({k: env.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """A stable key over JSON-able parts (source, hyperparameters, seed, data, versions)."""
+    blob = json.dumps(parts, sort_keys=True, default=repr)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@attrs.frozen
+class RunRow:
+    id: int
+    started: float
+    finished: float | None
+    name: str | None
+    status: str
+    fingerprint: str
+    environment: dict[str, Any]
+    seeds: int
+    cached: int
+
+
+class Store:
+    """One SQLite store; open it with :meth:`open`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, moved: Path | None = None) -> None:
+        self.path = path
+        self.conn = conn
+        #: Where an unreadable or foreign file was moved, when that happened on open.
+        self.moved = moved
+
+    # ---------------------------------------------------------------------------- opening
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], timeout: float = 60.0) -> Store:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        moved = None
+        try:
+            conn = cls._connect(path, timeout)
+        except sqlite3.DatabaseError as e:
+            moved = _move_aside(path, str(e))
+            conn = cls._connect(path, timeout)
+        return cls(path, conn, moved)
+
+    @classmethod
+    def _connect(cls, path: Path, timeout: float) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            app, version = (conn.execute("PRAGMA application_id").fetchone()[0],
+                            conn.execute("PRAGMA user_version").fetchone()[0])
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+            if app != APPLICATION_ID and (tables or version):
+                raise sqlite3.DatabaseError(
+                    f"not an hpspec store (application_id {app}, tables {tables[:5]})")
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"written by a newer hpspec (schema {version}, this one reads up to "
+                    f"{SCHEMA_VERSION})")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            cls._migrate(conn, version)
+            conn.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        if version >= SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]  # another process?
+            for v in range(current + 1, SCHEMA_VERSION + 1):
+                for stmt in MIGRATIONS[v]:
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------------------ writes
+
+    def _write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        # One statement per transaction (autocommit): a lock is held for milliseconds.
+        for attempt in range(20):
+            try:
+                return self.conn.execute(sql, args)
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return self.conn.execute(sql, args)
+
+    def begin_run(self, environment: Mapping[str, Any], name: str | None = None,
+                  args: Sequence[str] = ()) -> int:
+        cur = self._write(
+            "INSERT INTO runs (started, name, fingerprint, environment, args) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (time.time(), name, fingerprint(environment), json.dumps(dict(environment)),
+             json.dumps(list(args))),
+        )
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        self._write("UPDATE runs SET finished = ?, status = ? WHERE id = ?",
+                    (time.time(), status, run_id))
+
+    def put_seed(self, run_id: int, key: str, experiment: str, cell_id: str,
+                 params: Mapping[str, Any], device: str, result: SeedResult,
+                 cached: bool = False) -> None:
+        self._write(
+            "INSERT INTO seeds (run_id, cache_key, experiment, cell_id, params, seed, device, "
+            "result, cached, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, key, experiment, cell_id, json.dumps(dict(params), default=repr),
+             result.seed, device, json.dumps(result.to_dict(), allow_nan=False), int(cached),
+             time.time()),
+        )
+
+    def put_cell(self, run_id: int, experiment: str, cell_id: str, params: Mapping[str, Any],
+                 outcome: str) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO cells (run_id, experiment, cell_id, params, outcome) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (run_id, experiment, cell_id, json.dumps(dict(params), default=repr), outcome),
+        )
+
+    def put_verdict(self, run_id: int, experiment: str, cell_id: str | None, claim: str,
+                    outcome: str, p_pass: float | None, p_fail: float | None,
+                    message: str) -> None:
+        self._write(
+            "INSERT INTO verdicts (run_id, experiment, cell_id, claim, outcome, p_pass, "
+            "p_fail, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, experiment, cell_id, claim, outcome, p_pass, p_fail, message),
+        )
+
+    # ------------------------------------------------------------------------------- reads
+
+    def cached_seed(self, key: str) -> SeedResult | None:
+        """The newest complete result stored under a cache key."""
+        row = self.conn.execute(
+            "SELECT result FROM seeds WHERE cache_key = ? ORDER BY created DESC LIMIT 1",
+            (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return SeedResult.from_dict(json.loads(row[0]))
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged row: train again
+
+    def runs(self, limit: int | None = None) -> list[RunRow]:
+        sql = ("SELECT r.id, r.started, r.finished, r.name, r.status, r.fingerprint, "
+               "r.environment, count(s.id), coalesce(sum(s.cached), 0) FROM runs r "
+               "LEFT JOIN seeds s ON s.run_id = r.id GROUP BY r.id ORDER BY r.id DESC")
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [RunRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
+                for r in self.conn.execute(sql)]
+
+    def find_run(self, ref: str, exclude: int | None = None) -> RunRow | None:
+        """A run by id, by saved name (its newest), or ``latest`` (newest finished)."""
+        rows = [r for r in self.runs() if r.id != exclude]
+        if ref == "latest":
+            return next((r for r in rows if r.finished is not None), None)
+        if ref.isdigit():
+            return next((r for r in rows if r.id == int(ref)), None)
+        return next((r for r in rows if r.name == ref), None)
+
+    def run_cells(self, run_id: int) -> dict[tuple[str, str], dict[str, Any]]:
+        """Per (experiment, cell): params, outcome and the seeds' results of one run."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for exp, cell, params, outcome in self.conn.execute(
+                "SELECT experiment, cell_id, params, outcome FROM cells WHERE run_id = ?",
+                (run_id,)):
+            out[(exp, cell)] = {"params": json.loads(params), "outcome": outcome, "seeds": []}
+        for exp, cell, params, result in self.conn.execute(
+                "SELECT experiment, cell_id, params, result FROM seeds WHERE run_id = ? "
+                "ORDER BY seed", (run_id,)):
+            entry = out.setdefault((exp, cell), {"params": json.loads(params),
+                                                 "outcome": "?", "seeds": []})
+            entry["seeds"].append(json.loads(result))
+        return out
+
+    def verdicts(self, run_id: int) -> list[dict[str, Any]]:
+        cols = ("experiment", "cell_id", "claim", "outcome", "p_pass", "p_fail", "message")
+        return [dict(zip(cols, r, strict=True)) for r in self.conn.execute(
+            f"SELECT {', '.join(cols)} FROM verdicts WHERE run_id = ?", (run_id,))]
+
+    def prune(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` runs (named runs are kept); returns how many."""
+        ids = [r.id for r in self.runs() if r.name is None][keep:]
+        for run_id in ids:
+            self._write("DELETE FROM runs WHERE id = ?", (run_id,))
+        if ids:
+            self.conn.execute("VACUUM")
+        return len(ids)
+
+    def iter_seed_keys(self) -> Iterator[str]:
+        for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
+            yield k
+
+
+def _move_aside(path: Path, why: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.unreadable-{stamp}")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.unreadable-{stamp}-{n}")
+        n += 1
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            os.replace(side, target.with_name(target.name + suffix))
+    import warnings
+
+    warnings.warn(StoreMoved(
+        f"hpspec store {path}: {why}; moved it to {target} and started a fresh store "
+        "(nothing was deleted)"), stacklevel=3)
+    return target
