@@ -22,7 +22,7 @@ from hpspec.claims import (
 )
 from hpspec.cross import best, compare, trend
 from hpspec.errors import CellError, HpspecError, SpecError
-from hpspec.spec import Case, Recipe, cells, experiment, grid
+from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ __all__ = [
     "trend",
     "best",
     "adaptive",
+    "register_profile",
     "where",
     "expect",
     "datasets",

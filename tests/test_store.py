@@ -1,0 +1,321 @@
+"""The results store, the cache, resume, baselines, gates, profiles and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hpspec.results import SeedResult
+from hpspec.store import Store, StoreMoved
+
+COUNTED = """
+import os, time
+import torch
+import hpspec as hp
+
+def _count(case):
+    with open(os.environ["HPSPEC_CALLS"], "a") as f:
+        f.write(f"{case.cell_id} {case.seed}\\n")
+
+@hp.experiment(grid=hp.grid(lr=LRS), epochs=2, seeds=2, data=hp.datasets.digits(n_train=200),
+               claims=[hp.where(lr=0.3).expect(hp.metric("val_acc").final() > 0.2)])
+def counted(case):
+    _count(case)
+    time.sleep(SLEEP)
+    model = hp.models.mlp(64, [16], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def _calls(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def counted(pytester, monkeypatch):
+    calls = pytester.path / "calls.txt"
+    monkeypatch.setenv("HPSPEC_CALLS", str(calls))
+
+    def write(lrs="[0.3, 0.03, 0.003]", sleep="0"):
+        pytester.makepyfile(exp_counted=COUNTED.replace("LRS", lrs).replace("SLEEP", sleep))
+        return calls
+
+    return write
+
+
+def test_second_identical_run_trains_nothing_and_gives_the_same_verdicts(pytester, counted):
+    calls = counted()
+    first = pytester.runpytest("--hpspec-json=a.json")
+    first.assert_outcomes(passed=3)
+    trained = len(_calls(calls))
+    assert trained == 3 * 2  # stacked: each (cell, seed) builds its recipe once
+    second = pytester.runpytest("--hpspec-json=b.json")
+    second.assert_outcomes(passed=3)
+    assert len(_calls(calls)) == trained  # no training call at all
+    second.stdout.fnmatch_lines(["*3 cell(s) from the cache*", "*passed (cached)*"])
+    a, b = (json.loads((pytester.path / f).read_text()) for f in ("a.json", "b.json"))
+    va = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]]) for c in a["experiments"][0]["cells"]]
+    vb = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]]) for c in b["experiments"][0]["cells"]]
+    assert va == vb
+    refresh = pytester.runpytest("--hpspec-cache=refresh")
+    refresh.assert_outcomes(passed=3)
+    assert len(_calls(calls)) == 2 * trained
+
+
+def test_editing_one_grid_value_retrains_only_that_cell(pytester, counted):
+    calls = counted("[0.3, 0.03, 0.003]")
+    pytester.runpytest().assert_outcomes(passed=3)
+    before = len(_calls(calls))
+    counted("[0.3, 0.03, 0.001]")
+    pytester.runpytest().assert_outcomes(passed=3)
+    new = _calls(calls)[before:]
+    assert sorted(new) == ["lr=0.001 0", "lr=0.001 1"]
+
+
+def test_editing_the_function_body_retrains_but_editing_a_claim_does_not(pytester, counted):
+    calls = counted()
+    pytester.runpytest().assert_outcomes(passed=3)
+    n = len(_calls(calls))
+    src = (pytester.path / "exp_counted.py").read_text()
+    (pytester.path / "exp_counted.py").write_text(src.replace("final() > 0.2", "final() > 0.1"))
+    pytester.runpytest().assert_outcomes(passed=3)
+    assert len(_calls(calls)) == n
+    (pytester.path / "exp_counted.py").write_text(src.replace("[16]", "[17]"))
+    pytester.runpytest().assert_outcomes(passed=3)
+    assert len(_calls(calls)) == 2 * n
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_run_killed_mid_grid_keeps_finished_seeds_and_resumes(pytester, counted, sig):
+    calls = counted("[0.3, 0.03, 0.01, 0.003]", sleep="0.4")
+    env = {**os.environ, "HPSPEC_CALLS": str(calls)}
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--hpspec-stack=off",
+           str(pytester.path / "exp_counted.py")]
+    proc = subprocess.Popen(cmd, cwd=pytester.path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while len(_calls(calls)) < 4 and time.time() < deadline:  # two cells' seeds started
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(sig)
+    out = proc.communicate(timeout=60)[0].decode()
+    started = _calls(calls)
+    assert 4 <= len(started) < 8, out
+    store = Store.open(pytester.path / ".hpspec" / "results.sqlite")
+    kept = store.conn.execute("SELECT count(*) FROM seeds").fetchone()[0]
+    store.close()
+    assert kept >= len(started) - 1  # all finished seeds (one may have been mid-training)
+    resumed = subprocess.run(cmd, cwd=pytester.path, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert resumed.returncode == 0, resumed.stdout
+    again = _calls(calls)[len(started):]
+    assert len(again) == 8 - kept  # only what was not stored
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in out or "Interrupted" in out
+
+
+def _seed(seed: int) -> SeedResult:
+    return SeedResult(seed=seed, curves={"val_loss": [1.0 / (seed + 1)]}, epochs_planned=1)
+
+
+WRITER = """
+import sys
+from hpspec.results import SeedResult
+from hpspec.store import Store
+store = Store.open(sys.argv[1])
+run = store.begin_run({"device": "cpu"})
+for i in range(int(sys.argv[2])):
+    r = SeedResult(seed=i, curves={"val_loss": [float(i)]}, epochs_planned=1)
+    store.put_seed(run, f"{sys.argv[3]}-{i}", "exp", f"c{i}", {"i": i}, "cpu", r)
+store.finish_run(run, "passed")
+"""
+
+
+def test_two_processes_write_concurrently_without_loss(tmp_path):
+    path = tmp_path / "results.sqlite"
+    Store.open(path).close()
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), "300", name])
+             for name in ("a", "b", "c")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    store = Store.open(path)
+    assert store.conn.execute("SELECT count(*) FROM seeds").fetchone()[0] == 900
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert [r.status for r in store.runs()] == ["passed"] * 3
+    assert store.cached_seed("b-299").curves["val_loss"] == [299.0]
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, "foreign"])
+def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path, content):
+    path = tmp_path / "results.sqlite"
+    if content == "foreign":
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+        conn.commit()
+        conn.close()
+        original = path.read_bytes()
+    else:
+        path.write_bytes(content)
+        original = content
+    with pytest.warns(StoreMoved, match="moved it to .*unreadable.*fresh store"):
+        store = Store.open(path)
+    assert store.moved is not None and store.moved.read_bytes() == original
+    run = store.begin_run({"device": "cpu"})
+    store.put_seed(run, "k", "exp", "c", {}, "cpu", _seed(0))
+    assert store.cached_seed("k").to_dict() == _seed(0).to_dict()
+
+
+def test_schema_is_versioned_and_a_newer_store_is_not_overwritten(tmp_path):
+    path = tmp_path / "results.sqlite"
+    store = Store.open(path)
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    store.conn.execute("PRAGMA user_version = 99")
+    store.close()
+    with pytest.warns(StoreMoved, match="newer hpspec"):
+        Store.open(path)
+
+
+GATED = """
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.1]), epochs=3, seeds=2,
+               data=hp.datasets.digits(n_train=300))
+def gated(case):
+    model = hp.models.mlp(64, [16], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr * FACTOR)
+"""
+
+
+def test_a_planted_regression_fails_the_gate_and_noise_does_not(pytester):
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
+    pytester.runpytest("--hpspec-save=main").assert_outcomes(passed=2)
+    # noise: the same experiment retrained (refresh), timings on the same machine
+    same = pytester.runpytest("--hpspec-cache=refresh", "--hpspec-compare=main",
+                              "--hpspec-compare-fail=val_loss:+0.05,throughput:-60%")
+    assert same.ret == 0, same.stdout.str()
+    same.stdout.fnmatch_lines(["*hpspec: compared with run 1 (main)*", "*val_loss*ok*"])
+    # a regression: the learning rate silently divided by 10
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "0.1"))
+    bad = pytester.runpytest("--hpspec-compare=main", "--hpspec-compare-fail=val_loss:+0.05")
+    assert bad.ret == pytest.ExitCode.TESTS_FAILED
+    bad.assert_outcomes(passed=2)  # the cells pass; the gate fails the run
+    bad.stdout.fnmatch_lines(["*lr=0.3*val_loss*REGRESSED*",
+                              "*number(s) moved past --hpspec-compare-fail: the run fails*"])
+
+
+def test_export_and_compare_against_a_file(pytester):
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
+    pytester.runpytest("--hpspec-export=base.json", "--hpspec-cache=off").assert_outcomes(
+        passed=2)
+    doc = json.loads((pytester.path / "base.json").read_text())
+    assert doc["schema"] == "hpspec-run" and len(doc["fingerprint"]) == 16
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "0.1"))
+    bad = pytester.runpytest("--hpspec-compare=base.json", "--hpspec-compare-fail=val_acc:-5%",
+                             "--hpspec-cache=off")
+    assert bad.ret == pytest.ExitCode.TESTS_FAILED
+    bad.stdout.fnmatch_lines(["*compared with base.json*", "*val_acc*REGRESSED*"])
+
+
+def test_timings_are_not_compared_across_environments(pytester):
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
+    pytester.runpytest("--hpspec-export=base.json", "--hpspec-cache=off")
+    doc = json.loads((pytester.path / "base.json").read_text())
+    doc["fingerprint"] = "another-machine"
+    for c in doc["experiments"][0]["cells"]:
+        for s in c["result"]["seeds"]:
+            s["measurements"]["samples_per_s"] *= 100  # would be a huge "regression"
+    (pytester.path / "base.json").write_text(json.dumps(doc))
+    result = pytester.runpytest("--hpspec-compare=base.json", "--hpspec-cache=off",
+                                "--hpspec-compare-fail=throughput:-10%")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*timings were not compared: the baseline ran on another "
+                                 "environment*--hpspec-compare-force*"])
+    forced = pytester.runpytest("--hpspec-compare=base.json", "--hpspec-cache=off",
+                                "--hpspec-compare-fail=throughput:-10%",
+                                "--hpspec-compare-force")
+    assert forced.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_bad_gate_options_are_usage_errors(pytester):
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
+    r = pytester.runpytest("--hpspec-compare=main", "--hpspec-compare-fail=val_loss+2")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--hpspec-compare-fail: 'val_loss+2' is not METRIC:+AMOUNT*"])
+    r = pytester.runpytest("--hpspec-compare-fail=val_loss:+0.1")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*--hpspec-compare-fail needs a baseline*"])
+    r = pytester.runpytest("--hpspec-compare=nosuchrun", "--hpspec-compare-fail=val_loss:+0.1")
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    r.stdout.fnmatch_lines(["*--hpspec-compare nosuchrun: no such run*"])
+
+
+PROFILED = """
+import torch
+import hpspec as hp
+
+hp.register_profile("ci", epochs=1, seeds=1, grid={"lr": [0.3]})
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.1, 0.01]), epochs=4, seeds=3,
+               data=hp.datasets.digits(n_train=200),
+               profiles={"tiny": dict(seeds=1, grid={"lr": [0.3, 0.1]})},
+               claims=[hp.where(lr=0.01).expect(hp.metric("val_loss").final() > 1),
+                       hp.compare(hp.metric("val_loss"), lower={"lr": 0.3}, than={"lr": 0.1})])
+def profiled(case):
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def test_profiles_shrink_the_grid_and_drop_claims_they_cannot_judge(pytester):
+    pytester.makepyfile(exp_profiled=PROFILED)
+    ci = pytester.runpytest("--hpspec-profile=ci", "--hpspec-json=ci.json", "-v")
+    ci.assert_outcomes(passed=1)
+    ci.stdout.fnmatch_lines(["*profiled[[]lr=0.3[]] PASSED*",
+                             "*profile 'ci': 1 of 3 cells, 1 seed(s), 1 epochs*",
+                             "*left out (its cells are not in the profile's grid)*"])
+    doc = json.loads((pytester.path / "ci.json").read_text())
+    (cell,) = doc["experiments"][0]["cells"]
+    assert len(cell["result"]["seeds"]) == 1 and cell["result"]["seeds"][0]["epochs_planned"] == 1
+    tiny = pytester.runpytest("--hpspec-profile=tiny", "--hpspec-cache=off")
+    tiny.assert_outcomes(passed=2)
+    tiny.stdout.fnmatch_lines(["*left out (a statistical claim cannot be decided with one seed)"])
+    assert "profile 'tiny': 2 of 3 cells, 1 seed(s), 4 epochs" in tiny.stdout.str()
+
+
+def test_a_profile_naming_a_value_the_grid_lacks_is_a_spec_error(pytester):
+    pytester.makepyfile(exp_profiled=PROFILED.replace('grid={"lr": [0.3]}', 'grid={"lr": [9]}'))
+    r = pytester.runpytest("--hpspec-profile=ci")
+    r.stdout.fnmatch_lines(["*profile 'ci': grid[[]'lr'[]] = 9 is not a value of that axis*"])
+
+
+def test_command_line_lists_shows_and_diffs_runs(pytester):
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
+    pytester.runpytest("--hpspec-save=main")
+    pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "0.1"))
+    pytester.runpytest()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hpspec", *args], cwd=pytester.path,
+                              capture_output=True, text=True, timeout=60)
+
+    runs = cli("runs")
+    assert runs.returncode == 0 and "main" in runs.stdout and "passed" in runs.stdout
+    show = cli("show", "main")
+    assert "lr=0.3" in show.stdout and "val_loss=" in show.stdout
+    diff = cli("diff", "main", "latest")
+    assert "val_loss" in diff.stdout and "lr=0.1" in diff.stdout
+    assert cli("show", "nope").returncode != 0
+    prune = cli("prune", "--keep", "0")
+    assert "deleted 1 run(s)" in prune.stdout
+    assert "main" in cli("runs").stdout
