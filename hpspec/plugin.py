@@ -487,9 +487,16 @@ class State:
         start = max(s.seed for s in have.seeds) + 1
         probed = {m: v for m, v in have.seeds[0].measurements.items()
                   if m in PROBED or m.startswith("inference_")}
-        more = run_cell(exp, cell, self.resolve_device(),
-                        seeds=tuple(range(start, start + n - len(have.seeds))), probed=probed)
-        grown = attrs.evolve(have, seeds=have.seeds + more.seeds)
+        extra = tuple(range(start, start + n - len(have.seeds)))
+        cached = self.cached_seeds(exp, cell, extra) if self.cache == "use" else []
+        for r in cached:
+            self.save_seed(key, exp, cell, r, cached=True)
+        done = {r.seed for r in cached}
+        todo = tuple(x for x in extra if x not in done)
+        more = run_cell(exp, cell, self.resolve_device(), seeds=todo, probed=probed,
+                        on_seed=lambda r: self.save_seed(key, exp, cell, r)).seeds if todo else ()
+        grown = attrs.evolve(have, seeds=tuple(sorted((*have.seeds, *cached, *more),
+                                                      key=lambda r: r.seed)))
         self._store(key, cell, grown)
         return grown
 

@@ -554,7 +554,7 @@ def run_cell(
     """Train every seed of a cell, one after the other; the first probes size, FLOPs and
     memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
     __tracebackhide__ = True
-    todo = seeds or exp.seeds
+    todo = seeds if seeds is not None else exp.seeds
     runs: list[SeedResult] = []
     for k, seed in enumerate(todo):
         report = None
@@ -686,9 +686,9 @@ def data_digest(spec: DataSpec) -> str:
     """What identifies a data set in cache keys: a bundled set's name and options, or a
     digest of the bytes of user-supplied tensors."""
     if spec.preloaded is None:
-        import sklearn
+        from importlib.metadata import version
 
-        return f"{spec.key} sklearn={sklearn.__version__}"
+        return f"{spec.key} scikit-learn={version('scikit-learn')}"
     found = _DIGESTS.get(id(spec.preloaded))
     if found is None:
         import hashlib
