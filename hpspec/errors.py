@@ -71,3 +71,7 @@ class SpecError(HpspecError):
 class CellError(HpspecError):
     """A cell that could not be trained for a reason hpspec can explain (bad recipe output,
     data that does not fit the model, out of memory, ...). Carries the cell's location."""
+
+
+class BudgetExceeded(CellError):
+    """A cell ran past its time budget (``timeout=`` or ``--hpspec-timeout``)."""

@@ -82,6 +82,19 @@ parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
 
 
+def parse_timeout(value: str) -> float | None:
+    if value.strip().lower() in ("", "none", "0"):
+        return None
+    try:
+        t = float(value)
+    except ValueError:
+        t = math.nan
+    if not 0 < t < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"--hpspec-timeout: {value!r} is not a positive number of seconds; e.g. 600")
+    return t
+
+
 def parse_limits_option(value: str) -> Any:
     from hpspec.gate import parse_limits
 
@@ -166,6 +179,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="train every seed for all its epochs, even when its claims are decided early.",
     )
     group.addoption(
+        "--hpspec-timeout",
+        type=parse_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="time budget per cell (all its seeds); a cell past it stops between steps and "
+        "fails. An experiment's own timeout= wins. ini: hpspec_timeout. Default none.",
+    )
+    group.addoption(
         "--hpspec-store",
         default=None,
         metavar="PATH",
@@ -241,6 +262,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
     parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
     parser.addini("hpspec_store", "default for --hpspec-store", default="")
+    parser.addini("hpspec_timeout", "default for --hpspec-timeout", default="")
     parser.addini("hpspec_cache", "default for --hpspec-cache", default="use")
     parser.addini("hpspec_profile", "default for --hpspec-profile", default="")
 
@@ -270,6 +292,7 @@ class State:
     stack: bool = True
     full_curves: bool = False
     cache: str = "use"
+    timeout: float | None = None
     store_path: Path | None = None
     save_name: str | None = None
     profile: str | None = None
@@ -327,7 +350,8 @@ class State:
                                  inference=self.inference,
                                  seeds=tuple(x for x in exp.seeds if x not in have),
                                  stop=stop_rule(exp, cell.as_dict(), self.full_curves),
-                                 on_seed=lambda r: self.save_seed(key, exp, cell, r))
+                                 on_seed=lambda r: self.save_seed(key, exp, cell, r),
+                                 timeout=self.timeout)
                 found = attrs.evolve(fresh, seeds=tuple(sorted(
                     (*cached, *fresh.seeds), key=lambda r: exp.seeds.index(r.seed))))
             except BaseException as e:
@@ -428,6 +452,9 @@ class State:
         if not exp.stack:
             self.note(key, "trained one by one: the experiment says stack=False")
             return
+        if exp.timeout is not None or self.timeout is not None:
+            self.note(key, "trained one by one: each cell has its own time budget")
+            return
         timing = timing_claim(exp)
         if timing is not None:
             self.note(key, f"trained one by one, so that each cell's timing is its own: "
@@ -494,7 +521,8 @@ class State:
         done = {r.seed for r in cached}
         todo = tuple(x for x in extra if x not in done)
         more = run_cell(exp, cell, self.resolve_device(), seeds=todo, probed=probed,
-                        on_seed=lambda r: self.save_seed(key, exp, cell, r)).seeds if todo else ()
+                        on_seed=lambda r: self.save_seed(key, exp, cell, r),
+                        timeout=self.timeout).seeds if todo else ()
         grown = attrs.evolve(have, seeds=tuple(sorted((*have.seeds, *cached, *more),
                                                       key=lambda r: r.seed)))
         self._store(key, cell, grown)
@@ -612,6 +640,7 @@ def pytest_configure(config: pytest.Config) -> None:
         stack=_option(config, "stack", parse_stack) == "on",
         full_curves=bool(config.getoption("--hpspec-full-curves")),
         cache=_option(config, "cache", parse_cache),
+        timeout=_option(config, "timeout", parse_timeout),
         store_path=_store_path(config),
         save_name=config.getoption("--hpspec-save"),
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,

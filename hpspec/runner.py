@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
-from hpspec.errors import CellError
+from hpspec.errors import BudgetExceeded, CellError
 from hpspec.probes import (
     LiveMemory,
     count_flops,
@@ -219,6 +219,20 @@ Progress = Callable[[int, int, float], None]  # (epoch, epochs, train loss so fa
 StopRule = Callable[[Mapping[str, Any]], bool]  # curves so far -> may this seed stop?
 
 
+class Deadline:
+    """A cell's time budget: checked between steps (and between loop-mode epochs)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = time.perf_counter() + seconds
+
+    def exceeded(self, epochs_done: int, where: str) -> None:
+        raise BudgetExceeded(
+            f"{where}: budget exceeded after {epochs_done} epochs: the cell's time budget is "
+            f"{self.seconds:g} s; fix: raise timeout= on the experiment (or "
+            "--hpspec-timeout), or train fewer epochs or a smaller model")
+
+
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
 #: seed and copied to the others.
 PROBED = ("params", "param_bytes", "flops_per_sample", "peak_memory")
@@ -244,7 +258,7 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
 def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
-    inference: bool = False, stop: StopRule | None = None,
+    inference: bool = False, stop: StopRule | None = None, deadline: Deadline | None = None,
 ) -> SeedResult:
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
@@ -332,6 +346,8 @@ def _train_recipe(
             _sync(device)
         t1 = time.perf_counter()
         for i in range(first, steps):
+            if deadline is not None and time.perf_counter() > deadline.at:
+                deadline.exceeded(epoch - 1, where)
             idx = perm[i * batch_size : (i + 1) * batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[idx]), y[idx])
@@ -424,7 +440,8 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
-def _run_loop(exp: Experiment, cell: Cell, case: Case) -> SeedResult:
+def _run_loop(exp: Experiment, cell: Cell, case: Case,
+              deadline: Deadline | None = None) -> SeedResult:
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
     gen = exp.fn(case)
@@ -466,6 +483,8 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case) -> SeedResult:
                     )
             if diverged is not None or (case.epochs and epoch >= case.epochs):
                 break
+            if deadline is not None and time.perf_counter() > deadline.at:
+                deadline.exceeded(epoch, where)
             t0 = time.perf_counter()
     finally:
         close = getattr(gen, "close", None)
@@ -500,6 +519,7 @@ def run_seed(
     progress: Progress | None = None,
     inference: bool = False,
     stop: StopRule | None = None,
+    deadline: Deadline | None = None,
 ) -> SeedResult:
     """Train one seed of one cell, in its own seeded, restored torch state. ``probed`` carries
     the model's size, FLOPs and memory from an earlier seed of the cell (else they are probed)."""
@@ -509,16 +529,22 @@ def run_seed(
     with torch_state(seed):
         try:
             if exp.mode == "loop":
-                return _run_loop(exp, cell, case)
+                return _run_loop(exp, cell, case, deadline)
             assert data is not None
-            return _train_recipe(exp, cell, case, data, probed, progress, inference, stop)
+            return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
+                                 deadline)
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            # The exception's frames hold the model, its activations and the batch: drop
+            # them before collecting, so the memory is back for the next cell.
+            e.__traceback__ = None
+            del e
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
             raise CellError(
                 f"{exp.where}[{cell.id}]: out of memory on {device} at batch_size="
-                f"{case.batch_size} (seed {seed}): {str(e).splitlines()[0] if str(e) else ''}"
+                f"{case.batch_size} (seed {seed}): {first_line}"
                 f"{_memory_figures(device)}; fix: lower batch_size or the model's size for "
                 "this cell"
             ) from None
@@ -550,18 +576,21 @@ def run_cell(
     inference: bool = False,
     stop: StopRule | None = None,
     on_seed: Callable[[SeedResult], None] | None = None,
+    timeout: float | None = None,
 ) -> CellResult:
     """Train every seed of a cell, one after the other; the first probes size, FLOPs and
     memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
     __tracebackhide__ = True
     todo = seeds if seeds is not None else exp.seeds
+    budget = exp.timeout if exp.timeout is not None else timeout
+    deadline = Deadline(budget) if budget is not None else None
     runs: list[SeedResult] = []
     for k, seed in enumerate(todo):
         report = None
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float, k: int = k) -> None:
                 progress(k + 1, len(todo), epoch, epochs, loss)
-        run = run_seed(exp, cell, seed, device, probed, report, inference, stop)
+        run = run_seed(exp, cell, seed, device, probed, report, inference, stop, deadline)
         if probed is None:
             probed = {m: v for m, v in run.measurements.items()
                       if m in PROBED or m.startswith("inference_")}
