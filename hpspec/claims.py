@@ -466,6 +466,9 @@ class Threshold(Condition):
         for q in (self.left, self.right):
             if isinstance(q, Measure):
                 _validate_measure(q, ctx, arg)
+        if isinstance(self.left, Metric) and not isinstance(self.right, Quantity):
+            _check_possible(self.left.name, self.op, float(self.right), ctx, arg,
+                            self.describe())
         for q in (self.left, self.right):
             if isinstance(q, Metric) and q.how == "at":
                 if not isinstance(q.epoch, int) or isinstance(q.epoch, bool) or q.epoch < 1:
@@ -551,6 +554,9 @@ class Reaches(Condition):
 
     def validate(self, ctx: SpecContext, arg: str) -> None:
         _check_number(self.target, ctx, arg, "the target")
+        if not isinstance(self.target, Quantity):
+            _check_possible(self.metric, "<" if self.direction == "below" else ">",
+                            float(self.target), ctx, arg, self.describe())
         if self.epochs is not None and (
             not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < 1
         ):
@@ -874,6 +880,23 @@ def validate_claim(claim: Any, ctx: SpecContext, arg: str) -> Claim:
     if validate is not None:
         validate(ctx, arg)
     return claim
+
+
+def _check_possible(metric: str, op: str, x: float, ctx: SpecContext, arg: str,
+                    text: str) -> None:
+    """Refuse a threshold no run can meet: accuracy outside [0, 1], a loss below 0 (recipe
+    mode's losses: cross-entropy and squared error are never negative)."""
+    if ctx.mode != "recipe":
+        return
+    lo, hi = (0.0, 1.0) if metric.endswith("acc") else (0.0, math.inf) if metric.endswith(
+        "loss") else (-math.inf, math.inf)
+    never = ((op in ("<", "<=") and (x < lo or (op == "<" and x == lo)))
+             or (op in (">", ">=") and (x > hi or (op == ">" and x == hi))))
+    if never:
+        bounds = "[0, 1]" if hi == 1.0 else ">= 0"
+        raise SpecError(f"can never hold: {metric} is {bounds}", where=ctx.where,
+                        argument=arg, value=text,
+                        fix="check the threshold (accuracy is a fraction: 0.95, not 95)")
 
 
 def _validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
