@@ -187,6 +187,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "fails. An experiment's own timeout= wins. ini: hpspec_timeout. Default none.",
     )
     group.addoption(
+        "--hpspec-workers-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="under pytest-xdist: K workers share each GPU (small models gain from it); "
+        "-n auto then starts GPUs x K workers.",
+    )
+    group.addoption(
         "--hpspec-store",
         default=None,
         metavar="PATH",
@@ -303,6 +311,13 @@ class State:
     gate_rows: list[Any] = attrs.field(factory=list)
     gate_warnings: list[str] = attrs.field(factory=list)
     gate_baseline: str | None = None
+    #: Per experiment key: name, axes and time-to-target claims (from collection, or from
+    #: xdist workers' payloads on the controller, which collects nothing).
+    info: dict[str, Any] = attrs.field(factory=dict)
+    #: Under xdist: this process's worker id and the number of workers (None on controller).
+    worker: str | None = None
+    workers: int = 1
+    stack_off_reason: str | None = None
     confidence: float = 0.95
     inconclusive: str = "fail"
     holm: str = "off"
@@ -326,12 +341,20 @@ class State:
             from hpspec.runner import select_device
 
             self.device = select_device(self.device_option)
+            if self.worker is not None and self.workers > 1 and self.device == "cpu":
+                # n workers with all cores each oversubscribe the CPU (-n 2 was slower than
+                # serial on 2 cores): each takes its share.
+                import torch
+
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
         return self.device
 
     def result(self, key: str, exp: Experiment, cell: Cell, progress: Any = None) -> CellResult:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
         found = self.results.get((key, cell.id))
+        if self.stack_off_reason and exp.mode == "recipe" and exp.stack:
+            self.note(key, self.stack_off_reason)
         cached: list[Any] = []
         if found is None and self.cache == "use":
             cached = self.cached_seeds(exp, cell, exp.seeds)
@@ -371,7 +394,7 @@ class State:
 
         try:
             self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
-            if self.run_id is None:
+            if self.run_id is None and self.worker is None:
                 self.run_id = self.store.begin_run(environment(self.device), self.save_name)
         except Exception as e:  # a read-only disk, say: results still reach the report
             self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
@@ -435,6 +458,24 @@ class State:
                            cell.as_dict(), self.resolve_device(), result, cached=cached)
         except Exception as e:
             self.store_error = f"store {store.path}: {type(e).__name__}: {e}"
+
+    def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,
+                        patience: float = 30.0) -> None:
+        """On an xdist worker, a claim's cell may be training on another worker: wait for its
+        seeds to reach the store (while any seed keeps arriving, up to ``patience`` seconds
+        without one) rather than train it twice."""
+        import time
+
+        if (key, cell.id) in self.results or self.cache != "use" or self.open_store() is None:
+            return
+        last, seen = time.monotonic(), -1
+        while time.monotonic() - last < patience:
+            have = len(self.cached_seeds(exp, cell, exp.seeds))
+            if have == len(exp.seeds):
+                return
+            if have != seen:
+                last, seen = time.monotonic(), have
+            time.sleep(0.2)
 
     def note(self, key: str, line: str) -> None:
         lines = self.notes.setdefault(key, [])
@@ -539,6 +580,8 @@ class State:
             failed = self.failures.get((key, cell.id))
             if failed is None:
                 try:
+                    if self.worker is not None and not n:
+                        self._wait_for_peers(key, exp, cell)
                     out[cell.id] = (self.with_seeds(key, exp, cell, n) if n
                                     else self.result(key, exp, cell))
                     continue
@@ -621,6 +664,121 @@ class NeededCellFailed(HpspecError):
 STATE = pytest.StashKey[State]()
 
 
+# ---------------------------------------------------------------------------- pytest-xdist
+
+
+def _configure_xdist(config: pytest.Config, state: State) -> None:
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:  # a worker
+        state.worker = workerinput.get("workerid")
+        state.workers = int(workerinput.get("workercount", 1))
+        state.run_id = workerinput.get("hpspec_run_id")
+        if not workerinput.get("hpspec_stack_ok", True) and state.stack:
+            # Items of one stacked group would be spread over workers, and each would
+            # train the whole group: train cell by cell instead.
+            state.stack = False
+            state.stack_off_reason = ("trained cell by cell: under -n, stacked groups need "
+                                      "--dist loadgroup to stay on one worker")
+        gpu = workerinput.get("hpspec_gpu")
+        if gpu is not None:  # before anything initialises CUDA in this process
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        return
+    dist = getattr(config.option, "dist", "no")
+    n = getattr(config.option, "numprocesses", None)
+    if dist in ("loadscope", "loadfile") and n not in (None, 0, 1):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
+            f"hpspec: --dist {dist} sends a whole experiment file to one worker, so a grid "
+            "trains on one worker while the others idle; use the default (-n N), or "
+            "--dist loadgroup to keep stacked cells together"), stacklevel=2)
+
+
+def _gpu_ids() -> list[int]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    except Exception:
+        return []
+
+
+GPU_POOL = pytest.StashKey[Any]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """Controller, for each worker it starts: the run id, and a GPU from the pool."""
+    config = node.config
+    state = config.stash[STATE]
+    if state.cache != "off":
+        state.open_store()
+    node.workerinput["hpspec_run_id"] = state.run_id
+    node.workerinput["hpspec_stack_ok"] = getattr(config.option, "dist", "no") == "loadgroup"
+    if config.stash.get(GPU_POOL, None) is None:
+        from hpspec.distributed import GpuPool
+
+        config.stash[GPU_POOL] = GpuPool(_gpu_ids(), config.getoption("--hpspec-workers-per-gpu"))
+    gpu = config.stash[GPU_POOL].lend(node.gateway.id)
+    if gpu is not None:
+        node.workerinput["hpspec_gpu"] = gpu
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    pool = node.config.stash.get(GPU_POOL, None)
+    if pool is not None:
+        pool.give_back(node.gateway.id)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    gpus = _gpu_ids()
+    if not gpus:
+        return None  # xdist's own choice: the CPU count
+    return len(gpus) * max(1, config.getoption("--hpspec-workers-per-gpu"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Controller: take hpspec's payload off a worker's report (before junit XML sees it)
+    and merge it into this session's state."""
+    config = _CONTROLLER_CONFIG[0] if _CONTROLLER_CONFIG else None
+    if config is None or hasattr(config, "workerinput"):
+        return  # a worker: the payload travels on with the report
+    props = getattr(report, "user_properties", None)
+    if not props or not any(k == PAYLOAD_KEY for k, _ in props):
+        return
+    texts = [v for k, v in props if k == PAYLOAD_KEY]
+    report.user_properties = [(k, v) for k, v in props if k != PAYLOAD_KEY]
+    from hpspec.distributed import read_payload
+
+    state = config.stash[STATE]
+    for text in texts:
+        d = read_payload(text)
+        key = d["key"]
+        state.info[key] = d["info"]
+        if d["kind"] == "cell":
+            record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
+                                d["result"], d["verdicts"], d["note"] or "", d["order"])
+            state.records.setdefault(key, {})[d["cell_id"]] = record
+            if d["result"] is not None:
+                state.results[(key, d["cell_id"])] = d["result"]
+                state.device = state.device or d["result"].device
+            if d["note"] == "cached":
+                state.cached_cells.add((key, d["cell_id"]))
+            for line in d["notes"]:
+                state.note(key, line)
+        elif d["verdict"] is not None:
+            state.records.setdefault(key, {})
+            state.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+
+
+PAYLOAD_KEY = "hpspec._payload"
+_CONTROLLER_CONFIG: list[pytest.Config] = []
+
+
 def _store_path(config: pytest.Config) -> Path:
     raw = config.getoption("--hpspec-store") or config.getini("hpspec_store") or ""
     path = Path(raw) if raw else Path(".hpspec") / "results.sqlite"
@@ -646,6 +804,8 @@ def pytest_configure(config: pytest.Config) -> None:
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
     )
     state = config.stash[STATE]
+    _CONTROLLER_CONFIG[:] = [config]
+    _configure_xdist(config, state)
     if state.cache == "off" and (state.save_name or config.getoption("--hpspec-compare")):
         ref = config.getoption("--hpspec-compare")
         if state.save_name or not (ref and ref.endswith(".json")):
@@ -709,15 +869,22 @@ class ExperimentFile(pytest.Module):
                 for line in notes:
                     state.note(key, line)
             state.experiments[key] = exp
+            state.info[key] = _info(exp)
             records = state.records.setdefault(key, {})
-            for cell in exp.cells:
-                records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict())
+            for i, cell in enumerate(exp.cells):
+                records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
                 name = f"{exp.name}[{cell.id}]"
                 # The id is given as text so pytest parses its "[params]" part the way it
                 # does for parametrized tests (--lf and the cache compare parsed ids).
-                yield CellItem.from_parent(
+                item = CellItem.from_parent(
                     self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, cell=cell, key=key
                 )
+                if exp.mode == "recipe" and exp.stack:
+                    # Cells that may train as one stacked model stay on one xdist worker
+                    # under --dist loadgroup.
+                    item.add_marker(pytest.mark.xdist_group(
+                        f"hpspec:{key}:{exp.batch_size_for(cell)}:{exp.epochs_for(cell)}"))
+                yield item
             for claim in exp.claims:
                 if isinstance(claim, CrossClaim):
                     name = f"{exp.name}[{claim.slug()}]"
@@ -725,6 +892,14 @@ class ExperimentFile(pytest.Module):
                         self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, claim=claim,
                         key=key,
                     )
+
+
+def _info(exp: Experiment) -> Any:
+    from hpspec.distributed import ExpInfo
+
+    targets = tuple(c.condition for c in exp.claims
+                    if isinstance(c, CellClaim) and isinstance(c.condition, Reaches))
+    return ExpInfo(exp.name, exp.axes, targets)
 
 
 def _fn_location(fn: Any) -> tuple[int | None]:
@@ -823,6 +998,17 @@ class CellItem(_HpspecItem):
         state = self.config.stash[STATE]
         record = state.records[self.key][self.cell.id]
         record.outcome = "error"
+        try:
+            self._run(state, record)
+        finally:
+            if state.worker is not None:
+                from hpspec.distributed import PAYLOAD, cell_payload
+
+                self.user_properties.append((PAYLOAD, cell_payload(
+                    self.key, state.info[self.key], record, state.notes.get(self.key, []))))
+
+    def _run(self, state: State, record: CellRecord) -> None:
+        __tracebackhide__ = True
         progress, done = _live_progress(self.config, self.name)
         try:
             result = state.result(self.key, self.exp, self.cell, progress)
@@ -908,6 +1094,18 @@ class ClaimItem(_HpspecItem):
     def runtest(self) -> None:
         __tracebackhide__ = True
         state = self.config.stash[STATE]
+        try:
+            self._run(state)
+        finally:
+            if state.worker is not None:
+                from hpspec.distributed import PAYLOAD, claim_payload
+
+                verdict = state.cross.get(self.key, {}).get(self.claim.slug())
+                self.user_properties.append((PAYLOAD, claim_payload(
+                    self.key, state.info[self.key], self.claim.slug(), verdict)))
+
+    def _run(self, state: State) -> None:
+        __tracebackhide__ = True
         verdict = state.cross_verdict(self.key, self.exp, self.claim)
         if verdict.p_pass is not None:
             self.user_properties.append(("hpspec.p_value", float(verdict.p_pass)))
@@ -966,16 +1164,15 @@ def pytest_terminal_summary(
     if state.table == "none":
         return
     for key, records in state.records.items():
-        ran = [r for r in records.values() if r.outcome != "not run"]
+        ran = sorted((r for r in records.values() if r.outcome != "not run"),
+                     key=lambda r: r.order)
         if not ran:
             continue
-        exp = state.experiments[key]
+        info = state.info[key]
         terminalreporter.write_sep("-", f"hpspec: {key}")
-        targets = [c.condition for c in exp.claims
-                   if isinstance(c, CellClaim) and isinstance(c.condition, Reaches)]
         terminalreporter.write_line(
-            render_experiment(exp.name, exp.axes, ran, device=state.device, targets=targets,
-                              table=state.table, pick=state.columns)
+            render_experiment(info.name, info.axes, ran, device=state.device,
+                              targets=info.targets, table=state.table, pick=state.columns)
         )
         for line in state.notes.get(key, []):
             terminalreporter.write_line(f"  {line}")
@@ -1044,11 +1241,12 @@ def run_document_of(state: State) -> dict[str, Any]:
 
     experiments = []
     for key, records in state.records.items():
-        exp = state.experiments[key]
-        ran = [r for r in records.values() if r.outcome != "not run"]
+        info = state.info[key]
+        ran = sorted((r for r in records.values() if r.outcome != "not run"),
+                     key=lambda r: r.order)
         if ran or state.cross.get(key):
             experiments.append(
-                (key, exp.name, exp.axes, ran, list(state.cross.get(key, {}).values()))
+                (key, info.name, info.axes, ran, list(state.cross.get(key, {}).values()))
             )
     return run_document(experiments, environment(state.device))
 

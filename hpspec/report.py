@@ -28,6 +28,7 @@ class CellRecord:
     result: CellResult | None = None
     verdicts: list[Verdict] = attrs.field(factory=list)
     note: str = ""
+    order: int = 0  # the cell's place in its grid
 
 
 def human_rate(x: float | None) -> str:

@@ -1,0 +1,126 @@
+"""pytest-xdist: the same verdicts and complete tables as a serial run, a crashed worker fails
+only its cell, CPU threads shared out, GPUs lent from a pool."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hpspec.distributed import GpuPool
+
+pytest.importorskip("xdist")
+
+GRID = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.5, 0.1, 0.01], width=[8, 16]), epochs=3, seeds=3,
+               data=hp.datasets.digits(n_train=300),
+               claims=[hp.where(lr=0.5).expect(hp.metric("val_acc").final() > 0.5),
+                       hp.compare(hp.metric("val_loss"), lower={"lr": 0.5}, than={"lr": 0.01}),
+                       hp.trend(hp.metric("train_loss"), over="lr", increasing=False)])
+def grid(case):
+    model = hp.models.mlp(64, [case.width], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+@hp.experiment(grid=hp.grid(k=[1, 2, 3]), epochs=2)
+def threads(case):
+    for _ in range(case.epochs):
+        yield {"threads": torch.get_num_threads()}
+"""
+
+
+def _outcomes(path):
+    doc = json.loads(path.read_text())
+    out = {}
+    for exp in doc["experiments"]:
+        for c in exp["cells"]:
+            out[(exp["name"], c["cell_id"])] = (
+                c["outcome"], [v["outcome"] for v in c["verdicts"]],
+                [s["curves"] for s in c["result"]["seeds"]] if c["result"] else None)
+        for v in exp["claims"]:
+            out[(exp["name"], v["claim"])] = v["outcome"]
+    return out, doc
+
+
+def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
+    pytester.makepyfile(exp_grid=GRID)
+    serial = pytester.runpytest("--hpspec-cache=off", "--hpspec-json=serial.json")
+    serial.assert_outcomes(passed=11)
+    par = pytester.runpytest_subprocess("-n", "2", "--hpspec-cache=off",
+                                        "--hpspec-json=par.json", "--junitxml=par.xml")
+    par.assert_outcomes(passed=11)
+    a, _ = _outcomes(pytester.path / "serial.json")
+    b, doc = _outcomes(pytester.path / "par.json")
+    threads = {k: v for k, v in b.items() if k[0] == "threads"}
+    for k in threads:
+        a.pop(k), b.pop(k)
+    assert a.keys() == b.keys()
+    for k in a:  # same verdicts; curves equal within float tolerance (threads differ)
+        if isinstance(a[k], tuple):
+            assert a[k][:2] == b[k][:2], k
+            for sa, sb in zip(a[k][2], b[k][2], strict=True):
+                for m in sa:
+                    assert sa[m] == pytest.approx(sb[m], rel=1e-4), (k, m)
+        else:
+            assert a[k] == b[k], k
+    # the controller printed the complete table and the claims, once
+    out = par.stdout.str()
+    assert out.count("hpspec: exp_grid.py::grid") == 1
+    assert "val_loss final is lower for lr=0.5 than for lr=0.01" in out
+    import re
+
+    table = out.split("hpspec: exp_grid.py::grid")[1]
+    rows = re.findall(r"^(0\.5|0\.1|0\.01) +(8|16) +passed", table, re.M)
+    assert len(rows) == 6, table
+    # each of the 2 workers uses its share of the CPU's threads
+    import os
+
+    share = max(1, (os.cpu_count() or 1) // 2)
+    for c in next(e for e in doc["experiments"] if e["name"] == "threads")["cells"]:
+        assert c["result"]["seeds"][0]["curves"]["threads"] == [share, share]
+    xml = (pytester.path / "par.xml").read_text()
+    assert "hpspec._payload" not in xml and 'name="hpspec.val_acc"' in xml
+
+
+CRASH = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.2, 0.1, 0.05]), epochs=1,
+               data=hp.datasets.digits(n_train=200), stack=False)
+def crashy(case):
+    if case.lr == 0.2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def test_a_killed_worker_fails_only_its_cell(pytester):
+    pytester.makepyfile(exp_crash=CRASH)
+    result = pytester.runpytest_subprocess("-n", "2", "--hpspec-cache=off")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["*crashy[[]lr=0.2[]]*crashed*"])
+    assert "hpspec: exp_crash.py::crashy" in result.stdout.str()
+
+
+def test_loadscope_is_warned_about(pytester):
+    pytester.makepyfile(exp_grid=GRID)
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadscope",
+                                           "--hpspec-cache=off", "-k", "threads")
+    result.stdout.fnmatch_lines(["*--dist loadscope sends a whole experiment file to one "
+                                 "worker*"])
+
+
+def test_gpu_pool_lends_spreads_and_takes_back():
+    pool = GpuPool([0, 1], per_gpu=2)
+    lent = [pool.lend(w) for w in ("gw0", "gw1", "gw2", "gw3")]
+    assert sorted(lent) == [0, 0, 1, 1] and lent[:2] == [0, 1]  # spread first
+    assert pool.lend("gw4") is None  # full: no GPU rather than an overbooked one
+    assert pool.lend("gw1") == lent[1]  # a worker keeps its GPU
+    pool.give_back("gw1")  # its node went down (crashed): the slot is free again
+    assert pool.lend("gw5") == lent[1]
