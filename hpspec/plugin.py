@@ -195,6 +195,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "-n auto then starts GPUs x K workers.",
     )
     group.addoption(
+        "--hpspec-ray",
+        default=None,
+        metavar="ADDRESS",
+        help="train cells as Ray tasks: local (a private local cluster), auto (the running "
+        "cluster this machine belongs to) or ray://HOST:10001. Needs pip install "
+        "'hpspec[ray]'. ini: hpspec_ray.",
+    )
+    group.addoption("--hpspec-ray-gpus", type=float, default=0.0, metavar="N",
+                    help="GPUs per Ray task (fractions share a GPU: 0.25). Default 0.")
+    group.addoption("--hpspec-ray-cpus", type=int, default=None, metavar="N",
+                    help="CPUs of the local cluster --hpspec-ray=local starts (default: all).")
+    group.addoption(
         "--hpspec-store",
         default=None,
         metavar="PATH",
@@ -271,6 +283,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
     parser.addini("hpspec_store", "default for --hpspec-store", default="")
     parser.addini("hpspec_timeout", "default for --hpspec-timeout", default="")
+    parser.addini("hpspec_ray", "default for --hpspec-ray", default="")
     parser.addini("hpspec_cache", "default for --hpspec-cache", default="use")
     parser.addini("hpspec_profile", "default for --hpspec-profile", default="")
 
@@ -318,6 +331,13 @@ class State:
     worker: str | None = None
     workers: int = 1
     stack_off_reason: str | None = None
+    #: The module attribute each experiment's function is bound to (for Ray tasks).
+    attrs_of: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    ray: Any = None
+    #: (key, cell id) -> index of its Ray task; answers by task index once fetched.
+    ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    ray_refs: list[Any] = attrs.field(factory=list)
+    ray_answers: dict[int, Any] = attrs.field(factory=dict)
     confidence: float = 0.95
     inconclusive: str = "fail"
     holm: str = "off"
@@ -360,6 +380,8 @@ class State:
             cached = self.cached_seeds(exp, cell, exp.seeds)
             if len(cached) == len(exp.seeds):
                 found = self._from_cache(key, exp, cell, cached)
+        if found is None and not cached and (key, cell.id) in self.ray_jobs:
+            found = self._from_ray(key, exp, cell)
         if found is None and not cached and self.stack and (key, cell.id) not in self.stack_tried:
             self._train_stacked(key, exp, cell, progress)
             found = self.results.get((key, cell.id))
@@ -458,6 +480,76 @@ class State:
                            cell.as_dict(), self.resolve_device(), result, cached=cached)
         except Exception as e:
             self.store_error = f"store {store.path}: {type(e).__name__}: {e}"
+
+    def _from_ray(self, key: str, exp: Experiment, cell: Cell) -> CellResult:
+        """This cell's result from its Ray task (waiting for it), storing every cell the
+        task trained; a cell the task could not train raises its error here."""
+        __tracebackhide__ = True
+        from hpspec.ray_backend import collect
+
+        index = self.ray_jobs[(key, cell.id)]
+        if index not in self.ray_answers:
+            try:
+                self.ray_answers[index] = collect(self.ray, self.ray_refs[index],
+                                                  f"{exp.where}[{cell.id}]")
+            except CellError as e:
+                self.ray_answers[index] = {"results": {}, "errors": {
+                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index},
+                    "notes": []}
+            answer = self.ray_answers[index]
+            for line in answer["notes"]:
+                self.note(key, line)
+            for cid, data in answer["results"].items():
+                target = next(c for c in exp.cells if c.id == cid)
+                result = CellResult.from_dict(data)
+                self.device = self.device or result.device
+                for r in result.seeds:
+                    self.save_seed(key, exp, target, r)
+                self._store(key, target, result)
+            for cid, text in answer["errors"].items():
+                self.failures[(key, cid)] = text
+        found = self.results.get((key, cell.id))
+        if found is None:
+            error = self.ray_answers[index]["errors"].get(cell.id, "no result came back")
+            raise CellError(error if error.startswith(exp.where) else
+                            f"{exp.where}[{cell.id}] (on Ray): {error}")
+        return found
+
+    def submit_to_ray(self, config: pytest.Config) -> None:
+        """Submit every wanted, uncached cell as Ray tasks, up front."""
+        from hpspec.plan import timing_claim
+        from hpspec.ray_backend import connect, submit
+        from hpspec.runner import stackable_cells
+        from hpspec.spec import PROFILES
+
+        address = config.getoption("--hpspec-ray") or config.getini("hpspec_ray")
+        self.ray = connect(address, Path(config.rootpath), config.getoption("--hpspec-ray-cpus"))
+        jobs: list[dict[str, Any]] = []
+        for key, wanted in self.wanted.items():
+            exp = self.experiments[key]
+            cells = [c for c in exp.cells if c.id in wanted and not (
+                self.cache == "use" and len(self.cached_seeds(exp, c, exp.seeds)) == len(
+                    exp.seeds))]
+            stack = (self.stack and exp.stack and exp.mode == "recipe"
+                     and timing_claim(exp) is None and exp.timeout is None
+                     and self.timeout is None and not self.inference)
+            buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
+            path, attr = self.attrs_of[key]
+            try:
+                rel = os.path.relpath(path, config.rootpath)
+            except ValueError:
+                rel = path
+            for bucket in buckets:
+                for c in bucket:
+                    self.ray_jobs[(key, c.id)] = len(jobs)
+                jobs.append({"path": path, "rel": rel, "attr": attr,
+                             "cell_ids": [c.id for c in bucket], "seeds": None,
+                             "device": self.device_option,
+                             "options": {"stack": stack, "full_curves": self.full_curves,
+                                         "timeout": self.timeout, "profile": self.profile,
+                                         "profiles": dict(PROFILES)}})
+        self.ray_refs = submit(self.ray, jobs, config.getoption("--hpspec-ray-gpus"),
+                               retries=1)
 
     def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,
                         patience: float = 30.0) -> None:
@@ -870,6 +962,7 @@ class ExperimentFile(pytest.Module):
                     state.note(key, line)
             state.experiments[key] = exp
             state.info[key] = _info(exp)
+            state.attrs_of[key] = (str(self.path), attr)
             records = state.records.setdefault(key, {})
             for i, cell in enumerate(exp.cells):
                 records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
@@ -1145,6 +1238,14 @@ def pytest_collection_modifyitems(
     # rather than one failure per cell; only when cells will run (torch loads here).
     if config.option.collectonly or not any(isinstance(i, CellItem) for i in items):
         return
+    if (config.getoption("--hpspec-ray") or config.getini("hpspec_ray")) and state.worker is None:
+        from hpspec.ray_backend import RayUnavailable
+
+        try:
+            state.submit_to_ray(config)
+        except RayUnavailable as e:
+            raise pytest.UsageError(str(e)) from None
+        return  # the device is chosen where the tasks run
     try:
         config.stash[STATE].resolve_device()
     except CellError as e:
@@ -1336,6 +1437,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = config.stash.get(STATE, None)
     if state is None or hasattr(config, "workerinput"):
         return
+    if state.ray is not None:
+        from hpspec.ray_backend import shutdown
+
+        shutdown(state.ray)
     if _gate(state, config):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     _record_run(state, session.exitstatus)

@@ -1,0 +1,138 @@
+"""Training cells on a Ray cluster (``--hpspec-ray ADDRESS``).
+
+Every cell (or group of cells that stack) becomes one Ray task, all submitted up front so the
+cluster stays busy; pytest still reports item by item, each item waiting for its own task.
+A task rebuilds the experiment from its file (shipped to remote nodes as the runtime
+environment's working directory), trains with hpspec's own runner and returns plain data
+(``CellResult.to_dict``) or the text of the error. A task that dies, or a node that leaves,
+fails that cell's item with a message; the run goes on.
+
+Defaults that do not surprise: the address is always explicit (``local`` starts a private
+local cluster, never the one a stale ``/tmp/ray`` file points at), and no dashboard is started.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpspec.errors import CellError, HpspecError
+
+__all__ = ["RayUnavailable", "connect", "submit", "collect", "shutdown"]
+
+#: Paths a remote node does not need (the working directory is uploaded to it).
+EXCLUDES = [".git", ".hpspec", ".ci-venv", ".venv", "__pycache__", "*.sqlite*", "*.whl"]
+
+
+class RayUnavailable(HpspecError):
+    """``--hpspec-ray`` was asked for without Ray installed, or the cluster is unreachable."""
+
+
+def connect(address: str, root: Path, num_cpus: int | None = None) -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise RayUnavailable(
+            "--hpspec-ray needs Ray; fix: pip install 'hpspec[ray]' (or pip install ray)"
+        ) from None
+    if ray.is_initialized():
+        return ray
+    common: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                  configure_logging=False, ignore_reinit_error=True)
+    try:
+        if address == "local":
+            # A private cluster on this machine: same files, no upload needed.
+            ray.init(address="local", num_cpus=num_cpus, **common)
+        else:
+            ray.init(address=address, runtime_env={"working_dir": str(root),
+                                                    "excludes": EXCLUDES}, **common)
+    except Exception as e:  # ConnectionError, RuntimeError, ... from ray.init
+        raise RayUnavailable(f"--hpspec-ray={address}: cannot reach the cluster: "
+                             f"{type(e).__name__}: {e}") from None
+    return ray
+
+
+def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Sequence[int] | None,
+           device: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The task: rebuild the experiment from its file, train the cells, return plain data."""
+    import importlib.util
+    import sys
+    import traceback
+
+    from hpspec import spec as spec_mod
+    from hpspec.plan import stop_rule
+    from hpspec.runner import run_cell, run_stacked, select_device
+
+    file = path if os.path.exists(path) else rel
+    name = f"hpspec_ray_{abs(hash(file))}"
+    module = sys.modules.get(name)
+    if module is None:
+        loader = importlib.util.spec_from_file_location(name, file)
+        assert loader is not None and loader.loader is not None
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[name] = module
+        loader.loader.exec_module(module)
+    spec_mod.PROFILES.update(options.get("profiles", {}))
+    exp = spec_mod.build(getattr(module, attr))
+    if options.get("profile"):
+        exp, _ = spec_mod.apply_profile(exp, options["profile"])
+    cells = [c for c in exp.cells if c.id in set(cell_ids)]
+    dev = select_device(device)
+    full = bool(options.get("full_curves"))
+    out: dict[str, Any] = {"results": {}, "errors": {}, "notes": []}
+    todo = list(cells)
+    if options.get("stack") and len(cells) > 1:
+        try:
+            stacked, why = run_stacked(exp, cells, dev, tuple(seeds) if seeds else None,
+                                       stop_rules={c.id: stop_rule(exp, c.as_dict(), full)
+                                                   for c in cells})
+            for cid, res in stacked.items():
+                out["results"][cid] = res.to_dict()
+            todo = [c for c in cells if c.id not in stacked]
+            if stacked:
+                out["notes"].append(f"stacked on Ray: {len(stacked)} cell(s) in one task")
+            if why:
+                out["notes"].append(f"trained one by one ({len(why)} cells): "
+                                    f"{next(iter(why.values()))}")
+        except Exception:
+            todo = list(cells)
+    for cell in todo:
+        try:
+            res = run_cell(exp, cell, dev, seeds=tuple(seeds) if seeds else None,
+                           stop=stop_rule(exp, cell.as_dict(), full),
+                           timeout=options.get("timeout"))
+            out["results"][cell.id] = res.to_dict()
+        except Exception as e:
+            text = str(e) if isinstance(e, HpspecError) else "".join(
+                traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+            out["errors"][cell.id] = text
+    return out
+
+
+def submit(ray: Any, jobs: Sequence[dict[str, Any]], num_gpus: float, retries: int) -> list[Any]:
+    """One Ray task per job; returns their object refs, in order."""
+    task = ray.remote(num_gpus=num_gpus, max_retries=retries)(_train)
+    return [task.remote(j["path"], j["rel"], j["attr"], j["cell_ids"], j["seeds"],
+                        j["device"], j["options"]) for j in jobs]
+
+
+def collect(ray: Any, ref: Any, what: str) -> dict[str, Any]:
+    """The task's answer, or a CellError that says what happened to it."""
+    try:
+        return ray.get(ref)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CellError(
+            f"{what}: its Ray task failed ({type(e).__name__}: {first}); the worker or its "
+            "node died, or the task could not run there. The run goes on; fix: look at the "
+            "Ray logs (ray logs / the dashboard of your cluster), or run without --hpspec-ray"
+        ) from None
+
+
+def shutdown(ray: Any) -> None:
+    try:
+        ray.shutdown()
+    except Exception:
+        pass
