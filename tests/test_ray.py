@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from tests.test_xdist import CRASH, GRID, _outcomes  # noqa: E402
+from scenarios import CRASH, GRID, _outcomes  # noqa: E402
 
 
 def test_ray_local_gives_the_serial_verdicts(pytester):

@@ -3,46 +3,12 @@ only its cell, CPU threads shared out, GPUs lent from a pool."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from hpspec.distributed import GpuPool
+from scenarios import CRASH, GRID, _outcomes
 
 pytest.importorskip("xdist")
-
-GRID = """
-import os, signal
-import torch
-import hpspec as hp
-
-@hp.experiment(grid=hp.grid(lr=[0.5, 0.1, 0.01], width=[8, 16]), epochs=3, seeds=3,
-               data=hp.datasets.digits(n_train=300),
-               claims=[hp.where(lr=0.5).expect(hp.metric("val_acc").final() > 0.5),
-                       hp.compare(hp.metric("val_loss"), lower={"lr": 0.5}, than={"lr": 0.01}),
-                       hp.trend(hp.metric("train_loss"), over="lr", increasing=False)])
-def grid(case):
-    model = hp.models.mlp(64, [case.width], 10)
-    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
-
-@hp.experiment(grid=hp.grid(k=[1, 2, 3]), epochs=2)
-def threads(case):
-    for _ in range(case.epochs):
-        yield {"threads": torch.get_num_threads()}
-"""
-
-
-def _outcomes(path):
-    doc = json.loads(path.read_text())
-    out = {}
-    for exp in doc["experiments"]:
-        for c in exp["cells"]:
-            out[(exp["name"], c["cell_id"])] = (
-                c["outcome"], [v["outcome"] for v in c["verdicts"]],
-                [s["curves"] for s in c["result"]["seeds"]] if c["result"] else None)
-        for v in exp["claims"]:
-            out[(exp["name"], v["claim"])] = v["outcome"]
-    return out, doc
 
 
 def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
@@ -85,19 +51,6 @@ def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
     assert "hpspec._payload" not in xml and 'name="hpspec.val_acc"' in xml
 
 
-CRASH = """
-import os, signal
-import torch
-import hpspec as hp
-
-@hp.experiment(grid=hp.grid(lr=[0.3, 0.2, 0.1, 0.05]), epochs=1,
-               data=hp.datasets.digits(n_train=200), stack=False)
-def crashy(case):
-    if case.lr == 0.2:
-        os.kill(os.getpid(), signal.SIGKILL)
-    model = hp.models.mlp(64, [8], 10)
-    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
-"""
 
 
 def test_a_killed_worker_fails_only_its_cell(pytester):

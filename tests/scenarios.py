@@ -1,0 +1,52 @@
+"""Experiment files shared by the multi-process tests (pytest-xdist and Ray)."""
+
+from __future__ import annotations
+
+import json
+
+GRID = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.5, 0.1, 0.01], width=[8, 16]), epochs=3, seeds=3,
+               data=hp.datasets.digits(n_train=300),
+               claims=[hp.where(lr=0.5).expect(hp.metric("val_acc").final() > 0.5),
+                       hp.compare(hp.metric("val_loss"), lower={"lr": 0.5}, than={"lr": 0.01}),
+                       hp.trend(hp.metric("train_loss"), over="lr", increasing=False)])
+def grid(case):
+    model = hp.models.mlp(64, [case.width], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+@hp.experiment(grid=hp.grid(k=[1, 2, 3]), epochs=2)
+def threads(case):
+    for _ in range(case.epochs):
+        yield {"threads": torch.get_num_threads()}
+"""
+
+CRASH = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.2, 0.1, 0.05]), epochs=1,
+               data=hp.datasets.digits(n_train=200), stack=False)
+def crashy(case):
+    if case.lr == 0.2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def _outcomes(path):
+    doc = json.loads(path.read_text())
+    out = {}
+    for exp in doc["experiments"]:
+        for c in exp["cells"]:
+            out[(exp["name"], c["cell_id"])] = (
+                c["outcome"], [v["outcome"] for v in c["verdicts"]],
+                [s["curves"] for s in c["result"]["seeds"]] if c["result"] else None)
+        for v in exp["claims"]:
+            out[(exp["name"], v["claim"])] = v["outcome"]
+    return out, doc
