@@ -76,8 +76,10 @@ def _seed_torch(seed: int) -> None:
 
 @contextlib.contextmanager
 def torch_state(seed: int) -> Iterator[None]:
-    """Seed every RNG for one run and put all of torch's global state back afterwards, so a
-    cell's result depends on its seed alone and not on the cells that ran before it."""
+    """Seed every RNG for one run and put all of torch's global state back afterwards (RNGs,
+    threads, default dtype, deterministic flags, grad mode, float32 matmul precision, cuDNN
+    flags, CUDA memory fractions), so a cell's result depends on its seed alone and not on
+    the cells that ran before it."""
     import numpy as np
 
     saved_cpu = torch.get_rng_state()
@@ -89,6 +91,11 @@ def torch_state(seed: int) -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     grad = torch.is_grad_enabled()
+    matmul = torch.get_float32_matmul_precision()
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    fractions = ([torch.cuda.get_per_process_memory_fraction(i)
+                  for i in range(torch.cuda.device_count())]
+                 if torch.cuda.is_initialized() else None)
     try:
         _seed_torch(seed)
         random.seed(seed)
@@ -104,6 +111,11 @@ def torch_state(seed: int) -> Iterator[None]:
         torch.set_default_dtype(dtype)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
         torch.set_grad_enabled(grad)
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        if fractions is not None:
+            for i, f in enumerate(fractions):
+                torch.cuda.set_per_process_memory_fraction(f, i)
 
 
 # ---------------------------------------------------------------------------------- data

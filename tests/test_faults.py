@@ -214,6 +214,8 @@ def test_global_torch_state_is_restored_even_when_a_cell_fails():
     rng = torch.get_rng_state()
 
     def meddler(case):
+        torch.set_float32_matmul_precision("medium")
+        torch.backends.cudnn.benchmark = True
         torch.set_num_threads(1)
         torch.set_default_dtype(torch.float64)
         torch.use_deterministic_algorithms(True)
@@ -227,3 +229,20 @@ def test_global_torch_state_is_restored_even_when_a_cell_fails():
     assert torch.get_default_dtype() == dtype
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_nothing_hpspec_reads_back_can_execute_code():
+    """No pickle, no torch.load, no eval/exec in the package: the store and the exported
+    files are JSON, read with json."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(hp.__file__).parent
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        code = re.sub(r'"""[\s\S]*?"""|#.*', "", text)  # docstrings and comments aside
+        for bad in (r"import pickle", r"pickle\.", r"torch\.load\(", r"(?<![.\w])eval\(",
+                    r"(?<![.\w])exec\(", r"marshal\.", r"shelve"):
+            assert not re.search(bad, code), (path.name, bad)

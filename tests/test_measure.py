@@ -138,3 +138,56 @@ def test_loop_mode_cannot_claim_recipe_measurements():
     spec = hp.experiment(epochs=1, claims=[hp.expect(hp.peak_memory() < "1 GiB")])(loop)
     with pytest.raises(SpecError, match="recipe mode only"):
         build(spec)
+
+
+def test_inference_profile_option_is_quiet_and_measured(pytester):
+    pytest.importorskip("pytorch_benchmark")
+    import json
+
+    pytester.makepyfile(exp_inf="""
+        import torch
+        import hpspec as hp
+
+        @hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=1, seeds=2,
+                       data=hp.datasets.digits(n_train=100))
+        def inf(case):
+            m = hp.models.mlp(64, [16], 10)
+            return m, torch.optim.SGD(m.parameters(), lr=case.lr)
+    """)
+    result = pytester.runpytest("--hpspec-inference", "--hpspec-cache=off",
+                                "--hpspec-json=run.json",
+                                "--hpspec-columns=inference_latency_b1,inference_macs")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str() + result.stderr.str()
+    assert "Measuring inference" not in out and "Warming up" not in out  # progress bars
+    assert "Jetson" not in out  # its log noise
+    result.stdout.fnmatch_lines(["lr*infer b=1*MACs", "0.1*us*1.2k*"])
+    doc = json.loads((pytester.path / "run.json").read_text())
+    for cell in doc["experiments"][0]["cells"]:
+        for seed in cell["result"]["seeds"]:  # probed once per cell, shared by its seeds
+            m = seed["measurements"]
+            # ptflops: the weights' multiply-adds, plus one per bias and one per ReLU output
+            assert m["inference_macs"] == 64 * 16 + 16 * 10 + (16 + 10) + 16
+            assert 0 < m["inference_latency_b1"] < 1
+
+
+def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
+    import builtins
+
+    from hpspec import probes
+
+    real_import = builtins.__import__
+
+    def no_benchmark(name, *args, **kwargs):
+        if name.startswith("pytorch_benchmark"):
+            raise ModuleNotFoundError("No module named 'pytorch_benchmark'",
+                                      name="pytorch_benchmark")
+        return real_import(name, *args, **kwargs)
+
+    probes._benchmark_module.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_benchmark)
+    try:
+        with pytest.raises(probes.InferenceUnavailable, match=r"pip install 'hpspec\[inference\]'"):
+            probes._benchmark_module()
+    finally:
+        probes._benchmark_module.cache_clear()
