@@ -402,10 +402,11 @@ def _train_recipe(
         measurements["peak_memory"] = float(torch.cuda.max_memory_allocated(device))
     elif memory is not None:
         measurements["peak_memory"] = float(memory.peak)
-    if probe and cache_key is not None:
-        PROBE_CACHE[cache_key] = {m: v for m, v in measurements.items() if m in PROBED}
-    if inference and probe:
+    if inference and not any(m.startswith("inference_") for m in measurements):
         measurements.update(inference_profile(model, data.x_val[:batch_size]))
+    if probe and cache_key is not None:
+        PROBE_CACHE[cache_key] = {m: v for m, v in measurements.items()
+                                  if m in PROBED or m.startswith("inference_")}
     peak = device_peak_flops(device)
     if peak and "flops_per_sample" in measurements and "samples_per_s" in measurements:
         measurements["mfu"] = (measurements["flops_per_sample"] * measurements["samples_per_s"]
