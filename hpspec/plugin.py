@@ -879,6 +879,8 @@ def _store_path(config: pytest.Config) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hpspec: a hyperparameter cell or claim run by hpspec")
+    # hpspec marks stackable cells for --dist loadgroup, with or without xdist installed
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's loadgroup group")
     config.stash[STATE] = State(
         device_option=_option(config, "device", parse_device),
         table=_option(config, "table", parse_table),
