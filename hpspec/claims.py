@@ -123,18 +123,22 @@ class Quantity:
     def curve_metric(self) -> str | None:
         return None
 
+    def _operand(self, other: Any) -> Any:
+        """The right-hand side of a comparison as the condition keeps it."""
+        return other
+
     # Comparisons build conditions; == is left to attrs (structural equality of specs).
     def __lt__(self, other: Any) -> Threshold:
-        return Threshold(self, "<", other)
+        return Threshold(self, "<", self._operand(other))
 
     def __le__(self, other: Any) -> Threshold:
-        return Threshold(self, "<=", other)
+        return Threshold(self, "<=", self._operand(other))
 
     def __gt__(self, other: Any) -> Threshold:
-        return Threshold(self, ">", other)
+        return Threshold(self, ">", self._operand(other))
 
     def __ge__(self, other: Any) -> Threshold:
-        return Threshold(self, ">=", other)
+        return Threshold(self, ">=", self._operand(other))
 
     def __add__(self, other: Any) -> Arith:
         return Arith("+", self, other)
@@ -280,25 +284,13 @@ class Measure(Quantity):
     def describe(self) -> str:
         return self.label
 
-    def _bytes(self, other: Any) -> Any:
+    def _operand(self, other: Any) -> Any:
         if self.unit == "bytes" and isinstance(other, str):
             try:
                 return parse_size(other)
             except ValueError:
                 return other  # validation names it, with the fix
         return other
-
-    def __lt__(self, other: Any) -> Threshold:
-        return Threshold(self, "<", self._bytes(other))
-
-    def __le__(self, other: Any) -> Threshold:
-        return Threshold(self, "<=", self._bytes(other))
-
-    def __gt__(self, other: Any) -> Threshold:
-        return Threshold(self, ">", self._bytes(other))
-
-    def __ge__(self, other: Any) -> Threshold:
-        return Threshold(self, ">=", self._bytes(other))
 
 
 @attrs.frozen(eq=True)

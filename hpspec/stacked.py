@@ -32,6 +32,7 @@ from torch import nn
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.probes import LiveMemory, count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
+from hpspec.runner import _sync
 
 __all__ = ["Member", "plan", "train_group", "ELEMENTWISE"]
 
@@ -345,13 +346,6 @@ def _probe(m: Member, data: Data, batch_size: int, loss_kind: str, device: str) 
             opt.step()
     out["peak_memory"] = float(mem.peak)
     return out
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    elif device.startswith("mps"):
-        torch.mps.synchronize()
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 GRID = """
 import os, signal
 import torch
@@ -50,3 +52,16 @@ def _outcomes(path):
         for v in exp["claims"]:
             out[(exp["name"], v["claim"])] = v["outcome"]
     return out, doc
+
+
+def assert_same_runs(a: dict, b: dict) -> None:
+    """Same cells, same verdicts, curves equal within float tolerance (threads may differ)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], tuple):
+            assert a[k][:2] == b[k][:2], k
+            for sa, sb in zip(a[k][2], b[k][2], strict=True):
+                for m in sa:
+                    assert sa[m] == pytest.approx(sb[m], rel=1e-4), (k, m)
+        else:
+            assert a[k] == b[k], k

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from scenarios import CRASH, GRID, _outcomes  # noqa: E402
+from scenarios import CRASH, GRID, _outcomes, assert_same_runs  # noqa: E402
 
 
 def test_ray_local_gives_the_serial_verdicts(pytester):
@@ -21,15 +21,7 @@ def test_ray_local_gives_the_serial_verdicts(pytester):
     on_ray.assert_outcomes(passed=8)
     a, _ = _outcomes(pytester.path / "serial.json")
     b, _ = _outcomes(pytester.path / "ray.json")
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], tuple):
-            assert a[k][:2] == b[k][:2], k
-            for sa, sb in zip(a[k][2], b[k][2], strict=True):
-                for m in sa:
-                    assert sa[m] == pytest.approx(sb[m], rel=1e-4), (k, m)
-        else:
-            assert a[k] == b[k], k
+    assert_same_runs(a, b)
     out = on_ray.stdout.str()
     assert out.count("hpspec: exp_grid.py::grid") == 1
     assert "val_loss final is lower for lr=0.5 than for lr=0.01" in out

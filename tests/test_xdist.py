@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hpspec.distributed import GpuPool
-from scenarios import CRASH, GRID, _outcomes
+from scenarios import CRASH, GRID, _outcomes, assert_same_runs
 
 pytest.importorskip("xdist")
 
@@ -23,15 +23,7 @@ def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
     threads = {k: v for k, v in b.items() if k[0] == "threads"}
     for k in threads:
         a.pop(k), b.pop(k)
-    assert a.keys() == b.keys()
-    for k in a:  # same verdicts; curves equal within float tolerance (threads differ)
-        if isinstance(a[k], tuple):
-            assert a[k][:2] == b[k][:2], k
-            for sa, sb in zip(a[k][2], b[k][2], strict=True):
-                for m in sa:
-                    assert sa[m] == pytest.approx(sb[m], rel=1e-4), (k, m)
-        else:
-            assert a[k] == b[k], k
+    assert_same_runs(a, b)
     # the controller printed the complete table and the claims, once
     out = par.stdout.str()
     assert out.count("hpspec: exp_grid.py::grid") == 1
