@@ -152,7 +152,7 @@ def run_hpspec(exp, device: str):
 
     PROBE_CACHE.clear()  # every run pays for its probes, as a fresh pytest session does
 
-    state = State(device_option=device, table="full")
+    state = State(device_option=device, table="full", cache="off")  # train, never reuse
     key = "grid_speed::recipe"
     state.experiments[key] = exp
     state.records[key] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
