@@ -177,8 +177,10 @@ class _Stacked:
         assert first is not None
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
-                w = torch.stack([pm[j].weight.detach() for pm in per_model])  # type: ignore[index]
-                w = w.to(device).requires_grad_(True)
+                # stored as [K, in, out] (each weight transposed once, here), so the forward
+                # is baddbmm(bias, x, w) on contiguous operands
+                w = torch.stack([pm[j].weight.detach().t() for pm in per_model])  # type: ignore[index]
+                w = w.contiguous().to(device).requires_grad_(True)
                 b = None
                 if layer.bias is not None:
                     b = torch.stack([pm[j].bias.detach() for pm in per_model])  # type: ignore[index]
@@ -195,12 +197,11 @@ class _Stacked:
             if kind == "linear":
                 w, b = obj
                 if x.dim() == 2:
-                    k, out, inp = w.shape
-                    y = (x @ w.reshape(k * out, inp).t()).view(x.shape[0], k, out)
+                    k, inp, out = w.shape
+                    y = (x @ w.transpose(0, 1).reshape(inp, k * out)).view(x.shape[0], k, out)
                     x = y.transpose(0, 1) if b is None else y.transpose(0, 1) + b
                     continue
-                wt = w.transpose(1, 2)
-                x = torch.bmm(x, wt) if b is None else torch.baddbmm(b, x, wt)
+                x = torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)
             else:
                 # ReLU, tanh and sigmoid backpropagate from their output: in place is safe.
                 inplace = _INPLACE.get(type(obj))
@@ -248,11 +249,22 @@ class _StackedSGD:
         self.bufs: list[torch.Tensor | None] = [None] * len(params)
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        if self.use_mom and not (self.use_damp or self.use_nesterov):
+            # The common case in three or four foreach kernels over all tensors and cells.
+            gs = list(grads)
+            if self.use_wd:
+                gs = torch._foreach_addcmul(gs, self.params, [h["wd"] for h in self.h])
+            if self.bufs[0] is None:
+                self.bufs = [g.clone() for g in gs]  # torch: the first buffer is the gradient
+            else:
+                torch._foreach_mul_(self.bufs, [h["mom"] for h in self.h])
+                torch._foreach_add_(self.bufs, gs)
+            torch._foreach_addcmul_(self.params, self.bufs, [h["neg_lr"] for h in self.h])
+            return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
         for i, p in enumerate(self.params):
-            g = p.grad
-            assert g is not None
+            g = grads[i]
             h = self.h[i]
             if self.use_wd:
                 g = torch.addcmul(g, h["wd"], p)
@@ -290,11 +302,10 @@ class _StackedAdam:
         self.t = 0
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
         self.t += 1
         for i, p in enumerate(self.params):
-            g = p.grad
-            assert g is not None
+            g = grads[i]
             h = self.h[i]
             if self.use_wd:
                 if self.decoupled:
@@ -411,11 +422,9 @@ def train_group(
                     _sync(device)
                 t1 = time.perf_counter()
             idx = perms[:, i * batch_size : (i + 1) * batch_size]
-            for p in model.params:
-                p.grad = None
             losses = _per_cell_loss(model(x[idx]), y[idx], loss_kind)
-            losses.sum().backward()
-            opt.step()
+            # the sum's gradient is each cell's own loss's gradient, for its own parameters
+            opt.step(torch.autograd.grad(losses.sum(), model.params))
             step_losses.append(losses.detach())
         _sync(device)
         t2 = time.perf_counter()
