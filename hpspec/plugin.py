@@ -824,8 +824,10 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         pool.give_back(node.gateway.id)
 
 
-@pytest.hookimpl(optionalhook=True)
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # the user's explicit choice, which xdist reads
     gpus = _gpu_ids()
     if not gpus:
         return None  # xdist's own choice: the CPU count

@@ -191,3 +191,14 @@ def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
             probes._benchmark_module()
     finally:
         probes._benchmark_module.cache_clear()
+
+
+def test_mfu_from_flops_throughput_and_the_card_peak(monkeypatch):
+    # The CUDA-only path, on the CPU: a made-up card peak of 1 GFLOP/s.
+    import hpspec.runner as runner
+
+    monkeypatch.setattr(runner, "device_peak_flops", lambda device: 1e9)
+    runner.PROBE_CACHE.clear()
+    exp = build(hp.experiment(epochs=2, data=hp.datasets.digits(n_train=200))(_linear))
+    m = run_cell(exp, exp.cells[0], "cpu").seeds[0].measurements
+    assert m["mfu"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / 1e9)

@@ -69,3 +69,29 @@ def test_gpu_pool_lends_spreads_and_takes_back():
     assert pool.lend("gw1") == lent[1]  # a worker keeps its GPU
     pool.give_back("gw1")  # its node went down (crashed): the slot is free again
     assert pool.lend("gw5") == lent[1]
+
+
+GPU_SEEN = """
+import os
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(k=list(range(8))), epochs=1)
+def seen(case):
+    yield {"gpu": int(os.environ.get("CUDA_VISIBLE_DEVICES", "-1"))}
+"""
+
+
+def test_auto_workers_and_gpu_pool_without_a_gpu(pytester, monkeypatch):
+    # Two "GPUs" by CUDA_VISIBLE_DEVICES: -n auto starts 2 x 2 workers, each is lent one of
+    # them (set in its environment before CUDA could start); torch itself sees no CUDA here.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    pytester.makepyfile(exp_gpu=GPU_SEEN)
+    result = pytester.runpytest_subprocess("-n", "auto", "--hpspec-workers-per-gpu", "2",
+                                           "--hpspec-cache=off", "--hpspec-json=run.json")
+    result.assert_outcomes(passed=8)
+    result.stdout.fnmatch_lines(["*4 workers*"])
+    import json
+
+    doc = json.loads((pytester.path / "run.json").read_text())
+    seen = {c["result"]["seeds"][0]["curves"]["gpu"][0] for c in doc["experiments"][0]["cells"]}
+    assert seen <= {0, 1} and seen  # every worker had a GPU of the pool, none the default
