@@ -48,10 +48,14 @@ class LiveMemory(TorchDispatchMode):
     sees the allocator's rounding); this one counts the bytes the tensors hold.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, count_flops: bool = False) -> None:
         super().__init__()
         self.live = 0
         self.peak = 0
+        #: With ``count_flops``: the FLOPs of the operators run inside (as :class:`FlopCount`),
+        #: so one pass of the dispatch mode gives both probes.
+        self.flops = 0
+        self._count_flops = count_flops
         # storage id -> (weak reference whose callback subtracts its bytes, bytes)
         self._seen: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._used = False
@@ -85,7 +89,12 @@ class LiveMemory(TorchDispatchMode):
             self.live -= entry[1]
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._count_flops:
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **kwargs, out_val=out)
         if isinstance(out, torch.Tensor):  # the common case, without flattening
             if out.layout == torch.strided:
                 self._count(out.untyped_storage())

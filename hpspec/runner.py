@@ -326,7 +326,7 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    memory = LiveMemory() if probe and not cuda and steps > 1 else None
+    memory = LiveMemory(count_flops=True) if probe and not cuda and steps > 1 else None
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:
         idx = perm[i * batch_size : (i + 1) * batch_size]
         xb, yb = x[idx], y[idx]
@@ -348,21 +348,25 @@ def _train_recipe(
         if epoch == 1:
             # Warm-up steps: real training steps, with the probes on the first seed.
             first = min(WARMUP_STEPS, steps)
-            # Probes: FLOPs over step 1; live memory over step 2, when the optimizer state
-            # exists (step 1 made it) and the gradients of step 1 are freed and made again.
+            # Probes, on the last warm-up step (the optimizer state exists by then, and the
+            # previous step's gradients are freed and made again): FLOPs and live memory in
+            # one dispatch mode.
             for i in range(first):
-                if probe and i == 0:
-                    with count_flops() as flops:
-                        step(i, perm, step_losses)
-                    measurements["flops_per_sample"] = flops.flops / float(host_sizes[0])
-                elif memory is not None and i == 1:
+                if not (probe and i == first - 1):
+                    step(i, perm, step_losses)
+                    continue
+                if memory is not None:
                     memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
                                 *(p.grad for p in model.parameters() if p.grad is not None),
                                 x, y, data.x_val, data.y_val])
                     with memory:
                         step(i, perm, step_losses)
+                    flops = memory.flops
                 else:
-                    step(i, perm, step_losses)
+                    with count_flops() as counter:
+                        step(i, perm, step_losses)
+                    flops = counter.flops
+                measurements["flops_per_sample"] = flops / float(host_sizes[i])
             _sync(device)
         t1 = time.perf_counter()
         for i in range(first, steps):
