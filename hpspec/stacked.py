@@ -131,9 +131,9 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     if loss is None:
         return "the loss is not the default, CrossEntropyLoss or MSELoss with mean reduction"
     arch = tuple(
-        ("linear", l.in_features, l.out_features, l.bias is not None, l.weight.dtype)
-        if isinstance(l, nn.Linear) else (type(l).__name__, repr(l))
-        for l in layers
+        ("linear", m.in_features, m.out_features, m.bias is not None, m.weight.dtype)
+        if isinstance(m, nn.Linear) else (type(m).__name__, repr(m))
+        for m in layers
     )
     return (arch, kind, loss)
 
