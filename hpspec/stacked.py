@@ -131,9 +131,10 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     if loss is None:
         return "the loss is not the default, CrossEntropyLoss or MSELoss with mean reduction"
     arch = tuple(
-        ("linear", m.in_features, m.out_features, m.bias is not None, m.weight.dtype)
-        if isinstance(m, nn.Linear) else (type(m).__name__, repr(m))
-        for m in layers
+        ("linear", layer.in_features, layer.out_features, layer.bias is not None,
+         layer.weight.dtype)
+        if isinstance(layer, nn.Linear) else (type(layer).__name__, repr(layer))
+        for layer in layers
     )
     return (arch, kind, loss)
 
