@@ -32,7 +32,7 @@ from torch import nn
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.probes import LiveMemory, count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
-from hpspec.runner import _sync
+from hpspec.runner import _sync, _timing
 
 __all__ = ["Member", "plan", "train_group", "ELEMENTWISE"]
 
@@ -464,10 +464,7 @@ def train_group(
 
     measurements: dict[str, float] = dict(probed)
     measurements["stacked"] = float(k)
-    if timed_seconds > 0 and timed_steps > 0:
-        measurements["time_per_epoch"] = timed_seconds / timed_steps * steps
-        measurements["steps_per_s"] = timed_steps / timed_seconds
-        measurements["samples_per_s"] = timed_samples / timed_seconds
+    measurements.update(_timing(timed_seconds, timed_samples, timed_steps, steps))
     peak = device_peak_flops(device)
     if peak and "samples_per_s" in measurements:
         measurements["mfu"] = (k * measurements["flops_per_sample"]
