@@ -204,6 +204,15 @@ def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> 
 
 
 @torch.no_grad()
+def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, where: str) -> None:
+    """One batch through the model and the loss, before any training, so that the usual
+    shape mistakes fail with their fix rather than deep inside a step."""
+    xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
+    out = model(xb)
+    _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
+
+
+@torch.no_grad()
 def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -> dict[str, float]:
     was_training = model.training
     model.eval()
@@ -298,11 +307,7 @@ def _train_recipe(
     host_sizes = sizes.cpu()
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
-    with torch.no_grad():
-        xb, yb = x[:batch_size], y[:batch_size]
-        out = model(xb)
-        _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data,
-                           where)
+    _try_first_batch(model, loss_fn, data, batch_size, where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
@@ -703,13 +708,8 @@ def run_stacked(
         assert batch_size is not None
         try:
             for m in group:
-                m.model.to(device)
-                with torch.no_grad():
-                    xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-                    out = m.model(xb)
-                    loss_fn = m.loss or _default_loss(data.task)
-                    _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data)
-                                       else None, data, f"{exp.where}[{m.cell_id}]")
+                _try_first_batch(m.model.to(device), m.loss or _default_loss(data.task), data,
+                                 batch_size, f"{exp.where}[{m.cell_id}]")
         except CellError:
             for i in idx:
                 why[i] = "its model does not fit the data (reported by its own run)"
