@@ -8,6 +8,7 @@ breaking the import of the rest of the file.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -760,9 +761,11 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
 
 
+@functools.lru_cache(maxsize=256)
 def source_digest(fn: Callable[..., Any]) -> str:
     """A digest of the function's code without its decorator (so a grid or claim edit does
-    not change it; those enter cache keys through each cell's own hyperparameters)."""
+    not change it; those enter cache keys through each cell's own hyperparameters). Cached per
+    function object: every seed's cache key asks for it, and an edited file makes a new one."""
     import ast
     import hashlib
     import textwrap
