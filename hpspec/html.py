@@ -13,7 +13,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpspec.report import human_bytes, human_rate, human_seconds
+from hpspec.report import CellRecord, _metrics_of, columns_for
+from hpspec.results import CellResult
 
 __all__ = ["render_html"]
 
@@ -28,7 +29,7 @@ h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ccc
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;
 text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}
 .pass,.passed{color:#1a7f37}.fail,.failed,.FAILED,.error{color:#cf222e;font-weight:bold}
-.inconclusive{color:#9a6700}.figs{display:flex;flex-wrap:wrap;gap:12px}
+.inconclusive{color:#9a6700}.legend{font-size:12px;color:#555}.figs{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0}figcaption{font-size:12px;color:#555;text-align:center}
 pre{background:#f6f8fa;padding:8px;white-space:pre-wrap;font-size:12px}
 svg text{font:10px system-ui,sans-serif;fill:#333}
@@ -185,37 +186,31 @@ def _heatmap(metric: str, rows_axis: str, cols_axis: str, cells: Sequence[Mappin
 
 # ------------------------------------------------------------------------------------ tables
 
-_MEASURES = (("time_per_epoch", "time/epoch", human_seconds),
-             ("samples_per_s", "samples/s", human_rate),
-             ("peak_memory", "peak mem", human_bytes),
-             ("flops_per_sample", "FLOPs/sample", human_rate))
+def _records(exp: Mapping[str, Any]) -> list[CellRecord]:
+    """The document's cells as the terminal report's records, so both show the same columns."""
+    return [CellRecord(exp["name"], c["cell_id"], dict(c["params"]), c["outcome"],
+                       CellResult.from_dict(c["result"]) if c.get("result") else None)
+            for c in exp["cells"]]
 
 
-def _cell_table(exp: Mapping[str, Any], metrics: Sequence[str]) -> str:
+def _cell_table(exp: Mapping[str, Any], records: Sequence[CellRecord]) -> str:
     axes = exp["axes"]
-    head = "".join(f'<th class="l">{_e(a)}</th>' for a in axes) + '<th class="l">verdict</th>'
-    head += "".join(f"<th>{_e(m)} (final)</th>" for m in metrics)
-    head += "<th>diverged</th>" + "".join(f"<th>{_e(label)}</th>" for _, label, _ in _MEASURES)
+    cols, _ = columns_for(records)
+    head = "".join(f'<th class="l">{_e(a)}</th>' for a in axes)
+    head += "".join(f'<th class="l">{_e(c.header)}</th>' if c.name == "verdict"
+                    else f"<th>{_e(c.header)}</th>" for c in cols)
     rows = []
-    for c in exp["cells"]:
-        seeds = (c.get("result") or {}).get("seeds", [])
-        tds = "".join(f'<td class="l">{_e(c["params"].get(a))}</td>' for a in axes)
-        tds += f'<td class="l {_e(c["outcome"])}">{_e(c["outcome"])}</td>'
-        for m in metrics:
-            finals = [_num(s["curves"][m][-1]) for s in seeds if s["curves"].get(m)]
-            ok = [v for v in finals if v is not None]
-            text = "-" if not finals else (_fmt(statistics.fmean(ok)) if ok else "nan")
-            if len(ok) > 1:
-                text += f" ± {statistics.stdev(ok):.2g}"
-            tds += f"<td>{_e(text)}</td>"
-        div = [s["diverged"] for s in seeds if s.get("diverged")]
-        div_text = f"{len(div)}/{len(seeds)} (epoch {div[0]['epoch']})" if div else "-"
-        tds += f"<td>{_e(div_text)}</td>"
-        for key, _, fmt in _MEASURES:
-            vals = [v for s in seeds if (v := _num(s.get("measurements", {}).get(key))) is not None]
-            tds += f"<td>{_e(fmt(statistics.fmean(vals)) if vals else '-')}</td>"
+    for r in records:
+        tds = "".join(f'<td class="l">{_e(r.params.get(a))}</td>' for a in axes)
+        for c in cols:
+            if c.name == "verdict":
+                tds += f'<td class="l {_e(r.outcome)}">{_e(r.outcome)}</td>'
+            else:
+                tds += f"<td>{_e('-' if r.result is None else c.value(r.result))}</td>"
         rows.append(f"<tr>{tds}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+    legend = "".join(f"<li>{_e(c.legend)}</li>" for c in cols if c.legend)
+    return (f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            + (f'<ul class="legend">{legend}</ul>' if legend else ""))
 
 
 def _claims_table(exp: Mapping[str, Any]) -> str:
@@ -238,19 +233,11 @@ def _claims_table(exp: Mapping[str, Any]) -> str:
 # -------------------------------------------------------------------------------- document
 
 
-def _metrics(exp: Mapping[str, Any]) -> list[str]:
-    order = ["train_loss", "val_loss", "val_acc"]
-    seen: list[str] = []
-    for c in exp["cells"]:
-        for s in (c.get("result") or {}).get("seeds", []):
-            seen += [k for k in s["curves"] if k not in seen]
-    return [m for m in order if m in seen] + [m for m in seen if m not in order]
-
-
 def _experiment_section(exp: Mapping[str, Any]) -> str:
-    metrics = _metrics(exp)
+    records = _records(exp)
+    metrics = _metrics_of(records)
     out = [f'<section class="experiment"><h2>{_e(exp["key"])}</h2>',
-           _cell_table(exp, metrics), _claims_table(exp)]
+           _cell_table(exp, records), _claims_table(exp)]
     axes = list(exp["axes"])
     if len(axes) >= 2 and metrics:
         metric = next((m for m in ("val_acc", "val_loss") if m in metrics), metrics[0])
