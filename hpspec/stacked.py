@@ -167,8 +167,40 @@ _INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _leaky_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    slope = float(layer.negative_slope)  # type: ignore[attr-defined]
+    return lambda g, out: torch.ops.aten.leaky_relu_backward(g, out, slope, True)
+
+
+#: Activations whose gradient hpspec writes from their output (so the forward may overwrite
+#: their input): with every activation of a model in here, a stacked step needs no autograd.
+_BACKWARD: dict[type, Callable[[nn.Module], Callable[[torch.Tensor, torch.Tensor],
+                                                      torch.Tensor]]] = {
+    nn.ReLU: lambda _: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
+    nn.Tanh: lambda _: lambda g, out: torch.ops.aten.tanh_backward(g, out),
+    nn.Sigmoid: lambda _: lambda g, out: torch.ops.aten.sigmoid_backward(g, out),
+    nn.Identity: lambda _: lambda g, out: g,
+    nn.LeakyReLU: _leaky_backward,  # only with a positive slope: the output keeps the sign
+}
+
+
+def _manual_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
+                                                   torch.Tensor] | None:
+    make = _BACKWARD.get(type(layer))
+    if make is None or (isinstance(layer, nn.LeakyReLU) and not layer.negative_slope > 0):
+        return None
+    return make(layer)
+
+
 class _Stacked:
-    """K copies of an MLP as stacked leaf tensors: weights [K, out, in], biases [K, 1, out]."""
+    """K copies of an MLP as stacked leaf tensors: weights [K, in, out], biases [K, 1, out].
+
+    :meth:`loss_and_grads` is one training step's forward and backward. When every activation
+    has a hand-written gradient (:data:`_BACKWARD`) and the loss is cross-entropy or MSE, it
+    runs without autograd: the graph bookkeeping of a small model costs about as much as its
+    arithmetic on a CPU, and a momentum buffer can take the weight gradient straight from the
+    matrix product (``baddbmm_`` with ``beta=momentum``) instead of a separate pass.
+    """
 
     def __init__(self, models: Sequence[nn.Module], device: str) -> None:
         self.layers: list[tuple[str, Any]] = []
@@ -176,6 +208,7 @@ class _Stacked:
         per_model = [_layers(m) for m in models]
         first = per_model[0]
         assert first is not None
+        backward: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = []
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
@@ -190,25 +223,95 @@ class _Stacked:
                 self.params += [w] if b is None else [w, b]
             else:
                 self.layers.append(("act", copy.deepcopy(layer)))
+                backward.append(_manual_backward(layer))
+        self.width = max(p.shape[-1] for p in self.params)
+        #: the activations' gradients, when all of them are hand-written (else autograd)
+        self.backward = backward if all(f is not None for f in backward) else None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` is [K, B, F] (each cell its own batch) or [N, F] (one input for every cell,
-        as in evaluation: the first layer is then one matrix product for all K)."""
+    def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
+        input and each activation's output."""
+        after_linear = False
         for kind, obj in self.layers:
             if kind == "linear":
+                if keep is not None:
+                    keep.append(x)
                 w, b = obj
-                if x.dim() == 2:
-                    k, inp, out = w.shape
-                    y = (x @ w.transpose(0, 1).reshape(inp, k * out)).view(x.shape[0], k, out)
-                    x = y.transpose(0, 1) if b is None else y.transpose(0, 1) + b
-                    continue
                 x = torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)
+                after_linear = True
             else:
-                # ReLU, tanh and sigmoid backpropagate from their output: in place is safe.
-                inplace = _INPLACE.get(type(obj))
+                # In place only on a linear layer's output, which no backward reads (ReLU, tanh
+                # and sigmoid backpropagate from their output); never on the data themselves.
+                inplace = _INPLACE.get(type(obj)) if after_linear else None
                 x = inplace(x) if inplace is not None else obj(x)
+                if keep is not None:
+                    keep.append(x)
+                after_linear = False
         return x
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is [K, B, F] (each cell its own batch) or [N, F] (one input for every cell)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(len(self.params[0]), *x.shape)
+        return self._forward(x)
+
+    def loss_and_grads(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
+                       into: list[torch.Tensor] | None = None, beta: float = 0.0) -> tuple[
+            torch.Tensor, list[torch.Tensor]]:
+        """Per-cell losses [K] of a batch and the gradients of their sum (cell k's parameters
+        get cell k's own gradient), in :attr:`params` order. With ``into``, each gradient is
+        added to ``beta`` times that buffer, in place, and the buffers are returned."""
+        if self.backward is None or (loss_kind == "mse" and y.shape != (*x.shape[:2],
+                                                                        self.params[-1].shape[-1])):
+            losses = _per_cell_loss(self._forward(x), y, loss_kind)
+            grads = list(torch.autograd.grad(losses.sum(), self.params))
+            if into is None:
+                return losses.detach(), grads
+            torch._foreach_mul_(into, beta)
+            torch._foreach_add_(into, grads)
+            return losses.detach(), into
+        with torch.no_grad():
+            return self._manual_step(x, y, loss_kind, into, beta)
+
+    def _manual_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
+                     into: list[torch.Tensor] | None, beta: float) -> tuple[
+            torch.Tensor, list[torch.Tensor]]:
+        keep: list[torch.Tensor] = []
+        out = self._forward(x, keep)
+        k, rows = out.shape[0], out.shape[1]
+        if loss_kind == "ce":
+            shifted = out - out.amax(dim=2, keepdim=True)
+            exp = shifted.exp()
+            total = exp.sum(dim=2, keepdim=True)
+            target = y.unsqueeze(2)
+            losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
+            g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
+            g.scatter_add_(2, target, torch.full_like(target, -1, dtype=g.dtype)).div_(rows)
+        else:
+            diff = out - y
+            losses = diff.square().reshape(k, -1).mean(dim=1)
+            g = diff.mul_(2.0 / (diff[0].numel()))
+        grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
+        slot = len(self.params)
+        acts = iter(reversed(self.backward))  # type: ignore[arg-type]
+        first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")
+        for i in range(len(self.layers) - 1, first_linear - 1, -1):
+            kind, obj = self.layers[i]
+            saved = keep[i]
+            if kind == "act":
+                g = next(acts)(g, saved)
+                continue
+            w, b = obj
+            if b is not None:
+                slot -= 1
+                gb = g.sum(dim=1, keepdim=True)
+                grads[slot] = gb if into is None else into[slot].mul_(beta).add_(gb)
+            slot -= 1
+            grads[slot] = (torch.bmm(saved.transpose(1, 2), g) if into is None else
+                           into[slot].baddbmm_(saved.transpose(1, 2), g, beta=beta))
+            if i > first_linear:
+                g = torch.bmm(g, w.transpose(1, 2))
+        return losses, grads
 
 def _per_cell_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     k, b = out.shape[0], out.shape[1]
@@ -227,7 +330,20 @@ def _hp(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(shape)
 
 
-class _StackedSGD:
+class _StackedOptimizer:
+    """A stacked optimizer's training step: forward, backward and update of all K cells."""
+
+    def train_step(self, model: _Stacked, x: torch.Tensor, y: torch.Tensor,
+                   loss_kind: str) -> torch.Tensor:
+        losses, grads = model.loss_and_grads(x, y, loss_kind)
+        self.step(grads)
+        return losses
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+class _StackedSGD(_StackedOptimizer):
     """torch.optim.SGD's update with per-cell lr, momentum, dampening, nesterov, weight decay."""
 
     def __init__(self, params: list[torch.Tensor], groups: Sequence[dict[str, Any]]) -> None:
@@ -247,32 +363,50 @@ class _StackedSGD:
         self.use_mom = any(float(g["momentum"]) for g in groups)
         self.use_damp = any(float(g["dampening"]) and float(g["momentum"]) for g in groups)
         self.use_nesterov = any(bool(g["nesterov"]) for g in groups)
-        self.bufs: list[torch.Tensor | None] = [None] * len(params)
+        # The common case: buf = momentum * buf + grad + wd * p; p -= lr * buf
+        self.plain = self.use_mom and not (self.use_damp or self.use_nesterov)
+        momenta = {float(g["momentum"]) for g in groups}
+        #: one momentum for every cell: the buffers take the gradients straight from the model
+        self.momentum = momenta.pop() if self.plain and len(momenta) == 1 else None
+        self.bufs: list[torch.Tensor] | None = None
+
+    def train_step(self, model: _Stacked, x: torch.Tensor, y: torch.Tensor,
+                   loss_kind: str) -> torch.Tensor:
+        if self.momentum is None or self.bufs is None:
+            return super().train_step(model, x, y, loss_kind)
+        losses, _ = model.loss_and_grads(x, y, loss_kind, into=self.bufs, beta=self.momentum)
+        self._finish_plain()
+        return losses
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
-        if self.use_mom and not (self.use_damp or self.use_nesterov):
-            # The common case in three or four foreach kernels over all tensors and cells.
-            gs = list(grads)
-            if self.use_wd:
-                gs = torch._foreach_addcmul(gs, self.params, [h["wd"] for h in self.h])
-            if self.bufs[0] is None:
-                self.bufs = [g.clone() for g in gs]  # torch: the first buffer is the gradient
+    def _finish_plain(self) -> None:
+        assert self.bufs is not None
+        if self.use_wd:
+            torch._foreach_addcmul_(self.bufs, self.params, [h["wd"] for h in self.h])
+        torch._foreach_addcmul_(self.params, self.bufs, [h["neg_lr"] for h in self.h])
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor]) -> None:
+        """``grads`` are fresh tensors of this step; the first step's become the buffers."""
+        if self.plain:
+            if self.bufs is None:
+                self.bufs = list(grads)  # torch: the first buffer is the (decayed) gradient
             else:
                 torch._foreach_mul_(self.bufs, [h["mom"] for h in self.h])
-                torch._foreach_add_(self.bufs, gs)
-            torch._foreach_addcmul_(self.params, self.bufs, [h["neg_lr"] for h in self.h])
+                torch._foreach_add_(self.bufs, grads)
+            self._finish_plain()
             return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
+        bufs = self.bufs if self.bufs is not None else [None] * len(self.params)
         for i, p in enumerate(self.params):
             g = grads[i]
             h = self.h[i]
             if self.use_wd:
                 g = torch.addcmul(g, h["wd"], p)
             if self.use_mom:
-                buf = self.bufs[i]
+                buf = bufs[i]
                 if buf is None:
-                    buf = self.bufs[i] = g.clone()
+                    buf = bufs[i] = g.clone()
                 elif self.use_damp:
                     buf.mul_(h["mom"]).addcmul_(g, h["keep"])
                 else:
@@ -282,9 +416,11 @@ class _StackedSGD:
                 else:
                     g = buf
             p.addcmul_(h["neg_lr"], g)
+        if self.use_mom:
+            self.bufs = bufs  # type: ignore[assignment]
 
 
-class _StackedAdam:
+class _StackedAdam(_StackedOptimizer):
     """torch.optim.Adam / AdamW's update with per-cell lr, betas, eps and weight decay."""
 
     def __init__(self, params: list[torch.Tensor], groups: Sequence[dict[str, Any]],
@@ -360,14 +496,29 @@ def _probe(m: Member, data: Data, batch_size: int, loss_kind: str, device: str) 
     return out
 
 
+#: Evaluation goes through the data in row blocks whose widest activation, over all K cells,
+#: holds about this many numbers: 2M (8 MB of float32) stays in a CPU's cache, which makes the
+#: same forward about twice as fast as one block of the whole set; a GPU wants big blocks.
+EVAL_BLOCK = {"cpu": 2**21, "gpu": 2**26}
+
+
 @torch.no_grad()
 def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_kind: str,
               task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    out = model(x)
-    yk = y.unsqueeze(0).expand(k, *y.shape)
-    loss = _per_cell_loss(out, yk, loss_kind)
-    acc = (out.argmax(dim=2) == yk).float().mean(dim=1) if task == CLASSIFICATION else None
-    return loss, acc
+    """Per-cell mean loss [K] (and accuracy, for classification) over all of ``x``."""
+    n = x.shape[0]
+    budget = EVAL_BLOCK["cpu" if x.device.type == "cpu" else "gpu"]
+    rows = max(1, min(n, budget // (k * model.width)))
+    loss = torch.zeros(k, dtype=torch.float64, device=x.device)
+    correct = torch.zeros(k, dtype=torch.float64, device=x.device)
+    for s in range(0, n, rows):
+        xb, yb = x[s : s + rows], y[s : s + rows]
+        out = model(xb)
+        yk = yb.unsqueeze(0).expand(k, *yb.shape)
+        loss += _per_cell_loss(out, yk, loss_kind).double() * (xb.shape[0] / n)
+        if task == CLASSIFICATION:
+            correct += (out.argmax(dim=2) == yk).sum(dim=1).double()
+    return loss, (correct / n if task == CLASSIFICATION else None)
 
 
 def train_group(
@@ -423,10 +574,7 @@ def train_group(
                     _sync(device)
                 t1 = time.perf_counter()
             idx = perms[:, i * batch_size : (i + 1) * batch_size]
-            losses = _per_cell_loss(model(x[idx]), y[idx], loss_kind)
-            # the sum's gradient is each cell's own loss's gradient, for its own parameters
-            opt.step(torch.autograd.grad(losses.sum(), model.params))
-            step_losses.append(losses.detach())
+            step_losses.append(opt.train_step(model, x[idx], y[idx], loss_kind))
         _sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)

@@ -212,3 +212,133 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     spec_off, spec_finals = _finals(pytester)
     spec_off.stdout.fnmatch_lines(["*trained one by one: the experiment says stack=False*"])
     assert spec_finals == off_finals
+
+
+# ---------------------------------------------------------------- the hand-written backward
+
+from torch import nn  # noqa: E402
+
+from hpspec.stacked import _Stacked  # noqa: E402
+
+
+def _models(make, k=3):
+    out = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        out.append(make())
+    return out
+
+
+MODELS = {
+    "relu": lambda: hp.models.mlp(6, [5, 4], 3),
+    "tanh-sigmoid": lambda: nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4),
+                                          nn.Sigmoid(), nn.Linear(4, 3)),
+    "leaky-identity-no-bias": lambda: nn.Sequential(
+        nn.Linear(6, 5, bias=False), nn.LeakyReLU(0.1), nn.Identity(), nn.Linear(5, 3)),
+    "activation-first": lambda: nn.Sequential(nn.ReLU(), nn.Linear(6, 5), nn.ReLU(),
+                                              nn.Sigmoid(), nn.Linear(5, 3)),
+    "linear": lambda: nn.Sequential(nn.Linear(6, 3)),
+    "float64": lambda: hp.models.mlp(6, [5], 3).double(),
+    "gelu-autograd": lambda: hp.models.mlp(6, [5], 3, activation="gelu"),
+}
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_hand_written_gradients_equal_autograd(name, loss):
+    models = _models(MODELS[name])
+    dtype = next(models[0].parameters()).dtype
+    manual, reference = _Stacked(models, "cpu"), _Stacked(models, "cpu")
+    assert (manual.backward is None) == (name == "gelu-autograd")
+    reference.backward = None  # force the autograd path on the same weights
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 7, 6, generator=gen, dtype=dtype)
+    y = (torch.randint(0, 3, (3, 7), generator=gen) if loss == "ce"
+         else torch.randn(3, 7, 3, generator=gen, dtype=dtype))
+    before = x.clone()
+    l1, g1 = manual.loss_and_grads(x, y, loss)
+    l2, g2 = reference.loss_and_grads(x, y, loss)
+    assert torch.equal(x, before)  # the batch itself is never overwritten
+    torch.testing.assert_close(l1, l2)
+    assert len(g1) == len(g2) == len(manual.params)
+    for a, b, p in zip(g1, g2, manual.params, strict=True):
+        assert a.shape == p.shape
+        torch.testing.assert_close(a, b)
+    # and accumulated into buffers: buf = beta * buf + grad, in place
+    bufs = [torch.ones_like(p) for p in manual.params]
+    _, out = manual.loss_and_grads(x, y, loss, into=bufs, beta=0.5)
+    assert all(o is b for o, b in zip(out, bufs, strict=True))
+    for b, g in zip(bufs, g2, strict=True):
+        torch.testing.assert_close(b, 0.5 + g)
+
+
+def test_a_cells_gradient_depends_on_its_own_batch_only():
+    models = _models(MODELS["relu"])
+    net = _Stacked(models, "cpu")
+    x, y = torch.randn(3, 4, 6), torch.randint(0, 3, (3, 4))
+    _, g = net.loss_and_grads(x, y, "ce")
+    x2 = x.clone()
+    x2[1] += 5.0  # another batch for cell 1 only
+    _, g2 = net.loss_and_grads(x2, y, "ce")
+    for a, b in zip(g, g2, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+        assert not torch.equal(a[1], b[1])
+
+
+def test_evaluation_leaves_the_data_alone_and_matches_each_model():
+    models = _models(MODELS["activation-first"])
+    net = _Stacked(models, "cpu")
+    x = torch.randn(10, 6)
+    before = x.clone()
+    out = net(x)
+    assert torch.equal(x, before)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[k], m(x))
+
+
+def test_evaluation_in_blocks_equals_one_block(monkeypatch):
+    from hpspec import stacked
+
+    models = _models(MODELS["relu"])
+    net = _Stacked(models, "cpu")
+    x, y = torch.randn(50, 6), torch.randint(0, 3, (50,))
+    whole = stacked._evaluate(net, x, y, 3, "ce", "classification")
+    monkeypatch.setitem(stacked.EVAL_BLOCK, "cpu", 3 * 5 * 7)  # 7 rows a block
+    blocks = stacked._evaluate(net, x, y, 3, "ce", "classification")
+    torch.testing.assert_close(whole[0], blocks[0])
+    assert torch.equal(whole[1], blocks[1])
+    for k, m in enumerate(models):
+        with torch.no_grad():
+            out = m(x)
+        assert float(blocks[0][k]) == pytest.approx(float(nn.functional.cross_entropy(out, y)),
+                                                    rel=1e-5)
+        assert float(blocks[1][k]) == pytest.approx(float((out.argmax(1) == y).float().mean()))
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "leaky_relu", "gelu"])
+def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
+    def recipe(case):
+        model = hp.models.mlp(64, [32], 10, activation=act)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.mom,
+                                      weight_decay=1e-3)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.2], mom=[0.0, 0.9]), epochs=2, seeds=1,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    for cell in exp.cells:
+        _close(run_cell(exp, cell, "cpu").seeds[0].curves, stacked[cell.id].seeds[0].curves)
+
+
+def test_regression_cells_equal_their_sequential_runs():
+    def recipe(case):
+        model = hp.models.mlp(10, [16], 1, activation="tanh")
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.01, 0.03]), epochs=3, seeds=2, batch_size=16,
+                              data=hp.datasets.diabetes())(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    for cell in exp.cells:
+        for a, b in zip(run_cell(exp, cell, "cpu").seeds, stacked[cell.id].seeds, strict=True):
+            _close(a.curves, b.curves)
