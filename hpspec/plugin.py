@@ -331,6 +331,8 @@ class State:
     worker: str | None = None
     workers: int = 1
     stack_off_reason: str | None = None
+    #: Stack a cell's seeds, never several cells (an xdist worker without --dist loadgroup).
+    stack_alone: bool = False
     #: The module attribute each experiment's function is bound to (for Ray tasks).
     attrs_of: dict[str, tuple[str, str]] = attrs.field(factory=dict)
     ray: Any = None
@@ -599,7 +601,8 @@ class State:
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
                    and (c.id == cell.id or self.cache != "use"
                         or not self.cached_seeds(exp, c, exp.seeds))]
-        bucket = next(b for b in stackable_cells(exp, pending) if cell in b)
+        bucket = (next(b for b in stackable_cells(exp, pending) if cell in b)
+                  if not self.stack_alone else [cell])
         self.stack_tried.update((key, c.id) for c in bucket)
         rules = {c.id: stop_rule(exp, c.as_dict(), self.full_curves) for c in bucket}
         report = None
@@ -621,8 +624,9 @@ class State:
         if results:
             sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
                             for r in results.values()})
-            self.note(key, f"stacked: {len(results)} cell(s) trained together in groups of "
-                      f"{', '.join(map(str, sizes))} (cells x seeds); their samples/s is each "
+            self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
+                      f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
+                      "samples/s is each "
                       "cell's samples over the group's time; --hpspec-stack=off trains them one "
                       "by one")
         if why:
@@ -767,10 +771,11 @@ def _configure_xdist(config: pytest.Config, state: State) -> None:
         state.run_id = workerinput.get("hpspec_run_id")
         if not workerinput.get("hpspec_stack_ok", True) and state.stack:
             # Items of one stacked group would be spread over workers, and each would
-            # train the whole group: train cell by cell instead.
-            state.stack = False
-            state.stack_off_reason = ("trained cell by cell: under -n, stacked groups need "
-                                      "--dist loadgroup to stay on one worker")
+            # train the whole group: each cell stacks only its own seeds instead.
+            state.stack_alone = True
+            state.stack_off_reason = ("each cell stacked with its own seeds only: under -n, "
+                                      "stacked groups need --dist loadgroup to stay on one "
+                                      "worker")
         gpu = workerinput.get("hpspec_gpu")
         if gpu is not None:  # before anything initialises CUDA in this process
             os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)

@@ -284,6 +284,25 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
         return None
 
 
+def train_step(model: Any, opt: Any, loss_fn: Any, xb: Any, yb: Any) -> torch.Tensor:
+    """One optimizer step on a batch, as a hand-written loop does it; the loss, on the device."""
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(xb), yb)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def probe_memory(model: Any, opt: Any, data: Data) -> LiveMemory:
+    """A live-memory (and FLOP) probe for the next step, counting what is already held: the
+    model, its optimizer state and gradients, and the data."""
+    memory = LiveMemory(count_flops=True)
+    memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
+                *(p.grad for p in model.parameters() if p.grad is not None),
+                data.x_train, data.y_train, data.x_val, data.y_val])
+    return memory
+
+
 def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
@@ -331,16 +350,11 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    memory = LiveMemory(count_flops=True) if probe and not cuda and steps > 1 else None
+    probe_on_cpu = probe and not cuda and steps > 1
+    memory: LiveMemory | None = None
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:
         idx = perm[i * batch_size : (i + 1) * batch_size]
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = loss_fn(out, yb)
-        loss.backward()
-        opt.step()
-        step_losses.append(loss.detach())
+        step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
 
     for epoch in range(1, case.epochs + 1):
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
@@ -360,10 +374,8 @@ def _train_recipe(
                 if not (probe and i == first - 1):
                     step(i, perm, step_losses)
                     continue
-                if memory is not None:
-                    memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
-                                *(p.grad for p in model.parameters() if p.grad is not None),
-                                x, y, data.x_val, data.y_val])
+                if probe_on_cpu:
+                    memory = probe_memory(model, opt, data)
                     with memory:
                         step(i, perm, step_losses)
                     flops = memory.flops
@@ -378,11 +390,7 @@ def _train_recipe(
             if deadline is not None and time.perf_counter() > deadline.at:
                 deadline.exceeded(epoch - 1, where)
             idx = perm[i * batch_size : (i + 1) * batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-            step_losses.append(loss.detach())
+            step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
         if recipe.scheduler is not None:
             recipe.scheduler.step()
         _sync(device)
@@ -679,8 +687,7 @@ def run_stacked(
     __tracebackhide__ = True
     from hpspec.stacked import Member, plan, train_group
 
-    if exp.mode != "recipe" or not exp.stack or exp.data is None or len(cells) * len(
-            seeds or exp.seeds) < 2:
+    if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
     data = device_data(exp.data, device)
     members: list[Member] = []

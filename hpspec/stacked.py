@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from hpspec.datasets import CLASSIFICATION, Data
-from hpspec.probes import LiveMemory, count_flops, device_peak_flops, model_size
+from hpspec.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
-from hpspec.runner import _sync, _timing
+from hpspec.runner import _default_loss, _sync, _timing, probe_memory, train_step
 
 __all__ = ["Member", "plan", "train_group", "ELEMENTWISE"]
 
@@ -141,7 +141,10 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
 
 def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
         list[list[int]], dict[int, str]]:
-    """Groups of member indices that stack (two or more each) and, for the rest, why not."""
+    """Groups of member indices that share a stacked model and, for the rest, why not.
+
+    A group may hold one member: the stacked engine (hand-written gradients, no
+    ``nn.Module`` or ``torch.optim`` overhead per step) trains a lone cell faster too."""
     groups: dict[Any, list[int]] = {}
     why: dict[int, str] = {}
     for i, m in enumerate(members):
@@ -150,13 +153,7 @@ def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
             why[i] = sig
         else:
             groups.setdefault(sig, []).append(i)
-    out = []
-    for idx in groups.values():
-        if len(idx) >= 2:
-            out.append(idx)
-        else:
-            why[idx[0]] = "no other cell has the same architecture and optimizer"
-    return out, why
+    return list(groups.values()), why
 
 
 # ------------------------------------------------------------------------------ the model
@@ -471,28 +468,32 @@ WARMUP_STEPS = 2
 StopRule = Callable[[dict[str, list[float]]], bool]
 
 
-def _probe(m: Member, data: Data, batch_size: int, loss_kind: str, device: str) -> dict[
-        str, float]:
-    """Size, FLOPs and peak live memory of one member trained alone for two steps, on a copy
-    (the member's own weights are not touched)."""
+def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
+    """Size, FLOPs and peak live memory of one member trained alone, on a copy (the member's
+    own weights are not touched), exactly as the one-by-one runner probes it: two steps of an
+    epoch's permutation, the second one under the probes."""
     model, opt = copy.deepcopy((m.model, m.optimizer))
     model = model.to(device)
+    loss_fn = m.loss or _default_loss(data.task)
     out: dict[str, float] = dict(model_size(model))
     x, y = data.x_train, data.y_train
-    with LiveMemory() as mem:
-        mem.add([*model.parameters(), x, y, data.x_val, data.y_val])
-        for i in range(2):
-            xb, yb = x[i * batch_size : (i + 1) * batch_size], y[i * batch_size : (i + 1) * batch_size]
-            opt.zero_grad(set_to_none=True)
-            if i == 0:
-                with count_flops() as fc:
-                    loss = _per_cell_loss(model(xb).unsqueeze(0), yb.unsqueeze(0), loss_kind)
-                    loss.sum().backward()
-                out["flops_per_sample"] = fc.get_total_flops() / float(xb.shape[0])
-            else:
-                _per_cell_loss(model(xb).unsqueeze(0), yb.unsqueeze(0), loss_kind).sum().backward()
-            opt.step()
-    out["peak_memory"] = float(mem.peak)
+    perm = torch.arange(x.shape[0], device=x.device)
+
+    def step(i: int) -> torch.Tensor:
+        idx = perm[i * batch_size : (i + 1) * batch_size]
+        return train_step(model, opt, loss_fn, x[idx], y[idx])
+
+    if x.shape[0] <= batch_size:  # one step an epoch: the runner probes the FLOPs only
+        with count_flops() as counter:
+            step(0)
+        out["flops_per_sample"] = counter.flops / float(x.shape[0])
+        return out
+    losses = [step(0)]
+    memory = probe_memory(model, opt, data)
+    with memory:
+        losses.append(step(1))
+    out["flops_per_sample"] = memory.flops / float(min(batch_size, x.shape[0] - batch_size))
+    out["peak_memory"] = float(memory.peak)
     return out
 
 
@@ -536,7 +537,7 @@ def train_group(
     sig = signature(members[0], data.task, False)
     assert not isinstance(sig, str)
     _, opt_kind, loss_kind = sig
-    probed = _probe(members[0], data, batch_size, loss_kind, device)
+    probed = _probe(members[0], data, batch_size, device)
     model = _Stacked([m.model for m in members], device)
     opt = _stacked_optimizer(opt_kind, model.params,
                              [m.optimizer.param_groups[0] for m in members])

@@ -202,7 +202,7 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     pytester.makepyfile(exp_grid=GRID.replace("STACK", "True"))
     on, on_finals = _finals(pytester)
     on.assert_outcomes(passed=3)
-    on.stdout.fnmatch_lines(["*stacked: 2 cell(s) trained together in groups of 4*"])
+    on.stdout.fnmatch_lines(["*stacked: 2 cell(s) trained in groups of 4 (cells x seeds as one model)*"])
     off, off_finals = _finals(pytester, "--hpspec-stack=off")
     off.assert_outcomes(passed=3)
     assert "stacked:" not in off.stdout.str()
@@ -342,3 +342,22 @@ def test_regression_cells_equal_their_sequential_runs():
     for cell in exp.cells:
         for a, b in zip(run_cell(exp, cell, "cpu").seeds, stacked[cell.id].seeds, strict=True):
             _close(a.curves, b.curves)
+
+
+def test_a_lone_cell_trains_on_the_stacked_engine_with_its_sequential_results():
+    def recipe(case):
+        model = hp.models.mlp(64, [32, 32], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9,
+                                      weight_decay=1e-4)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05]), epochs=3, seeds=1, batch_size=32,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    (result,) = stacked.values()
+    alone = run_cell(exp, exp.cells[0], "cpu").seeds[0]
+    engine = result.seeds[0]
+    assert engine.measurements["stacked"] == 1.0
+    _close(alone.curves, engine.curves)
+    for key in ("params", "flops_per_sample", "peak_memory"):
+        assert engine.measurements[key] == alone.measurements[key], key

@@ -39,6 +39,9 @@ def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
     share = max(1, (os.cpu_count() or 1) // 2)
     for c in next(e for e in doc["experiments"] if e["name"] == "threads")["cells"]:
         assert c["result"]["seeds"][0]["curves"]["threads"] == [share, share]
+    # without --dist loadgroup a worker stacks each cell with its own 3 seeds, never with others
+    for c in next(e for e in doc["experiments"] if e["name"] == "grid")["cells"]:
+        assert c["result"]["seeds"][0]["measurements"]["stacked"] == 3.0
     xml = (pytester.path / "par.xml").read_text()
     assert "hpspec._payload" not in xml and 'name="hpspec.val_acc"' in xml
 
