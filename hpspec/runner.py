@@ -7,6 +7,7 @@ and a :class:`~hpspec.spec.Cell` into a :class:`~hpspec.results.CellResult` (pla
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import math
 import os
@@ -714,9 +715,12 @@ def run_stacked(
         batch_size = exp.batch_size_for(first_cell)
         assert batch_size is not None
         try:
-            for m in group:
-                _try_first_batch(m.model.to(device), m.loss or _default_loss(data.task), data,
-                                 batch_size, f"{exp.where}[{m.cell_id}]")
+            # The members share an architecture and a loss kind (that is what grouped them):
+            # one member's first batch answers for all of them.
+            m = group[0]
+            _try_first_batch(copy.deepcopy(m.model).to(device),
+                             m.loss or _default_loss(data.task), data, batch_size,
+                             f"{exp.where}[{m.cell_id}]")
         except CellError:
             for i in idx:
                 why[i] = "its model does not fit the data (reported by its own run)"
