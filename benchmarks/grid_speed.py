@@ -19,11 +19,18 @@ loss, 5 epochs, validation loss and accuracy after every epoch):
 
 Times run from the first cell's start to the last cell's end (imports, data loading and
 interpreter start excluded for all three); the median of --reps runs.
+
+--reference PATH adds a fourth column, interleaved with the other three: the stacked ``bmm``
+variant of the stand-alone prototype the issue measured (``../shared/reference/grid_bench.py``
+in this workplace; not part of hpspec), on the same grid, imported from PATH and called as
+that script calls it. It evaluates once, after the last epoch; the three above evaluate every
+epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -165,6 +172,19 @@ def run_hpspec(exp, device: str):
     return finals, all(verdicts)
 
 
+def reference(path: Path, device: str):
+    """The prototype's stacked variant as a function of K (its own data, grid and init)."""
+    spec = importlib.util.spec_from_file_location("grid_bench_reference", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines functions only: it parses arguments under __main__
+    dev = torch.device(device)
+    data = mod.load_data(dev)
+
+    def run(k: int):
+        return mod.run_bmm(mod.make_grid(k, "sgd", HIDDEN), data, EPOCHS, BATCH, "sgd", dev)
+    return run
+
+
 def timed(fn, device: str) -> tuple[float, object]:
     sync(device)
     t0 = time.perf_counter()
@@ -182,6 +202,8 @@ def main() -> None:
                     "on a 2-core CPU)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--reference", type=Path, help="the prototype grid_bench.py, to time its "
+                    "stacked variant side by side")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,6 +214,9 @@ def main() -> None:
     small = cells(2)
     run_naive(small, data, device), run_lean(small, data, device)
     run_hpspec(hpspec_experiment(small), device)
+    proto = reference(args.reference, device) if args.reference else None
+    if proto is not None:
+        proto(2)
     rows = []
     for k in [int(v) for v in args.cells.split(",")]:
         grid = cells(k)
@@ -202,21 +227,32 @@ def main() -> None:
             times["lean"].append(timed(lambda: run_lean(grid, data, device), device)[0])
             t, (finals, ok) = timed(lambda: run_hpspec(exp, device), device)
             times["hpspec"].append(t)
+            if proto is not None:
+                times.setdefault("reference", []).append(
+                    timed(lambda: proto(k), device)[0])  # noqa: B023 (called right here)
         med = {name: statistics.median(v) for name, v in times.items()}
-        rows.append({"cells": k, "naive_s": med["naive"], "lean_s": med["lean"],
-                     "hpspec_s": med["hpspec"], "claims_held": ok,
-                     "naive_over_hpspec": med["naive"] / med["hpspec"],
-                     "hpspec_over_lean": med["hpspec"] / med["lean"]})
-        print(f"K={k}: naive {med['naive']:.3f} s, lean {med['lean']:.3f} s, "
-              f"hpspec {med['hpspec']:.3f} s", file=sys.stderr)
+        row = {"cells": k, "naive_s": med["naive"], "lean_s": med["lean"],
+               "hpspec_s": med["hpspec"], "claims_held": ok,
+               "naive_over_hpspec": med["naive"] / med["hpspec"],
+               "hpspec_over_lean": med["hpspec"] / med["lean"]}
+        if proto is not None:
+            row["reference_s"] = med["reference"]
+            row["hpspec_over_reference"] = med["hpspec"] / med["reference"]
+        rows.append(row)
+        print(f"K={k}: " + ", ".join(f"{name} {v:.3f} s" for name, v in med.items()),
+              file=sys.stderr)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else (
         f"cpu ({torch.get_num_threads()} threads)")
     print(f"device: {device}, {name}; torch {torch.__version__}; {EPOCHS} epochs, batch {BATCH}, "
           f"MLP 64-{HIDDEN}-{HIDDEN}-10, SGD momentum 0.9; median of {reps}")
+    extra = ["reference s", "hpspec / reference"] if proto is not None else []
     print(tabulate(
         [[r["cells"], f"{r['naive_s']:.3f}", f"{r['lean_s']:.3f}", f"{r['hpspec_s']:.3f}",
-          f"{r['naive_over_hpspec']:.1f}x", f"{r['hpspec_over_lean']:.2f}"] for r in rows],
-        headers=["cells", "naive s", "lean s", "hpspec s", "naive / hpspec", "hpspec / lean"],
+          f"{r['naive_over_hpspec']:.1f}x", f"{r['hpspec_over_lean']:.2f}",
+          *([f"{r['reference_s']:.3f}", f"{r['hpspec_over_reference']:.2f}"] if extra else [])]
+         for r in rows],
+        headers=["cells", "naive s", "lean s", "hpspec s", "naive / hpspec", "hpspec / lean",
+                 *extra],
         disable_numparse=True))
     if args.json:
         args.json.write_text(json.dumps({"device": device, "device_name": name,
