@@ -223,13 +223,13 @@ def main() -> None:
         exp = hpspec_experiment(grid)
         times: dict[str, list[float]] = {"naive": [], "lean": [], "hpspec": []}
         for _ in range(reps):  # interleaved, so the three see the same machine
-            times["naive"].append(timed(lambda: run_naive(grid, data, device), device)[0])
-            times["lean"].append(timed(lambda: run_lean(grid, data, device), device)[0])
-            t, (finals, ok) = timed(lambda: run_hpspec(exp, device), device)
+            times["naive"].append(timed(lambda grid=grid: run_naive(grid, data, device), device)[0])
+            times["lean"].append(timed(lambda grid=grid: run_lean(grid, data, device), device)[0])
+            t, (finals, ok) = timed(lambda exp=exp: run_hpspec(exp, device), device)
             times["hpspec"].append(t)
             if proto is not None:
                 times.setdefault("reference", []).append(
-                    timed(lambda: proto(k), device)[0])  # noqa: B023 (called right here)
+                    timed(lambda k=k: proto(k), device)[0])
         med = {name: statistics.median(v) for name, v in times.items()}
         row = {"cells": k, "naive_s": med["naive"], "lean_s": med["lean"],
                "hpspec_s": med["hpspec"], "claims_held": ok,
