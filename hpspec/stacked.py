@@ -420,40 +420,59 @@ class _StackedSGD(_StackedOptimizer):
 
 
 class _StackedAdam(_StackedOptimizer):
-    """torch.optim.Adam / AdamW's update with per-cell lr, betas, eps and weight decay."""
+    """torch.optim.Adam / AdamW's update with per-cell lr, betas, eps and weight decay, in a
+    few foreach kernels over all tensors and cells."""
 
     def __init__(self, params: list[torch.Tensor], groups: Sequence[dict[str, Any]],
                  decoupled: bool) -> None:
         self.params = params
         self.decoupled = decoupled
-        self.b1 = [float(g["betas"][0]) for g in groups]
-        self.b2 = [float(g["betas"][1]) for g in groups]
-        self.h = [dict(lr=_hp([float(g["lr"]) for g in groups], p),
-                       wd=_hp([float(g["weight_decay"]) for g in groups], p),
-                       eps=_hp([float(g["eps"]) for g in groups], p),
-                       b1=_hp(self.b1, p), b2=_hp(self.b2, p)) for p in params]
-        self.use_wd = any(float(g["weight_decay"]) for g in groups)
+        p0 = params[0]
+        self.b1 = torch.tensor([float(g["betas"][0]) for g in groups], dtype=torch.float64)
+        self.b2 = torch.tensor([float(g["betas"][1]) for g in groups], dtype=torch.float64)
+        self.lr = torch.tensor([float(g["lr"]) for g in groups], dtype=torch.float64)
+        wd = [float(g["weight_decay"]) for g in groups]
+        self.use_wd = any(wd)
+        self.wd = [_hp(wd, p) for p in params]
+        # AdamW: p *= 1 - lr * wd before the update
+        self.keep = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
+                     for p in params]
+        self.one_minus_b1 = [_hp((1 - self.b1).tolist(), p) for p in params]
+        self.b2_views = [_hp(self.b2.tolist(), p) for p in params]
+        self.one_minus_b2 = [_hp((1 - self.b2).tolist(), p) for p in params]
+        self.eps = [_hp([float(g["eps"]) for g in groups], p) for p in params]
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
+        self.device, self.dtype = p0.device, p0.dtype
+
+    def _per_step(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Per-cell values [K] (float64, computed on the host) as one view per parameter."""
+        on = values.to(device=self.device, dtype=self.dtype)
+        return [on.view((-1,) + (1,) * (p.dim() - 1)) for p in self.params]
 
     @torch.no_grad()
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
+    def step(self, grads: list[torch.Tensor]) -> None:
+        """``grads`` are fresh tensors of this step (they are used as scratch space)."""
         self.t += 1
-        for i, p in enumerate(self.params):
-            g = grads[i]
-            h = self.h[i]
-            if self.use_wd:
-                if self.decoupled:
-                    p.mul_(1 - h["lr"] * h["wd"])
-                else:
-                    g = g + h["wd"] * p
-            self.m[i].lerp_(g, 1 - h["b1"])
-            self.v[i].mul_(h["b2"]).addcmul_(g, g * (1 - h["b2"]))
-            c1 = _hp([1 - b ** self.t for b in self.b1], p)
-            c2 = _hp([math.sqrt(1 - b ** self.t) for b in self.b2], p)
-            denom = (self.v[i].sqrt() / c2).add_(h["eps"])
-            p.sub_((h["lr"] / c1) * self.m[i] / denom)
+        params = self.params
+        if self.use_wd:
+            if self.decoupled:
+                torch._foreach_mul_(params, self.keep)
+            else:
+                torch._foreach_addcmul_(grads, params, self.wd)  # g + wd * p
+        torch._foreach_lerp_(self.m, grads, self.one_minus_b1)
+        torch._foreach_mul_(self.v, self.b2_views)
+        scaled = torch._foreach_mul(grads, self.one_minus_b2)
+        torch._foreach_addcmul_(self.v, scaled, grads)
+        # torch's Adam: p += -lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        neg_step = self._per_step(-self.lr / (1 - self.b1 ** self.t))
+        root = self._per_step((1 - self.b2 ** self.t).sqrt())
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denom, root)
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(self.m, denom)
+        torch._foreach_addcmul_(params, update, neg_step)
 
 
 def _stacked_optimizer(kind: str, params: list[torch.Tensor],
