@@ -199,9 +199,10 @@ def gated(case):
 def test_a_planted_regression_fails_the_gate_and_noise_does_not(pytester):
     pytester.makepyfile(exp_gated=GATED.replace("FACTOR", "1.0"))
     pytester.runpytest("--hpspec-save=main").assert_outcomes(passed=2)
-    # noise: the same experiment retrained (refresh), timings on the same machine
+    # noise: the same experiment retrained (refresh). Its timings are not gated here: 15
+    # steps of a 16-unit MLP take about a millisecond, which a busy test machine can double.
     same = pytester.runpytest("--hpspec-cache=refresh", "--hpspec-compare=main",
-                              "--hpspec-compare-fail=val_loss:+0.05,throughput:-60%")
+                              "--hpspec-compare-fail=val_loss:+0.05,val_acc:-5%")
     assert same.ret == 0, same.stdout.str()
     same.stdout.fnmatch_lines(["*hpspec: compared with run 1 (main)*", "*val_loss*ok*"])
     # a regression: the learning rate silently divided by 10
