@@ -234,7 +234,9 @@ class _Stacked:
                 if keep is not None:
                     keep.append(x)
                 w, b = obj
-                x = torch.bmm(x, w) if b is None else torch.baddbmm(b, x, w)
+                x = torch.bmm(x, w)
+                if b is not None:
+                    x = x.add_(b)  # a few % faster than baddbmm's copy of the broadcast bias
                 after_linear = True
             else:
                 # In place only on a linear layer's output, which no backward reads (ReLU, tanh
