@@ -222,6 +222,7 @@ class _Stacked:
                 self.layers.append(("act", copy.deepcopy(layer)))
                 backward.append(_manual_backward(layer))
         self.width = max(p.shape[-1] for p in self.params)
+        self.first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")
         #: the activations' gradients, when all of them are hand-written (else autograd)
         self.backward = backward if all(f is not None for f in backward) else None
 
@@ -293,7 +294,7 @@ class _Stacked:
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
         acts = iter(reversed(self.backward))  # type: ignore[arg-type]
-        first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")
+        first_linear = self.first_linear
         for i in range(len(self.layers) - 1, first_linear - 1, -1):
             kind, obj = self.layers[i]
             saved = keep[i]
@@ -612,15 +613,17 @@ def train_group(
         vl = val_loss.tolist()
         va = val_acc.tolist() if val_acc is not None else None
         bad = (~torch.isfinite(host)) | (host > limits)
+        any_bad = bad.any(dim=0).tolist()
+        tl = train.tolist()
         for j in range(k):
             if stopped[j]:
                 continue
-            curves[j]["train_loss"].append(float(train[j]))
+            curves[j]["train_loss"].append(tl[j])
             curves[j]["val_loss"].append(vl[j])
             if va is not None:
                 curves[j]["val_acc"].append(va[j])
-            col = bad[:, j]
-            if bool(col.any()):
+            if any_bad[j]:
+                col = bad[:, j]
                 step_no = int(col.nonzero()[0, 0]) + 1
                 value = float(host[step_no - 1, j])
                 reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
