@@ -121,6 +121,8 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     if layers is None:
         return (f"the model ({type(m.model).__name__}) is not an nn.Sequential of Linear "
                 "layers and element-wise activations")
+    if not any(isinstance(layer, nn.Linear) for layer in layers):
+        return "the model has no Linear layer"
     if any(b is not None for b in m.model.buffers()):
         return "the model has buffers"
     kind = _optimizer_kind(m.optimizer, m.model)
