@@ -453,7 +453,7 @@ class _StackedAdam(_StackedOptimizer):
 
     def _per_step(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-cell values [K] (float64, computed on the host) as one view per parameter."""
-        on = values.to(device=self.device, dtype=self.dtype)
+        on = values.to(dtype=self.dtype).to(self.device)  # cast on the host: MPS has no float64
         return [on.view((-1,) + (1,) * (p.dim() - 1)) for p in self.params]
 
     @torch.no_grad()
@@ -536,15 +536,16 @@ def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_ki
     n = x.shape[0]
     budget = EVAL_BLOCK["cpu" if x.device.type == "cpu" else "gpu"]
     rows = max(1, min(n, budget // (k * model.width)))
-    loss = torch.zeros(k, dtype=torch.float64, device=x.device)
-    correct = torch.zeros(k, dtype=torch.float64, device=x.device)
+    acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS: no float64
+    loss = torch.zeros(k, dtype=acc_dtype, device=x.device)
+    correct = torch.zeros(k, dtype=acc_dtype, device=x.device)
     for s in range(0, n, rows):
         xb, yb = x[s : s + rows], y[s : s + rows]
         out = model(xb)
         yk = yb.unsqueeze(0).expand(k, *yb.shape)
-        loss += _per_cell_loss(out, yk, loss_kind).double() * (xb.shape[0] / n)
+        loss += _per_cell_loss(out, yk, loss_kind).to(acc_dtype) * (xb.shape[0] / n)
         if task == CLASSIFICATION:
-            correct += (out.argmax(dim=2) == yk).sum(dim=1).double()
+            correct += (out.argmax(dim=2) == yk).sum(dim=1).to(acc_dtype)
     return loss, (correct / n if task == CLASSIFICATION else None)
 
 
