@@ -83,7 +83,7 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     full = bool(options.get("full_curves"))
     out: dict[str, Any] = {"results": {}, "errors": {}, "notes": []}
     todo = list(cells)
-    if options.get("stack") and len(cells) > 1:
+    if options.get("stack"):  # a lone cell too: the stacked engine trains it faster
         try:
             stacked, why = run_stacked(exp, cells, dev, tuple(seeds) if seeds else None,
                                        stop_rules={c.id: stop_rule(exp, c.as_dict(), full)
