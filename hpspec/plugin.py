@@ -621,7 +621,7 @@ class State:
             for r in result.seeds:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
-        if results:
+        if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
             sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
                             for r in results.values()})
             self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
