@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.epochs < 2:
+        ap.error("--epochs must be at least 2: the hand-written loop times epochs 2 and on")
     device = select_device(args.device)
     exp = build(hp.experiment(epochs=args.epochs, batch_size=BATCH,
                               data=hp.datasets.digits())(spec))

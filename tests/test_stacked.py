@@ -361,3 +361,40 @@ def test_a_lone_cell_trains_on_the_stacked_engine_with_its_sequential_results():
     _close(alone.curves, engine.curves)
     for key in ("params", "flops_per_sample", "peak_memory"):
         assert engine.measurements[key] == alone.measurements[key], key
+
+
+# ------------------------------------------------------------ on a GPU (skipped without one)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_the_hand_written_step_on_cuda_equals_the_cpu(loss, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # float32 vs float32
+    models = _models(MODELS["tanh-sigmoid"])
+    on_cpu, on_gpu = _Stacked(models, "cpu"), _Stacked(models, "cuda")
+    x = torch.randn(3, 7, 6)
+    y = torch.randint(0, 3, (3, 7)) if loss == "ce" else torch.randn(3, 7, 3)
+    l1, g1 = on_cpu.loss_and_grads(x, y, loss)
+    l2, g2 = on_gpu.loss_and_grads(x.cuda(), y.cuda(), loss)
+    torch.testing.assert_close(l1, l2.cpu(), rtol=1e-4, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("opt", ["momentum", "adam"])
+def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
+    def recipe(case):
+        model = hp.models.mlp(64, [32], 10)
+        return model, OPTIMIZERS[opt](model.parameters(), case)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.03, 0.1]), epochs=2, seeds=2, batch_size=32,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cuda")
+    assert not why
+    for cell in exp.cells:
+        for a, b in zip(run_cell(exp, cell, "cuda").seeds, stacked[cell.id].seeds, strict=True):
+            _close(a.curves, b.curves, rtol=1e-3)
+            assert b.measurements["samples_per_s"] > 0 and "peak_memory" in b.measurements
