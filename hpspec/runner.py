@@ -351,8 +351,10 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    probe_on_cpu = probe and not cuda and steps > 1
+    # live-tensor memory where the allocator has no peak counter (CPU, MPS), from step 2 on
+    probe_live = probe and not cuda and steps > 1
     memory: LiveMemory | None = None
+
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:
         idx = perm[i * batch_size : (i + 1) * batch_size]
         step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
@@ -375,7 +377,7 @@ def _train_recipe(
                 if not (probe and i == first - 1):
                     step(i, perm, step_losses)
                     continue
-                if probe_on_cpu:
+                if probe_live:
                     memory = probe_memory(model, opt, data)
                     with memory:
                         step(i, perm, step_losses)

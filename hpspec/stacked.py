@@ -211,7 +211,7 @@ class _Stacked:
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
-                # is baddbmm(bias, x, w) on contiguous operands
+                # is bmm(x, w) on contiguous operands
                 w = torch.stack([pm[j].weight.detach().t() for pm in per_model])  # type: ignore[index]
                 w = w.contiguous().to(device).requires_grad_(True)
                 b = None
@@ -314,6 +314,7 @@ class _Stacked:
             if i > first_linear:
                 g = torch.bmm(g, w.transpose(1, 2))
         return losses, grads
+
 
 def _per_cell_loss(out: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
     """Each cell's mean loss [K] over its rows of ``out`` [K, B, C]."""
