@@ -688,7 +688,7 @@ def run_stacked(
     epochs (see :func:`stackable_cells`).
     """
     __tracebackhide__ = True
-    from hpspec.stacked import Member, plan, train_group
+    from hpspec.stacked import Member, plan, split, train_group
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
@@ -709,10 +709,14 @@ def run_stacked(
             members.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
             owner.append(cell)
     groups, why = plan(members, data.task, has_scheduler)
+    # A group larger than the device's memory allows trains in chunks (a cell's seeds may then
+    # land in different chunks; its results are gathered below).
+    groups = [chunk for idx in groups
+              for chunk in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                 data.x_val.shape[0], device)]
     results: dict[str, list[SeedResult]] = {}
     for idx in groups:
         group = [members[i] for i in idx]
-        # A group trains only whole cells: a cell split across groups runs sequentially.
         first_cell = owner[idx[0]]
         batch_size = exp.batch_size_for(first_cell)
         assert batch_size is not None
@@ -735,7 +739,7 @@ def run_stacked(
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
     wanted = len(seeds or exp.seeds)
-    for cell in cells:
+    for cell in cells:  # complete when every seed trained, in whichever groups; else one by one
         runs = sorted(results.get(cell.id, []), key=lambda r: r.seed)
         if len(runs) == wanted:
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,

@@ -34,7 +34,7 @@ from hpspec.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 from hpspec.runner import _default_loss, _sync, _timing, probe_memory, train_step
 
-__all__ = ["Member", "plan", "train_group", "ELEMENTWISE"]
+__all__ = ["Member", "plan", "split", "train_group", "ELEMENTWISE"]
 
 #: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
@@ -156,6 +156,47 @@ def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
         else:
             groups.setdefault(sig, []).append(i)
     return list(groups.values()), why
+
+
+#: Share of the device's free memory one stacked group may plan to use.
+MEMORY_SHARE = 0.5
+
+
+def _free_memory(device: str) -> float | None:
+    """Free bytes on the device (CUDA: the driver's count; CPU: available RAM on Linux)."""
+    try:
+        if device.startswith("cuda"):
+            return float(torch.cuda.mem_get_info(torch.device(device))[0])
+        if device == "cpu":
+            import os
+
+            return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        pass
+    return None
+
+
+def member_bytes(m: Member, batch_size: int, rows: int) -> float:
+    """What one member adds to a stacked group, roughly: its weights four times (weights,
+    gradients and up to two optimizer states), its activations for a training batch three
+    times (forward, backward, scratch) and for an evaluation block of ``rows``."""
+    params = list(m.model.parameters())
+    size = params[0].element_size() if params else 4
+    weights = sum(p.numel() for p in params)
+    widths = sum(layer.out_features for layer in _layers(m.model) or ()
+                 if isinstance(layer, nn.Linear))
+    return size * (4.0 * weights + widths * (3.0 * batch_size + rows))
+
+
+def split(group: Sequence[int], members: Sequence[Member], batch_size: int, rows: int,
+          device: str) -> list[list[int]]:
+    """``group`` in chunks that fit :data:`MEMORY_SHARE` of the device's free memory (one
+    chunk when it fits, or when the free memory is unknown)."""
+    free = _free_memory(device)
+    if free is None or not group:
+        return [list(group)]
+    most = max(1, int(MEMORY_SHARE * free // member_bytes(members[group[0]], batch_size, rows)))
+    return [list(group[i : i + most]) for i in range(0, len(group), most)]
 
 
 # ------------------------------------------------------------------------------ the model

@@ -398,3 +398,26 @@ def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
         for a, b in zip(run_cell(exp, cell, "cuda").seeds, stacked[cell.id].seeds, strict=True):
             _close(a.curves, b.curves, rtol=1e-3)
             assert b.measurements["samples_per_s"] > 0 and "peak_memory" in b.measurements
+
+
+def test_a_group_too_big_for_the_memory_trains_in_chunks(monkeypatch):
+    from hpspec import stacked as st
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1, 0.2]), epochs=2, seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    whole, _ = run_stacked(exp, list(exp.cells), "cpu")
+    assert {r.seeds[0].measurements["stacked"] for r in whole.values()} == {6.0}
+    # room for two members and a half, by the estimate itself
+    one = st.member_bytes(st.Member("x", 0, hp.models.mlp(64, [16], 10), None, None), 32,
+                          DATA.load().x_val.shape[0])
+    monkeypatch.setattr(st, "_free_memory", lambda device: 2.5 * one / st.MEMORY_SHARE)
+    chunked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why and set(chunked) == set(whole)
+    assert {r.seeds[0].measurements["stacked"] for r in chunked.values()} == {2.0}
+    for cid in whole:
+        for a, b in zip(whole[cid].seeds, chunked[cid].seeds, strict=True):
+            _close(a.curves, b.curves)
