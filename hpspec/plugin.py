@@ -626,9 +626,8 @@ class State:
                             for r in results.values()})
             self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
                       f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
-                      "samples/s is each "
-                      "cell's samples over the group's time; --hpspec-stack=off trains them one "
-                      "by one")
+                      "samples/s is each cell's samples over the group's time; "
+                      "--hpspec-stack=off trains them one by one")
         if why:
             reason = next(iter(why.values()))
             self.note(key, f"trained one by one ({len(why)} cells): {reason}")

@@ -304,8 +304,9 @@ class _Stacked:
         """Per-cell losses [K] of a batch and the gradients of their sum (cell k's parameters
         get cell k's own gradient), in :attr:`params` order. With ``into``, each gradient is
         added to ``beta`` times that buffer, in place, and the buffers are returned."""
-        if self.backward is None or (loss_kind == "mse" and y.shape != (*x.shape[:2],
-                                                                        self.params[-1].shape[-1])):
+        out_shape = (*x.shape[:2], self.params[-1].shape[-1])
+        if self.backward is None or (loss_kind == "mse" and tuple(y.shape) != out_shape):
+            # (an MSE target that broadcasts against the output: autograd keeps torch's meaning)
             losses = _per_cell_loss(self._forward(x), y, loss_kind)
             grads = list(torch.autograd.grad(losses.sum(), self.params))
             if into is None:
