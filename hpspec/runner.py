@@ -209,7 +209,7 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     """One batch through the model and the loss, before any training, so that the usual
     shape mistakes fail with their fix rather than deep inside a step."""
     xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-    out = model(xb)
+    out = model(xb.clone())  # a copy: see _evaluate
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
 
 
@@ -218,8 +218,10 @@ def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -
     was_training = model.training
     model.eval()
     n = x.shape[0]
+    # The model sees copies: a forward that writes into its input (an in-place activation
+    # first) must not change the data that every later cell is evaluated on.
     if n <= _EVAL_CHUNK:  # one batch: the fewest operators and one host read
-        out = model(x)
+        out = model(x.clone())
         loss = loss_fn(out, y).detach().float()
         model.train(was_training)
         if task != CLASSIFICATION:
@@ -230,7 +232,7 @@ def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -
     correct = torch.zeros((), device=x.device, dtype=torch.long)
     for i in range(0, n, _EVAL_CHUNK):
         xb, yb = x[i : i + _EVAL_CHUNK], y[i : i + _EVAL_CHUNK]
-        out = model(xb)
+        out = model(xb.clone())
         total += loss_fn(out, yb).detach().float() * xb.shape[0]
         if task == CLASSIFICATION:
             correct += (out.argmax(dim=1) == yb).sum()

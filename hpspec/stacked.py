@@ -52,8 +52,20 @@ class Member:
     loss: Any
 
 
+def _plain(m: nn.Module, base: type[nn.Module]) -> bool:
+    """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
+    methods), and no hook or parametrization changes it."""
+    from torch.nn.utils import parametrize
+
+    return (isinstance(m, base) and type(m).forward is base.forward
+            and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+            and not parametrize.is_parametrized(m))
+
+
 def _layers(model: nn.Module) -> list[nn.Module] | None:
-    if not isinstance(model, nn.Sequential):
+    """The model's layers in order, if it is a plain Sequential of plain Linear layers and
+    element-wise activations (the only models the stacked engine computes as torch would)."""
+    if not _plain(model, nn.Sequential):
         return None
     out: list[nn.Module] = []
     for m in model:
@@ -62,9 +74,11 @@ def _layers(model: nn.Module) -> list[nn.Module] | None:
             if inner is None:
                 return None
             out += inner
-        elif isinstance(m, nn.Linear) or (isinstance(m, ELEMENTWISE) and not list(m.parameters())):
+        elif _plain(m, nn.Linear):
             out.append(m)
-        elif isinstance(m, nn.Dropout) and m.p == 0:
+        elif any(_plain(m, kind) for kind in ELEMENTWISE) and not list(m.parameters()):
+            out.append(m)
+        elif _plain(m, nn.Dropout) and m.p == 0:
             continue
         else:
             return None
@@ -119,12 +133,15 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
         return "a learning-rate scheduler is not stacked"
     layers = _layers(m.model)
     if layers is None:
-        return (f"the model ({type(m.model).__name__}) is not an nn.Sequential of Linear "
-                "layers and element-wise activations")
+        return (f"the model ({type(m.model).__name__}) is not a plain nn.Sequential of Linear "
+                "layers and element-wise activations (no custom forward, hook or "
+                "parametrization)")
     if not any(isinstance(layer, nn.Linear) for layer in layers):
         return "the model has no Linear layer"
     if any(b is not None for b in m.model.buffers()):
         return "the model has buffers"
+    if not all(p.requires_grad for p in m.model.parameters()):
+        return "a parameter is frozen (requires_grad=False)"
     kind = _optimizer_kind(m.optimizer, m.model)
     if kind is None:
         return (f"the optimizer ({type(m.optimizer).__name__}) is not a plain SGD, Adam or "
@@ -262,7 +279,10 @@ class _Stacked:
                 self.layers.append(("linear", (w, b)))
                 self.params += [w] if b is None else [w, b]
             else:
-                self.layers.append(("act", copy.deepcopy(layer)))
+                act = copy.deepcopy(layer)
+                if getattr(act, "inplace", False):
+                    act.inplace = False  # in place only where _forward says it is safe
+                self.layers.append(("act", act))
                 backward.append(_manual_backward(layer))
         self.width = max(p.shape[-1] for p in self.params)
         self.first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")

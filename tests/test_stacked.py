@@ -81,9 +81,9 @@ class Custom(torch.nn.Module):
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda c: (Custom(), None), "not an nn.Sequential"),
+        (lambda c: (Custom(), None), "not a plain nn.Sequential"),
         (lambda c: (hp.models.mlp(64, [8], 10), "rmsprop"), "not a plain SGD, Adam or AdamW"),
-        (lambda c: (hp.models.mlp(64, [8], 10, dropout=0.2), None), "not an nn.Sequential"),
+        (lambda c: (hp.models.mlp(64, [8], 10, dropout=0.2), None), "not a plain nn.Sequential"),
         (lambda c: (hp.models.mlp(64, [8], 10), "scheduler"), "scheduler"),
         (lambda c: (hp.models.mlp(64, [8], 10), "smooth"), "the loss"),
     ],
@@ -421,3 +421,90 @@ def test_a_group_too_big_for_the_memory_trains_in_chunks(monkeypatch):
     for cid in whole:
         for a, b in zip(whole[cid].seeds, chunked[cid].seeds, strict=True):
             _close(a.curves, b.curves)
+
+
+class WithExtraMethod(nn.Sequential):  # adds a method, computes what Sequential computes
+    def describe(self):
+        return "mlp"
+
+
+class Doubled(nn.Sequential):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return super().forward(x) * 0.5
+
+
+def _hooked():
+    m = hp.models.mlp(64, [8], 10)
+    m[0].register_forward_hook(lambda mod, inp, out: out * 0)
+    return m
+
+
+def _frozen():
+    m = hp.models.mlp(64, [8], 10)
+    m[0].weight.requires_grad_(False)
+    return m
+
+
+def _parametrized():
+    m = hp.models.mlp(64, [8], 10)
+    torch.nn.utils.parametrizations.weight_norm(m[2])
+    return m
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: Doubled(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)), "plain nn.Sequential"),
+        (lambda: nn.Sequential(ScaledLinear(64, 10)), "plain nn.Sequential"),
+        (_hooked, "hook"),
+        (_frozen, "frozen"),
+        (_parametrized, "plain nn.Sequential"),
+    ],
+)
+def test_models_the_engine_would_compute_differently_are_not_stacked(make, reason):
+    def recipe(case):
+        model = make()
+        return model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad]
+                                      if reason == "frozen" else model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=1, seeds=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert stacked == {}, "trained on the engine"
+    assert all(reason in w for w in why.values()), why
+
+
+def test_a_sequential_subclass_that_only_adds_methods_still_stacks():
+    def recipe(case):
+        model = WithExtraMethod(nn.Linear(64, 8), nn.ReLU(inplace=True), nn.Linear(8, 10))
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=2, seeds=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    for cell in exp.cells:
+        _close(run_cell(exp, cell, "cpu").seeds[0].curves, stacked[cell.id].seeds[0].curves)
+
+
+def test_an_in_place_activation_on_the_input_leaves_the_data_alone():
+    from hpspec.runner import device_data
+
+    def recipe(case):
+        model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(64, 10))
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, seeds=1, data=DATA,
+                              stack=False)(recipe))
+    data = device_data(exp.data, "cpu")
+    before = data.x_val.clone(), data.x_train.clone()
+    assert bool((before[0] < 0).any())  # there is something a ReLU would change
+    run_cell(exp, exp.cells[0], "cpu")
+    run_stacked(build(hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, seeds=1,
+                                    data=DATA)(recipe)), list(exp.cells), "cpu")
+    assert torch.equal(data.x_val, before[0]) and torch.equal(data.x_train, before[1])
