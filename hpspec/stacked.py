@@ -11,7 +11,8 @@ permutations) and its own initial weights (built by the user's function under it
 stacked cell's curve equals its sequential run within float tolerance (tests check it).
 
 What stacks: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations (what
-``hp.models.mlp`` builds, and what most grids of small models are), the default loss or
+``hp.models.mlp`` builds, and what most grids of small models are) with torch's own forwards
+(no overriding subclass, hook, parametrization or frozen parameter), the default loss or
 ``CrossEntropyLoss`` / ``MSELoss`` with mean reduction, and ``SGD`` (momentum, dampening,
 nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter group and no scheduler.
 Anything else trains sequentially; :func:`plan` says why.
