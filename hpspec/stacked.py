@@ -497,27 +497,35 @@ class _StackedAdam(_StackedOptimizer):
         self.params = params
         self.decoupled = decoupled
         p0 = params[0]
-        self.b1 = torch.tensor([float(g["betas"][0]) for g in groups], dtype=torch.float64)
-        self.b2 = torch.tensor([float(g["betas"][1]) for g in groups], dtype=torch.float64)
-        self.lr = torch.tensor([float(g["lr"]) for g in groups], dtype=torch.float64)
+        self.device, self.dtype = p0.device, p0.dtype
+        # Per-cell betas and lr on the device (float64 where it has it), so that the bias
+        # corrections of each step are computed there: a host-made tensor copied to a GPU
+        # every step would synchronise with it every step.
+        wide = torch.float32 if p0.device.type == "mps" else torch.float64
+
+        def column(values: list[float]) -> torch.Tensor:
+            return torch.tensor(values, dtype=wide).to(p0.device)
+
+        self.b1 = column([float(g["betas"][0]) for g in groups])
+        self.b2 = column([float(g["betas"][1]) for g in groups])
+        self.lr = column([float(g["lr"]) for g in groups])
         wd = [float(g["weight_decay"]) for g in groups]
         self.use_wd = any(wd)
         self.wd = [_hp(wd, p) for p in params]
         # AdamW: p *= 1 - lr * wd before the update
         self.keep = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
                      for p in params]
-        self.one_minus_b1 = [_hp((1 - self.b1).tolist(), p) for p in params]
-        self.b2_views = [_hp(self.b2.tolist(), p) for p in params]
-        self.one_minus_b2 = [_hp((1 - self.b2).tolist(), p) for p in params]
+        self.one_minus_b1 = [_hp([1 - float(g["betas"][0]) for g in groups], p) for p in params]
+        self.b2_views = [_hp([float(g["betas"][1]) for g in groups], p) for p in params]
+        self.one_minus_b2 = [_hp([1 - float(g["betas"][1]) for g in groups], p) for p in params]
         self.eps = [_hp([float(g["eps"]) for g in groups], p) for p in params]
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
-        self.device, self.dtype = p0.device, p0.dtype
 
     def _per_step(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """Per-cell values [K] (float64, computed on the host) as one view per parameter."""
-        on = values.to(dtype=self.dtype).to(self.device)  # cast on the host: MPS has no float64
+        """Per-cell values [K], computed on the device, as one view per parameter."""
+        on = values.to(self.dtype)
         return [on.view((-1,) + (1,) * (p.dim() - 1)) for p in self.params]
 
     @torch.no_grad()
