@@ -508,3 +508,25 @@ def test_an_in_place_activation_on_the_input_leaves_the_data_alone():
     run_stacked(build(hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, seeds=1,
                                     data=DATA)(recipe)), list(exp.cells), "cpu")
     assert torch.equal(data.x_val, before[0]) and torch.equal(data.x_train, before[1])
+
+
+@cuda
+@pytest.mark.parametrize("opt", ["momentum", "adam", "nesterov"])
+def test_a_stacked_step_on_cuda_never_waits_for_the_gpu(opt):
+    from hpspec.stacked import Member, _stacked_optimizer, signature
+
+    models = _models(MODELS["relu"])
+    optimizers = [OPTIMIZERS[opt](m.parameters(), type("C", (), {"lr": 0.1})) for m in models]
+    kind = signature(Member("c", 0, models[0], optimizers[0], None),
+                     "classification", False)[1]
+    net = _Stacked(models, "cuda")
+    step = _stacked_optimizer(kind, net.params, [o.param_groups[0] for o in optimizers])
+    x, y = torch.randn(3, 7, 6, device="cuda"), torch.randint(0, 3, (3, 7), device="cuda")
+    step.train_step(net, x, y, "ce")  # the first step makes the optimizer's buffers
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            step.train_step(net, x, y, "ce")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
