@@ -346,9 +346,7 @@ def _train_recipe(
         measurements.update(model_size(model))
     curves: dict[str, list[float]] = {k: [] for k in initial}
     seconds: list[float] = []
-    timed_seconds = 0.0
-    timed_steps = 0
-    timed_samples = 0.0
+    timed = TimedSteps(steps)
     diverged: Divergence | None = None
     cuda = device.startswith("cuda")
     if cuda:
@@ -401,10 +399,7 @@ def _train_recipe(
         _sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
-        if first < steps:
-            timed_seconds += t2 - t1
-            timed_steps += steps - first
-            timed_samples += float(host_sizes[first:].sum())
+        timed.add(t2 - t1, first, host_sizes)
         # One host read per epoch: the per-step losses stay on the device until here.
         host = torch.stack(step_losses).float().cpu()
         train_loss = float((host * host_sizes).sum()) / n
@@ -427,7 +422,7 @@ def _train_recipe(
         if stop is not None and stop(curves):
             break  # every claim on this cell is decided (early stop)
 
-    measurements.update(_timing(timed_seconds, timed_samples, timed_steps, steps))
+    measurements.update(timed.measurements())
     if cuda and probe:
         measurements["peak_memory"] = float(torch.cuda.max_memory_allocated(device))
     elif memory is not None:
@@ -453,14 +448,33 @@ def _train_recipe(
     )
 
 
-def _timing(seconds: float, samples: float, steps: int, steps_per_epoch: int) -> dict[str, float]:
-    """Throughput over the timed steps (warm-up steps excluded); an epoch's time from it."""
-    if seconds <= 0 or steps <= 0:
-        return {}
-    out = {"time_per_epoch": seconds / steps * steps_per_epoch, "steps_per_s": steps / seconds}
-    if samples > 0:
-        out["samples_per_s"] = samples / seconds
-    return out
+class TimedSteps:
+    """Training time summed over the steps after warm-up, epoch by epoch, and the throughput
+    it gives (the same bookkeeping for both engines)."""
+
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch = steps_per_epoch
+        self.seconds = 0.0
+        self.steps = 0
+        self.samples = 0.0
+
+    def add(self, seconds: float, first: int, sizes: torch.Tensor) -> None:
+        """An epoch's ``seconds`` over its steps ``first`` and on (``sizes``: every step's
+        batch size, on the host)."""
+        if first < len(sizes):
+            self.seconds += seconds
+            self.steps += len(sizes) - first
+            self.samples += float(sizes[first:].sum())
+
+    def measurements(self) -> dict[str, float]:
+        """Throughput over the timed steps; an epoch's time from it."""
+        if self.seconds <= 0 or self.steps <= 0:
+            return {}
+        out = {"time_per_epoch": self.seconds / self.steps * self.steps_per_epoch,
+               "steps_per_s": self.steps / self.seconds}
+        if self.samples > 0:
+            out["samples_per_s"] = self.samples / self.seconds
+        return out
 
 
 # ------------------------------------------------------------------------------ loop mode

@@ -33,7 +33,7 @@ from torch import nn
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
-from hpspec.runner import _default_loss, _sync, _timing, probe_memory, train_step
+from hpspec.runner import TimedSteps, _default_loss, _sync, probe_memory, train_step
 
 __all__ = ["Member", "plan", "split", "train_group", "ELEMENTWISE"]
 
@@ -658,7 +658,7 @@ def train_group(
     diverged: list[Divergence | None] = [None] * k
     stopped = [False] * k
     seconds: list[float] = []
-    timed_seconds, timed_steps, timed_samples = 0.0, 0, 0.0
+    timed = TimedSteps(steps)
     rules = list(stop_rules) if stop_rules is not None else [None] * k
 
     for epoch in range(1, epochs + 1):
@@ -678,10 +678,7 @@ def train_group(
         _sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
-        if first < steps:
-            timed_seconds += t2 - t1
-            timed_steps += steps - first
-            timed_samples += float(sizes[first:].sum())
+        timed.add(t2 - t1, first, sizes)
         host = torch.stack(step_losses).float().cpu()  # [steps, K]
         train = (host * sizes.unsqueeze(1)).sum(dim=0) / n
         val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, k, loss_kind, data.task)
@@ -714,7 +711,7 @@ def train_group(
 
     measurements: dict[str, float] = dict(probed)
     measurements["stacked"] = float(k)
-    measurements.update(_timing(timed_seconds, timed_samples, timed_steps, steps))
+    measurements.update(timed.measurements())
     peak = device_peak_flops(device)
     if peak and "samples_per_s" in measurements:
         measurements["mfu"] = (k * measurements["flops_per_sample"]

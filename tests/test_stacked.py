@@ -21,6 +21,17 @@ def _close(a, b, rtol=2e-4):
             assert x == pytest.approx(y, rel=rtol, abs=1e-6), (k, a[k], b[k])
 
 
+def _stacked_equals_sequential(exp, device="cpu", rtol=2e-4):
+    """Every cell of ``exp`` stacked, and each seed's curves equal to its one-by-one run."""
+    stacked, why = run_stacked(exp, list(exp.cells), device)
+    assert not why and set(stacked) == {c.id for c in exp.cells}, why
+    for cell in exp.cells:
+        for a, b in zip(run_cell(exp, cell, device).seeds, stacked[cell.id].seeds, strict=True):
+            assert a.seed == b.seed
+            _close(a.curves, b.curves, rtol=rtol)
+    return stacked
+
+
 OPTIMIZERS = {
     "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr),
     "momentum": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=0.9, weight_decay=1e-3),
@@ -324,10 +335,7 @@ def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
 
     exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.2], mom=[0.0, 0.9]), epochs=2, seeds=1,
                               batch_size=32, data=DATA)(recipe))
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
-    assert not why
-    for cell in exp.cells:
-        _close(run_cell(exp, cell, "cpu").seeds[0].curves, stacked[cell.id].seeds[0].curves)
+    _stacked_equals_sequential(exp)
 
 
 def test_regression_cells_equal_their_sequential_runs():
@@ -337,11 +345,7 @@ def test_regression_cells_equal_their_sequential_runs():
 
     exp = build(hp.experiment(grid=hp.grid(lr=[0.01, 0.03]), epochs=3, seeds=2, batch_size=16,
                               data=hp.datasets.diabetes())(recipe))
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
-    assert not why
-    for cell in exp.cells:
-        for a, b in zip(run_cell(exp, cell, "cpu").seeds, stacked[cell.id].seeds, strict=True):
-            _close(a.curves, b.curves)
+    _stacked_equals_sequential(exp)
 
 
 def test_a_lone_cell_trains_on_the_stacked_engine_with_its_sequential_results():
@@ -392,11 +396,9 @@ def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
 
     exp = build(hp.experiment(grid=hp.grid(lr=[0.03, 0.1]), epochs=2, seeds=2, batch_size=32,
                               data=DATA)(recipe))
-    stacked, why = run_stacked(exp, list(exp.cells), "cuda")
-    assert not why
-    for cell in exp.cells:
-        for a, b in zip(run_cell(exp, cell, "cuda").seeds, stacked[cell.id].seeds, strict=True):
-            _close(a.curves, b.curves, rtol=1e-3)
+    stacked = _stacked_equals_sequential(exp, "cuda", rtol=1e-3)
+    for result in stacked.values():
+        for b in result.seeds:
             assert b.measurements["samples_per_s"] > 0 and "peak_memory" in b.measurements
 
 
@@ -486,10 +488,7 @@ def test_a_sequential_subclass_that_only_adds_methods_still_stacks():
 
     exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=2, seeds=1,
                               data=DATA)(recipe))
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
-    assert not why
-    for cell in exp.cells:
-        _close(run_cell(exp, cell, "cpu").seeds[0].curves, stacked[cell.id].seeds[0].curves)
+    _stacked_equals_sequential(exp)
 
 
 def test_an_in_place_activation_on_the_input_leaves_the_data_alone():
