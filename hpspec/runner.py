@@ -711,19 +711,24 @@ def run_stacked(
     data = device_data(exp.data, device)
     members: list[Member] = []
     owner: list[Cell] = []
+    broken: dict[str, str] = {}
     has_scheduler = False
     for cell in cells:
-        for seed in seeds or exp.seeds:
-            case = _case(exp, cell, seed, device, data)
-            with torch_state(seed):
-                try:
+        built: list[Member] = []
+        try:
+            for seed in seeds or exp.seeds:
+                case = _case(exp, cell, seed, device, data)
+                with torch_state(seed):
                     recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
-                except Exception:
-                    # The cell's own run (sequential) reports the error with its traceback.
-                    return {}, {c.id: "building a recipe raised" for c in cells}
-            has_scheduler = has_scheduler or recipe.scheduler is not None
-            members.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
-            owner.append(cell)
+                has_scheduler = has_scheduler or recipe.scheduler is not None
+                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+        except Exception:
+            # That cell's own run (one by one) reports the error with its traceback; the
+            # others still stack.
+            broken[cell.id] = "building its recipe raised (its own run reports the error)"
+            continue
+        members += built
+        owner += [cell] * len(built)
     groups, why = plan(members, data.task, has_scheduler)
     # A group larger than the device's memory allows trains in chunks (a cell's seeds may then
     # land in different chunks; its results are gathered below).
@@ -761,8 +766,8 @@ def run_stacked(
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
-            reasons[cell.id] = next((why[i] for i, o in enumerate(owner)
-                                     if o is cell and i in why), "not stacked")
+            reasons[cell.id] = broken.get(cell.id) or next(
+                (why[i] for i, o in enumerate(owner) if o is cell and i in why), "not stacked")
     return out, reasons
 
 

@@ -529,3 +529,20 @@ def test_a_stacked_step_on_cuda_never_waits_for_the_gpu(opt):
             step.train_step(net, x, y, "ce")
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_a_cell_whose_recipe_raises_does_not_keep_the_others_from_stacking():
+    def recipe(case):
+        if case.lr == 0.2:
+            raise ValueError("this cell is broken")
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1, 0.2]), epochs=1, seeds=2,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert set(stacked) == {"lr=0.05", "lr=0.1"}
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {4.0}
+    assert list(why) == ["lr=0.2"] and "recipe raised" in why["lr=0.2"]
+    with pytest.raises(ValueError, match="this cell is broken"):
+        run_cell(exp, exp.cells[2], "cpu")  # its own run says what went wrong
