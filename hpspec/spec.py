@@ -572,7 +572,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
     metrics = kw["metrics"]
     known: frozenset[str] | None
     if metrics is not None:
-        if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+        if not isinstance(metrics, (list, tuple)) or not all(isinstance(m, str) for m in metrics):
             raise SpecError("must be a list of metric names", where=where, argument="metrics",
                             value=metrics, fix="write metrics=['loss', 'acc']")
         known = frozenset(metrics)

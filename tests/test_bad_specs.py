@@ -75,6 +75,7 @@ CASES = [
     ("adaptive min above max", dict(seeds=hp.adaptive(min=5, max=3)), "seeds = Adaptive",
      "hp.adaptive(min=3, max=20)"),
     ("metrics not a list", dict(metrics="loss"), "metrics = 'loss'", "['loss', 'acc']"),
+    ("metrics a number", dict(metrics=3), "metrics = 3", "['loss', 'acc']"),
     ("stack not a bool", dict(stack="yes"), "stack = 'yes'", "stack=False"),
     ("negative timeout", dict(timeout=-1), "timeout = -1", "timeout=60"),
     ("profiles not a dict", dict(profiles=["ci"]), "profiles = ['ci']", "profiles={'ci'"),
