@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +283,27 @@ def test_live_progress_on_a_terminal_only(pytester, monkeypatch):
     out = tty.stdout.str()
     assert "digits_mlp[lr=0.3-activation=relu]" in out and " epoch 3/3 loss " in out
     tty.assert_outcomes(passed=1)
+
+
+def test_the_readme_within_example_fails_with_each_seeds_curve(pytester):
+    example = Path(__file__).resolve().parents[1] / "examples" / "exp_within.py"
+    shutil.copy(example, pytester.path / "exp_within.py")
+    result = pytester.runpytest("--hpspec-json=run.json")
+    result.assert_outcomes(passed=1, failed=1)
+    # the README shows this block verbatim (numbers to 3 decimals)
+    result.stdout.fnmatch_lines([
+        "*claim: where lr=0.03: val_loss below 0.3 (<) within 3 epochs (every seed)",
+        "  FAIL seed 0: never below 0.3",
+        "         val_loss by epoch: 2.161 1.954 1.714 (needed < 0.3 by epoch 3)",
+        "  FAIL seed 1: never below 0.3",
+        "         val_loss by epoch: 2.131 1.924 1.704 (needed < 0.3 by epoch 3)",
+        "  FAIL seed 2: never below 0.3",
+        "         val_loss by epoch: 2.139 1.939 1.714 (needed < 0.3 by epoch 3)",
+        "held for 0 of 3 seeds, needed 3",
+    ])
+    doc = json.loads((pytester.path / "run.json").read_text())
+    cells = {c["cell_id"]: c for c in doc["experiments"][0]["cells"]}
+    # early stop: lr=0.03's seeds stopped once epoch 3 decided the claim; lr=0.3 is asked
+    # nothing, so it trained all 5
+    assert {len(s["curves"]["val_loss"]) for s in cells["lr=0.03"]["result"]["seeds"]} == {3}
+    assert {len(s["curves"]["val_loss"]) for s in cells["lr=0.3"]["result"]["seeds"]} == {5}
