@@ -116,6 +116,22 @@ def parse_confidence(value: str) -> float:
     return c
 
 
+def _file_path(text: str) -> str:
+    """A file hpspec writes: not empty, not an existing directory."""
+    if not text or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a file path (it names a directory "
+                                         "or nothing), e.g. results/run.csv")
+    return text
+
+
+def _dir_path(text: str) -> str:
+    """A directory hpspec writes into: not empty, not an existing file."""
+    if not text or Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a directory (it names a file or "
+                                         "nothing), e.g. runs/tb")
+    return text
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hpspec", "hpspec: hyperparameter experiments")
     group.addoption(
@@ -272,6 +288,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write every cell, seed, curve, measurement and verdict, with the environment, "
         "as JSON (schema hpspec-run, version 1) to PATH.",
     )
+    group.addoption("--hpspec-csv", default=None, metavar="PATH", type=_file_path,
+                    help="write one row per cell and seed (hyperparameters, final metrics, "
+                    "measurements) as CSV to PATH.")
+    group.addoption("--hpspec-tensorboard", default=None, metavar="DIR", type=_dir_path,
+                    help="write each cell's curves as TensorBoard scalars, with its "
+                    "hyperparameters and final metrics for the HParams dashboard, under DIR "
+                    "(one run per cell and seed); needs pip install 'hpspec[tensorboard]'.")
+    group.addoption("--hpspec-grade", default=None, metavar="PATH", type=_file_path,
+                    help="grade the run by the claims' points= (1 when not given) and write "
+                    "Gradescope's results.json to PATH; the summary shows the scores.")
     parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
     parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
     parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
@@ -1272,6 +1298,9 @@ def pytest_terminal_summary(
     _summary_store(terminalreporter, state)
     if state.table == "none":
         return
+    from hpspec.grade import score_line
+
+    grades = _grades(state, config)
     for key, records in state.records.items():
         ran = sorted((r for r in records.values() if r.outcome != "not run"),
                      key=lambda r: r.order)
@@ -1288,7 +1317,32 @@ def pytest_terminal_summary(
         cross = state.cross.get(key)
         if cross:
             terminalreporter.write_line(render_claims(list(cross.values())))
+        if grades is not None:
+            for e in grades["experiments"]:
+                if e["key"] == key:
+                    terminalreporter.write_line(f"{info.name}: {score_line(e['score'], e['max_score'])}")
+    if grades is not None:
+        terminalreporter.write_line(f"hpspec: run {score_line(grades['score'], grades['max_score'])}",
+                                    bold=True)
 
+
+
+def _grades(state: State, config: pytest.Config) -> dict[str, Any] | None:
+    """The run graded by its claims' points (see hpspec.grade), when a claim has points= or
+    --hpspec-grade was given; None otherwise."""
+    from hpspec.grade import declared, grade
+
+    claims = [c for k in state.records for c in state.experiments[k].claims]
+    if not config.getoption("--hpspec-grade", None) and all(
+            getattr(c, "points", None) is None for c in claims):
+        return None
+    items = []
+    for key, records in state.records.items():
+        ran = {r.cell_id: r.params for r in records.values() if r.outcome != "not run"}
+        selected = [slug for k, slug in state.selected_claims if k == key]
+        items += declared(key, state.info[key].name, state.experiments[key].claims, ran,
+                          selected)
+    return grade(run_document_of(state), items)
 
 
 def _summary_store(terminalreporter: Any, state: State) -> None:
@@ -1455,7 +1509,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     json_path = config.getoption("--hpspec-json", None)
     html_path = config.getoption("--hpspec-html", None)
     export_path = config.getoption("--hpspec-export", None)
-    if not (json_path or html_path or export_path):
+    csv_path = config.getoption("--hpspec-csv", None)
+    tb_dir = config.getoption("--hpspec-tensorboard", None)
+    grade_path = config.getoption("--hpspec-grade", None)
+    if not (json_path or html_path or export_path or csv_path or tb_dir or grade_path):
         return
     import json
 
@@ -1471,3 +1528,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from hpspec.html import render_html
 
         Path(html_path).write_text(render_html(doc), encoding="utf-8")
+    if csv_path:
+        from hpspec.export import write_csv
+
+        write_csv(doc, csv_path)
+    if tb_dir:
+        from hpspec.export import write_tensorboard
+
+        try:
+            write_tensorboard(doc, tb_dir)
+        except RuntimeError as e:  # tensorboard not installed: the rest of the run stands
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"hpspec: {e}", yellow=True)
+    if grade_path:
+        grades = _grades(state, config)
+        Path(grade_path).write_text(json.dumps(grades, indent=1, allow_nan=False))
