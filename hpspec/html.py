@@ -3,6 +3,20 @@
 Rendered from the ``--hpspec-json`` document (plain data), so a stored or exported run can be
 rendered again later. Every string that comes from the user (names, ids, values, messages) goes
 through :func:`html.escape`.
+
+Each experiment opens with the comparison: every cell's curves on one chart per metric (mean
+over seeds, the seeds' range as a band, one colour per cell, epoch 0 = before training so a
+diverged cell is never an empty line), then each metric's final value against each numeric
+grid axis (log x past a decade), with the cell claims' thresholds drawn and labelled with their
+verdicts. Tables, the heatmap and each cell's seeds follow.
+
+Why hand-written SVG rather than Vega-Lite or matplotlib: the charts are four kinds (lines with
+bands, points with error bars, a heatmap, threshold lines) that need a few hundred lines here;
+the page stays one file with no script at all (its Content-Security-Policy forbids scripts, so
+a hostile experiment name cannot run anything), opens the same with JavaScript off, and needs
+no extra package. Vega-Lite would mean bundling and pinning some 800 KB of JavaScript per
+report and allowing scripts; matplotlib would be a heavy optional dependency whose output we
+would still have to lay out. The browser test (tests/test_html.py) checks what is drawn.
 """
 
 from __future__ import annotations
@@ -127,7 +141,7 @@ class _Frame:
                  f'text-anchor="middle">{_e(self.title)}</text>',
                  f'<rect x="{self.L}" y="{self.T}" width="{self.pw}" height="{self.ph}" '
                  'fill="#fff" stroke="#999"/>']
-        for v in _ticks(self.y_lo, self.y_hi):
+        for v in _ticks(self.y_lo, self.y_hi, 6):
             y = self.y(v)
             parts.append(f'<line class="grid" x1="{self.L}" x2="{self.L + self.pw}" '
                          f'y1="{y:.1f}" y2="{y:.1f}" stroke="#e4e4e4"/>'
@@ -149,9 +163,10 @@ class _Frame:
         """A claim's threshold as a dashed line, labelled with the claim's verdict."""
         y = self.y(t["value"])
         color = "#1a7f37" if t["ok"] else "#cf222e"
+        ty = y - 4 if y - self.T > 16 else y + 13  # the label below a line near the top
         return (f'<g class="target"><line x1="{self.L}" x2="{self.L + self.pw}" y1="{y:.1f}" '
                 f'y2="{y:.1f}" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4"/>'
-                f'<text x="{self.L + self.pw - 4}" y="{y - 4:.1f}" text-anchor="end" '
+                f'<text x="{self.L + self.pw - 4}" y="{ty:.1f}" text-anchor="end" '
                 f'style="fill:{color}">{_e(t["label"])}</text></g>')
 
     def diverged(self, x: float, color: str, label: str) -> str:
