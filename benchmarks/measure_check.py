@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 import hpspec as hp  # noqa: E402
-from hpspec.runner import device_data, run_cell, select_device  # noqa: E402
+from hpspec.engine.runner import device_data, run_cell, select_device  # noqa: E402
 from hpspec.spec import build  # noqa: E402
 
 SIZES = (64, 128, 128, 10)

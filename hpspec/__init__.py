@@ -1,7 +1,8 @@
 """hpspec: executable hyperparameter claims, collected and judged by pytest.
 
-``import hpspec`` does not import torch: ``hpspec.models`` (and training) load it on first
-use, so pytest start-up stays fast in projects that have no experiments.
+``import hpspec`` does not import torch: ``hp.models`` (:mod:`hpspec.engine.models`) and
+training load it on first use, so pytest start-up stays fast in projects that have no
+experiments.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
 
 if TYPE_CHECKING:
-    from hpspec import models
+    from hpspec.engine import models
 
 __version__ = "0.1.0"
 
@@ -63,5 +64,5 @@ def __getattr__(name: str) -> Any:
     if name == "models":
         import importlib
 
-        return importlib.import_module("hpspec.models")
+        return importlib.import_module("hpspec.engine.models")
     raise AttributeError(f"module 'hpspec' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """pytest glue: options, collection of ``exp_*.py`` files, one item per grid cell, summary.
 
 Thin on purpose: validation lives in :mod:`hpspec.spec`, judgement in :mod:`hpspec.claims`,
-training in :mod:`hpspec.runner` (imported only when a cell runs, so this module does not
+training in :mod:`hpspec.engine.runner` (imported only when a cell runs, so this module does not
 import torch), text in :mod:`hpspec.report`.
 """
 
@@ -386,7 +386,7 @@ class State:
 
     def resolve_device(self) -> str:
         if self.device is None:
-            from hpspec.runner import select_device
+            from hpspec.engine.runner import select_device
 
             self.device = select_device(self.device_option)
             if self.worker is not None and self.workers > 1 and self.device == "cpu":
@@ -415,7 +415,7 @@ class State:
             found = self.results.get((key, cell.id))
         if found is None:
             from hpspec.plan import stop_rule
-            from hpspec.runner import run_cell
+            from hpspec.engine.runner import run_cell
 
             have = {s.seed for s in cached}
             try:
@@ -453,7 +453,7 @@ class State:
 
     def seed_key(self, exp: Experiment, cell: Cell, seed: int) -> str:
         from hpspec.plan import stop_rule
-        from hpspec.runner import data_digest
+        from hpspec.engine.runner import data_digest
         from hpspec.spec import source_digest
         from hpspec.store import cache_key
 
@@ -547,7 +547,7 @@ class State:
         """Submit every wanted, uncached cell as Ray tasks, up front."""
         from hpspec.plan import timing_claim
         from hpspec.ray_backend import connect, submit
-        from hpspec.runner import stackable_cells
+        from hpspec.engine.runner import stackable_cells
         from hpspec.spec import PROFILES
 
         address = config.getoption("--hpspec-ray") or config.getini("hpspec_ray")
@@ -606,7 +606,7 @@ class State:
         """Train ``cell`` with every pending cell it can share a stacked model with."""
         __tracebackhide__ = True
         from hpspec.plan import stop_rule, timing_claim
-        from hpspec.runner import run_stacked, stackable_cells
+        from hpspec.engine.runner import run_stacked, stackable_cells
 
         if exp.mode != "recipe" or self.inference:
             return
@@ -671,7 +671,7 @@ class State:
         have = self.result(key, exp, cell)
         if len(have.seeds) >= n:
             return have
-        from hpspec.runner import PROBED, run_cell
+        from hpspec.engine.runner import PROBED, run_cell
 
         start = max(s.seed for s in have.seeds) + 1
         probed = {m: v for m, v in have.seeds[0].measurements.items()
@@ -942,7 +942,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("--hpspec-compare-fail needs a baseline: add "
                                 "--hpspec-compare NAME|latest|FILE.json")
     if config.stash[STATE].inference:
-        from hpspec.probes import InferenceUnavailable, _benchmark_module
+        from hpspec.engine.probes import InferenceUnavailable, _benchmark_module
 
         try:
             _benchmark_module()

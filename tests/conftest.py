@@ -35,7 +35,7 @@ def _warm_torch():
     keeps them out of every snapshot.
     """
     import hpspec as hp
-    from hpspec.runner import run_cell
+    from hpspec.engine.runner import run_cell
     from hpspec.spec import build
 
     def tiny(case):

@@ -97,7 +97,7 @@ def test_runtime_corpus_each_cell_fails_alone_with_a_fix(pytester):
     # the user's own exceptions: their line, their message, nothing of hpspec
     assert 'raise FileNotFoundError("my_dataset.csv")' in out
     assert 'return self.fc(x.to("meta"))' in out
-    assert "hpspec/runner.py" not in out and "hpspec/plugin.py" not in out
+    assert "hpspec/engine/runner.py" not in out and "hpspec/plugin.py" not in out
     assert "_pytest" not in out.split("short test summary")[0].split("FAILURES")[-1]
 
 

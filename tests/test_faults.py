@@ -16,7 +16,7 @@ import torch
 
 import hpspec as hp
 from hpspec.errors import BudgetExceeded, CellError
-from hpspec.runner import run_cell
+from hpspec.engine.runner import run_cell
 from hpspec.spec import build
 
 FAULTS = """
@@ -95,7 +95,7 @@ def test_faults_fail_their_cell_and_the_session_goes_on(pytester):
     # the user's own bug: their traceback and line, none of hpspec's frames
     result.stdout.fnmatch_lines(["*return self.fc(x) + undefined_name_in_my_model*",
                                  "*NameError: name 'undefined_name_in_my_model' is not defined"])
-    assert "hpspec/runner.py" not in out and "hpspec/plugin.py" not in out
+    assert "hpspec/engine/runner.py" not in out and "hpspec/plugin.py" not in out
     # divergence: passes where claimed, and the rest runs
     assert "blowup[lr=1000000.0]" not in out.split("short test summary")[-1]
 

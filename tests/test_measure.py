@@ -11,8 +11,8 @@ import torch
 import hpspec as hp
 from hpspec.claims import FAIL, PASS, judge_cell_claim, parse_size
 from hpspec.errors import SpecError
-from hpspec.probes import LiveMemory, count_flops, model_size, peak_flops
-from hpspec.runner import run_cell
+from hpspec.engine.probes import LiveMemory, count_flops, model_size, peak_flops
+from hpspec.engine.runner import run_cell
 from hpspec.spec import build
 
 
@@ -174,7 +174,7 @@ def test_inference_profile_option_is_quiet_and_measured(pytester):
 def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
     import builtins
 
-    from hpspec import probes
+    from hpspec.engine import probes
 
     real_import = builtins.__import__
 
@@ -195,7 +195,7 @@ def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
 
 def test_mfu_from_flops_throughput_and_the_card_peak(monkeypatch):
     # The CUDA-only path, on the CPU: a made-up card peak of 1 GFLOP/s.
-    import hpspec.runner as runner
+    import hpspec.engine.runner as runner
 
     monkeypatch.setattr(runner, "device_peak_flops", lambda device: 1e9)
     runner.PROBE_CACHE.clear()

@@ -197,7 +197,7 @@ def test_user_exception_shows_user_code_not_hpspec(pytester):
     out = result.stdout.str()
     assert "bug in my data code" in out
     assert "helper()" in out
-    assert "hpspec/runner.py" not in out
+    assert "hpspec/engine/runner.py" not in out
 
 
 def test_experiment_files_pattern_is_configurable(pytester):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import hpspec as hp
-from hpspec.runner import run_cell, run_seed, select_device
+from hpspec.engine.runner import run_cell, run_seed, select_device
 from hpspec.spec import build
 
 DATA = hp.datasets.digits(n_train=256)

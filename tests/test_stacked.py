@@ -7,7 +7,7 @@ import torch
 
 import hpspec as hp
 from hpspec.plan import stop_rule, timing_claim
-from hpspec.runner import run_cell, run_stacked
+from hpspec.engine.runner import run_cell, run_stacked
 from hpspec.spec import build
 
 DATA = hp.datasets.digits(n_train=400)
@@ -229,7 +229,7 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
 
 from torch import nn  # noqa: E402
 
-from hpspec.stacked import _Stacked  # noqa: E402
+from hpspec.engine.stacked import _Stacked  # noqa: E402
 
 
 def _models(make, k=3):
@@ -308,7 +308,7 @@ def test_evaluation_leaves_the_data_alone_and_matches_each_model():
 
 
 def test_evaluation_in_blocks_equals_one_block(monkeypatch):
-    from hpspec import stacked
+    from hpspec.engine import stacked
 
     models = _models(MODELS["relu"])
     net = _Stacked(models, "cpu")
@@ -403,7 +403,7 @@ def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
 
 
 def test_a_group_too_big_for_the_memory_trains_in_chunks(monkeypatch):
-    from hpspec import stacked as st
+    from hpspec.engine import stacked as st
 
     def recipe(case):
         model = hp.models.mlp(64, [16], 10)
@@ -492,7 +492,7 @@ def test_a_sequential_subclass_that_only_adds_methods_still_stacks():
 
 
 def test_an_in_place_activation_on_the_input_leaves_the_data_alone():
-    from hpspec.runner import device_data
+    from hpspec.engine.runner import device_data
 
     def recipe(case):
         model = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(64, 10))
@@ -512,7 +512,7 @@ def test_an_in_place_activation_on_the_input_leaves_the_data_alone():
 @cuda
 @pytest.mark.parametrize("opt", ["momentum", "adam", "nesterov"])
 def test_a_stacked_step_on_cuda_never_waits_for_the_gpu(opt):
-    from hpspec.stacked import Member, _stacked_optimizer, signature
+    from hpspec.engine.stacked import Member, _stacked_optimizer, signature
 
     models = _models(MODELS["relu"])
     optimizers = [OPTIMIZERS[opt](m.parameters(), type("C", (), {"lr": 0.1})) for m in models]

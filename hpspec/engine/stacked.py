@@ -31,9 +31,18 @@ import torch
 from torch import nn
 
 from hpspec.datasets import CLASSIFICATION, Data
-from hpspec.probes import count_flops, device_peak_flops, model_size
+from hpspec.engine.common import (
+    WARMUP_STEPS,
+    StopRule,
+    TimedSteps,
+    default_loss,
+    divergence,
+    probe_memory,
+    sync,
+    train_step,
+)
+from hpspec.engine.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
-from hpspec.runner import TimedSteps, _default_loss, _sync, probe_memory, train_step
 
 __all__ = ["Member", "plan", "split", "train_group", "ELEMENTWISE"]
 
@@ -562,17 +571,13 @@ def _stacked_optimizer(kind: str, params: list[torch.Tensor],
 # ------------------------------------------------------------------------------- training
 
 
-WARMUP_STEPS = 2
-StopRule = Callable[[dict[str, list[float]]], bool]
-
-
 def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
     """Size, FLOPs and peak live memory of one member trained alone, on a copy (the member's
     own weights are not touched), exactly as the one-by-one runner probes it: two steps of an
     epoch's permutation, the second one under the probes."""
     model, opt = copy.deepcopy((m.model, m.optimizer))
     model = model.to(device)
-    loss_fn = m.loss or _default_loss(data.task)
+    loss_fn = m.loss or default_loss(data.task)
     out: dict[str, float] = dict(model_size(model))
     x, y = data.x_train, data.y_train
     perm = torch.arange(x.shape[0], device=x.device)
@@ -664,18 +669,18 @@ def train_group(
     for epoch in range(1, epochs + 1):
         perms = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
         step_losses: list[torch.Tensor] = []
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         first = min(WARMUP_STEPS, steps) if epoch == 1 else 0
         t1 = t0
         for i in range(steps):
             if i == first:
                 if first:
-                    _sync(device)
+                    sync(device)
                 t1 = time.perf_counter()
             idx = perms[:, i * batch_size : (i + 1) * batch_size]
             step_losses.append(opt.train_step(model, x[idx], y[idx], loss_kind))
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
         timed.add(t2 - t1, first, sizes)
@@ -695,12 +700,8 @@ def train_group(
             if va is not None:
                 curves[j]["val_acc"].append(va[j])
             if any_bad[j]:
-                col = bad[:, j]
-                step_no = int(col.nonzero()[0, 0]) + 1
-                value = float(host[step_no - 1, j])
-                reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
-                          f"loss {value:.4g} > {divergence_factor:g}x its start {st[j]:.4g}")
-                diverged[j] = Divergence(epoch, step_no, reason)
+                diverged[j] = divergence(host[:, j], float(limits[j]), st[j], epoch,
+                                         divergence_factor)
                 stopped[j] = True
             elif rules[j] is not None and rules[j](curves[j]):  # type: ignore[misc]
                 stopped[j] = True

@@ -1,6 +1,7 @@
 """Training: device choice, seeding, the recipe-mode loop and the loop-mode driver.
 
-The only module of the core that needs torch. It turns an :class:`~hpspec.spec.Experiment`
+With :mod:`hpspec.engine.stacked` (and the primitives both share, in
+:mod:`hpspec.engine.common`), the part of hpspec that needs torch. It turns an :class:`~hpspec.spec.Experiment`
 and a :class:`~hpspec.spec.Cell` into a :class:`~hpspec.results.CellResult` (plain data).
 """
 
@@ -20,21 +21,31 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import BudgetExceeded, CellError
-from hpspec.probes import (
+from hpspec.engine.common import (
+    DIVERGENCE_FACTOR,
+    WARMUP_STEPS,
+    Progress,
+    StopRule,
+    TimedSteps,
+    default_loss,
+    divergence,
+    divergence_limit,
+    probe_memory,
+    sync,
+    train_step,
+)
+from hpspec.engine.probes import (
     LiveMemory,
     count_flops,
     device_peak_flops,
     inference_profile,
     model_size,
-    optimizer_tensors,
 )
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 
 __all__ = ["select_device", "run_cell", "run_seed", "torch_state", "DIVERGENCE_FACTOR"]
 
-#: A loss this many times above its starting value counts as diverged.
-DIVERGENCE_FACTOR = 100.0
 _EVAL_CHUNK = 8192
 
 
@@ -55,13 +66,6 @@ def select_device(preference: str = "auto") -> str:
         raise CellError(f"--hpspec-device={preference}: MPS is not available on this machine; "
                         "use --hpspec-device=auto or cpu")
     return preference
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-    elif device.startswith("mps"):
-        torch.mps.synchronize()
 
 
 def _seed_torch(seed: int) -> None:
@@ -168,10 +172,6 @@ def _coerce_recipe(out: Any, where: str) -> Recipe:
     return recipe
 
 
-def _default_loss(task: str) -> Callable[[Any, Any], Any]:
-    return torch.nn.CrossEntropyLoss() if task == CLASSIFICATION else torch.nn.MSELoss()
-
-
 def _fits(out: Any, yb: Any, data: Data) -> bool:
     if not isinstance(out, torch.Tensor):
         return False
@@ -243,14 +243,6 @@ def _evaluate(model: torch.nn.Module, x: Any, y: Any, loss_fn: Any, task: str) -
     return result
 
 
-#: Steps at the start of the first epoch that pay for warm-up (allocator, kernels, caches)
-#: and carry the probes (FLOPs, live memory); they are left out of the throughput.
-WARMUP_STEPS = 2
-
-Progress = Callable[[int, int, float], None]  # (epoch, epochs, train loss so far)
-StopRule = Callable[[Mapping[str, Any]], bool]  # curves so far -> may this seed stop?
-
-
 class Deadline:
     """A cell's time budget: checked between steps (and between loop-mode epochs)."""
 
@@ -287,25 +279,6 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
         return None
 
 
-def train_step(model: Any, opt: Any, loss_fn: Any, xb: Any, yb: Any) -> torch.Tensor:
-    """One optimizer step on a batch, as a hand-written loop does it; the loss, on the device."""
-    opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(xb), yb)
-    loss.backward()
-    opt.step()
-    return loss.detach()
-
-
-def probe_memory(model: Any, opt: Any, data: Data) -> LiveMemory:
-    """A live-memory (and FLOP) probe for the next step, counting what is already held: the
-    model, its optimizer state and gradients, and the data."""
-    memory = LiveMemory(count_flops=True)
-    memory.add([*model.parameters(), *model.buffers(), *optimizer_tensors(opt),
-                *(p.grad for p in model.parameters() if p.grad is not None),
-                data.x_train, data.y_train, data.x_val, data.y_val])
-    return memory
-
-
 def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
@@ -318,7 +291,7 @@ def _train_recipe(
     model = recipe.model.to(device)
     model.train()
     opt = recipe.optimizer
-    loss_fn = recipe.loss or _default_loss(data.task)
+    loss_fn = recipe.loss or default_loss(data.task)
     batch_size = case.batch_size
     assert batch_size is not None
     x, y = data.x_train, data.y_train
@@ -335,7 +308,7 @@ def _train_recipe(
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
     if "acc" in start_val:
         initial["val_acc"] = start_val["acc"]
-    limit = DIVERGENCE_FACTOR * max(abs(start_train["loss"]), 1e-8)
+    limit = divergence_limit(start_train["loss"])
 
     cache_key = _probe_key(model, opt, batch_size, data) if probed is None else None
     if cache_key is not None and cache_key in PROBE_CACHE:
@@ -364,7 +337,7 @@ def _train_recipe(
         # Losses stay on the device (a list of 0-d tensors: no copy op per step) until the
         # end of the epoch, where one stack and one host read bring them back.
         step_losses: list[torch.Tensor] = []
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         first = 0
         if epoch == 1:
@@ -387,7 +360,7 @@ def _train_recipe(
                         step(i, perm, step_losses)
                     flops = counter.flops
                 measurements["flops_per_sample"] = flops / float(host_sizes[i])
-            _sync(device)
+            sync(device)
         t1 = time.perf_counter()
         for i in range(first, steps):
             if deadline is not None and time.perf_counter() > deadline.at:
@@ -396,7 +369,7 @@ def _train_recipe(
             step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
         if recipe.scheduler is not None:
             recipe.scheduler.step()
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
         timed.add(t2 - t1, first, host_sizes)
@@ -410,14 +383,8 @@ def _train_recipe(
             curves["val_acc"].append(val["acc"])
         if progress is not None:
             progress(epoch, case.epochs, train_loss)
-        bad = (~torch.isfinite(host)) | (host > limit)
-        if bool(bad.any()):
-            step_no = int(bad.nonzero()[0, 0]) + 1
-            value = float(host[step_no - 1])
-            reason = (f"loss {value:g} is not finite" if not math.isfinite(value) else
-                      f"loss {value:.4g} > {DIVERGENCE_FACTOR:g}x its start "
-                      f"{start_train['loss']:.4g}")
-            diverged = Divergence(epoch, step_no, reason)
+        diverged = divergence(host, limit, start_train["loss"], epoch)
+        if diverged is not None:
             break
         if stop is not None and stop(curves):
             break  # every claim on this cell is decided (early stop)
@@ -446,35 +413,6 @@ def _train_recipe(
         epochs_planned=case.epochs,
         steps_per_epoch=steps,
     )
-
-
-class TimedSteps:
-    """Training time summed over the steps after warm-up, epoch by epoch, and the throughput
-    it gives (the same bookkeeping for both engines)."""
-
-    def __init__(self, steps_per_epoch: int) -> None:
-        self.steps_per_epoch = steps_per_epoch
-        self.seconds = 0.0
-        self.steps = 0
-        self.samples = 0.0
-
-    def add(self, seconds: float, first: int, sizes: torch.Tensor) -> None:
-        """An epoch's ``seconds`` over its steps ``first`` and on (``sizes``: every step's
-        batch size, on the host)."""
-        if first < len(sizes):
-            self.seconds += seconds
-            self.steps += len(sizes) - first
-            self.samples += float(sizes[first:].sum())
-
-    def measurements(self) -> dict[str, float]:
-        """Throughput over the timed steps; an epoch's time from it."""
-        if self.seconds <= 0 or self.steps <= 0:
-            return {}
-        out = {"time_per_epoch": self.seconds / self.steps * self.steps_per_epoch,
-               "steps_per_s": self.steps / self.seconds}
-        if self.samples > 0:
-            out["samples_per_s"] = self.samples / self.seconds
-        return out
 
 
 # ------------------------------------------------------------------------------ loop mode
@@ -509,7 +447,7 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
     t0 = time.perf_counter()
     try:
         for item in gen:
-            _sync(case.device)
+            sync(case.device)
             seconds.append(time.perf_counter() - t0)
             epoch += 1
             if not isinstance(item, Mapping):
@@ -704,7 +642,7 @@ def run_stacked(
     epochs (see :func:`stackable_cells`).
     """
     __tracebackhide__ = True
-    from hpspec.stacked import Member, plan, split, train_group
+    from hpspec.engine.stacked import Member, plan, split, train_group
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
@@ -746,7 +684,7 @@ def run_stacked(
             # one member's first batch answers for all of them.
             m = group[0]
             _try_first_batch(copy.deepcopy(m.model).to(device),
-                             m.loss or _default_loss(data.task), data, batch_size,
+                             m.loss or default_loss(data.task), data, batch_size,
                              f"{exp.where}[{m.cell_id}]")
         except CellError:
             for i in idx:
