@@ -701,10 +701,12 @@ class Where:
         *,
         at_least: int | None = None,
         confidence: float | None = None,
+        points: float | None = None,
     ) -> CellClaim:
         """Claim ``condition`` for every matching cell: over every seed, over ``at_least`` k
-        seeds, or (``confidence=0.95``) for the mean over seeds with that confidence."""
-        return CellClaim(self, condition, at_least, confidence)
+        seeds, or (``confidence=0.95``) for the mean over seeds with that confidence.
+        ``points`` is what the claim is worth when the run is graded (``--hpspec-grade``)."""
+        return CellClaim(self, condition, at_least, confidence, points)
 
     def describe(self) -> str:
         if not self.params:
@@ -732,10 +734,11 @@ def where(**params: Any) -> Where:
 
 
 def expect(
-    condition: Condition, *, at_least: int | None = None, confidence: float | None = None
+    condition: Condition, *, at_least: int | None = None, confidence: float | None = None,
+    points: float | None = None,
 ) -> CellClaim:
     """A claim over every cell of the grid."""
-    return Where().expect(condition, at_least=at_least, confidence=confidence)
+    return Where().expect(condition, at_least=at_least, confidence=confidence, points=points)
 
 
 @attrs.frozen(eq=True)
@@ -746,6 +749,7 @@ class CellClaim(Claim):
     condition: Condition
     at_least: int | None = None
     confidence: float | None = None
+    points: float | None = None
 
     def applies_to(self, params: Mapping[str, Any]) -> bool:
         return self.where.matches(params)
@@ -769,6 +773,30 @@ class CellClaim(Claim):
             return f"{cond.metric} final"
         return "value"
 
+    def target(self) -> tuple[str, str, float] | None:
+        """(metric, op, number) when the claim is a line on a metric's chart: a threshold on a
+        metric's final/min/max/... value, or a target its curve must reach."""
+        cond = self.condition
+        if isinstance(cond, Threshold) and isinstance(cond.left, Metric) and _is_number(
+                cond.right) and cond.left.how in ("final", "min", "max", "mean", "first", "at"):
+            return (cond.left.name, cond.op, float(cond.right))
+        if isinstance(cond, Reaches) and _is_number(cond.target):
+            return (cond.metric, "<" if cond.direction == "below" else ">", float(cond.target))
+        return None
+
+
+@attrs.frozen
+class Effect:
+    """What a comparison of two groups of seeds found: the difference of their means, its
+    two-sided interval at ``level``, and the difference in pooled standard deviations
+    (Cohen's d; None when both groups have no spread)."""
+
+    difference: float
+    low: float
+    high: float
+    level: float
+    effect_size: float | None = None
+
 
 @attrs.frozen
 class Verdict:
@@ -781,6 +809,12 @@ class Verdict:
     #: For statistical verdicts: p-values of "the claim is false" and "the claim is true".
     p_pass: float | None = None
     p_fail: float | None = None
+    #: What the claim is worth when graded (``points=``); None: not given.
+    points: float | None = None
+    #: (metric, op, number) a chart can draw as a line (see :meth:`CellClaim.target`).
+    target: tuple[str, str, float] | None = None
+    #: For a comparison of two groups: the difference with its interval and effect size.
+    effect: Effect | None = None
 
     @property
     def passed(self) -> bool:
@@ -789,8 +823,11 @@ class Verdict:
 
 def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     """Judge a per-cell claim over the seeds of one cell."""
-    if claim.confidence is not None:
-        return _judge_mean(claim, runs)
+    v = _judge_mean(claim, runs) if claim.confidence is not None else _judge_seeds(claim, runs)
+    return attrs.evolve(v, points=claim.points, target=claim.target())
+
+
+def _judge_seeds(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     checks = tuple(claim.condition.check(r) for r in runs)
     held = sum(c.ok for c in checks)
     need = claim.quorum(len(runs))
@@ -922,7 +959,17 @@ def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
                 )
 
 
+def validate_points(points: Any, ctx: SpecContext, arg: str) -> None:
+    """``points=`` is a finite number >= 0 (a bool is a slip, not a weight)."""
+    if points is None:
+        return
+    if not _is_number(points) or isinstance(points, bool) or not 0 <= points < math.inf:
+        raise SpecError("must be a number >= 0", where=ctx.where, argument=f"{arg}: points",
+                        value=points, fix="e.g. points=2 (what the claim is worth in a grade)")
+
+
 def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
+    validate_points(claim.points, ctx, arg)
     _validate_where(claim.where, ctx, arg)
     cond = claim.condition
     if not isinstance(cond, Condition):

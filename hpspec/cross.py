@@ -29,6 +29,8 @@ from hpspec.claims import (
     _fmt,
     _validate_measure,
     _validate_where,
+    Effect,
+    validate_points,
 )
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
@@ -95,6 +97,7 @@ class CrossClaim(Claim):
     """A claim over several cells, judged from their results."""
 
     confidence: float | None
+    points: float | None
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         raise NotImplementedError
@@ -109,6 +112,7 @@ class CrossClaim(Claim):
         return default if self.confidence is None else 1 - self.confidence
 
     def _validate_common(self, ctx: SpecContext, arg: str, selectors: Sequence[Where]) -> None:
+        validate_points(self.points, ctx, arg)
         q = getattr(self, "quantity", None)
         if not isinstance(q, Quantity):
             raise SpecError("must be a quantity such as hp.metric('val_loss').final()",
@@ -158,6 +162,7 @@ class Compare(CrossClaim):
     margin: float = 0.0
     confidence: float | None = None
     name: str | None = None
+    points: float | None = None
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         return self.better.matches(params) or self.than.matches(params)
@@ -197,7 +202,7 @@ class Compare(CrossClaim):
         if t is None:
             lines.append("  needs at least two finite values on each side")
             return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
-                           p_fail=1.0)
+                           p_fail=1.0, points=self.points)
         outcome = decide(t.p_below, t.p_above, alpha)
         lo, hi = t.interval(1 - 2 * alpha)
         sign = "" if self.lower else " (B - A)"
@@ -209,7 +214,20 @@ class Compare(CrossClaim):
         elif outcome == FAIL:
             lines.append(f"  refuted: the data contradict the claim at {conf:.0%} confidence")
         return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
-                       p_fail=t.p_above)
+                       p_fail=t.p_above, points=self.points,
+                       effect=Effect(t.estimate, lo, hi, 1 - 2 * alpha,
+                                     _cohen_d(va, vb) if self.lower else _cohen_d(vb, va)))
+
+
+def _cohen_d(va: Sequence[float], vb: Sequence[float]) -> float | None:
+    """Mean of A minus mean of B in pooled standard deviations (finite values only)."""
+    fa = [v for v in va if math.isfinite(v)]
+    fb = [v for v in vb if math.isfinite(v)]
+    if len(fa) < 2 or len(fb) < 2:
+        return None
+    pooled = (((len(fa) - 1) * statistics.variance(fa) + (len(fb) - 1) * statistics.variance(fb))
+              / (len(fa) + len(fb) - 2)) ** 0.5
+    return None if pooled == 0 else (statistics.fmean(fa) - statistics.fmean(fb)) / pooled
 
 
 def _more_seeds(t: stats.TTest, va: Sequence[float], vb: Sequence[float], alpha: float) -> str:
@@ -243,6 +261,7 @@ class Trend(CrossClaim):
     among: Where = Where()
     confidence: float | None = None
     name: str | None = None
+    points: float | None = None
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         return self.among.matches(params)
@@ -313,7 +332,8 @@ class Trend(CrossClaim):
         outcome = decide(p_pass, p_fail, alpha)
         if outcome == INCONCLUSIVE and undecided:
             lines.append(f"  undecided steps: {', '.join(undecided)}")
-        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=p_pass, p_fail=p_fail)
+        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=p_pass, p_fail=p_fail,
+                       points=self.points)
 
 
 @attrs.frozen(eq=True)
@@ -326,6 +346,7 @@ class Best(CrossClaim):
     among: Where = Where()
     confidence: float | None = None
     name: str | None = None
+    points: float | None = None
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         return self.among.matches(params) or self.cell.matches(params)
@@ -372,7 +393,7 @@ class Best(CrossClaim):
             p_fails.append(t.p_above)
         p_fail = _any_against(p_fails)
         return Verdict(self.describe(), decide(p_pass, p_fail, alpha), "\n".join(lines),
-                       p_pass=p_pass, p_fail=p_fail)
+                       p_pass=p_pass, p_fail=p_fail, points=self.points)
 
 
 def compare(
@@ -384,6 +405,7 @@ def compare(
     margin: float = 0.0,
     confidence: float | None = None,
     name: str | None = None,
+    points: float | None = None,
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
@@ -392,7 +414,7 @@ def compare(
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
     return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,
-                   confidence, name)
+                   confidence, name, points)
 
 
 def trend(
@@ -403,10 +425,11 @@ def trend(
     where: Mapping[str, Any] | None = None,
     confidence: float | None = None,
     name: str | None = None,
+    points: float | None = None,
 ) -> Trend:
     """``trend(throughput(), over="batch_size", increasing=True)``: the quantity rises (or
     falls) at every step of ``over``, for every combination of the other hyperparameters."""
-    return Trend(quantity, over, increasing, _selector(where or {}), confidence, name)
+    return Trend(quantity, over, increasing, _selector(where or {}), confidence, name, points)
 
 
 def best(
@@ -417,10 +440,12 @@ def best(
     where: Mapping[str, Any] | None = None,
     confidence: float | None = None,
     name: str | None = None,
+    points: float | None = None,
 ) -> Best:
     """``best(metric("val_acc").final(), cell={"lr": 0.3})``: that cell beats every other
     (``lower=True`` when lower is better)."""
-    return Best(quantity, _selector(cell), lower, _selector(where or {}), confidence, name)
+    return Best(quantity, _selector(cell), lower, _selector(where or {}), confidence, name,
+                points)
 
 
 def judge_adaptive(

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from hpspec.claims import Reaches, SeedCheck, Verdict
+from hpspec.claims import Effect, Reaches, SeedCheck, Verdict
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, json_number
 
@@ -44,13 +44,17 @@ class ExpInfo:
 def _verdict(v: Verdict) -> dict[str, Any]:
     return {"claim": v.claim, "outcome": v.outcome, "message": v.message,
             "checks": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
-            "p_pass": v.p_pass, "p_fail": v.p_fail}
+            "p_pass": v.p_pass, "p_fail": v.p_fail, "points": v.points,
+            "target": None if v.target is None else list(v.target),
+            "effect": None if v.effect is None else attrs.asdict(v.effect)}
 
 
 def _unverdict(d: Mapping[str, Any]) -> Verdict:
     checks = tuple(SeedCheck(c["seed"], c["ok"], None if c["value"] is None else
                              float(c["value"]), c["note"]) for c in d["checks"])
-    return Verdict(d["claim"], d["outcome"], d["message"], checks, d["p_pass"], d["p_fail"])
+    return Verdict(d["claim"], d["outcome"], d["message"], checks, d["p_pass"], d["p_fail"],
+                   d.get("points"), None if d.get("target") is None else tuple(d["target"]),
+                   None if d.get("effect") is None else Effect(**d["effect"]))
 
 
 def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 TABLE_CHOICES = ("full", "short", "none")
@@ -93,6 +94,22 @@ def parse_confidence(value: str) -> float:
             f"--hpspec-confidence: {value!r} is not a probability in [0.5, 1); e.g. 0.95"
         )
     return c
+
+
+def _file_path(text: str) -> str:
+    """A file hpspec writes: not empty, not an existing directory."""
+    if not text or Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a file path (it names a directory "
+                                         "or nothing), e.g. results/run.csv")
+    return text
+
+
+def _dir_path(text: str) -> str:
+    """A directory hpspec writes into: not empty, not an existing file."""
+    if not text or Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} must be a directory (it names a file or "
+                                         "nothing), e.g. runs/tb")
+    return text
 
 
 def add_options(parser: Any) -> None:
@@ -256,6 +273,16 @@ def add_options(parser: Any) -> None:
     parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
     parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
     parser.addini("hpspec_files", "glob patterns of experiment files", type="args",
+    group.addoption("--hpspec-csv", default=None, metavar="PATH", type=_file_path,
+                    help="write one row per cell and seed (hyperparameters, final metrics, "
+                    "measurements) as CSV to PATH.")
+    group.addoption("--hpspec-tensorboard", default=None, metavar="DIR", type=_dir_path,
+                    help="write each cell's curves as TensorBoard scalars, with its "
+                    "hyperparameters and final metrics for the HParams dashboard, under DIR "
+                    "(one run per cell and seed); needs pip install 'hpspec[tensorboard]'.")
+    group.addoption("--hpspec-grade", default=None, metavar="PATH", type=_file_path,
+                    help="grade the run by the claims' points= (1 when not given) and write "
+                    "Gradescope's results.json to PATH; the summary shows the scores.")
                   default=["exp_*.py"])
     parser.addini("hpspec_device", "default for --hpspec-device", default="auto")
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")

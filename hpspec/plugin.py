@@ -574,10 +574,13 @@ class SessionPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
                                 config: pytest.Config) -> None:
+        from hpspec.grade import score_line
+
         state = self.state
         _summary_store(terminalreporter, state)
         if state.table == "none":
             return
+        grades = state.grades(bool(config.getoption("--hpspec-grade", None)))
         for key, table, notes, claims in state.tables():
             terminalreporter.write_sep("-", f"hpspec: {key}")
             terminalreporter.write_line(table)
@@ -585,6 +588,13 @@ class SessionPlugin:
                 terminalreporter.write_line(f"  {line}")
             if claims:
                 terminalreporter.write_line(claims)
+            for e in grades["experiments"] if grades is not None else ():
+                if e["key"] == key:
+                    terminalreporter.write_line(
+                        f"{state.info[key].name}: {score_line(e['score'], e['max_score'])}")
+        if grades is not None:
+            terminalreporter.write_line(
+                f"hpspec: run {score_line(grades['score'], grades['max_score'])}", bold=True)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
@@ -603,7 +613,10 @@ class SessionPlugin:
         json_path = config.getoption("--hpspec-json", None)
         html_path = config.getoption("--hpspec-html", None)
         export_path = config.getoption("--hpspec-export", None)
-        if not (json_path or html_path or export_path):
+        csv_path = config.getoption("--hpspec-csv", None)
+        tb_dir = config.getoption("--hpspec-tensorboard", None)
+        grade_path = config.getoption("--hpspec-grade", None)
+        if not (json_path or html_path or export_path or csv_path or tb_dir or grade_path):
             return
         import json
 
@@ -619,3 +632,19 @@ class SessionPlugin:
             from hpspec.html import render_html
 
             Path(html_path).write_text(render_html(doc), encoding="utf-8")
+        if csv_path:
+            from hpspec.export import write_csv
+
+            write_csv(doc, csv_path)
+        if tb_dir:
+            from hpspec.export import write_tensorboard
+
+            try:
+                write_tensorboard(doc, tb_dir)
+            except RuntimeError as e:  # tensorboard not installed: the rest of the run stands
+                reporter = config.pluginmanager.get_plugin("terminalreporter")
+                if reporter is not None:
+                    reporter.write_line(f"hpspec: {e}", yellow=True)
+        if grade_path:
+            grades = state.grades(True)
+            Path(grade_path).write_text(json.dumps(grades, indent=1, allow_nan=False))

@@ -283,6 +283,12 @@ def _verdict_dict(v: Verdict) -> dict[str, Any]:
         "p_pass": v.p_pass,
         "p_fail": v.p_fail,
         "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
+        "points": v.points,
+        "target": (None if v.target is None else
+                   {"metric": v.target[0], "op": v.target[1], "value": json_number(v.target[2])}),
+        "effect": None if v.effect is None else {
+            k: json_number(x) if isinstance(x, float) else x
+            for k, x in attrs.asdict(v.effect).items()},
     }
 
 

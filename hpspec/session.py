@@ -508,6 +508,22 @@ class Session:
                 )
         return run_document(experiments, environment(self.device))
 
+    def grades(self, asked: bool) -> dict[str, Any] | None:
+        """The run graded by its claims' points (see hpspec.grade), when a claim has points=
+        or ``asked`` (--hpspec-grade was given); None otherwise."""
+        from hpspec.grade import declared, grade
+
+        claims = [c for k in self.records for c in self.experiments[k].claims]
+        if not asked and all(getattr(c, "points", None) is None for c in claims):
+            return None
+        items = []
+        for key, records in self.records.items():
+            ran = {r.cell_id: r.params for r in records.values() if r.outcome != "not run"}
+            selected = [slug for k, slug in self.selected_claims if k == key]
+            items += declared(key, self.info[key].name, self.experiments[key].claims, ran,
+                              selected)
+        return grade(self.run_document(), items)
+
     def record_run(self, exitstatus: int) -> None:
         """Cells' outcomes and verdicts into the store, and the run marked finished."""
         store = self.store
