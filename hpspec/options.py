@@ -269,10 +269,6 @@ def add_options(parser: Any) -> None:
         help="write every cell, seed, curve, measurement and verdict, with the environment, "
         "as JSON (schema hpspec-run, version 1) to PATH.",
     )
-    parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
-    parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
-    parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
-    parser.addini("hpspec_files", "glob patterns of experiment files", type="args",
     group.addoption("--hpspec-csv", default=None, metavar="PATH", type=_file_path,
                     help="write one row per cell and seed (hyperparameters, final metrics, "
                     "measurements) as CSV to PATH.")
@@ -283,6 +279,10 @@ def add_options(parser: Any) -> None:
     group.addoption("--hpspec-grade", default=None, metavar="PATH", type=_file_path,
                     help="grade the run by the claims' points= (1 when not given) and write "
                     "Gradescope's results.json to PATH; the summary shows the scores.")
+    parser.addini("hpspec_confidence", "default for --hpspec-confidence", default="0.95")
+    parser.addini("hpspec_inconclusive", "default for --hpspec-inconclusive", default="fail")
+    parser.addini("hpspec_holm", "default for --hpspec-holm", default="off")
+    parser.addini("hpspec_files", "glob patterns of experiment files", type="args",
                   default=["exp_*.py"])
     parser.addini("hpspec_device", "default for --hpspec-device", default="auto")
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
