@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hpspec import datasets
+from hpspec.api import Run, load, run
 from hpspec.claims import (
     converges,
     diverges,
@@ -57,6 +58,9 @@ __all__ = [
     "HpspecError",
     "SpecError",
     "CellError",
+    "run",
+    "load",
+    "Run",
 ]
 
 

@@ -392,7 +392,7 @@ def _heatmap(metric: str, rows_axis: str, cols_axis: str, cells: Sequence[Mappin
 
 # ------------------------------------------------------------------------------------ tables
 
-def _records(exp: Mapping[str, Any]) -> list[CellRecord]:
+def records_from_document(exp: Mapping[str, Any]) -> list[CellRecord]:
     """The document's cells as the terminal report's records, so both show the same columns."""
     return [CellRecord(exp["name"], c["cell_id"], dict(c["params"]), c["outcome"],
                        CellResult.from_dict(c["result"]) if c.get("result") else None)
@@ -521,7 +521,7 @@ def _comparison(exp: Mapping[str, Any], metrics: Sequence[str]) -> str:
 
 
 def _experiment_section(exp: Mapping[str, Any]) -> str:
-    records = _records(exp)
+    records = records_from_document(exp)
     metrics = _metrics_of(records)
     out = [f'<section class="experiment"><h2>{_e(exp["key"])}</h2>',
            _comparison(exp, metrics), _cross_table(exp), _claims_table(exp),

@@ -184,13 +184,13 @@ def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
                                       name="pytorch_benchmark")
         return real_import(name, *args, **kwargs)
 
-    probes._benchmark_module.cache_clear()
+    probes.benchmark_module.cache_clear()
     monkeypatch.setattr(builtins, "__import__", no_benchmark)
     try:
         with pytest.raises(probes.InferenceUnavailable, match=r"pip install 'hpspec\[inference\]'"):
-            probes._benchmark_module()
+            probes.benchmark_module()
     finally:
-        probes._benchmark_module.cache_clear()
+        probes.benchmark_module.cache_clear()
 
 
 def test_mfu_from_flops_throughput_and_the_card_peak(monkeypatch):

@@ -193,7 +193,7 @@ class InferenceUnavailable(HpspecError):
 
 
 @functools.lru_cache(maxsize=1)
-def _benchmark_module() -> Any:
+def benchmark_module() -> Any:
     try:
         import pytorch_benchmark.benchmark  # noqa: F401  (the module, not the function)
     except ModuleNotFoundError as e:
@@ -215,7 +215,7 @@ def _benchmark_module() -> Any:
 def inference_profile(model: torch.nn.Module, sample: torch.Tensor, runs: int = 50) -> dict[str, float]:
     """pytorch-benchmark's inference profile of a trained model, as flat numbers: latency at
     batch 1 and at the training batch size, its MAC count, and CUDA inference memory."""
-    module = _benchmark_module()
+    module = benchmark_module()
     was_training = model.training
     quiet = io.StringIO()
     # Its progress bars go to stderr, ptflops's notes to stdout, its warnings to a logger.

@@ -1,0 +1,670 @@
+"""The run layer: "get this cell's result" and "judge this claim", for any front-end.
+
+A :class:`Session` holds one run's options and state. It answers a cell's result from the
+store's cache, a Ray task, a stacked group or one-by-one training (in that order), trains
+more seeds for adaptive claims, gathers the cells a cross-cell claim needs, and applies Holm's
+correction over a family of claims. The pytest plugin (:mod:`hpspec.plugin`) and
+:func:`hpspec.run` both drive it. It imports neither pytest nor torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from hpspec.claims import CellClaim, Reaches, Verdict
+from hpspec.cross import CrossClaim, decide, judge_adaptive
+from hpspec.errors import CellError, HpspecError
+from hpspec.report import CellRecord
+from hpspec.results import CellResult
+from hpspec.spec import Cell, Experiment
+
+# ------------------------------------------------------------------------------------- state
+
+
+@attrs.define
+class Session:
+    """Everything hpspec keeps for one run: the options, the experiments, and every cell's
+    result and verdict. The pytest plugin keeps one in ``config.stash``; :func:`hpspec.run`
+    makes its own."""
+
+    device_option: str
+    table: str
+    columns: tuple[str, ...] | None = None
+    inference: bool = False
+    stack: bool = True
+    full_curves: bool = False
+    cache: str = "use"
+    timeout: float | None = None
+    store_path: Path | None = None
+    save_name: str | None = None
+    profile: str | None = None
+    store: Any = None  # hpspec.store.Store, opened on first use
+    run_id: int | None = None
+    store_error: str | None = None
+    cached_cells: set[tuple[str, str]] = attrs.field(factory=set)
+    gate_rows: list[Any] = attrs.field(factory=list)
+    gate_warnings: list[str] = attrs.field(factory=list)
+    gate_baseline: str | None = None
+    #: Per experiment key: name, axes and time-to-target claims (from collection, or from
+    #: xdist workers' payloads on the controller, which collects nothing).
+    info: dict[str, Any] = attrs.field(factory=dict)
+    #: Under xdist: this process's worker id and the number of workers (None on controller).
+    worker: str | None = None
+    workers: int = 1
+    stack_off_reason: str | None = None
+    #: Stack a cell's seeds, never several cells (an xdist worker without --dist loadgroup).
+    stack_alone: bool = False
+    #: The module attribute each experiment's function is bound to (for Ray tasks).
+    attrs_of: dict[str, tuple[str, str]] = attrs.field(factory=dict)
+    ray: Any = None
+    #: (key, cell id) -> index of its Ray task; answers by task index once fetched.
+    ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    ray_refs: list[Any] = attrs.field(factory=list)
+    ray_answers: dict[int, Any] = attrs.field(factory=dict)
+    confidence: float = 0.95
+    inconclusive: str = "fail"
+    holm: str = "off"
+    device: str | None = None
+    experiments: dict[str, Experiment] = attrs.field(factory=dict)
+    records: dict[str, dict[str, CellRecord]] = attrs.field(factory=dict)
+    results: dict[tuple[str, str], CellResult] = attrs.field(factory=dict)
+    failures: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    cross: dict[str, dict[str, Verdict]] = attrs.field(factory=dict)
+    selected_claims: set[tuple[str, str]] = attrs.field(factory=set)
+    #: Cells each experiment's selected items need (their own, and their claims').
+    wanted: dict[str, set[str]] = attrs.field(factory=dict)
+    #: Cells already offered to stacked training (trained, or left to run one by one).
+    stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
+    #: One line per experiment about how it was trained (stacked, or why not).
+    notes: dict[str, list[str]] = attrs.field(factory=dict)
+
+    def resolve_device(self) -> str:
+        if self.device is None:
+            from hpspec.engine.runner import select_device
+
+            self.device = select_device(self.device_option)
+            if self.worker is not None and self.workers > 1 and self.device == "cpu":
+                # n workers with all cores each oversubscribe the CPU (-n 2 was slower than
+                # serial on 2 cores): each takes its share.
+                import torch
+
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
+        return self.device
+
+    def result(self, key: str, exp: Experiment, cell: Cell, progress: Any = None) -> CellResult:
+        """The cell's result, training it the first time it is asked for."""
+        __tracebackhide__ = True
+        found = self.results.get((key, cell.id))
+        if self.stack_off_reason and exp.mode == "recipe" and exp.stack:
+            self.note(key, self.stack_off_reason)
+        cached: list[Any] = []
+        if found is None and self.cache == "use":
+            cached = self.cached_seeds(exp, cell, exp.seeds)
+            if len(cached) == len(exp.seeds):
+                found = self._from_cache(key, exp, cell, cached)
+        if found is None and not cached and (key, cell.id) in self.ray_jobs:
+            found = self._from_ray(key, exp, cell)
+        if found is None and not cached and self.stack and (key, cell.id) not in self.stack_tried:
+            self._train_stacked(key, exp, cell, progress)
+            found = self.results.get((key, cell.id))
+        if found is None:
+            from hpspec.plan import stop_rule
+            from hpspec.engine.runner import run_cell
+
+            have = {s.seed for s in cached}
+            try:
+                fresh = run_cell(exp, cell, self.resolve_device(), progress=progress,
+                                 inference=self.inference,
+                                 seeds=tuple(x for x in exp.seeds if x not in have),
+                                 stop=stop_rule(exp, cell.as_dict(), self.full_curves),
+                                 on_seed=lambda r: self.save_seed(key, exp, cell, r),
+                                 timeout=self.timeout)
+                found = attrs.evolve(fresh, seeds=tuple(sorted(
+                    (*cached, *fresh.seeds), key=lambda r: exp.seeds.index(r.seed))))
+            except BaseException as e:
+                self.failures[(key, cell.id)] = f"{type(e).__name__}: {e}"
+                raise
+            self._store(key, cell, found)
+        return found
+
+    # ------------------------------------------------------------------ store and cache
+
+    def open_store(self) -> Any:
+        """The results store, opened (and this run recorded) on first use; None when off
+        or unusable (the reason goes to the summary, the run goes on)."""
+        if self.store is not None or self.cache == "off" or self.store_error:
+            return self.store
+        from hpspec.store import Store
+
+        try:
+            self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
+            if self.run_id is None and self.worker is None:
+                self.run_id = self.store.begin_run(environment(self.device), self.save_name)
+        except Exception as e:  # a read-only disk, say: results still reach the report
+            self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
+            self.store = None
+        return self.store
+
+    def seed_key(self, exp: Experiment, cell: Cell, seed: int) -> str:
+        from hpspec.plan import stop_rule
+        from hpspec.engine.runner import data_digest
+        from hpspec.spec import source_digest
+        from hpspec.store import cache_key
+
+        import hpspec
+
+        torch = __import__("torch")
+        return cache_key({
+            "source": source_digest(exp.fn),
+            "experiment": exp.name,
+            "params": {k: repr(v) for k, v in cell.as_dict().items()},
+            "seed": seed,
+            "data": data_digest(exp.data) if exp.data is not None else None,
+            "epochs": exp.epochs_for(cell) if exp.mode == "recipe" or exp.epochs else None,
+            "batch_size": exp.batch_size_for(cell),
+            "mode": exp.mode,
+            "versions": {"hpspec": hpspec.__version__, "torch": torch.__version__},
+            "device": self.resolve_device(),
+            # a seed that may stop early has a shorter curve: part of what it is
+            "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
+                                   "targets", None),
+        })
+
+    def cached_seeds(self, exp: Experiment, cell: Cell, seeds: tuple[int, ...]) -> list[Any]:
+        store = self.open_store()
+        if store is None:
+            return []
+        out = []
+        for seed in seeds:
+            hit = store.cached_seed(self.seed_key(exp, cell, seed))
+            if hit is not None:
+                out.append(hit)
+        return out
+
+    def _from_cache(self, key: str, exp: Experiment, cell: Cell, seeds: list[Any]) -> CellResult:
+        result = CellResult(experiment=exp.name, cell_id=cell.id, params=cell.as_dict(),
+                            device=self.resolve_device(), seeds=tuple(seeds))
+        self.cached_cells.add((key, cell.id))
+        self.records[key][cell.id].note = "cached"
+        for r in seeds:
+            self.save_seed(key, exp, cell, r, cached=True)
+        self._store(key, cell, result)
+        return result
+
+    def save_seed(self, key: str, exp: Experiment, cell: Cell, result: Any,
+                  cached: bool = False) -> None:
+        """Commit one finished seed (called the moment it finishes)."""
+        store = self.open_store()
+        if store is None or self.run_id is None:
+            return
+        try:
+            store.put_seed(self.run_id, self.seed_key(exp, cell, result.seed), key, cell.id,
+                           cell.as_dict(), self.resolve_device(), result, cached=cached)
+        except Exception as e:
+            self.store_error = f"store {store.path}: {type(e).__name__}: {e}"
+
+    def _from_ray(self, key: str, exp: Experiment, cell: Cell) -> CellResult:
+        """This cell's result from its Ray task (waiting for it), storing every cell the
+        task trained; a cell the task could not train raises its error here."""
+        __tracebackhide__ = True
+        from hpspec.ray_backend import collect
+
+        index = self.ray_jobs[(key, cell.id)]
+        if index not in self.ray_answers:
+            try:
+                self.ray_answers[index] = collect(self.ray, self.ray_refs[index],
+                                                  f"{exp.where}[{cell.id}]")
+            except CellError as e:
+                self.ray_answers[index] = {"results": {}, "errors": {
+                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index},
+                    "notes": []}
+            answer = self.ray_answers[index]
+            for line in answer["notes"]:
+                self.note(key, line)
+            for cid, data in answer["results"].items():
+                target = next(c for c in exp.cells if c.id == cid)
+                result = CellResult.from_dict(data)
+                self.device = self.device or result.device
+                for r in result.seeds:
+                    self.save_seed(key, exp, target, r)
+                self._store(key, target, result)
+            for cid, text in answer["errors"].items():
+                self.failures[(key, cid)] = text
+        found = self.results.get((key, cell.id))
+        if found is None:
+            error = self.ray_answers[index]["errors"].get(cell.id, "no result came back")
+            raise CellError(error if error.startswith(exp.where) else
+                            f"{exp.where}[{cell.id}] (on Ray): {error}")
+        return found
+
+    def submit_to_ray(self, address: str, root: Path, cpus: Any, gpus: Any) -> None:
+        """Submit every wanted, uncached cell as Ray tasks, up front (``root``: the
+        directory paths are sent relative to)."""
+        from hpspec.plan import timing_claim
+        from hpspec.ray_backend import connect, submit
+        from hpspec.engine.runner import stackable_cells
+        from hpspec.spec import PROFILES
+
+        self.ray = connect(address, root, cpus)
+        jobs: list[dict[str, Any]] = []
+        for key, wanted in self.wanted.items():
+            exp = self.experiments[key]
+            cells = [c for c in exp.cells if c.id in wanted and not (
+                self.cache == "use" and len(self.cached_seeds(exp, c, exp.seeds)) == len(
+                    exp.seeds))]
+            stack = (self.stack and exp.stack and exp.mode == "recipe"
+                     and timing_claim(exp) is None and exp.timeout is None
+                     and self.timeout is None and not self.inference)
+            buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
+            path, attr = self.attrs_of[key]
+            try:
+                rel = os.path.relpath(path, root)
+            except ValueError:
+                rel = path
+            for bucket in buckets:
+                for c in bucket:
+                    self.ray_jobs[(key, c.id)] = len(jobs)
+                jobs.append({"path": path, "rel": rel, "attr": attr,
+                             "cell_ids": [c.id for c in bucket], "seeds": None,
+                             "device": self.device_option,
+                             "options": {"stack": stack, "full_curves": self.full_curves,
+                                         "timeout": self.timeout, "profile": self.profile,
+                                         "profiles": dict(PROFILES)}})
+        self.ray_refs = submit(self.ray, jobs, gpus,
+                               retries=1)
+
+    def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,
+                        patience: float = 30.0) -> None:
+        """On an xdist worker, a claim's cell may be training on another worker: wait for its
+        seeds to reach the store (while any seed keeps arriving, up to ``patience`` seconds
+        without one) rather than train it twice."""
+        import time
+
+        if (key, cell.id) in self.results or self.cache != "use" or self.open_store() is None:
+            return
+        last, seen = time.monotonic(), -1
+        while time.monotonic() - last < patience:
+            have = len(self.cached_seeds(exp, cell, exp.seeds))
+            if have == len(exp.seeds):
+                return
+            if have != seen:
+                last, seen = time.monotonic(), have
+            time.sleep(0.2)
+
+    def note(self, key: str, line: str) -> None:
+        lines = self.notes.setdefault(key, [])
+        if line not in lines:
+            lines.append(line)
+
+    def _train_stacked(self, key: str, exp: Experiment, cell: Cell, progress: Any) -> None:
+        """Train ``cell`` with every pending cell it can share a stacked model with."""
+        __tracebackhide__ = True
+        from hpspec.plan import stop_rule, timing_claim
+        from hpspec.engine.runner import run_stacked, stackable_cells
+
+        if exp.mode != "recipe" or self.inference:
+            return
+        if not exp.stack:
+            self.note(key, "trained one by one: the experiment says stack=False")
+            return
+        if exp.timeout is not None or self.timeout is not None:
+            self.note(key, "trained one by one: each cell has its own time budget")
+            return
+        timing = timing_claim(exp)
+        if timing is not None:
+            self.note(key, f"trained one by one, so that each cell's timing is its own: "
+                      f"claim {timing!r} times the training")
+            return
+        wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        pending = [c for c in exp.cells
+                   if c.id in wanted | {cell.id} and (key, c.id) not in self.results
+                   and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
+                   and (c.id == cell.id or self.cache != "use"
+                        or not self.cached_seeds(exp, c, exp.seeds))]
+        bucket = (next(b for b in stackable_cells(exp, pending) if cell in b)
+                  if not self.stack_alone else [cell])
+        self.stack_tried.update((key, c.id) for c in bucket)
+        rules = {c.id: stop_rule(exp, c.as_dict(), self.full_curves) for c in bucket}
+        report = None
+        if progress is not None:
+            def report(epoch: int, epochs: int, loss: float) -> None:
+                progress(1, 1, epoch, epochs, loss)
+        try:
+            results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
+                                       stop_rules=rules)
+        except Exception as e:  # the cells then run one by one and report their own errors
+            self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
+                      "by one")
+            return
+        for cell_id, result in results.items():
+            target = next(c for c in bucket if c.id == cell_id)
+            for r in result.seeds:
+                self.save_seed(key, exp, target, r)
+            self._store(key, target, result)
+        if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
+            sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
+                            for r in results.values()})
+            self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
+                      f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
+                      "samples/s is each cell's samples over the group's time; "
+                      "--hpspec-stack=off trains them one by one")
+        if why:
+            reason = next(iter(why.values()))
+            self.note(key, f"trained one by one ({len(why)} cells): {reason}")
+
+    def _store(self, key: str, cell: Cell, result: CellResult) -> None:
+        self.results[(key, cell.id)] = result
+        record = self.records[key][cell.id]
+        record.result = result
+        if record.outcome == "not run":  # trained for a claim, its own item not selected
+            record.outcome = "for claims"
+
+    def with_seeds(self, key: str, exp: Experiment, cell: Cell, n: int) -> CellResult:
+        """The cell's result with at least ``n`` seeds (adaptive seeding trains the rest)."""
+        __tracebackhide__ = True
+        have = self.result(key, exp, cell)
+        if len(have.seeds) >= n:
+            return have
+        from hpspec.engine.runner import PROBED, run_cell
+
+        start = max(s.seed for s in have.seeds) + 1
+        probed = {m: v for m, v in have.seeds[0].measurements.items()
+                  if m in PROBED or m.startswith("inference_")}
+        extra = tuple(range(start, start + n - len(have.seeds)))
+        cached = self.cached_seeds(exp, cell, extra) if self.cache == "use" else []
+        for r in cached:
+            self.save_seed(key, exp, cell, r, cached=True)
+        done = {r.seed for r in cached}
+        todo = tuple(x for x in extra if x not in done)
+        more = run_cell(exp, cell, self.resolve_device(), seeds=todo, probed=probed,
+                        on_seed=lambda r: self.save_seed(key, exp, cell, r),
+                        timeout=self.timeout).seeds if todo else ()
+        grown = attrs.evolve(have, seeds=tuple(sorted((*have.seeds, *cached, *more),
+                                                      key=lambda r: r.seed)))
+        self._store(key, cell, grown)
+        return grown
+
+    def needed_results(self, key: str, exp: Experiment, claim: CrossClaim,
+                       n: int | None = None) -> dict[str, CellResult]:
+        """Results of every cell a cross-cell claim needs; a failed cell is named."""
+        __tracebackhide__ = True
+        out = {}
+        for cell in exp.cells:
+            if not claim.selects(cell.as_dict()):
+                continue
+            failed = self.failures.get((key, cell.id))
+            if failed is None:
+                try:
+                    if self.worker is not None and not n:
+                        self._wait_for_peers(key, exp, cell)
+                    out[cell.id] = (self.with_seeds(key, exp, cell, n) if n
+                                    else self.result(key, exp, cell))
+                    continue
+                except Exception:
+                    failed = self.failures.get((key, cell.id), "it raised while training")
+            raise NeededCellFailed(
+                f"{exp.where}: claim {claim.slug()!r} needs cell {exp.name}[{cell.id}], which "
+                f"failed: {failed.splitlines()[0] if failed else ''}"
+            )
+        return out
+
+    def cross_verdict(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
+        """Judge a cross-cell claim (with adaptive seeds and Holm's correction when on)."""
+        __tracebackhide__ = True
+        cache = self.cross.setdefault(key, {})
+        if claim.slug() in cache:
+            return cache[claim.slug()]
+        family = [(key, exp, claim)]
+        if self.holm != "off":
+            family += [
+                (k, e, c)
+                for k, e in self.experiments.items()
+                if self.holm == "run" or k == key
+                for c in e.claims
+                if isinstance(c, CrossClaim) and (k, c.slug()) in self.selected_claims
+                and (k, c.slug()) != (key, claim.slug())
+            ]
+        judged: dict[tuple[str, str], tuple[CrossClaim, Verdict]] = {}
+        for k, e, c in family:
+            try:
+                judged[(k, c.slug())] = (c, self._judge_one(k, e, c))
+            except NeededCellFailed:
+                if c is claim:
+                    raise
+                # That claim errors in its own item; it leaves the family.
+        if len(judged) > 1:
+            judged = holm_family(judged, self.confidence)
+        for (k, slug), (_, verdict) in judged.items():
+            self.cross.setdefault(k, {})[slug] = verdict
+        return cache[claim.slug()]
+
+    def _judge_one(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
+        __tracebackhide__ = True
+        alpha = claim.alpha(1 - self.confidence)
+        if exp.adaptive is None:
+            return claim.judge(self.needed_results(key, exp, claim), alpha)
+        return judge_adaptive(
+            claim, lambda n: self.needed_results(key, exp, claim, n), exp.adaptive, alpha
+        )
+
+
+    def merge_payload(self, d: dict[str, Any]) -> None:
+        """Merge one xdist worker's payload (a cell's record or a claim's verdict, as
+        :func:`hpspec.distributed.read_payload` returns it) into this, the controller's state."""
+        key = d["key"]
+        self.info[key] = d["info"]
+        if d["kind"] == "cell":
+            record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
+                                d["result"], d["verdicts"], d["note"] or "", d["order"])
+            self.records.setdefault(key, {})[d["cell_id"]] = record
+            if d["result"] is not None:
+                self.results[(key, d["cell_id"])] = d["result"]
+                self.device = self.device or d["result"].device
+            if d["note"] == "cached":
+                self.cached_cells.add((key, d["cell_id"]))
+            for line in d["notes"]:
+                self.note(key, line)
+        elif d["verdict"] is not None:
+            self.records.setdefault(key, {})
+            self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+
+    def tables(self) -> list[tuple[str, str, list[str], str]]:
+        """Per experiment that ran: (key, its cell table, its notes, its claims' text or
+        ""), as the terminal summary shows them."""
+        from hpspec.report import render_claims, render_experiment
+
+        out = []
+        for key, records in self.records.items():
+            ran = sorted((r for r in records.values() if r.outcome != "not run"),
+                         key=lambda r: r.order)
+            if not ran:
+                continue
+            info = self.info[key]
+            table = render_experiment(info.name, info.axes, ran, device=self.device,
+                                      targets=info.targets, table=self.table, pick=self.columns)
+            cross = self.cross.get(key)
+            out.append((key, table, list(self.notes.get(key, [])),
+                        render_claims(list(cross.values())) if cross else ""))
+        return out
+
+    # ------------------------------------------------------------------ the run's record
+
+    def run_document(self) -> dict[str, Any]:
+        """The session's results as an ``hpspec-run`` document (plain data)."""
+        from hpspec.report import run_document
+
+        experiments = []
+        for key, records in self.records.items():
+            info = self.info[key]
+            ran = sorted((r for r in records.values() if r.outcome != "not run"),
+                         key=lambda r: r.order)
+            if ran or self.cross.get(key):
+                experiments.append(
+                    (key, info.name, info.axes, ran, list(self.cross.get(key, {}).values()))
+                )
+        return run_document(experiments, environment(self.device))
+
+    def grades(self, asked: bool) -> dict[str, Any] | None:
+        """The run graded by its claims' points (see hpspec.grade), when a claim has points=
+        or ``asked`` (--hpspec-grade was given); None otherwise."""
+        from hpspec.grade import declared, grade
+
+        claims = [c for k in self.records for c in self.experiments[k].claims]
+        if not asked and all(getattr(c, "points", None) is None for c in claims):
+            return None
+        items = []
+        for key, records in self.records.items():
+            ran = {r.cell_id: r.params for r in records.values() if r.outcome != "not run"}
+            selected = [slug for k, slug in self.selected_claims if k == key]
+            items += declared(key, self.info[key].name, self.experiments[key].claims, ran,
+                              selected)
+        return grade(self.run_document(), items)
+
+    def record_run(self, exitstatus: int) -> None:
+        """Cells' outcomes and verdicts into the store, and the run marked finished."""
+        store = self.store
+        if store is None or self.run_id is None:
+            return
+        try:
+            for key, records in self.records.items():
+                for r in records.values():
+                    if r.outcome == "not run":
+                        continue
+                    store.put_cell(self.run_id, key, r.cell_id, r.params, r.outcome)
+                    for v in r.verdicts:
+                        store.put_verdict(self.run_id, key, r.cell_id, v.claim, v.outcome,
+                                          v.p_pass, v.p_fail, v.message)
+                for v in self.cross.get(key, {}).values():
+                    store.put_verdict(self.run_id, key, None, v.claim, v.outcome, v.p_pass,
+                                      v.p_fail, v.message)
+            status = {0: "passed", 1: "failed", 2: "interrupted"}.get(int(exitstatus), "error")
+            store.finish_run(self.run_id, status)
+        except Exception as e:
+            self.store_error = f"store {store.path}: {type(e).__name__}: {e}"
+
+    def current_numbers(self) -> dict[tuple[str, str], dict[str, float]]:
+        from hpspec.gate import cell_numbers
+
+        return {k: cell_numbers([s.to_dict() for s in r.seeds]) for k, r in self.results.items()}
+
+    def compare(self, ref: str | None, limits: Any, force: bool) -> bool:
+        """Compare with the baseline ``ref`` (a run's name or id, ``latest``, or an exported
+        .json); True when a number moved past ``limits`` (the run then fails)."""
+        import json
+
+        from hpspec.gate import cell_numbers, compare_runs
+        from hpspec.store import fingerprint
+
+        if not ref:
+            return False
+        baseline: dict[tuple[str, str], dict[str, float]] = {}
+        if ref.endswith(".json"):
+            try:
+                doc = json.loads(Path(ref).read_text())
+            except (OSError, ValueError) as e:
+                self.gate_warnings.append(f"--hpspec-compare {ref}: cannot read it ({e})")
+                return bool(limits)
+            for exp in doc.get("experiments", []):
+                for c in exp.get("cells", []):
+                    if c.get("result"):
+                        baseline[(exp["key"], c["cell_id"])] = cell_numbers(
+                            c["result"]["seeds"])
+            base_fp = doc.get("fingerprint")
+            self.gate_baseline = ref
+        else:
+            store = self.open_store()
+            row = store.find_run(ref, exclude=self.run_id) if store is not None else None
+            if row is None:
+                self.gate_warnings.append(
+                    f"--hpspec-compare {ref}: no such run in {self.store_path}; "
+                    "`python -m hpspec runs` lists them")
+                return bool(limits)
+            for k, cell in store.run_cells(row.id).items():
+                if cell["seeds"]:
+                    baseline[k] = cell_numbers(cell["seeds"])
+            base_fp = row.fingerprint
+            self.gate_baseline = f"run {row.id}" + (f" ({row.name})" if row.name else "")
+        shown = limits
+        if not shown:  # compare without failing: show the usual suspects
+            from hpspec.gate import parse_limits
+
+            shown = parse_limits("val_loss:+0,val_acc:-0,samples_per_s:-0%")
+        same = base_fp == fingerprint(environment(self.device))
+        rows, warnings = compare_runs(self.current_numbers(), baseline, shown, same, force)
+        if not limits:
+            rows = [attrs.evolve(r, failed=False) for r in rows]
+        self.gate_rows, self.gate_warnings = rows, self.gate_warnings + warnings
+        return any(r.failed for r in rows)
+
+
+
+def holm_family(
+    judged: dict[tuple[str, str], tuple[CrossClaim, Verdict]], confidence: float
+) -> dict[tuple[str, str], tuple[CrossClaim, Verdict]]:
+    from hpspec.stats import holm
+
+    names = list(judged)
+    ps = [judged[n][1] for n in names]
+    adj_pass = holm([v.p_pass if v.p_pass is not None else 1.0 for v in ps])
+    adj_fail = holm([v.p_fail if v.p_fail is not None else 1.0 for v in ps])
+    out = {}
+    for n, pp, pf in zip(names, adj_pass, adj_fail):
+        claim, v = judged[n]
+        alpha = claim.alpha(1 - confidence)
+        out[n] = claim, attrs.evolve(
+            v,
+            outcome=decide(pp, pf, alpha),
+            message=v.message + f"\nHolm-adjusted over {len(names)} claims: p = {pp:.3g} "
+            f"for, {pf:.3g} against",
+            p_pass=pp,
+            p_fail=pf,
+        )
+    return out
+
+
+class NeededCellFailed(HpspecError):
+    """A cross-cell claim cannot be judged because a cell it needs failed to train."""
+
+
+
+def experiment_info(exp: Experiment) -> Any:
+    from hpspec.distributed import ExpInfo
+
+    targets = tuple(c.condition for c in exp.claims
+                    if isinstance(c, CellClaim) and isinstance(c.condition, Reaches))
+    return ExpInfo(exp.name, exp.axes, targets)
+
+
+def environment(device: str | None) -> dict[str, Any]:
+    """What produced the numbers: versions, device, CPU count, git commit when there is one."""
+    import platform
+    import subprocess
+    import sys
+
+    from hpspec import __version__
+
+    env: dict[str, Any] = {
+        "hpspec": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.version.cuda
+        if device and device.startswith("cuda"):
+            env["device_name"] = torch.cuda.get_device_name(device)
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        env["git_commit"] = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env
+

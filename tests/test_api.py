@@ -1,0 +1,109 @@
+"""hp.run / hp.load: the Python front-end gives what pytest gives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import hpspec as hp
+from hpspec.errors import HpspecError
+from hpspec.rows import seed_rows
+
+SMALL = textwrap.dedent("""
+    import torch
+    import hpspec as hp
+
+    @hp.experiment(
+        grid=hp.grid(lr=[0.3, 0.01]),
+        epochs=2,
+        seeds=2,
+        data=hp.datasets.digits(n_train=200),
+        claims=[
+            hp.where(lr=0.3).expect(hp.metric("val_acc").final() >= 0.1),
+            hp.compare(hp.metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.01}),
+        ],
+    )
+    def small(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+""")
+
+
+def _by_cell(doc):
+    cells = {c["cell_id"]: c for e in doc["experiments"] for c in e["cells"]}
+    curves = {cid: [s["curves"] for s in c["result"]["seeds"]] for cid, c in cells.items()}
+    verdicts = sorted((cid, v["claim"], v["outcome"]) for cid, c in cells.items()
+                      for v in c["verdicts"])
+    claims = sorted((v["claim"], v["outcome"], v["p_pass"], v["p_fail"])
+                    for e in doc["experiments"] for v in e["claims"])
+    return curves, verdicts, claims
+
+
+def test_hp_run_gives_the_curves_and_verdicts_pytest_gives(tmp_path, monkeypatch):
+    exp = tmp_path / "exp_small.py"
+    exp.write_text(SMALL)
+    out = tmp_path / "run.json"
+    subprocess.run([sys.executable, "-m", "pytest", str(exp), "-q", "-p", "no:cacheprovider",
+                    "--hpspec-cache=off", f"--hpspec-json={out}"], cwd=tmp_path, check=False,
+                   capture_output=True)
+    by_pytest = json.loads(out.read_text())
+    assert all(c["result"] for e in by_pytest["experiments"] for c in e["cells"])
+    monkeypatch.chdir(tmp_path)
+    run = hp.run(exp, cache="off")
+    assert run.exitstatus in (0, 1), run.output  # 1: a claim may fail; it must fail alike
+    curves, verdicts, claims = _by_cell(run.document)
+    assert (curves, verdicts, claims) == _by_cell(by_pytest)
+    assert len(claims) == 1 and claims[0][2] is not None  # the compare claim, with its p
+    # the API's views of the same document
+    assert {c.cell_id for c in run.cells} == {"lr=0.3", "lr=0.01"}
+    cell = next(c for c in run.cells if c.cell_id == "lr=0.3")
+    assert sorted(cell.curves) == [0, 1] and len(cell.curves[0]["val_loss"]) == 2
+    assert any(v.cell_id is None and v.p_pass is not None for v in run.verdicts)
+    assert "0.01" in run.table() and "claim across cells" in run.table()
+    assert "<html" in run._repr_html_().lower()
+    frame = run.to_pandas()
+    assert frame.shape[0] == 4  # 2 cells x 2 seeds
+    assert set(frame["param_lr"]) == {0.3, 0.01}
+    assert "final_val_loss" in frame.columns
+
+
+def test_hp_load_reads_the_run_back_from_the_store(tmp_path, monkeypatch):
+    exp = tmp_path / "exp_small.py"
+    exp.write_text(SMALL)
+    monkeypatch.chdir(tmp_path)
+    first = hp.run(exp, save="mine", stack="off")
+    store = tmp_path / ".hpspec" / "results.sqlite"
+    for ref in ("latest", "mine"):
+        loaded = hp.load(ref, store=store)
+        assert _by_cell(loaded.document)[1:] == _by_cell(first.document)[1:]
+        assert _by_cell(loaded.document)[0] == _by_cell(first.document)[0]
+    assert "lr" in loaded.table()
+    with pytest.raises(HpspecError, match="no such run"):
+        hp.load("nope", store=store)
+    with pytest.raises(HpspecError, match="no results store"):
+        hp.load(store=tmp_path / "missing.sqlite")
+
+
+def test_bad_targets_are_named():
+    with pytest.raises(HpspecError, match="no such file or folder"):
+        hp.run("does/not/exist.py")
+    with pytest.raises(HpspecError, match="not a target"):
+        hp.run(42)
+
+
+def test_seed_rows_keep_failed_cells_and_one_row_per_seed():
+    doc = {"experiments": [{"key": "f::e", "name": "e", "cells": [
+        {"cell_id": "a", "params": {"lr": 1}, "outcome": "error", "result": None},
+        {"cell_id": "b", "params": {"lr": 2}, "outcome": "passed", "result": {
+            "device": "cpu", "seeds": [
+                {"seed": s, "curves": {"loss": [2.0, 1.0 + s]}, "measurements": {"mfu": 0.1},
+                 "diverged": None} for s in (0, 1)]}},
+    ]}]}
+    rows = seed_rows(doc)
+    assert [(r["cell_id"], r["seed"]) for r in rows] == [("a", None), ("b", 0), ("b", 1)]
+    assert rows[2]["final_loss"] == 2.0 and rows[2]["curve_loss"] == [2.0, 2.0]
+    assert rows[1]["epochs"] == 2 and rows[1]["mfu"] == 0.1 and rows[1]["param_lr"] == 2
