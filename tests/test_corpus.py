@@ -127,3 +127,36 @@ def test_bad_command_lines_are_usage_errors_naming_the_option(pytester, args, me
     assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
     assert message in result.stderr.str(), result.stderr.str()
     assert "Traceback" not in result.stderr.str()
+
+
+OK_EXP = (RUNTIME.split("@hp.experiment(epochs=1, data=D)\ndef vector")[0]
+          + "\n@hp.experiment(epochs=1, data=D)\ndef ok(case):\n"
+          "    m = torch.nn.Linear(64, 10)\n"
+          "    return m, torch.optim.SGD(m.parameters(), lr=0.1)\n")
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        (".", "--hpspec-store=.: "),
+        (".hpspec", "--hpspec-store=.hpspec: "),
+        ("notes.txt", "that is not a SQLite database"),
+        ("notes.txt/results.sqlite", "is a file, so"),
+    ],
+)
+def test_a_store_path_that_is_a_directory_or_not_sqlite_is_a_usage_error(pytester, store,
+                                                                         message):
+    pytester.makepyfile(exp_ok=OK_EXP)
+    (pytester.path / ".hpspec").mkdir()
+    (pytester.path / ".hpspec" / "results.sqlite").write_bytes(b"")
+    (pytester.path / "notes.txt").write_text("not a database\n")
+    before = sorted(str(p.relative_to(pytester.path)) for p in pytester.path.rglob("*"))
+    result = pytester.runpytest(f"--hpspec-store={store}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    err = result.stderr.str()
+    assert message in err and "--hpspec-store" in err and "fix:" in err, err
+    assert "Traceback" not in err
+    after = sorted(str(p.relative_to(pytester.path)) for p in pytester.path.rglob("*")
+                   if "__pycache__" not in str(p))
+    assert after == [p for p in before if "__pycache__" not in p]  # nothing moved or made
+    assert (pytester.path / "notes.txt").read_text() == "not a database\n"

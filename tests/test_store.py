@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpspec.results import SeedResult
-from hpspec.store import Store, StoreMoved
+from hpspec.store import Store, StoreMoved, StorePathError, check_store_path
 
 COUNTED = """
 import os, time
@@ -154,8 +154,11 @@ def test_two_processes_write_concurrently_without_loss(tmp_path):
     assert store.cached_seed("b-299").curves["val_loss"] == [299.0]
 
 
-@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, "foreign"])
-def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path, content):
+DAMAGED = b"SQLite format 3\x00" + b"\xff" * 5000
+
+
+@pytest.mark.parametrize("content", [DAMAGED, "foreign"], ids=["damaged", "foreign"])
+def test_a_damaged_or_foreign_sqlite_file_is_moved_aside_with_a_clear_message(tmp_path, content):
     path = tmp_path / "results.sqlite"
     if content == "foreign":
         conn = sqlite3.connect(path)
@@ -166,12 +169,30 @@ def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path,
     else:
         path.write_bytes(content)
         original = content
+    assert check_store_path(path) is None  # usable: it is SQLite's, so it may move aside
     with pytest.warns(StoreMoved, match="moved it to .*unreadable.*fresh store"):
         store = Store.open(path)
     assert store.moved is not None and store.moved.read_bytes() == original
     run = store.begin_run({"device": "cpu"})
     store.put_seed(run, "k", "exp", "c", {}, "cpu", _seed(0))
     assert store.cached_seed("k").to_dict() == _seed(0).to_dict()
+
+
+def test_a_file_that_is_not_sqlite_or_a_directory_is_never_moved(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes, not a database\n" * 10)
+    d = tmp_path / ".hpspec"
+    (d / "inside").mkdir(parents=True)
+    (d / "inside" / "keep.txt").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for path, says in ((text, "that is not a SQLite database"), (d, "is a directory")):
+        assert says in (check_store_path(path) or ""), path
+        with pytest.raises(StorePathError, match=says):
+            Store.open(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert text.read_text().startswith("my notes") and (d / "inside" / "keep.txt").exists()
+    under_file = text / "results.sqlite"
+    assert "is a file" in (check_store_path(under_file) or "")
 
 
 def test_schema_is_versioned_and_a_newer_store_is_not_overwritten(tmp_path):
