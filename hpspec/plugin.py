@@ -975,6 +975,13 @@ class ExperimentFile(pytest.Module):
                 yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
+            if key in state.experiments:
+                from hpspec.spec import duplicate_name_error
+
+                e = duplicate_name_error(exp, state.experiments[key])
+                state.spec_errors.append(str(e))
+                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                continue
             if state.profile:
                 from hpspec.spec import apply_profile
 

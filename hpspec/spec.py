@@ -124,6 +124,13 @@ def _check_scalar(value: Any, where: str, argument: str) -> None:
         )
 
 
+#: Names the case answers itself (``case.seed`` is the run seed, ``case.device`` where it
+#: trains, ...): a hyperparameter of one of these names would be shadowed without a word, so
+#: it is a spec error. ``epochs`` and ``batch_size`` are not here: as grid or fixed names they
+#: set the training length and batch, and ``case.epochs`` / ``case.batch_size`` return them.
+RESERVED_NAMES = frozenset({"seed", "device", "data", "experiment", "cell_id", "params", "get"})
+
+
 def _check_name(name: Any, where: str, argument: str) -> None:
     if not isinstance(name, str) or not name.isidentifier():
         raise SpecError(
@@ -132,6 +139,16 @@ def _check_name(name: Any, where: str, argument: str) -> None:
             argument=argument,
             value=name,
             fix="use a Python identifier such as 'lr' or 'hidden_size'",
+        )
+    if name in RESERVED_NAMES or name.startswith("_"):
+        raise SpecError(
+            f"is the name of the case's own attribute (case.{name} is hpspec's, not a "
+            "hyperparameter), so the value would be silently shadowed",
+            where=where,
+            argument=argument,
+            value=name,
+            fix=f"rename it, e.g. {'init_' + name.lstrip('_')!r}, and read case.init_"
+            f"{name.lstrip('_')}",
         )
 
 
@@ -474,6 +491,14 @@ def build(fn: Callable[..., Any]) -> Experiment:
     name = kw["name"] or getattr(fn, "__name__", "experiment")
     if not isinstance(name, str) or not name:
         raise SpecError("must be a non-empty string", where=where, argument="name", value=name)
+    bad = [c for c in ("::", "[", "]", "/", "\\") if c in name]
+    if bad or any(ch.isspace() or not ch.isprintable() for ch in name):
+        # It becomes part of pytest node ids ("file::name[cell]"): these characters would
+        # make the experiment impossible to select by id, -k or --lf.
+        raise SpecError(
+            f"contains {bad[0]!r}" if bad else "contains whitespace or control characters",
+            where=where, argument="name", value=name,
+            fix="use letters, digits, '_', '-' or '.', e.g. name='digits-mlp'")
 
     if not callable(fn):
         raise SpecError("@hpspec.experiment must decorate a function", where=where,
@@ -759,6 +784,16 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                  f"{len(seeds)} seed(s), {epochs} epochs")
     return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
+
+
+def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:
+    """Two experiments of one file that resolve to the same key: the second would never run
+    and its cells would pass on the first one's results."""
+    return SpecError(
+        f"is also the name of {first.where}; two experiments of one file need different "
+        "names (the second would reuse the first one's cells and results)",
+        where=exp.where, argument="name", value=exp.name,
+        fix=f"give one of them another name=, e.g. name={exp.name + '_2'!r}")
 
 
 @functools.lru_cache(maxsize=256)

@@ -113,6 +113,24 @@ CASES = [
      "the grid has lr in"),
     ("unknown measurement", dict(claims=[hp.expect(hp.measure("joules") < 5)]),
      "measure(...) = 'joules'", "samples_per_s"),
+    ("grid axis named seed", dict(grid=hp.grid(seed=[1, 2])), "grid = 'seed' is the name of "
+     "the case's own attribute", "'init_seed'"),
+    ("grid axis named device", dict(grid=hp.grid(device=["cpu", "cuda"])),
+     "grid = 'device' is the name of the case's own attribute", "case.init_device"),
+    ("fixed named data", dict(fixed=dict(data="mnist")), "fixed = 'data'", "'init_data'"),
+    ("fixed named params", dict(fixed=dict(params=3)), "fixed = 'params'", "rename it"),
+    ("listed cell named cell_id", dict(grid=hp.cells(dict(cell_id=1), dict(cell_id=2))),
+     "= 'cell_id' is the name of the case's own attribute", "rename it"),
+    ("grid axis named experiment", dict(grid=hp.grid(experiment=["a", "b"])),
+     "grid = 'experiment'", "rename it"),
+    ("grid axis named get", dict(grid=hp.grid(get=[1, 2])), "grid = 'get'", "rename it"),
+    ("private grid axis", dict(grid=hp.grid(_params=[1, 2])), "grid = '_params'", "rename it"),
+    ("name with ::", dict(name="a::b"), "name = 'a::b' contains '::'", "name='digits-mlp'"),
+    ("name with brackets", dict(name="mlp[wide]"), "name = 'mlp[wide]' contains '['",
+     "letters, digits"),
+    ("name with a space", dict(name="my exp"), "name = 'my exp' contains whitespace",
+     "letters, digits"),
+    ("name with an escape", dict(name="x\x1b[2J"), "name = ", "letters, digits"),
     ("size that is not a size", dict(claims=[hp.expect(hp.peak_memory() < "lots")]),
      "'lots' is not a size", "'2 GiB'"),
 ]
@@ -145,3 +163,13 @@ def test_wrong_signature(signature):
 def test_chained_comparison_is_refused_with_advice():
     with pytest.raises(TypeError, match="two claims"):
         0.1 < hp.metric("val_loss").final() < 0.5  # noqa: B015
+
+
+def test_epochs_and_batch_size_are_allowed_axes_and_the_case_returns_the_cell_value():
+    exp = build(spec(grid=hp.grid(epochs=[1, 3], batch_size=[16, 32])))
+    from hpspec.spec import Case
+
+    for cell in exp.cells:
+        case = Case(cell.as_dict(), seed=0, device="cpu", epochs=exp.epochs_for(cell),
+                    batch_size=exp.batch_size_for(cell))
+        assert case.epochs == cell.get("epochs") and case.batch_size == cell.get("batch_size")

@@ -160,3 +160,35 @@ def test_a_store_path_that_is_a_directory_or_not_sqlite_is_a_usage_error(pyteste
                    if "__pycache__" not in str(p))
     assert after == [p for p in before if "__pycache__" not in p]  # nothing moved or made
     assert (pytester.path / "notes.txt").read_text() == "not a database\n"
+
+
+DUPLICATES = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, name="same",
+               claims=[hp.expect(hp.metric("loss").final() < 1)])
+def first(case):
+    yield {"loss": 0.5}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, name="same",
+               claims=[hp.expect(hp.metric("loss").final() < 0.1)])
+def second(case):
+    yield {"loss": 0.5}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1)
+def third(case):
+    yield {"loss": 0.5}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, name="third")
+def fourth(case):
+    yield {"loss": 0.5}
+"""
+
+
+def test_two_experiments_with_one_name_are_a_spec_error_naming_both(pytester):
+    pytester.makepyfile(exp_dup=DUPLICATES)
+    result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2, errors=2)
+    assert ("exp_dup.py::second: name = 'same' is also the name of exp_dup.py::first" in out), out
+    assert "exp_dup.py::fourth: name = 'third' is also the name of exp_dup.py::third" in out, out
