@@ -20,6 +20,7 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import BudgetExceeded, CellError
+from hpspec.watchdog import FAR_PAST, watchdog
 from hpspec.probes import (
     LiveMemory,
     count_flops,
@@ -257,12 +258,27 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.perf_counter() + seconds
+        #: Epochs the running seed has finished (the watchdog's message reports it).
+        self.epochs_done = 0
 
     def exceeded(self, epochs_done: int, where: str) -> None:
         raise BudgetExceeded(
             f"{where}: budget exceeded after {epochs_done} epochs: the cell's time budget is "
             f"{self.seconds:g} s; fix: raise timeout= on the experiment (or "
             "--hpspec-timeout), or train fewer epochs or a smaller model")
+
+    def interrupted(self, where: str, seed: int) -> Callable[[float], BudgetExceeded]:
+        """The error for the watchdog to raise when it stopped seed ``seed`` mid-step."""
+        def error(late: float) -> BudgetExceeded:
+            far = late > max(FAR_PAST, 0.5 * self.seconds)
+            return BudgetExceeded(
+                f"{where}: budget exceeded after {self.epochs_done} epochs: the cell's time "
+                f"budget is {self.seconds:g} s; fix: raise timeout= on the experiment (or "
+                "--hpspec-timeout), or train fewer epochs, or find what blocks (seed "
+                f"{seed} was stopped mid-step by hpspec's watchdog"
+                + (f", {late:.1f} s after the budget: the code held the interpreter in one "
+                   "long C or CUDA call, which cannot be interrupted sooner)" if far else ")"))
+        return error
 
 
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
@@ -360,6 +376,8 @@ def _train_recipe(
         step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
 
     for epoch in range(1, case.epochs + 1):
+        if deadline is not None:
+            deadline.epochs_done = epoch - 1
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
         # Losses stay on the device (a list of 0-d tensors: no copy op per step) until the
         # end of the epoch, where one stack and one host read bring them back.
@@ -497,6 +515,11 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
+#: A loop-mode generator with no ``epochs=`` may yield this many epochs before it is taken for
+#: an endless loop and its cell fails (rather than running forever without a word).
+MAX_LOOP_EPOCHS = 1000
+
+
 def _run_loop(exp: Experiment, cell: Cell, case: Case,
               deadline: Deadline | None = None) -> SeedResult:
     __tracebackhide__ = True
@@ -512,6 +535,8 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
             _sync(case.device)
             seconds.append(time.perf_counter() - t0)
             epoch += 1
+            if deadline is not None:
+                deadline.epochs_done = epoch
             if not isinstance(item, Mapping):
                 raise CellError(f"{where}: epoch {epoch} yielded a {type(item).__name__}; "
                                 "fix: yield a dict of metrics, e.g. "
@@ -540,6 +565,11 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
                     )
             if diverged is not None or (case.epochs and epoch >= case.epochs):
                 break
+            if not case.epochs and epoch >= MAX_LOOP_EPOCHS:
+                raise CellError(
+                    f"{where}: the generator yielded {epoch} epochs and has not ended, and the "
+                    "experiment sets no epochs=; an endless loop? fix: pass epochs=N to "
+                    "@experiment (hpspec stops the generator after N yields), or end the loop")
             if deadline is not None and time.perf_counter() > deadline.at:
                 deadline.exceeded(epoch, where)
             t0 = time.perf_counter()
@@ -583,7 +613,12 @@ def run_seed(
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
-    with torch_state(seed):
+    # The watchdog holds the budget inside a step too (a sleep, a blocking call).
+    if deadline is not None:
+        deadline.epochs_done = 0
+    guard = (watchdog(deadline.at, deadline.interrupted(f"{exp.where}[{cell.id}]", seed))
+             if deadline is not None else contextlib.nullcontext())
+    with torch_state(seed), guard:
         try:
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case, deadline)
