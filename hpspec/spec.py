@@ -547,13 +547,27 @@ def build(fn: Callable[..., Any]) -> Experiment:
 
     cells_: list[Cell] = []
     seen_ids: dict[str, dict[str, Any]] = {}
+    # Cells equal as where() compares them (1 == 1.0, but True != 1) yet two cells by id:
+    # where(x=1) would select both, a claim over one would be judged over two.
+    seen_equal: dict[tuple[Any, ...], dict[str, Any]] = {}
     for params in expanded:
         full = {**params, **fixed}
         cell = Cell(params=tuple(full.items()), varying=tuple(axes))
         if cell.id in seen_ids:
             raise SpecError("lists the same cell twice", where=where, argument="grid",
                             value=params, fix="remove the duplicate cell")
+        norm = tuple((k, isinstance(v, bool), v) for k, v in params.items())
+        if norm in seen_equal:
+            other = seen_equal[norm]
+            diff = next(k for k in params if type(params[k]) is not type(other[k]))
+            raise SpecError(
+                f"and {cell_id(other)} are two cells with equal values ({diff}="
+                f"{format_value(params[diff])} == {format_value(other[diff])}), so where("
+                f"{diff}=...) could not select one of them", where=where, argument="grid",
+                value=cell_id(params),
+                fix=f"keep one of {format_value(other[diff])} and {format_value(params[diff])}")
         seen_ids[cell.id] = params
+        seen_equal[norm] = params
         cells_.append(cell)
 
     epochs = kw["epochs"]

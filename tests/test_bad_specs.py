@@ -169,6 +169,11 @@ CASES = [
      "val_fraction=...) = 1.5", "val_fraction=0.2"),
     ("split_seed negative", dict(data=hp.datasets.digits(split_seed=-1)),
      "split_seed=...) = -1", "split_seed=0"),
+    ("int and float of one value", dict(grid=hp.grid(x=[1, 1.0, 2])),
+     "grid = 'x=1.0' and x=1 are two cells with equal values (x=1.0 == 1)", "keep one of 1"),
+    ("int and float in listed cells",
+     dict(grid=hp.cells(dict(x=2, y="a"), dict(x=2.0, y="a"))),
+     "are two cells with equal values (x=2.0 == 2)", "keep one of 2 and 2.0"),
     ("size that is not a size", dict(claims=[hp.expect(hp.peak_memory() < "lots")]),
      "'lots' is not a size", "'2 GiB'"),
 ]
