@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpspec.report import CellRecord, _metrics_of, columns_for
+from hpspec.report import CellRecord, _metrics_of, columns_for, printable
 from hpspec.results import CellResult
 
 __all__ = ["render_html"]
@@ -37,7 +37,8 @@ svg text{font:10px system-ui,sans-serif;fill:#333}
 
 
 def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    # Control characters (an ANSI escape in a value) are shown as escapes, not passed on.
+    return html.escape(printable(x), quote=True)
 
 
 def _num(x: Any) -> float | None:

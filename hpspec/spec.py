@@ -47,6 +47,10 @@ def format_value(value: Any) -> str:
     """A hyperparameter value as it appears in a test id: shortest text that round-trips."""
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str) and not value.isprintable():
+        # An escape sequence in a value must not reach the terminal raw (via the test id).
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in value)
     return str(value)
 
 
@@ -491,12 +495,12 @@ def build(fn: Callable[..., Any]) -> Experiment:
     name = kw["name"] or getattr(fn, "__name__", "experiment")
     if not isinstance(name, str) or not name:
         raise SpecError("must be a non-empty string", where=where, argument="name", value=name)
-    bad = [c for c in ("::", "[", "]", "/", "\\") if c in name]
-    if bad or any(ch.isspace() or not ch.isprintable() for ch in name):
+    bad = [c for c in ("::", "[", "]") if c in name]
+    if bad or not name.isprintable():
         # It becomes part of pytest node ids ("file::name[cell]"): these characters would
         # make the experiment impossible to select by id, -k or --lf.
         raise SpecError(
-            f"contains {bad[0]!r}" if bad else "contains whitespace or control characters",
+            f"contains {bad[0]!r}" if bad else "contains control characters",
             where=where, argument="name", value=name,
             fix="use letters, digits, '_', '-' or '.', e.g. name='digits-mlp'")
 

@@ -128,7 +128,7 @@ CASES = [
     ("name with ::", dict(name="a::b"), "name = 'a::b' contains '::'", "name='digits-mlp'"),
     ("name with brackets", dict(name="mlp[wide]"), "name = 'mlp[wide]' contains '['",
      "letters, digits"),
-    ("name with a space", dict(name="my exp"), "name = 'my exp' contains whitespace",
+    ("name with a tab", dict(name="my\texp"), "name = 'my\\texp' contains control",
      "letters, digits"),
     ("name with an escape", dict(name="x\x1b[2J"), "name = ", "letters, digits"),
     ("NaN only in validation features",

@@ -109,3 +109,25 @@ def test_html_figures_render_in_headless_chromium(report, tmp_path):
     # heatmap cells: at least one colour from the dark and one from the light end of viridis
     assert any(r < 90 and b > 80 and g < 100 for r, g, b in colours)
     assert any(r > 200 and g > 200 and b < 80 for r, g, b in colours)
+
+
+ESCAPES = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(act=["\\x1b[2J\\x1b[H", "ok"]), epochs=2)
+def ansi(case):
+    for epoch in range(2):
+        yield {"\\x1b[31mloss": 1.0 / (epoch + 1)}
+"""
+
+
+def test_control_characters_in_values_and_metric_names_are_shown_escaped(pytester):
+    pytester.makepyfile(exp_ansi=ESCAPES)
+    result = pytester.runpytest("--hpspec-cache=off", "--hpspec-html=run.html", "-v",
+                                "--hpspec-json=run.json")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2)
+    assert "\x1b" not in out, [ln for ln in out.splitlines() if "\x1b" in ln]
+    assert "\\x1b[2J\\x1b[H" in out and "\\x1b[31mloss" in out
+    html_text = (pytester.path / "run.html").read_text(encoding="utf-8")
+    assert "\x1b" not in html_text and "\\x1b[2J" in html_text
