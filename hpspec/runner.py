@@ -303,10 +303,33 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
         return None
 
 
+class NoGradPath(Exception):
+    """The loss of a training step does not depend on anything that requires grad."""
+
+
+def _check_parameters(model: Any, opt: Any, where: str) -> None:
+    """Training that would do nothing without a word: a model without parameters, or an
+    optimizer over parameters none of which are the model's."""
+    params = list(model.parameters())
+    if not params:
+        raise CellError(f"{where}: the model ({type(model).__name__}) has no parameters, so "
+                        "training cannot change it; fix: give it trainable layers "
+                        "(torch.nn.Linear, ...) registered as attributes")
+    mine = {id(p) for p in params}
+    theirs = [p for g in opt.param_groups for p in g["params"]]
+    if theirs and not any(id(p) in mine for p in theirs):
+        raise CellError(f"{where}: the optimizer holds {len(theirs)} parameter tensors and none "
+                        f"of them is the model's ({type(model).__name__}): it was built over "
+                        "another model, so this one would never change; fix: build it from the "
+                        "returned model, torch.optim.SGD(model.parameters(), lr=case.lr)")
+
+
 def train_step(model: Any, opt: Any, loss_fn: Any, xb: Any, yb: Any) -> torch.Tensor:
     """One optimizer step on a batch, as a hand-written loop does it; the loss, on the device."""
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(model(xb), yb)
+    if not loss.requires_grad:  # a flag read, no device sync
+        raise NoGradPath()
     loss.backward()
     opt.step()
     return loss.detach()
@@ -345,6 +368,7 @@ def _train_recipe(
     host_sizes = sizes.cpu()
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
+    _check_parameters(model, opt, where)
     _try_first_batch(model, loss_fn, data, batch_size, where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
@@ -625,6 +649,13 @@ def run_seed(
             assert data is not None
             return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
                                  deadline)
+        except NoGradPath:
+            raise CellError(
+                f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
+                "parameters (it was detached, computed under torch.no_grad(), or the "
+                "parameters have requires_grad=False), so training would change nothing; "
+                "fix: compute the loss from the model's output without .detach()/.item() or "
+                "no_grad, and leave the parameters trainable") from None
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             first_line = str(e).splitlines()[0] if str(e) else ""
             # The exception's frames hold the model, its activations and the batch: drop

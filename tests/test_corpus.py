@@ -65,6 +65,27 @@ def data_code_raises(case):
     raise FileNotFoundError("my_dataset.csv")
 
 @hp.experiment(epochs=1, data=D)
+def optimizer_of_another_model(case):
+    model, other = torch.nn.Linear(64, 10), torch.nn.Linear(64, 10)
+    return model, torch.optim.SGD(other.parameters(), lr=0.1)
+
+class NoParams(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :10]
+
+@hp.experiment(epochs=1, data=D)
+def model_without_parameters(case):
+    m = NoParams()
+    return m, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
+def detached_loss(case):
+    m = torch.nn.Linear(64, 10)
+    ce = torch.nn.CrossEntropyLoss()
+    return hp.Recipe(m, torch.optim.SGD(m.parameters(), lr=0.1),
+                     loss=lambda out, y: ce(out.detach(), y))
+
+@hp.experiment(epochs=1, data=D)
 def good(case):
     m = torch.nn.Linear(64, 10)
     return m, torch.optim.SGD(m.parameters(), lr=0.1)
@@ -81,6 +102,12 @@ EXPECTED = {
                    "numbers",
     "yields_a_list": "epoch 1 yielded a list; fix: yield a dict of metrics",
     "forgets_a_metric": "declared metrics ['acc'] were never yielded",
+    "optimizer_of_another_model": "the optimizer holds 2 parameter tensors and none of them "
+                                  "is the model's (Linear): it was built over another model",
+    "model_without_parameters": "the model (NoParams) has no parameters, so training cannot "
+                                "change it",
+    "detached_loss": "the loss has no gradient path to the model's parameters (it was "
+                     "detached",
 }
 
 
@@ -88,7 +115,7 @@ def test_runtime_corpus_each_cell_fails_alone_with_a_fix(pytester):
     pytester.makepyfile(exp_runtime=RUNTIME)
     result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
     out = result.stdout.str()
-    result.assert_outcomes(passed=1, failed=10)
+    result.assert_outcomes(passed=1, failed=13)
     for name, text in EXPECTED.items():
         line = next((ln for ln in out.splitlines() if ln.startswith(f"exp_runtime.py::{name}[")
                      and ": " in ln), None)
