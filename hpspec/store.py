@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -244,6 +245,26 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def mark_interrupted(self) -> list[int]:
+        """Runs still 'running' whose process on this host is gone (killed, crashed, or the
+        machine rebooted) become 'interrupted'; returns their ids. A run whose process is
+        alive, or that was started on another host, is left as it is."""
+        host = socket.gethostname()
+        gone = []
+        for run_id, env_text in self.conn.execute(
+                "SELECT id, environment FROM runs WHERE status = 'running'").fetchall():
+            try:
+                env = json.loads(env_text)
+                pid = int(env["pid"])
+            except (ValueError, KeyError, TypeError):
+                continue  # written before runs recorded their process: cannot tell
+            if env.get("host") == host and not _alive(pid):
+                gone.append(run_id)
+        for run_id in gone:
+            self._write("UPDATE runs SET status = 'interrupted' WHERE id = ? AND "
+                        "status = 'running'", (run_id,))
+        return gone
+
     # ------------------------------------------------------------------------------ writes
 
     def _write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -259,10 +280,13 @@ class Store:
 
     def begin_run(self, environment: Mapping[str, Any], name: str | None = None,
                   args: Sequence[str] = ()) -> int:
+        # Which process owns the run, so that a later open can tell a killed run (its
+        # process gone) from one still going in another terminal.
+        env = {**dict(environment), "pid": os.getpid(), "host": socket.gethostname()}
         cur = self._write(
             "INSERT INTO runs (started, name, fingerprint, environment, args) "
             "VALUES (?, ?, ?, ?, ?)",
-            (time.time(), name, fingerprint(environment), json.dumps(dict(environment)),
+            (time.time(), name, fingerprint(environment), json.dumps(env),
              json.dumps(list(args))),
         )
         return int(cur.lastrowid)  # type: ignore[arg-type]
@@ -363,6 +387,18 @@ class Store:
     def iter_seed_keys(self) -> Iterator[str]:
         for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
             yield k
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: do not claim it died
+    return True
 
 
 def _move_aside(path: Path, why: str) -> Path:

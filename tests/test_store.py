@@ -340,3 +340,24 @@ def test_command_line_lists_shows_and_diffs_runs(pytester):
     prune = cli("prune", "--keep", "0")
     assert "deleted 1 run(s)" in prune.stdout
     assert "main" in cli("runs").stdout
+
+
+def test_a_run_whose_process_is_gone_is_marked_interrupted_on_the_next_open(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.sqlite"
+    store = Store.open(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: the run below was "killed"
+    killed = store.begin_run({"device": "cpu"})
+    store.conn.execute("UPDATE runs SET environment = json_set(environment, '$.pid', ?) "
+                       "WHERE id = ?", (dead.pid, killed))
+    alive = store.begin_run({"device": "cpu"})  # this process: still running
+    finished = store.begin_run({"device": "cpu"})
+    store.finish_run(finished, "passed")
+    store.close()
+    again = Store.open(path)
+    assert again.mark_interrupted() == [killed]
+    status = {r.id: r.status for r in again.runs()}
+    assert status == {killed: "interrupted", alive: "running", finished: "passed"}
