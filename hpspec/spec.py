@@ -817,19 +817,77 @@ def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:
 @functools.lru_cache(maxsize=256)
 def source_digest(fn: Callable[..., Any]) -> str:
     """A digest of the function's code without its decorator (so a grid or claim edit does
-    not change it; those enter cache keys through each cell's own hyperparameters). Cached per
-    function object: every seed's cache key asks for it, and an edited file makes a new one."""
-    import ast
+    not change it; those enter cache keys through each cell's own hyperparameters), and of
+    what it reads from its own module (:func:`_module_reads`): a constant or a same-file
+    helper or model class that changes makes a new key. Cached per function object: every
+    seed's cache key asks for it, and an edited file makes a new one."""
     import hashlib
+
+    text = _code_text(fn, strip_decorators=True) + "\n" + "\n".join(_module_reads(fn))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _code_text(obj: Any, strip_decorators: bool = False) -> str:
+    import ast
     import textwrap
 
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
         node = tree.body[0]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if strip_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.decorator_list = []
-        text = ast.dump(node)
+        return ast.dump(node)
     except (OSError, TypeError, SyntaxError, IndexError):
-        code = getattr(fn, "__code__", None)
-        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+        if inspect.isclass(obj):  # no source file: its methods' code
+            return repr(sorted((k, _code_text(v)) for k, v in vars(obj).items()
+                               if hasattr(v, "__code__")))
+        code = getattr(obj, "__code__", None)
+        return repr((code.co_code, code.co_consts)) if code is not None else repr(obj)
+
+
+def _global_names(obj: Any) -> set[str]:
+    """Names the code of a function (or of a class's methods) may read as globals."""
+    codes = []
+    if inspect.isclass(obj):
+        codes = [v.__code__ for v in vars(obj).values() if hasattr(v, "__code__")]
+    elif hasattr(obj, "__code__"):
+        codes = [obj.__code__]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def _module_reads(fn: Callable[..., Any]) -> list[str]:
+    """What ``fn`` reads from its own module, as text for the cache key: module-level
+    constants by value (their repr, when it holds no memory address), and functions and
+    classes defined in the same module by source, followed through what they read in turn.
+    Imported modules and objects from other modules are left out (their versions are in the
+    key through the environment only for torch and hpspec)."""
+    module = getattr(fn, "__module__", None)
+    g = getattr(fn, "__globals__", {})
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [fn]
+    while todo:
+        obj = todo.pop()
+        for name in sorted(_global_names(obj)):
+            if name in seen or name not in g:
+                continue
+            seen.add(name)
+            v = g[name]
+            if inspect.ismodule(v):
+                continue
+            if inspect.isfunction(v) or inspect.isclass(v):
+                if getattr(v, "__module__", None) == module and v is not fn:
+                    out.append(f"{name}: {_code_text(v)}")
+                    todo.append(v)
+                continue
+            if callable(v):
+                continue
+            text = repr(v)
+            if " at 0x" not in text and len(text) < 100_000:
+                out.append(f"{name} = {text}")
+    return sorted(out)

@@ -361,3 +361,40 @@ def test_a_run_whose_process_is_gone_is_marked_interrupted_on_the_next_open(tmp_
     assert again.mark_interrupted() == [killed]
     status = {r.id: r.status for r in again.runs()}
     assert status == {killed: "interrupted", alive: "running", finished: "passed"}
+
+
+def test_the_cache_key_covers_module_constants_and_same_file_helpers(tmp_path):
+    from hpspec.spec import source_digest
+
+    src = '''
+import torch
+WIDTH = {width}
+
+def helper(n):
+    return torch.nn.Linear(64, n + {extra})
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return x * {scale}
+
+def exp(case):
+    return helper(WIDTH), Net()
+'''
+
+    import importlib.util
+
+    counter = iter(range(100))
+
+    def digest(**kw):  # a real file each time, imported as a module (as pytest does)
+        path = tmp_path / f"exp_mod{next(counter)}.py"
+        path.write_text(src.format(**kw))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return source_digest(mod.exp)
+
+    base = dict(width=10, extra=0, scale=1)
+    d0 = digest(**base)
+    assert digest(**base) == d0  # stable for the same file
+    for change in (dict(width=12), dict(extra=1), dict(scale=2)):
+        assert digest(**{**base, **change}) != d0, change
