@@ -368,8 +368,8 @@ def _train_recipe(
     host_sizes = sizes.cpu()
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
-    _check_parameters(model, opt, where)
     _try_first_batch(model, loss_fn, data, batch_size, where)
+    _check_parameters(model, opt, where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
