@@ -123,6 +123,23 @@ def _store_path(config: pytest.Config) -> Path:
     return path if path.is_absolute() else Path(config.rootpath) / path
 
 
+def _check_store_option(config: pytest.Config, state: Session) -> None:
+    """A store path that is a directory, not a SQLite file, or not writable is a usage
+    error now, before anything trains (and before anything could be moved)."""
+    if state.cache == "off":
+        return
+    from hpspec.store import check_store_path
+
+    problem = check_store_path(state.store_path)
+    if problem:
+        opt = config.getoption("--hpspec-store")
+        name = (f"--hpspec-store={opt}" if opt else
+                "hpspec_store" if config.getini("hpspec_store") else
+                "--hpspec-store (default .hpspec/results.sqlite)")
+        raise pytest.UsageError(f"{name}: {problem}; fix: pass --hpspec-store=PATH/results.sqlite "
+                                "(a file path), or --hpspec-cache=off")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hpspec: a hyperparameter cell or claim run by hpspec")
     # hpspec marks stackable cells for --dist loadgroup, with or without xdist installed
@@ -144,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
     )
     state = config.stash[STATE]
+    _check_store_option(config, state)
     config.pluginmanager.register(SessionPlugin(config, state), "hpspec-session")
     _configure_xdist(config, state)
     if state.cache == "off" and (state.save_name or config.getoption("--hpspec-compare")):
@@ -196,6 +214,12 @@ class ExperimentFile(pytest.Module):
                 yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
+            if key in state.experiments:
+                from hpspec.spec import duplicate_name_error
+
+                e = duplicate_name_error(exp, state.experiments[key])
+                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                continue
             if state.profile:
                 from hpspec.spec import apply_profile
 

@@ -143,6 +143,7 @@ class Session:
         try:
             self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
             if self.run_id is None and self.worker is None:
+                self.store.mark_interrupted()
                 self.run_id = self.store.begin_run(environment(self.device), self.save_name)
         except Exception as e:  # a read-only disk, say: results still reach the report
             self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"

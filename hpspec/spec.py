@@ -47,6 +47,10 @@ def format_value(value: Any) -> str:
     """A hyperparameter value as it appears in a test id: shortest text that round-trips."""
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str) and not value.isprintable():
+        # An escape sequence in a value must not reach the terminal raw (via the test id).
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in value)
     return str(value)
 
 
@@ -124,6 +128,13 @@ def _check_scalar(value: Any, where: str, argument: str) -> None:
         )
 
 
+#: Names the case answers itself (``case.seed`` is the run seed, ``case.device`` where it
+#: trains, ...): a hyperparameter of one of these names would be shadowed without a word, so
+#: it is a spec error. ``epochs`` and ``batch_size`` are not here: as grid or fixed names they
+#: set the training length and batch, and ``case.epochs`` / ``case.batch_size`` return them.
+RESERVED_NAMES = frozenset({"seed", "device", "data", "experiment", "cell_id", "params", "get"})
+
+
 def _check_name(name: Any, where: str, argument: str) -> None:
     if not isinstance(name, str) or not name.isidentifier():
         raise SpecError(
@@ -132,6 +143,16 @@ def _check_name(name: Any, where: str, argument: str) -> None:
             argument=argument,
             value=name,
             fix="use a Python identifier such as 'lr' or 'hidden_size'",
+        )
+    if name in RESERVED_NAMES or name.startswith("_"):
+        raise SpecError(
+            f"is the name of the case's own attribute (case.{name} is hpspec's, not a "
+            "hyperparameter), so the value would be silently shadowed",
+            where=where,
+            argument=argument,
+            value=name,
+            fix=f"rename it, e.g. {'init_' + name.lstrip('_')!r}, and read case.init_"
+            f"{name.lstrip('_')}",
         )
 
 
@@ -474,6 +495,14 @@ def build(fn: Callable[..., Any]) -> Experiment:
     name = kw["name"] or getattr(fn, "__name__", "experiment")
     if not isinstance(name, str) or not name:
         raise SpecError("must be a non-empty string", where=where, argument="name", value=name)
+    bad = [c for c in ("::", "[", "]") if c in name]
+    if bad or not name.isprintable():
+        # It becomes part of pytest node ids ("file::name[cell]"): these characters would
+        # make the experiment impossible to select by id, -k or --lf.
+        raise SpecError(
+            f"contains {bad[0]!r}" if bad else "contains control characters",
+            where=where, argument="name", value=name,
+            fix="use letters, digits, '_', '-' or '.', e.g. name='digits-mlp'")
 
     if not callable(fn):
         raise SpecError("@hpspec.experiment must decorate a function", where=where,
@@ -522,13 +551,27 @@ def build(fn: Callable[..., Any]) -> Experiment:
 
     cells_: list[Cell] = []
     seen_ids: dict[str, dict[str, Any]] = {}
+    # Cells equal as where() compares them (1 == 1.0, but True != 1) yet two cells by id:
+    # where(x=1) would select both, a claim over one would be judged over two.
+    seen_equal: dict[tuple[Any, ...], dict[str, Any]] = {}
     for params in expanded:
         full = {**params, **fixed}
         cell = Cell(params=tuple(full.items()), varying=tuple(axes))
         if cell.id in seen_ids:
             raise SpecError("lists the same cell twice", where=where, argument="grid",
                             value=params, fix="remove the duplicate cell")
+        norm = tuple((k, isinstance(v, bool), v) for k, v in params.items())
+        if norm in seen_equal:
+            other = seen_equal[norm]
+            diff = next(k for k in params if type(params[k]) is not type(other[k]))
+            raise SpecError(
+                f"and {cell_id(other)} are two cells with equal values ({diff}="
+                f"{format_value(params[diff])} == {format_value(other[diff])}), so where("
+                f"{diff}=...) could not select one of them", where=where, argument="grid",
+                value=cell_id(params),
+                fix=f"keep one of {format_value(other[diff])} and {format_value(params[diff])}")
         seen_ids[cell.id] = params
+        seen_equal[norm] = params
         cells_.append(cell)
 
     epochs = kw["epochs"]
@@ -761,22 +804,90 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
 
 
+def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:
+    """Two experiments of one file that resolve to the same key: the second would never run
+    and its cells would pass on the first one's results."""
+    return SpecError(
+        f"is also the name of {first.where}; two experiments of one file need different "
+        "names (the second would reuse the first one's cells and results)",
+        where=exp.where, argument="name", value=exp.name,
+        fix=f"give one of them another name=, e.g. name={exp.name + '_2'!r}")
+
+
 @functools.lru_cache(maxsize=256)
 def source_digest(fn: Callable[..., Any]) -> str:
     """A digest of the function's code without its decorator (so a grid or claim edit does
-    not change it; those enter cache keys through each cell's own hyperparameters). Cached per
-    function object: every seed's cache key asks for it, and an edited file makes a new one."""
-    import ast
+    not change it; those enter cache keys through each cell's own hyperparameters), and of
+    what it reads from its own module (:func:`_module_reads`): a constant or a same-file
+    helper or model class that changes makes a new key. Cached per function object: every
+    seed's cache key asks for it, and an edited file makes a new one."""
     import hashlib
+
+    text = _code_text(fn, strip_decorators=True) + "\n" + "\n".join(_module_reads(fn))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _code_text(obj: Any, strip_decorators: bool = False) -> str:
+    import ast
     import textwrap
 
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
         node = tree.body[0]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if strip_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.decorator_list = []
-        text = ast.dump(node)
+        return ast.dump(node)
     except (OSError, TypeError, SyntaxError, IndexError):
-        code = getattr(fn, "__code__", None)
-        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+        if inspect.isclass(obj):  # no source file: its methods' code
+            return repr(sorted((k, _code_text(v)) for k, v in vars(obj).items()
+                               if hasattr(v, "__code__")))
+        code = getattr(obj, "__code__", None)
+        return repr((code.co_code, code.co_consts)) if code is not None else repr(obj)
+
+
+def _global_names(obj: Any) -> set[str]:
+    """Names the code of a function (or of a class's methods) may read as globals."""
+    codes = []
+    if inspect.isclass(obj):
+        codes = [v.__code__ for v in vars(obj).values() if hasattr(v, "__code__")]
+    elif hasattr(obj, "__code__"):
+        codes = [obj.__code__]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def _module_reads(fn: Callable[..., Any]) -> list[str]:
+    """What ``fn`` reads from its own module, as text for the cache key: module-level
+    constants by value (their repr, when it holds no memory address), and functions and
+    classes defined in the same module by source, followed through what they read in turn.
+    Imported modules and objects from other modules are left out (their versions are in the
+    key through the environment only for torch and hpspec)."""
+    module = getattr(fn, "__module__", None)
+    g = getattr(fn, "__globals__", {})
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [fn]
+    while todo:
+        obj = todo.pop()
+        for name in sorted(_global_names(obj)):
+            if name in seen or name not in g:
+                continue
+            seen.add(name)
+            v = g[name]
+            if inspect.ismodule(v):
+                continue
+            if inspect.isfunction(v) or inspect.isclass(v):
+                if getattr(v, "__module__", None) == module and v is not fn:
+                    out.append(f"{name}: {_code_text(v)}")
+                    todo.append(v)
+                continue
+            if callable(v):
+                continue
+            text = repr(v)
+            if " at 0x" not in text and len(text) < 100_000:
+                out.append(f"{name} = {text}")
+    return sorted(out)

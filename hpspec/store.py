@@ -7,7 +7,10 @@ seed. Nothing read back executes code: rows hold JSON text and numbers, never pi
 
 Schema versions live in ``PRAGMA user_version`` and move forward through :data:`MIGRATIONS`;
 the file is marked as hpspec's with ``PRAGMA application_id``. A file that is not a database,
-or is someone else's, is moved aside (never overwritten) and a fresh store is made.
+or is someone else's, is moved aside (never overwritten) and a fresh store is made, but only
+when the file starts with SQLite's header: a directory, or a file that is not SQLite at all, is
+never moved (:func:`check_store_path` says what is wrong with it, and :meth:`Store.open` raises
+:class:`StorePathError`): hpspec moves only what it can tell is a damaged or foreign store.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +29,7 @@ import attrs
 
 from hpspec.results import SeedResult
 
-__all__ = ["Store", "StoreMoved", "cache_key", "fingerprint", "SCHEMA_VERSION", "RunRow"]
+__all__ = ["Store", "StoreMoved", "StorePathError", "check_store_path", "cache_key", "fingerprint", "SCHEMA_VERSION", "RunRow"]
 
 APPLICATION_ID = 0x68707370  # "hpsp"
 SCHEMA_VERSION = 1
@@ -83,6 +87,60 @@ class StoreMoved(Warning):
     """The store file was unreadable or foreign; it was moved aside and a fresh one made."""
 
 
+class StorePathError(OSError):
+    """The store path cannot hold a store (a directory, a file that is not SQLite, a path
+    that cannot be written); nothing was moved or changed."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_shaped(path: Path) -> bool:
+    """Whether ``path`` is a file that SQLite made: empty (SQLite's own empty database) or
+    starting with its 16-byte header. Only such a file may ever be moved aside."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return head == b"" or head == SQLITE_HEADER
+
+
+def check_store_path(path: str | os.PathLike[str]) -> str | None:
+    """What makes ``path`` unusable as a store, in words, or None when it is usable.
+
+    Pure look: nothing is created, moved or written. Usable means: a SQLite-shaped file
+    (damaged or foreign ones are moved aside later, with a warning), or a path that does not
+    exist yet whose nearest existing ancestor is a writable directory."""
+    path = Path(path)
+    if path.is_dir():
+        return (f"{path} is a directory; the store is one SQLite file "
+                f"(e.g. {path / 'results.sqlite'})")
+    if path.exists():
+        if not path.is_file():
+            return f"{path} is not a regular file"
+        if not _sqlite_shaped(path):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            return (f"{path} is a file of {size} bytes that is not a SQLite database "
+                    "(hpspec never moves or overwrites it); name another path")
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} cannot be read and written by this user"
+        return None
+    parent = path.parent
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be made under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable, so {path} cannot be made"
+    return None
+
+
 def fingerprint(env: Mapping[str, Any]) -> str:
     """What must match for timings to be comparable: versions, device and CPU."""
     keys = ("hpspec", "torch", "python", "device", "device_name", "cuda", "cpu_count",
@@ -124,11 +182,18 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], timeout: float = 60.0) -> Store:
         path = Path(path)
+        problem = check_store_path(path)
+        if problem:
+            raise StorePathError(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
         moved = None
         try:
             conn = cls._connect(path, timeout)
         except sqlite3.DatabaseError as e:
+            if not path.is_file() or not _sqlite_shaped(path):
+                # Never move what is not a SQLite file (a directory, someone's text file).
+                raise StorePathError(f"{path}: {e}; it is not a SQLite file, so hpspec "
+                                     "leaves it where it is") from e
             moved = _move_aside(path, str(e))
             conn = cls._connect(path, timeout)
         return cls(path, conn, moved)
@@ -180,6 +245,26 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def mark_interrupted(self) -> list[int]:
+        """Runs still 'running' whose process on this host is gone (killed, crashed, or the
+        machine rebooted) become 'interrupted'; returns their ids. A run whose process is
+        alive, or that was started on another host, is left as it is."""
+        host = socket.gethostname()
+        gone = []
+        for run_id, env_text in self.conn.execute(
+                "SELECT id, environment FROM runs WHERE status = 'running'").fetchall():
+            try:
+                env = json.loads(env_text)
+                pid = int(env["pid"])
+            except (ValueError, KeyError, TypeError):
+                continue  # written before runs recorded their process: cannot tell
+            if env.get("host") == host and not _alive(pid):
+                gone.append(run_id)
+        for run_id in gone:
+            self._write("UPDATE runs SET status = 'interrupted' WHERE id = ? AND "
+                        "status = 'running'", (run_id,))
+        return gone
+
     # ------------------------------------------------------------------------------ writes
 
     def _write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -195,10 +280,13 @@ class Store:
 
     def begin_run(self, environment: Mapping[str, Any], name: str | None = None,
                   args: Sequence[str] = ()) -> int:
+        # Which process owns the run, so that a later open can tell a killed run (its
+        # process gone) from one still going in another terminal.
+        env = {**dict(environment), "pid": os.getpid(), "host": socket.gethostname()}
         cur = self._write(
             "INSERT INTO runs (started, name, fingerprint, environment, args) "
             "VALUES (?, ?, ?, ?, ?)",
-            (time.time(), name, fingerprint(environment), json.dumps(dict(environment)),
+            (time.time(), name, fingerprint(environment), json.dumps(env),
              json.dumps(list(args))),
         )
         return int(cur.lastrowid)  # type: ignore[arg-type]
@@ -299,6 +387,18 @@ class Store:
     def iter_seed_keys(self) -> Iterator[str]:
         for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
             yield k
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: do not claim it died
+    return True
 
 
 def _move_aside(path: Path, why: str) -> Path:

@@ -246,3 +246,104 @@ def test_nothing_hpspec_reads_back_can_execute_code():
         for bad in (r"import pickle", r"pickle\.", r"torch\.load\(", r"(?<![.\w])eval\(",
                     r"(?<![.\w])exec\(", r"marshal\.", r"shelve"):
             assert not re.search(bad, code), (path.name, bad)
+
+
+BLOCKING = """
+import time
+import torch
+import hpspec as hp
+
+D = hp.datasets.digits(n_train=100)
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=3, timeout=1)
+def sleeping_generator(case):
+    time.sleep(60)
+    yield {"loss": 1.0}
+
+@hp.experiment(epochs=1, data=D, timeout=1)
+def sleeping_recipe(case):
+    time.sleep(60)
+    m = torch.nn.Linear(64, 10)
+    return m, torch.optim.SGD(m.parameters(), lr=0.1)
+
+class Sleepy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+    def forward(self, x):
+        time.sleep(60)
+        return self.fc(x)
+
+@hp.experiment(epochs=1, data=D, timeout=1)
+def sleeping_forward(case):
+    m = Sleepy()
+    return m, torch.optim.SGD(m.parameters(), lr=0.1)
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=2, timeout=1)
+def swallows_everything(case):
+    while True:
+        try:
+            time.sleep(60)
+        except Exception:
+            pass
+    yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]))
+def endless(case):
+    while True:
+        yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1)
+def after_all_that(case):
+    yield {"loss": 1.0}
+"""
+
+
+def test_a_budget_holds_whatever_the_code_blocks_on(pytester):
+    """Each of these ran for minutes with a 1 s budget before the watchdog; now each fails
+    with "budget exceeded" and the session goes on (the outcome is asserted, not the clock:
+    the subprocess limit of 240 s only stops a hang)."""
+    pytester.makepyfile(exp_blocking=BLOCKING)
+    result = pytester.runpytest_subprocess("--hpspec-cache=off", "-p", "no:randomly",
+                                           timeout=240)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=5)
+    for name in ("sleeping_generator", "sleeping_recipe", "sleeping_forward",
+                 "swallows_everything"):
+        line = next(ln for ln in out.splitlines()
+                    if ln.startswith(f"exp_blocking.py::{name}[") and ": " in ln)
+        assert "budget exceeded after 0 epochs: the cell's time budget is 1 s; fix:" in line, line
+    assert ("endless[lr=0.1]: the generator yielded 1000 epochs and has not ended, and the "
+            "experiment sets no epochs=") in out
+
+
+def test_the_watchdog_interrupts_another_thread_and_says_when_it_was_late():
+    import threading
+
+    from hpspec.watchdog import watchdog
+
+    caught: list[BaseException] = []
+
+    def work():
+        try:
+            with watchdog(time.perf_counter() + 0.3, lambda late: BudgetExceeded(f"{late}")):
+                while True:  # pure Python: the async exception lands at the next bytecode
+                    sum(range(100))
+        except BudgetExceeded as e:
+            caught.append(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and len(caught) == 1
+    # the block ended after the budget without the alarm landing: still exceeded
+    with pytest.raises(BudgetExceeded):
+        with watchdog(time.perf_counter() + 0.05, lambda late: BudgetExceeded("late")):
+            import signal
+            signal.setitimer(signal.ITIMER_REAL, 0)  # a no-op: the guard uses its own timer
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.2:
+                try:
+                    time.sleep(0.01)
+                except BaseException:  # noqa: BLE001 - a user who swallows everything
+                    pass

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpspec.results import SeedResult
-from hpspec.store import Store, StoreMoved
+from hpspec.store import Store, StoreMoved, StorePathError, check_store_path
 
 COUNTED = """
 import os, time
@@ -154,8 +154,11 @@ def test_two_processes_write_concurrently_without_loss(tmp_path):
     assert store.cached_seed("b-299").curves["val_loss"] == [299.0]
 
 
-@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, "foreign"])
-def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path, content):
+DAMAGED = b"SQLite format 3\x00" + b"\xff" * 5000
+
+
+@pytest.mark.parametrize("content", [DAMAGED, "foreign"], ids=["damaged", "foreign"])
+def test_a_damaged_or_foreign_sqlite_file_is_moved_aside_with_a_clear_message(tmp_path, content):
     path = tmp_path / "results.sqlite"
     if content == "foreign":
         conn = sqlite3.connect(path)
@@ -166,12 +169,30 @@ def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path,
     else:
         path.write_bytes(content)
         original = content
+    assert check_store_path(path) is None  # usable: it is SQLite's, so it may move aside
     with pytest.warns(StoreMoved, match="moved it to .*unreadable.*fresh store"):
         store = Store.open(path)
     assert store.moved is not None and store.moved.read_bytes() == original
     run = store.begin_run({"device": "cpu"})
     store.put_seed(run, "k", "exp", "c", {}, "cpu", _seed(0))
     assert store.cached_seed("k").to_dict() == _seed(0).to_dict()
+
+
+def test_a_file_that_is_not_sqlite_or_a_directory_is_never_moved(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes, not a database\n" * 10)
+    d = tmp_path / ".hpspec"
+    (d / "inside").mkdir(parents=True)
+    (d / "inside" / "keep.txt").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for path, says in ((text, "that is not a SQLite database"), (d, "is a directory")):
+        assert says in (check_store_path(path) or ""), path
+        with pytest.raises(StorePathError, match=says):
+            Store.open(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert text.read_text().startswith("my notes") and (d / "inside" / "keep.txt").exists()
+    under_file = text / "results.sqlite"
+    assert "is a file" in (check_store_path(under_file) or "")
 
 
 def test_schema_is_versioned_and_a_newer_store_is_not_overwritten(tmp_path):
@@ -319,3 +340,61 @@ def test_command_line_lists_shows_and_diffs_runs(pytester):
     prune = cli("prune", "--keep", "0")
     assert "deleted 1 run(s)" in prune.stdout
     assert "main" in cli("runs").stdout
+
+
+def test_a_run_whose_process_is_gone_is_marked_interrupted_on_the_next_open(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.sqlite"
+    store = Store.open(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: the run below was "killed"
+    killed = store.begin_run({"device": "cpu"})
+    store.conn.execute("UPDATE runs SET environment = json_set(environment, '$.pid', ?) "
+                       "WHERE id = ?", (dead.pid, killed))
+    alive = store.begin_run({"device": "cpu"})  # this process: still running
+    finished = store.begin_run({"device": "cpu"})
+    store.finish_run(finished, "passed")
+    store.close()
+    again = Store.open(path)
+    assert again.mark_interrupted() == [killed]
+    status = {r.id: r.status for r in again.runs()}
+    assert status == {killed: "interrupted", alive: "running", finished: "passed"}
+
+
+def test_the_cache_key_covers_module_constants_and_same_file_helpers(tmp_path):
+    from hpspec.spec import source_digest
+
+    src = '''
+import torch
+WIDTH = {width}
+
+def helper(n):
+    return torch.nn.Linear(64, n + {extra})
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return x * {scale}
+
+def exp(case):
+    return helper(WIDTH), Net()
+'''
+
+    import importlib.util
+
+    counter = iter(range(100))
+
+    def digest(**kw):  # a real file each time, imported as a module (as pytest does)
+        path = tmp_path / f"exp_mod{next(counter)}.py"
+        path.write_text(src.format(**kw))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return source_digest(mod.exp)
+
+    base = dict(width=10, extra=0, scale=1)
+    d0 = digest(**base)
+    assert digest(**base) == d0  # stable for the same file
+    for change in (dict(width=12), dict(extra=1), dict(scale=2)):
+        assert digest(**{**base, **change}) != d0, change

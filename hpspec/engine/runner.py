@@ -21,6 +21,7 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import BudgetExceeded, CellError
+from hpspec.watchdog import FAR_PAST, watchdog
 from hpspec.engine.common import (
     DIVERGENCE_FACTOR,
     WARMUP_STEPS,
@@ -30,6 +31,7 @@ from hpspec.engine.common import (
     default_loss,
     divergence,
     divergence_limit,
+    NoGradPath,
     probe_memory,
     sync,
     train_step,
@@ -249,12 +251,27 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.perf_counter() + seconds
+        #: Epochs the running seed has finished (the watchdog's message reports it).
+        self.epochs_done = 0
 
     def exceeded(self, epochs_done: int, where: str) -> None:
         raise BudgetExceeded(
             f"{where}: budget exceeded after {epochs_done} epochs: the cell's time budget is "
             f"{self.seconds:g} s; fix: raise timeout= on the experiment (or "
             "--hpspec-timeout), or train fewer epochs or a smaller model")
+
+    def interrupted(self, where: str, seed: int) -> Callable[[float], BudgetExceeded]:
+        """The error for the watchdog to raise when it stopped seed ``seed`` mid-step."""
+        def error(late: float) -> BudgetExceeded:
+            far = late > max(FAR_PAST, 0.5 * self.seconds)
+            return BudgetExceeded(
+                f"{where}: budget exceeded after {self.epochs_done} epochs: the cell's time "
+                f"budget is {self.seconds:g} s; fix: raise timeout= on the experiment (or "
+                "--hpspec-timeout), or train fewer epochs, or find what blocks (seed "
+                f"{seed} was stopped mid-step by hpspec's watchdog"
+                + (f", {late:.1f} s after the budget: the code held the interpreter in one "
+                   "long C or CUDA call, which cannot be interrupted sooner)" if far else ")"))
+        return error
 
 
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
@@ -277,6 +294,23 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
                 batch_size, id(data), tuple(data.x_train.shape), data.x_train.dtype)
     except Exception:  # an exotic model or optimizer: probe it every time
         return None
+
+
+def _check_parameters(model: Any, opt: Any, where: str) -> None:
+    """Training that would do nothing without a word: a model without parameters, or an
+    optimizer over parameters none of which are the model's."""
+    params = list(model.parameters())
+    if not params:
+        raise CellError(f"{where}: the model ({type(model).__name__}) has no parameters, so "
+                        "training cannot change it; fix: give it trainable layers "
+                        "(torch.nn.Linear, ...) registered as attributes")
+    mine = {id(p) for p in params}
+    theirs = [p for g in opt.param_groups for p in g["params"]]
+    if theirs and not any(id(p) in mine for p in theirs):
+        raise CellError(f"{where}: the optimizer holds {len(theirs)} parameter tensors and none "
+                        f"of them is the model's ({type(model).__name__}): it was built over "
+                        "another model, so this one would never change; fix: build it from the "
+                        "returned model, torch.optim.SGD(model.parameters(), lr=case.lr)")
 
 
 def _train_recipe(
@@ -303,6 +337,7 @@ def _train_recipe(
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
     _try_first_batch(model, loss_fn, data, batch_size, where)
+    _check_parameters(model, opt, where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
@@ -333,6 +368,8 @@ def _train_recipe(
         step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
 
     for epoch in range(1, case.epochs + 1):
+        if deadline is not None:
+            deadline.epochs_done = epoch - 1
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
         # Losses stay on the device (a list of 0-d tensors: no copy op per step) until the
         # end of the epoch, where one stack and one host read bring them back.
@@ -435,6 +472,11 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
+#: A loop-mode generator with no ``epochs=`` may yield this many epochs before it is taken for
+#: an endless loop and its cell fails (rather than running forever without a word).
+MAX_LOOP_EPOCHS = 1000
+
+
 def _run_loop(exp: Experiment, cell: Cell, case: Case,
               deadline: Deadline | None = None) -> SeedResult:
     __tracebackhide__ = True
@@ -450,6 +492,8 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
             sync(case.device)
             seconds.append(time.perf_counter() - t0)
             epoch += 1
+            if deadline is not None:
+                deadline.epochs_done = epoch
             if not isinstance(item, Mapping):
                 raise CellError(f"{where}: epoch {epoch} yielded a {type(item).__name__}; "
                                 "fix: yield a dict of metrics, e.g. "
@@ -478,6 +522,11 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
                     )
             if diverged is not None or (case.epochs and epoch >= case.epochs):
                 break
+            if not case.epochs and epoch >= MAX_LOOP_EPOCHS:
+                raise CellError(
+                    f"{where}: the generator yielded {epoch} epochs and has not ended, and the "
+                    "experiment sets no epochs=; an endless loop? fix: pass epochs=N to "
+                    "@experiment (hpspec stops the generator after N yields), or end the loop")
             if deadline is not None and time.perf_counter() > deadline.at:
                 deadline.exceeded(epoch, where)
             t0 = time.perf_counter()
@@ -521,13 +570,25 @@ def run_seed(
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
-    with torch_state(seed):
+    # The watchdog holds the budget inside a step too (a sleep, a blocking call).
+    if deadline is not None:
+        deadline.epochs_done = 0
+    guard = (watchdog(deadline.at, deadline.interrupted(f"{exp.where}[{cell.id}]", seed))
+             if deadline is not None else contextlib.nullcontext())
+    with torch_state(seed), guard:
         try:
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case, deadline)
             assert data is not None
             return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
                                  deadline)
+        except NoGradPath:
+            raise CellError(
+                f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
+                "parameters (it was detached, computed under torch.no_grad(), or the "
+                "parameters have requires_grad=False), so training would change nothing; "
+                "fix: compute the loss from the model's output without .detach()/.item() or "
+                "no_grad, and leave the parameters trainable") from None
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             first_line = str(e).splitlines()[0] if str(e) else ""
             # The exception's frames hold the model, its activations and the batch: drop
