@@ -1,8 +1,8 @@
 """Claims across cells: compare, trend, best. Pure: judged on plain results with
 :mod:`hpspec.stats`.
 
-Every cross-cell claim is decided over seeds by Welch's t-tests (see :mod:`hpspec.stats` for
-why), giving pass, fail or inconclusive, and becomes a pytest item of its own that runs after
+Every cross-cell claim is decided over seeds by the tests :mod:`hpspec.stats` chooses and
+justifies (paired or Welch t-tests; exact rank tests with diverged seeds ranked worst), giving pass, fail or inconclusive, and becomes a pytest item of its own that runs after
 the cells it needs (training them when it was selected alone).
 """
 
@@ -68,12 +68,19 @@ def _sel_text(w: Where) -> str:
 
 
 def _values(q: Quantity, results: Sequence[CellResult]) -> list[float]:
+    """One number per seed; a seed the runner stopped as diverged, or whose value is not
+    finite, is NaN (diverged: an outcome the tests rank worst, never a dropped value)."""
     out: list[float] = []
     for r in results:
         for s in r.seeds:
             v = q.evaluate(s)
-            out.append(math.nan if v is None else float(v))
+            bad = v is None or s.diverged is not None or not math.isfinite(float(v))
+            out.append(math.nan if bad else float(v))
     return out
+
+
+def _seed_ids(results: Sequence[CellResult]) -> list[int]:
+    return [s.seed for r in results for s in r.seeds]
 
 
 def _summary(values: Sequence[float]) -> str:
@@ -85,9 +92,10 @@ def _summary(values: Sequence[float]) -> str:
         text = f"{_fmt(finite[0])}"
     else:
         text = f"{_fmt(statistics.fmean(finite))} ± {_fmt(statistics.stdev(finite))}"
-    text += f" over {len(values)} seeds"
     if bad:
-        text += f" ({bad} not finite, left out)"
+        text += f" over the {len(finite)} finite seeds; {bad} of {len(values)} seeds diverged"
+    else:
+        text += f" over {len(values)} seeds"
     return text
 
 
@@ -135,16 +143,37 @@ class CrossClaim(Claim):
 
 
 def _pair_test(q: Quantity, a: Sequence[CellResult], b: Sequence[CellResult], lower: bool,
-               margin: float) -> tuple[stats.TTest | None, list[float], list[float]]:
-    """Test "a is better than b" (by a relative margin). The returned test's ``p_below`` is
-    the p-value for the claim (small: a is better)."""
+               margin: float, paired: bool = True, shift: float = 0.0,
+               scale: float | None = None) -> tuple[stats.Test | None, list[float], list[float]]:
+    """Test "a is better than b" (by a relative margin, or than ``scale * b + shift``). The
+    returned test's ``p_below`` is the p-value for the claim (small: a is better). Diverged
+    seeds count as the worst value (see :mod:`hpspec.stats`)."""
     va, vb = _values(q, a), _values(q, b)
-    scale = (1 - margin) if lower else (1 + margin)
+    if scale is None:
+        scale = (1 - margin) if lower else (1 + margin)
     try:
-        t = stats.welch(va, vb, scale_b=scale) if lower else stats.welch(vb, va, scale_b=1 / scale)
+        t = stats.better(va, vb, lower=lower, scale=scale, shift=shift, seeds_a=_seed_ids(a),
+                         seeds_b=_seed_ids(b), paired=paired)
     except ValueError:
         return None, va, vb
     return t, va, vb
+
+
+def _diverged_text(t: stats.Test) -> str:
+    da, db = t.diverged
+    return f"; diverged seeds: {da} vs {db}, ranked worst" if da or db else ""
+
+
+def _too_few_seeds(ctx: SpecContext, arg: str, sides: Sequence[Where], what: str) -> None:
+    """One seed per side leaves no spread to judge a difference by: refuse at collection."""
+    if ctx.seeds > 1:
+        return
+    counts = [sum(1 for c in ctx.cells if w.matches(c)) for w in sides]
+    if all(n <= 1 for n in counts):
+        raise SpecError(f"has one seed on each side, so {what} can never be decided",
+                        where=ctx.where, argument=arg, value=f"seeds={ctx.seeds}",
+                        fix="use seeds=5 (or more) in @hp.experiment, or "
+                        "seeds=hp.adaptive(min=3, max=20)")
 
 
 @attrs.frozen(eq=True)
@@ -158,6 +187,7 @@ class Compare(CrossClaim):
     margin: float = 0.0
     confidence: float | None = None
     name: str | None = None
+    paired: bool = True
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         return self.better.matches(params) or self.than.matches(params)
@@ -185,13 +215,15 @@ class Compare(CrossClaim):
             raise SpecError("selects the same cell on both sides", where=ctx.where,
                             argument=arg, value=self.describe(),
                             fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.better, self.than], "the comparison")
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
         a = [r for r in results.values() if self.better.matches(r.params)]
         b = [r for r in results.values() if self.than.matches(r.params)]
-        t, va, vb = _pair_test(self.quantity, a, b, self.lower, self.margin)
+        t, va, vb = _pair_test(self.quantity, a, b, self.lower, self.margin, self.paired)
         conf = 1 - alpha
-        lines = [f"claim: {self.describe()} (Welch's t-test, {conf:.0%} confidence)",
+        name = t.name if t is not None else "no test"
+        lines = [f"claim: {self.describe()} ({name}, {conf:.0%} confidence)",
                  f"  {_sel_text(self.better)}: {_summary(va)}",
                  f"  {_sel_text(self.than)}: {_summary(vb)}"]
         if t is None:
@@ -199,27 +231,58 @@ class Compare(CrossClaim):
             return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
                            p_fail=1.0)
         outcome = decide(t.p_below, t.p_above, alpha)
-        lo, hi = t.interval(1 - 2 * alpha)
         sign = "" if self.lower else " (B - A)"
-        lines.append(f"  difference{sign}: {_fmt(t.estimate)}, {1 - 2 * alpha:.0%} interval "
-                     f"[{_fmt(lo)}, {_fmt(hi)}]; p = {t.p_below:.3g} for, {t.p_above:.3g} "
-                     "against")
+        what = "median per-seed difference" if isinstance(t, stats.RankTest) else "difference"
+        if t.paired:
+            what += f" (paired by seed, {t.n[0]} pairs)"
+        iv = t.interval(1 - 2 * alpha)
+        shown = f", {1 - 2 * alpha:.0%} interval [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else ""
+        lines.append(f"  {what}{sign}: {_fmt(t.estimate)}{shown}; p = {t.p_below:.3g} for, "
+                     f"{t.p_above:.3g} against{_diverged_text(t)}")
         if outcome == INCONCLUSIVE:
-            lines.append(_more_seeds(t, va, vb, alpha))
+            lines.append(_more_seeds(t, va, vb, alpha, self.lower,
+                                     (1 - self.margin) if self.lower else (1 + self.margin)))
         elif outcome == FAIL:
             lines.append(f"  refuted: the data contradict the claim at {conf:.0%} confidence")
         return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
                        p_fail=t.p_above)
 
 
-def _more_seeds(t: stats.TTest, va: Sequence[float], vb: Sequence[float], alpha: float) -> str:
-    fa = [v for v in va if math.isfinite(v)]
-    fb = [v for v in vb if math.isfinite(v)]
-    n = stats.seeds_needed(t.estimate, statistics.stdev(fa), statistics.stdev(fb), alpha)
+#: Seed counts beyond this are reported as "too small an effect to decide".
+SEED_LIMIT = 100
+
+
+def _more_seeds(t: stats.Test, va: Sequence[float], vb: Sequence[float], alpha: float,
+                lower: bool = True, scale: float = 1.0, shift: float = 0.0) -> str:
+    now = max(t.n)
+    if isinstance(t, stats.RankTest):
+        n = stats.seeds_needed_ranks(va, vb, t, alpha, lower, scale, shift, limit=SEED_LIMIT)
+        if n is None:
+            return "  no difference observed: more seeds will not decide it"
+        if n > SEED_LIMIT:
+            return (f"  undecided at {now} seeds per cell; the effect is too small to decide "
+                    f"within {SEED_LIMIT} seeds per cell")
+        return (f"  undecided at {now} seeds per cell; if the seeds went on like these "
+                f"(divergence included), roughly {n} seeds per cell would decide")
+    if isinstance(t, stats.TTest) and t.paired:
+        n = stats.seeds_needed(t.estimate, t.sd[0], None, alpha, current=now, limit=SEED_LIMIT)
+    else:
+        n = stats.seeds_needed(t.estimate, t.sd[0], t.sd[1], alpha, current=now,
+                               limit=SEED_LIMIT)
     if n is None:
         return "  no difference observed: more seeds will not decide it"
-    return (f"  undecided at {max(t.n)} seeds; roughly {n} seeds per cell would decide an "
+    if n > SEED_LIMIT:
+        return (f"  undecided at {now} seeds per cell; the effect is too small to decide "
+                f"within {SEED_LIMIT} seeds per cell")
+    return (f"  undecided at {now} seeds per cell; roughly {n} seeds per cell would decide an "
             "effect this size (80% power)")
+
+
+def _mean_text(values: Sequence[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    text = _fmt(statistics.fmean(finite)) if finite else "no finite value"
+    bad = len(values) - len(finite)
+    return text + (f" ({bad} of {len(values)} diverged)" if bad else "")
 
 
 def _any_against(p_fails: Sequence[float]) -> float:
@@ -285,8 +348,9 @@ class Trend(CrossClaim):
         return [sorted(g, key=lambda r: r.params[self.over]) for g in by_rest.values()]
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
-        lines = [f"claim: {self.describe()} (Welch's t-test per step, {1 - alpha:.0%} "
-                 "confidence)"]
+        lines = [f"claim: {self.describe()} (a test per step: paired t-test when the cells "
+                 "share seeds, else Welch's; exact rank test, diverged seeds worst, when any "
+                 f"diverged; {1 - alpha:.0%} confidence)"]
         p_pass, p_fails, undecided = 0.0, [], []
         for group in self.groups(results):
             for prev, nxt in zip(group, group[1:]):
@@ -301,10 +365,10 @@ class Trend(CrossClaim):
                     lines.append(f"  {step}: not enough finite values")
                     p_pass, undecided = 1.0, undecided + [step]
                     continue
-                mp = _fmt(statistics.fmean([v for v in vp if math.isfinite(v)]))
-                mn = _fmt(statistics.fmean([v for v in vn if math.isfinite(v)]))
+                mp, mn = _mean_text(vp), _mean_text(vn)
                 verdict = decide(t.p_below, t.p_above, alpha)
-                lines.append(f"  {step}: {mp} -> {mn}, p = {t.p_below:.3g} ({verdict})")
+                lines.append(f"  {step}: {mp} -> {mn}, {t.name}, p = {t.p_below:.3g} "
+                             f"({verdict})")
                 p_pass = max(p_pass, t.p_below)  # intersection-union: every step must hold
                 p_fails.append(t.p_above)
                 if verdict == INCONCLUSIVE:
@@ -355,8 +419,9 @@ class Best(CrossClaim):
         chosen = [r for r in results.values() if self.cell.matches(r.params)]
         others = [r for r in results.values()
                   if self.among.matches(r.params) and not self.cell.matches(r.params)]
-        lines = [f"claim: {self.describe()} (Welch's t-test against each other cell, "
-                 f"{1 - alpha:.0%} confidence)",
+        lines = [f"claim: {self.describe()} (a test against each other cell: paired t-test "
+                 "when they share seeds, else Welch's; exact rank test, diverged seeds worst, "
+                 f"when any diverged; {1 - alpha:.0%} confidence)",
                  f"  {_sel_text(self.cell)}: {_summary(_values(self.quantity, chosen))}"]
         p_pass, p_fails = 0.0, []
         for other in others:
@@ -367,7 +432,8 @@ class Best(CrossClaim):
                 p_pass = 1.0
                 continue
             verdict = decide(t.p_below, t.p_above, alpha)
-            lines.append(f"  vs {label}: {_summary(vo)}, p = {t.p_below:.3g} ({verdict})")
+            lines.append(f"  vs {label}: {_summary(vo)}, {t.name}, p = {t.p_below:.3g} "
+                         f"({verdict})")
             p_pass = max(p_pass, t.p_below)
             p_fails.append(t.p_above)
         p_fail = _any_against(p_fails)
@@ -384,15 +450,26 @@ def compare(
     margin: float = 0.0,
     confidence: float | None = None,
     name: str | None = None,
+    where: Mapping[str, Any] | None = None,
+    paired: bool = True,
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
-    ``margin`` when given (``margin=0.1``: at least 10%)."""
+    ``margin`` when given (``margin=0.1``: at least 10%).
+
+    ``where={"layers": 2}`` narrows both sides to the cells that also match it (the other
+    axes are pooled over otherwise). Sides that ran the same seed ids once each are paired
+    by seed; ``paired=False`` forces the unpaired (Welch / rank-sum) test."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
-    return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,
-                   confidence, name)
+    better_w, than_w = _selector(side), _selector(than)
+    if where:
+        extra = tuple(_selector(where).params)
+        better_w, than_w = attrs.evolve(better_w, params=better_w.params + extra), \
+            attrs.evolve(than_w, params=than_w.params + extra)
+    return Compare(quantity, better_w, than_w, lower is not None, margin, confidence, name,
+                   paired)
 
 
 def trend(
