@@ -20,7 +20,7 @@ from hpspec.claims import (
     throughput,
     where,
 )
-from hpspec.cross import best, compare, trend
+from hpspec.cross import best, compare, equivalent, noninferior, trend
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
@@ -47,6 +47,8 @@ __all__ = [
     "compare",
     "trend",
     "best",
+    "equivalent",
+    "noninferior",
     "adaptive",
     "register_profile",
     "where",

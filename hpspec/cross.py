@@ -41,6 +41,10 @@ __all__ = [
     "compare",
     "trend",
     "best",
+    "Equivalent",
+    "Noninferior",
+    "equivalent",
+    "noninferior",
     "CrossClaim",
     "decide",
     "judge_adaptive",
@@ -439,6 +443,248 @@ class Best(CrossClaim):
         p_fail = _any_against(p_fails)
         return Verdict(self.describe(), decide(p_pass, p_fail, alpha), "\n".join(lines),
                        p_pass=p_pass, p_fail=p_fail)
+
+
+def _parse_margin(margin: Any) -> tuple[float, bool] | None:
+    """``0.01`` (absolute, in the quantity's units) or ``"1%"`` (relative to B): (amount,
+    relative), or None when it is neither."""
+    if isinstance(margin, str):
+        text = margin.strip()
+        if text.endswith("%"):
+            try:
+                x = float(text[:-1]) / 100
+            except ValueError:
+                return None
+            return (x, True) if 0 < x < 1 else None
+        return None
+    if isinstance(margin, (int, float)) and not isinstance(margin, bool) and \
+            0 < margin < math.inf:
+        return float(margin), False
+    return None
+
+
+def _margin_text(margin: Any) -> str:
+    return margin if isinstance(margin, str) else _fmt(margin)
+
+
+def _direction(q: Quantity, better: str | None) -> bool | None:
+    """True when lower is better: given, or read off a metric name ending in loss / acc."""
+    if better in ("lower", "higher"):
+        return better == "lower"
+    name = q.describe().split(" ")[0]
+    if name.endswith("loss"):
+        return True
+    if name.endswith("acc"):
+        return False
+    return None
+
+
+def _validate_margin(margin: Any, ctx: SpecContext, arg: str) -> None:
+    if _parse_margin(margin) is None:
+        raise SpecError("must be a positive number (absolute, in the quantity's units) or a "
+                        "percentage such as '1%' (relative to the reference side)",
+                        where=ctx.where, argument=f"{arg}: margin", value=margin,
+                        fix="e.g. margin=0.01 or margin='1%'")
+
+
+@attrs.frozen(eq=True)
+class Equivalent(CrossClaim):
+    """Cells A and B agree on a quantity within ``+-margin`` (two one-sided tests)."""
+
+    quantity: Quantity
+    a: Where
+    b: Where
+    margin: Any
+    confidence: float | None = None
+    name: str | None = None
+    paired: bool = True
+
+    def selects(self, params: Mapping[str, Any]) -> bool:
+        return self.a.matches(params) or self.b.matches(params)
+
+    def slug(self) -> str:
+        return self.name or (f"equivalent-{_q_slug(self.quantity)}-{_sel_text(self.a)}-and-"
+                             f"{_sel_text(self.b)}").replace(", ", "-")
+
+    def describe(self) -> str:
+        return (f"{self.quantity.describe()} for {_sel_text(self.a)} is within "
+                f"±{_margin_text(self.margin)} of {_sel_text(self.b)}")
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        self._validate_common(ctx, arg, [self.a, self.b])
+        _validate_margin(self.margin, ctx, arg)
+        if any(self.a.matches(c) and self.b.matches(c) for c in ctx.cells):
+            raise SpecError("selects the same cell on both sides", where=ctx.where,
+                            argument=arg, value=self.describe(),
+                            fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.a, self.b], "equivalence")
+
+    def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
+        ra = [r for r in results.values() if self.a.matches(r.params)]
+        rb = [r for r in results.values() if self.b.matches(r.params)]
+        parsed = _parse_margin(self.margin)
+        assert parsed is not None
+        m, rel = parsed
+        va, vb = _values(self.quantity, ra), _values(self.quantity, rb)
+        conf = 1 - alpha
+        da = sum(not math.isfinite(v) for v in va)
+        db = sum(not math.isfinite(v) for v in vb)
+        lines = [f"claim: {self.describe()}", f"  {_sel_text(self.a)}: {_summary(va)}",
+                 f"  {_sel_text(self.b)}: {_summary(vb)}"]
+        if da or db:
+            # A diverged seed has no value to be equivalent with: never a pass.
+            p = stats.fisher_diverged(da, len(va), db, len(vb))
+            outcome = FAIL if p < alpha else INCONCLUSIVE
+            lines[0] += f" (Fisher's exact test on divergence counts, {conf:.0%} confidence)"
+            lines.append(f"  diverged seeds: {da} of {len(va)} vs {db} of {len(vb)}; p = "
+                         f"{p:.3g} that they diverge at different rates; a diverged seed is "
+                         "never equivalent, so this claim cannot pass")
+            return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=1.0, p_fail=p)
+        # upper: a < b + m (or (1 + m) b); lower: a > b - m (or (1 - m) b).
+        up, _, _ = _pair_test(self.quantity, ra, rb, True, 0.0, self.paired,
+                              shift=0.0 if rel else m, scale=(1 + m) if rel else 1.0)
+        lo, _, _ = _pair_test(self.quantity, ra, rb, False, 0.0, self.paired,
+                              shift=0.0 if rel else -m, scale=(1 - m) if rel else 1.0)
+        if up is None or lo is None:
+            lines.append("  needs at least two finite values on each side")
+            return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
+                           p_fail=1.0)
+        lines[0] += f" (two one-sided {up.name}s, {conf:.0%} confidence)"
+        p_pass = max(up.p_below, lo.p_below)
+        # Outside the margin on either side; the two are disjoint events, Bonferroni keeps
+        # the false-fail rate at alpha even when the margin is tiny.
+        p_fail = min(1.0, 2 * min(up.p_above, lo.p_above))
+        outcome = decide(p_pass, p_fail, alpha)
+        diff = stats.better(va, vb, lower=True, seeds_a=_seed_ids(ra), seeds_b=_seed_ids(rb),
+                            paired=self.paired)
+        iv = diff.interval(1 - 2 * alpha)
+        bound = f"±{_fmt(m)}" if not rel else f"±{m:.3g} x B's mean " \
+            f"(±{_fmt(m * abs(statistics.fmean(vb)))})"
+        if iv is not None:
+            lines.append(f"  difference A - B: {_fmt(diff.estimate)}, {1 - 2 * alpha:.0%} "
+                         f"interval [{_fmt(iv[0])}, {_fmt(iv[1])}], margin {bound}")
+        lines.append(f"  p = {p_pass:.3g} for (both one-sided tests), {p_fail:.3g} against")
+        if outcome == INCONCLUSIVE:
+            worst = up if up.p_below >= lo.p_below else lo
+            lines.append(_more_seeds(worst, va, vb, alpha))
+        elif outcome == FAIL:
+            lines.append(f"  refuted: the difference lies outside the margin at {conf:.0%} "
+                         "confidence")
+        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=p_pass,
+                       p_fail=p_fail)
+
+
+@attrs.frozen(eq=True)
+class Noninferior(CrossClaim):
+    """Cells A are no worse than cells B by more than ``margin`` (one-sided test)."""
+
+    quantity: Quantity
+    a: Where
+    than: Where
+    margin: Any
+    better: str | None = None
+    confidence: float | None = None
+    name: str | None = None
+    paired: bool = True
+
+    def selects(self, params: Mapping[str, Any]) -> bool:
+        return self.a.matches(params) or self.than.matches(params)
+
+    def slug(self) -> str:
+        return self.name or (f"noninferior-{_q_slug(self.quantity)}-{_sel_text(self.a)}-to-"
+                             f"{_sel_text(self.than)}").replace(", ", "-")
+
+    def describe(self) -> str:
+        return (f"{self.quantity.describe()} for {_sel_text(self.a)} is no worse than for "
+                f"{_sel_text(self.than)} by more than {_margin_text(self.margin)}")
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        self._validate_common(ctx, arg, [self.a, self.than])
+        _validate_margin(self.margin, ctx, arg)
+        if _direction(self.quantity, self.better) is None:
+            raise SpecError("does not say whether lower or higher is better", where=ctx.where,
+                            argument=f"{arg}: better", value=self.better,
+                            fix="pass better='lower' or better='higher'")
+        if any(self.a.matches(c) and self.than.matches(c) for c in ctx.cells):
+            raise SpecError("selects the same cell on both sides", where=ctx.where,
+                            argument=arg, value=self.describe(),
+                            fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.a, self.than], "non-inferiority")
+
+    def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
+        ra = [r for r in results.values() if self.a.matches(r.params)]
+        rb = [r for r in results.values() if self.than.matches(r.params)]
+        parsed = _parse_margin(self.margin)
+        lower = _direction(self.quantity, self.better)
+        assert parsed is not None and lower is not None
+        m, rel = parsed
+        # Lower is better: a < b + m (or (1 + m) b); higher: a > b - m (or (1 - m) b).
+        if rel:
+            scale, shift = (1 + m if lower else 1 - m), 0.0
+        else:
+            scale, shift = 1.0, (m if lower else -m)
+        t, va, vb = _pair_test(self.quantity, ra, rb, lower, 0.0, self.paired, shift=shift,
+                               scale=scale)
+        conf = 1 - alpha
+        name = t.name if t is not None else "no test"
+        lines = [f"claim: {self.describe()} ({name}, {conf:.0%} confidence, "
+                 f"{'lower' if lower else 'higher'} is better)",
+                 f"  {_sel_text(self.a)}: {_summary(va)}",
+                 f"  {_sel_text(self.than)}: {_summary(vb)}"]
+        if t is None:
+            lines.append("  needs at least two finite values on each side")
+            return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
+                           p_fail=1.0)
+        outcome = decide(t.p_below, t.p_above, alpha)
+        iv = t.interval(1 - 2 * alpha)
+        what = "B - A" if not lower else "A - B"
+        shown = f", {1 - 2 * alpha:.0%} interval [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else ""
+        lines.append(f"  {what} less the margin (below 0 holds the claim): "
+                     f"{_fmt(t.estimate)}{shown}; p = {t.p_below:.3g} for, {t.p_above:.3g} "
+                     f"against{_diverged_text(t)}")
+        if outcome == INCONCLUSIVE:
+            lines.append(_more_seeds(t, va, vb, alpha, lower, scale, shift))
+        elif outcome == FAIL:
+            lines.append(f"  refuted: A is worse by more than the margin at {conf:.0%} "
+                         "confidence")
+        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
+                       p_fail=t.p_above)
+
+
+def equivalent(
+    quantity: Quantity,
+    *,
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    margin: float | str,
+    confidence: float | None = None,
+    name: str | None = None,
+    paired: bool = True,
+) -> Equivalent:
+    """``equivalent(metric("val_acc").final(), a={"bs": 256}, b={"bs": 32}, margin=0.01)``:
+    the difference A - B lies within ``+-margin`` (absolute, or ``"1%"`` of B). Two one-sided
+    tests: passes when the ``1 - 2 alpha`` interval lies inside the margin, fails when it
+    lies outside; a seed diverged on either side means it cannot pass."""
+    return Equivalent(quantity, _selector(a), _selector(b), margin, confidence, name, paired)
+
+
+def noninferior(
+    quantity: Quantity,
+    a: Mapping[str, Any],
+    *,
+    than: Mapping[str, Any],
+    margin: float | str,
+    better: str | None = None,
+    confidence: float | None = None,
+    name: str | None = None,
+    paired: bool = True,
+) -> Noninferior:
+    """``noninferior(metric("val_acc").final(), {"bs": 256}, than={"bs": 32}, margin=0.01)``:
+    A is no worse than B by more than ``margin`` (absolute, or ``"1%"`` of B). Which way is
+    better is read off a metric named ``*loss`` (lower) or ``*acc`` (higher), else give
+    ``better="lower"`` or ``"higher"``. Diverged seeds count as the worst value."""
+    return Noninferior(quantity, _selector(a), _selector(than), margin, better, confidence,
+                       name, paired)
 
 
 def compare(
