@@ -68,6 +68,8 @@ def _selector(sel: Any) -> Where:
 
 
 def _sel_text(w: Where) -> str:
+    if w.cells is not None:
+        return w.text()
     return ", ".join(f"{k}={format_value(v)}" for k, v in w.params) or "all cells"
 
 
