@@ -162,3 +162,42 @@ def test_shared_seeds_are_paired(pytester):
     result = pytester.runpytest()
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["loss final is lower for arm=a than for arm=c*pass*"])
+
+
+CUSTOM_METRIC = """
+import torch
+import hpspec as hp
+
+def grad_norm(model, data):
+    return float(sum(p.grad.norm() ** 2 for p in model.parameters()) ** 0.5)
+
+def val_mae(model, data):
+    with torch.no_grad():
+        return float((model(data.x_val).argmax(1) != data.y_val).float().mean())
+
+@hp.experiment(
+    grid=hp.grid(lr=[0.05, 0.1]),
+    epochs=2,
+    seeds=2,
+    data=hp.datasets.digits(),
+    metrics=["grad_norm", "val_err"],
+    claims=[hp.where(lr=0.1).expect(hp.metric("grad_norm").final() > 0),
+            hp.expect(hp.metric("val_err").final() < 0.9)],
+)
+def custom(case):
+    model = hp.models.mlp(64, [16], 10)
+    return hp.Recipe(model, torch.optim.SGD(model.parameters(), lr=case.lr),
+                     metrics={"grad_norm": grad_norm, "val_err": val_mae})
+"""
+
+
+def test_recipe_custom_metrics_are_recorded_and_claimable(pytester):
+    pytester.makepyfile(exp_custom=CUSTOM_METRIC)
+    result = pytester.runpytest("-rA")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "grad_norm" in out and "val_err" in out
+    # An undeclared custom metric in a claim is still a spec error at collection.
+    pytester.makepyfile(exp_custom=CUSTOM_METRIC.replace('"grad_norm", "val_err"', '"val_err"'))
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["*grad_norm*never produces*"])
