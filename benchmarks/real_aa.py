@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from tabulate import tabulate  # noqa: E402
+import torch
+from sklearn.datasets import load_digits
+from tabulate import tabulate
 
-from hpspec.claims import metric  # noqa: E402
-from hpspec.cross import compare  # noqa: E402
-from hpspec.results import CellResult, SeedResult  # noqa: E402
+from hpspec.claims import metric
+from hpspec.cross import compare
+from hpspec.results import CellResult, SeedResult
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,8 +15,8 @@ BASE_BATCH, BASE_LR, K = 32, 0.05, 4
 
 
 @hp.experiment(
-    grid=hp.cells(dict(batch_size=BASE_BATCH, lr=BASE_LR),
-                  dict(batch_size=K * BASE_BATCH, lr=K * BASE_LR)),
+    grid=hp.cells({"batch_size": BASE_BATCH, "lr": BASE_LR},
+                  {"batch_size": K * BASE_BATCH, "lr": K * BASE_LR}),
     epochs=8,
     seeds=5,
     data=hp.datasets.digits(),

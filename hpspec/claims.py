@@ -135,8 +135,7 @@ class Quantity:
     # with eq=False so these are not replaced.
     def __eq__(self, other: Any) -> Any:  # type: ignore[override]
         if isinstance(other, Quantity):
-            return type(self) is type(other) and attrs.astuple(self, recurse=False) == \
-                attrs.astuple(other, recurse=False)
+            return type(self) is type(other) and _fields(self) == _fields(other)
         if _is_number(other) or isinstance(other, str):
             return Threshold(self, "==", self._operand(other))
         return NotImplemented
@@ -149,7 +148,7 @@ class Quantity:
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, attrs.astuple(self, recurse=False)))
+        return hash((type(self).__name__, _fields(self)))
 
     def __lt__(self, other: Any) -> Threshold:
         return Threshold(self, "<", self._operand(other))
@@ -186,6 +185,10 @@ class Quantity:
 
     def __rtruediv__(self, other: Any) -> Arith:
         return Arith("/", other, self)
+
+
+def _fields(q: Quantity) -> tuple[Any, ...]:
+    return attrs.astuple(q, recurse=False)  # type: ignore[arg-type]  # subclasses are attrs
 
 
 def _evaluate(x: Any, run: SeedResult) -> float | None:
@@ -900,7 +903,9 @@ def _judge_mean(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
         return Verdict(claim.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0, p_fail=1.0)
     below = cond.op in ("<", "<=")
     p_pass, p_fail = (t.p_below, t.p_above) if below else (t.p_above, t.p_below)
-    lo, hi = t.interval(1 - 2 * alpha)
+    iv = t.interval(1 - 2 * alpha)
+    assert iv is not None  # a t-test always has an interval
+    lo, hi = iv
     shift = float(cond.right)
     lines.append(f"  mean {_fmt(t.estimate + shift)}, {1 - 2 * alpha:.0%} interval "
                  f"[{_fmt(lo + shift)}, {_fmt(hi + shift)}], threshold {_fmt(shift)}")
@@ -968,7 +973,7 @@ def _validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
 
 
 def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
-    for i, c in enumerate(w.cells or ()):
+    for i, c in enumerate(w.cells if w.cells is not None else ()):
         _validate_where(Where(c), ctx, f"{arg}: where(cells[{i}])")
         if ctx.cells and not any(Where(c).matches(x) for x in ctx.cells):
             raise SpecError("selects no cell of the grid", where=ctx.where,

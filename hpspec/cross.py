@@ -80,8 +80,8 @@ def _values(q: Quantity, results: Sequence[CellResult]) -> list[float]:
     for r in results:
         for s in r.seeds:
             v = q.evaluate(s)
-            bad = v is None or s.diverged is not None or not math.isfinite(float(v))
-            out.append(math.nan if bad else float(v))
+            x = math.nan if v is None or s.diverged is not None else float(v)
+            out.append(x if math.isfinite(x) else math.nan)
     return out
 
 

@@ -14,7 +14,14 @@ import attrs
 
 from hpspec import stats
 from hpspec.claims import metric
-from hpspec.cross import Compare, CrossClaim, compare, equivalent, judge_adaptive, noninferior
+from hpspec.cross import (
+    Compare,
+    CrossClaim,
+    compare,
+    equivalent,
+    judge_adaptive,
+    noninferior,
+)
 from hpspec.results import CellResult, SeedResult
 
 __all__ = ["ErrorRates", "compare_trials", "margin_trials"]
