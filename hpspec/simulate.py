@@ -48,6 +48,8 @@ def _cell(arm: str, values: list[float]) -> CellResult:
 def _pair(rng: random.Random, mean_a: float, rho: float) -> tuple[float, float]:
     """One seed's values on both sides: unit variance each, correlation ``rho`` (what the
     shared initial weights and data order leave in common)."""
+    if rho == 0:  # independent: the same draws as before pairing existed
+        return rng.gauss(mean_a, 1.0), rng.gauss(0.0, 1.0)
     z = rng.gauss(0.0, 1.0)
     return (mean_a + math.sqrt(rho) * z + math.sqrt(1 - rho) * rng.gauss(0.0, 1.0),
             math.sqrt(rho) * z + math.sqrt(1 - rho) * rng.gauss(0.0, 1.0))
