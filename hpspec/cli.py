@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,7 +79,9 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> str:
     same = runs[a].fingerprint == runs[b].fingerprint
     rows, warnings = compare_runs(numbers[1], numbers[0], parse_limits(args.metrics), same,
                                   force=True)
-    rows = [r for r in rows if r.change != 0]
+    # A number that stayed diverged (NaN in both runs) did not move; NaN != 0 would say so.
+    rows = [r for r in rows if r.change != 0 and not (
+        math.isnan(r.change) and not math.isfinite(r.baseline) and not math.isfinite(r.current))]
     text = [f"run {b} against run {a}"]
     if not same:
         text.append("note: the runs' environments differ (timings are not comparable)")

@@ -346,13 +346,21 @@ def run_document(
     }
 
 
+def _num(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else "diverged"
+
+
 def render_gate(rows: Sequence[Any]) -> str:
     """What moved against the baseline: a row per cell and compared metric."""
     table = []
     for r in rows:
         rel = "-" if r.relative is None else f"{100 * r.relative:+.1f}%"
-        table.append([r.experiment.split("::")[-1], r.cell_id, r.metric, f"{r.baseline:.4g}",
-                      f"{r.current:.4g}", f"{r.change:+.3g}", rel, r.limit,
+        # NaN / inf is a diverged run, not a number that moved by some amount.
+        change = f"{r.change:+.3g}" if math.isfinite(r.change) else (
+            "diverged" if math.isfinite(r.baseline) and not math.isfinite(r.current)
+            else "recovered" if math.isfinite(r.current) else "-")
+        table.append([r.experiment.split("::")[-1], r.cell_id, r.metric, _num(r.baseline),
+                      _num(r.current), change, rel, r.limit,
                       "REGRESSED" if r.failed else "ok"])
     return _table(table, ["experiment", "cell", "metric", "baseline", "now", "change",
                           "change %", "limit", "gate"])

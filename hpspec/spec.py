@@ -619,6 +619,11 @@ def build(fn: Callable[..., Any]) -> Experiment:
             raise SpecError("must be a list of metric names", where=where, argument="metrics",
                             value=metrics, fix="write metrics=['loss', 'acc']")
         known = frozenset(metrics)
+        if mode == "recipe":
+            # Recipe mode always records its own metrics; the declared ones are the recipe's
+            # custom metrics (Recipe(metrics={...})).
+            known |= claims_mod.recipe_metrics(
+                data.task if isinstance(data, DataSpec) else None)
     elif mode == "recipe":
         known = claims_mod.recipe_metrics(data.task if isinstance(data, DataSpec) else None)
     else:
@@ -691,12 +696,17 @@ class Recipe:
 
     ``loss`` defaults to cross-entropy for classification data and mean squared error for
     regression; ``scheduler`` (any object with ``step()``) is stepped once per epoch.
+    ``metrics={"grad_norm": fn}`` adds per-epoch metrics: ``fn(model, data)`` is called after
+    each epoch's evaluation (the last step's gradients are still on the parameters) and
+    returns a number; name them in ``@experiment(metrics=[...])`` to claim them. A recipe with
+    custom metrics trains one by one, not stacked (the functions expect one model).
     """
 
     model: Any
     optimizer: Any
     loss: Callable[[Any, Any], Any] | None = None
     scheduler: Any = None
+    metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None
 
 
 # ------------------------------------------------------------------------------- profiles

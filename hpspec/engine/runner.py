@@ -145,14 +145,18 @@ def device_data(spec: DataSpec, device: str) -> Data:
 # -------------------------------------------------------------------------------- recipes
 
 
+class _OneByOne(Exception):
+    """A cell the stacked engine leaves to the one-by-one runner (custom recipe metrics)."""
+
+
 def _coerce_recipe(out: Any, where: str) -> Recipe:
     if isinstance(out, Recipe):
         recipe = out
     elif isinstance(out, Mapping) and "model" in out and "optimizer" in out:
-        extra = set(out) - {"model", "optimizer", "loss", "scheduler"}
+        extra = set(out) - {"model", "optimizer", "loss", "scheduler", "metrics"}
         if extra:
             raise CellError(f"{where}: the returned dict has unknown keys {sorted(extra)}; "
-                            "allowed: model, optimizer, loss, scheduler")
+                            "allowed: model, optimizer, loss, scheduler, metrics")
         recipe = Recipe(**out)
     elif isinstance(out, tuple) and len(out) == 2:
         recipe = Recipe(out[0], out[1])
@@ -171,6 +175,12 @@ def _coerce_recipe(out: Any, where: str) -> Recipe:
                         "return (model, torch.optim.SGD(model.parameters(), lr=case.lr))")
     if recipe.loss is not None and not callable(recipe.loss):
         raise CellError(f"{where}: the recipe's loss is not callable")
+    if recipe.metrics is not None and not (
+            isinstance(recipe.metrics, Mapping)
+            and all(isinstance(k, str) and callable(f) for k, f in recipe.metrics.items())):
+        raise CellError(f"{where}: the recipe's metrics must map names to functions "
+                        "fn(model, data) -> number; fix: "
+                        "hp.Recipe(model, opt, metrics={'grad_norm': grad_norm})")
     return recipe
 
 
@@ -418,6 +428,12 @@ def _train_recipe(
         curves["val_loss"].append(val["loss"])
         if "val_acc" in curves:
             curves["val_acc"].append(val["acc"])
+        for name, fn in (recipe.metrics or {}).items():
+            value = _as_float(fn(model, data))
+            if value is None:
+                raise CellError(f"{where}: metric {name!r} returned {fn(model, data)!r}, not a "
+                                "number; fix: return a float (e.g. tensor.item())")
+            curves.setdefault(name, []).append(value)
         if progress is not None:
             progress(epoch, case.epochs, train_loss)
         diverged = divergence(host, limit, start_train["loss"], epoch)
@@ -720,7 +736,12 @@ def run_stacked(
                 with torch_state(seed):
                     recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
                 has_scheduler = has_scheduler or recipe.scheduler is not None
+                if recipe.metrics:
+                    raise _OneByOne
                 built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+        except _OneByOne:
+            broken[cell.id] = "its recipe has custom metrics (trains one by one)"
+            continue
         except Exception:
             # That cell's own run (one by one) reports the error with its traceback; the
             # others still stack.
