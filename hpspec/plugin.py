@@ -324,6 +324,8 @@ class State:
     gate_rows: list[Any] = attrs.field(factory=list)
     gate_warnings: list[str] = attrs.field(factory=list)
     gate_baseline: str | None = None
+    #: Reports (--hpspec-json/-html/-export) that could not be written, one line each.
+    report_warnings: list[str] = attrs.field(factory=list)
     #: Per experiment key: name, axes and time-to-target claims (from collection, or from
     #: xdist workers' payloads on the controller, which collects nothing).
     info: dict[str, Any] = attrs.field(factory=dict)
@@ -912,6 +914,13 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 "--hpspec-cache=off turns the store off, so there is nothing to save to or "
                 "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
+    from hpspec.outputs import output_path_problem
+
+    for flag in ("--hpspec-json", "--hpspec-html", "--hpspec-export"):
+        value = config.getoption(flag, None)
+        problem = output_path_problem(flag, value) if value is not None else None
+        if problem:
+            raise pytest.UsageError(problem)
     if config.getoption("--hpspec-compare-fail") and not config.getoption("--hpspec-compare"):
         raise pytest.UsageError("--hpspec-compare-fail needs a baseline: add "
                                 "--hpspec-compare NAME|latest|FILE.json")
@@ -1269,6 +1278,13 @@ def pytest_terminal_summary(
     state = config.stash.get(STATE, None)
     if state is None:
         return
+    try:
+        _summary(terminalreporter, state)
+    except KeyboardInterrupt:  # a second Ctrl-C while the tables print: stop, quietly
+        terminalreporter.write_line("hpspec: summary interrupted", yellow=True)
+
+
+def _summary(terminalreporter: Any, state: State) -> None:
     _summary_store(terminalreporter, state)
     if state.table == "none":
         return
@@ -1297,6 +1313,8 @@ def _summary_store(terminalreporter: Any, state: State) -> None:
     if state.store_error:
         terminalreporter.write_line(f"hpspec: {state.store_error}; results were not stored",
                                     yellow=True)
+    for line in state.report_warnings:
+        terminalreporter.write_line(f"hpspec: {line}", yellow=True)
     if state.gate_rows or state.gate_warnings:
         terminalreporter.write_sep("-", f"hpspec: compared with {state.gate_baseline}")
         for w in state.gate_warnings:
@@ -1401,16 +1419,15 @@ def _gate(state: State, config: pytest.Config) -> bool:
         return False
     baseline: dict[tuple[str, str], dict[str, float]] = {}
     if ref.endswith(".json"):
+        from hpspec.outputs import baseline_numbers
+
         try:
-            doc = json.loads(Path(ref).read_text())
-        except (OSError, ValueError) as e:
-            state.gate_warnings.append(f"--hpspec-compare {ref}: cannot read it ({e})")
+            baseline, base_fp = baseline_numbers(json.loads(Path(ref).read_text()),
+                                                 cell_numbers)
+        except (OSError, ValueError, RecursionError) as e:
+            what = "nested too deeply to read" if isinstance(e, RecursionError) else str(e)
+            state.gate_warnings.append(f"--hpspec-compare {ref}: not compared: {what}")
             return bool(config.getoption("--hpspec-compare-fail"))
-        for exp in doc.get("experiments", []):
-            for c in exp.get("cells", []):
-                if c.get("result"):
-                    baseline[(exp["key"], c["cell_id"])] = cell_numbers(c["result"]["seeds"])
-        base_fp = doc.get("fingerprint")
         state.gate_baseline = ref
     else:
         store = state.open_store()
@@ -1449,25 +1466,48 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from hpspec.ray_backend import shutdown
 
         shutdown(state.ray)
-    if _gate(state, config):
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    _record_run(state, session.exitstatus)
-    json_path = config.getoption("--hpspec-json", None)
-    html_path = config.getoption("--hpspec-html", None)
-    export_path = config.getoption("--hpspec-export", None)
-    if not (json_path or html_path or export_path):
-        return
+    try:
+        try:
+            if _gate(state, config):
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        except Exception as e:  # the gate must never cost the table or leave the run running
+            state.gate_warnings.append(f"--hpspec-compare: not compared ({type(e).__name__}: "
+                                       f"{e})")
+        _record_run(state, session.exitstatus)
+        _write_reports(state, config)
+    except KeyboardInterrupt:  # Ctrl-C at the very end: every seed is stored already
+        state.report_warnings.append("interrupted while finishing the run; every finished "
+                                     "seed is in the store, reports not yet written are not")
+
+
+def _write_reports(state: State, config: pytest.Config) -> None:
     import json
 
+    from hpspec.outputs import Report, write_reports
     from hpspec.store import fingerprint
 
-    doc = run_document_of(state)
-    if json_path:
-        Path(json_path).write_text(json.dumps(doc, indent=1, allow_nan=False))
-    if export_path:
-        exported = {**doc, "fingerprint": fingerprint(doc["environment"])}
-        Path(export_path).write_text(json.dumps(exported, indent=1, allow_nan=False))
-    if html_path:
+    paths = {f: config.getoption(f, None) for f in
+             ("--hpspec-json", "--hpspec-export", "--hpspec-html")}
+    if not any(paths.values()):
+        return
+    doc: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        if not doc:
+            doc.update(run_document_of(state))
+        return doc
+
+    def html() -> str:
         from hpspec.html import render_html
 
-        Path(html_path).write_text(render_html(doc), encoding="utf-8")
+        return render_html(document())
+
+    render = {
+        "--hpspec-json": lambda: json.dumps(document(), indent=1, allow_nan=False),
+        "--hpspec-export": lambda: json.dumps(
+            {**document(), "fingerprint": fingerprint(document()["environment"])}, indent=1,
+            allow_nan=False),
+        "--hpspec-html": html,
+    }
+    state.report_warnings += write_reports(
+        [Report(f, p, render[f]) for f, p in paths.items() if p])
