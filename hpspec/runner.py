@@ -165,7 +165,51 @@ def _coerce_recipe(out: Any, where: str) -> Recipe:
                         "return (model, torch.optim.SGD(model.parameters(), lr=case.lr))")
     if recipe.loss is not None and not callable(recipe.loss):
         raise CellError(f"{where}: the recipe's loss is not callable")
+    if recipe.scheduler is not None and (isinstance(recipe.scheduler, type) or not callable(
+            getattr(recipe.scheduler, "step", None))):
+        what = (f"the class {recipe.scheduler.__name__}" if isinstance(recipe.scheduler, type)
+                else f"a {type(recipe.scheduler).__name__}")
+        raise CellError(f"{where}: the recipe's scheduler is {what}, not a scheduler object "
+                        "with a step() method; fix: build it on the optimizer, e.g. "
+                        "scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=5)")
     return recipe
+
+
+def _check_model_kind(model: Any, data: Data, where: str) -> None:
+    """Kinds of model the loop cannot train, said before torch fails deep inside a step."""
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.is_meta for p in params):
+        raise CellError(f"{where}: the model is on the meta device (its tensors have shapes but "
+                        "no values), so it cannot be trained; fix: build it without "
+                        "torch.device('meta'), or call model.to_empty(device='cpu') and "
+                        "initialise its parameters before returning it")
+    x = data.x_train
+    floats = {p.dtype for p in params if p.is_floating_point()}
+    if x.is_floating_point() and floats and floats != {x.dtype}:
+        have = ", ".join(sorted(str(d).replace("torch.", "") for d in floats))
+        want = str(x.dtype).replace("torch.", "")
+        raise CellError(f"{where}: the model's parameters are {have} but the data's features "
+                        f"are {want}; fix: build the model in {want} (drop .double() / "
+                        f"dtype=..., or return model.to(torch.{want}))")
+
+
+#: torch's words for an input of the wrong dtype (first batch only).
+_DTYPE_ERRORS = ("must have the same dtype", "scalar types", "scalar type", "expected scalar",
+                 "Expected tensor for argument")
+
+
+def _dtype_message(e: BaseException, model: Any, data: Data, where: str) -> str | None:
+    text = str(e)
+    if not any(t in text for t in _DTYPE_ERRORS):
+        return None
+    x = str(data.x_train.dtype).replace("torch.", "")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if "indices" in text and any(isinstance(m, torch.nn.Embedding) for m in model.modules()):
+        return (f"{where}: the model's nn.Embedding needs integer token ids but the data's "
+                f"features are {x} (hp.datasets.tensors stores features as float32); fix: "
+                "convert them where the model reads them, e.g. self.embed(x.long())")
+    return (f"{where}: the model cannot read the data's {x} features ({first}); fix: make the "
+            f"model's dtype match the data ({x}), or convert the input in forward()")
 
 
 def _default_loss(task: str) -> Callable[[Any, Any], Any]:
@@ -209,7 +253,13 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     """One batch through the model and the loss, before any training, so that the usual
     shape mistakes fail with their fix rather than deep inside a step."""
     xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-    out = model(xb.clone())  # a copy: see _evaluate
+    try:
+        out = model(xb.clone())  # a copy: see _evaluate
+    except (RuntimeError, TypeError) as e:
+        message = _dtype_message(e, model, data, where)
+        if message is None:
+            raise
+        raise CellError(message) from None
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
 
 
@@ -314,6 +364,7 @@ def _train_recipe(
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
     recipe = _coerce_recipe(exp.fn(case), where)
+    _check_model_kind(recipe.model, data, where)
     device = case.device
     model = recipe.model.to(device)
     model.train()
@@ -720,6 +771,7 @@ def run_stacked(
                 case = _case(exp, cell, seed, device, data)
                 with torch_state(seed):
                     recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
+                    _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
                 has_scheduler = has_scheduler or recipe.scheduler is not None
                 built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
         except Exception:
