@@ -755,42 +755,44 @@ def run_stacked(
     epochs (see :func:`stackable_cells`).
     """
     __tracebackhide__ = True
-    from hpspec.stacked import Member, plan, split, train_group
+    from hpspec.stacked import Member, chunk_size, plan, split, train_group
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
     data = device_data(exp.data, device)
+    run_seeds = tuple(seeds or exp.seeds)
+    broken: dict[str, str] = {}
+    why_by_cell: dict[str, str] = {}
+    results: dict[str, list[SeedResult]] = {}
+    # Members are built cell by cell and trained in chunks of bounded size (memory and work per
+    # step): a 10,000-cell grid never holds 10,000 models at once, and each chunk ends with
+    # results (and progress) instead of one silent group for the whole grid.
     members: list[Member] = []
     owner: list[Cell] = []
-    broken: dict[str, str] = {}
-    has_scheduler = False
-    for cell in cells:
-        built: list[Member] = []
-        try:
-            for seed in seeds or exp.seeds:
-                case = _case(exp, cell, seed, device, data)
-                with torch_state(seed):
-                    recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
-                    _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
-                has_scheduler = has_scheduler or recipe.scheduler is not None
-                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
-        except Exception:
-            # That cell's own run (one by one) reports the error with its traceback; the
-            # others still stack.
-            broken[cell.id] = "building its recipe raised (its own run reports the error)"
-            continue
-        members += built
-        owner += [cell] * len(built)
-    groups, why = plan(members, data.task, has_scheduler)
-    # A group larger than the device's memory allows trains in chunks (a cell's seeds may then
-    # land in different chunks; its results are gathered below).
-    groups = [chunk for idx in groups
-              for chunk in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
-                                 data.x_val.shape[0], device)]
-    results: dict[str, list[SeedResult]] = {}
-    for idx in groups:
-        group = [members[i] for i in idx]
-        first_cell = owner[idx[0]]
+    cap: int | None = None
+    chunks = [0, 1]  # chunks trained so far, chunks expected (for the progress line)
+
+    def chunk_progress(epoch: int, epochs: int, loss: float) -> None:
+        if progress is not None:  # epochs across the chunks, so the line keeps moving
+            progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
+
+    def train_buffered() -> None:
+        groups, why = plan(members, data.task, False)
+        for i, reason in why.items():
+            why_by_cell.setdefault(members[i].cell_id, reason)
+        # A group larger than memory and the step budget allow trains in chunks (a cell's
+        # seeds may then land in different chunks; its results are gathered below).
+        groups = [chunk for idx in groups
+                  for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                    data.x_val.shape[0], device)
+                  for chunk in (part[i:i + (cap or len(part))]
+                                for i in range(0, len(part), cap or len(part)))]
+        for idx in groups:
+            _train_chunk([members[i] for i in idx], owner[idx[0]])
+        members.clear()
+        owner.clear()
+
+    def _train_chunk(group: list[Member], first_cell: Cell) -> None:
         batch_size = exp.batch_size_for(first_cell)
         assert batch_size is not None
         try:
@@ -801,14 +803,46 @@ def run_stacked(
                              m.loss or _default_loss(data.task), data, batch_size,
                              f"{exp.where}[{m.cell_id}]")
         except CellError:
-            for i in idx:
-                why[i] = "its model does not fit the data (reported by its own run)"
-            continue
+            for m in group:
+                why_by_cell.setdefault(m.cell_id, "its model does not fit the data (reported "
+                                       "by its own run)")
+            return
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
         runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
-                           DIVERGENCE_FACTOR, rules, progress)
+                           DIVERGENCE_FACTOR, rules, chunk_progress)
+        chunks[0] += 1
+        chunks[1] = max(chunks[1], chunks[0] + 1)
         for m, r in zip(group, runs, strict=True):
             results.setdefault(m.cell_id, []).append(r)
+
+    for cell in cells:
+        built: list[Member] = []
+        try:
+            scheduler = False
+            for seed in run_seeds:
+                case = _case(exp, cell, seed, device, data)
+                with torch_state(seed):
+                    recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
+                    _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
+                scheduler = scheduler or recipe.scheduler is not None
+                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+        except Exception:
+            # That cell's own run (one by one) reports the error with its traceback; the
+            # others still stack.
+            broken[cell.id] = "building its recipe raised (its own run reports the error)"
+            continue
+        if scheduler:
+            why_by_cell[cell.id] = "a learning-rate scheduler is not stacked"
+            continue
+        members += built
+        owner += [cell] * len(built)
+        if cap is None and built:
+            cap = chunk_size(built[0], exp.batch_size_for(cell) or 1, data.x_val.shape[0],
+                             device)
+            chunks[1] = max(1, math.ceil(len(cells) * len(run_seeds) / cap))
+        if cap is not None and len(members) >= cap:
+            train_buffered()
+    train_buffered()
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
     wanted = len(seeds or exp.seeds)
@@ -818,8 +852,8 @@ def run_stacked(
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
-            reasons[cell.id] = broken.get(cell.id) or next(
-                (why[i] for i, o in enumerate(owner) if o is cell and i in why), "not stacked")
+            reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
+                                or "not stacked")
     return out, reasons
 
 
