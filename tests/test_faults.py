@@ -345,7 +345,9 @@ def test_ctrl_c_while_reports_are_written_abandons_them_cleanly(pytester):
 
     pytester.makepyfile(exp_quick=QUICK)
     pytester.makeconftest(INTERRUPT_HTML)
-    result = pytester.runpytest("--hpspec-json=run.json", "--hpspec-html=run.html")
+    # in a subprocess: a KeyboardInterrupt that escapes must not stop this test session
+    result = pytester.runpytest_subprocess("--hpspec-json=run.json", "--hpspec-html=run.html",
+                                           timeout=120)
     out = result.stdout.str()
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
     assert "interrupted: not written: --hpspec-html=run.html" in out
