@@ -17,8 +17,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["output_path_problem", "Report", "write_reports", "BaselineDocumentError",
-           "baseline_numbers", "MAX_DEPTH"]
+__all__ = [
+    "MAX_DEPTH",
+    "BaselineDocumentError",
+    "Report",
+    "baseline_numbers",
+    "output_path_problem",
+    "write_reports",
+]
 
 
 def output_path_problem(flag: str, value: str) -> str | None:
