@@ -126,6 +126,17 @@ def _check_scalar(value: Any, where: str, argument: str) -> None:
             value=value,
             fix="remove it from the grid",
         )
+    if isinstance(value, float) and math.isinf(value):
+        # JSON has no infinity, cell ids and where-clauses would carry 'inf', and an infinite
+        # learning rate or size is no experiment: refuse it here rather than at session end.
+        raise SpecError(
+            "is infinite; hyperparameter values must be finite",
+            where=where,
+            argument=argument,
+            value=value,
+            fix="use a large finite number (e.g. 1e9), or a string such as 'none' mapped "
+            "inside the function",
+        )
 
 
 #: Names the case answers itself (``case.seed`` is the run seed, ``case.device`` where it
@@ -450,6 +461,12 @@ def _check_signature(fn: Callable[..., Any], where: str) -> None:
         )
 
 
+#: Seeds go to torch.Generator.manual_seed and into SQLite INTEGER columns: both are int64.
+MAX_SEED = 2**63
+#: A count beyond this is a typo (seeds=10**9), not an experiment.
+MAX_SEED_COUNT = 100_000
+
+
 def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     from hpspec.stats import Adaptive
 
@@ -469,6 +486,10 @@ def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
         if seeds <= 0:
             raise SpecError("must be at least 1: a cell trained with no seed proves nothing",
                             where=where, argument="seeds", value=seeds, fix=fix)
+        if seeds > MAX_SEED_COUNT:  # tuple(range(2**64)) would never return
+            raise SpecError(f"is more seeds than hpspec trains for one cell ({MAX_SEED_COUNT})",
+                            where=where, argument="seeds", value=seeds,
+                            fix="a count such as seeds=5, or hp.adaptive(min=3, max=20)")
         return tuple(range(seeds))
     if isinstance(seeds, (list, tuple)):
         if not seeds:
@@ -476,6 +497,12 @@ def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             raise SpecError("must hold non-negative ints only", where=where, argument="seeds",
                             value=seeds, fix=fix)
+        big = [s for s in seeds if s >= MAX_SEED]
+        if big:
+            # torch's generators and the store's SQLite integers stop at 2**63 - 1
+            raise SpecError(f"holds {big[0]}, beyond the largest seed (2**63 - 1)", where=where,
+                            argument="seeds", value=seeds,
+                            fix="use seeds below 2**63, e.g. seeds=[0, 1, 2]")
         if len(set(seeds)) != len(seeds):
             raise SpecError("repeats a seed", where=where, argument="seeds", value=seeds,
                             fix="list each seed once")

@@ -29,7 +29,8 @@ import attrs
 
 from hpspec.results import SeedResult
 
-__all__ = ["Store", "StoreMoved", "StorePathError", "check_store_path", "cache_key", "fingerprint", "SCHEMA_VERSION", "RunRow"]
+__all__ = ["SCHEMA_VERSION", "RunRow", "Store", "StoreDamaged", "StoreMoved", "StorePathError",
+           "cache_key", "check_store_path", "fingerprint"]
 
 APPLICATION_ID = 0x68707370  # "hpsp"
 SCHEMA_VERSION = 1
@@ -139,6 +140,16 @@ def check_store_path(path: str | os.PathLike[str]) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"{parent} is not writable, so {path} cannot be made"
     return None
+class StoreDamaged(ValueError):
+    """A store, or one of its rows, that cannot be read; the message names the file and row."""
+
+
+def _loads(text: Any, path: Path, what: str) -> Any:
+    """One JSON cell of the store; a damaged one names the file and the row, not json's insides."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise StoreDamaged(f"{path}: {what} is not valid JSON ({e})") from None
 
 
 def fingerprint(env: Mapping[str, Any]) -> str:
@@ -197,6 +208,51 @@ class Store:
             moved = _move_aside(path, str(e))
             conn = cls._connect(path, timeout)
         return cls(path, conn, moved)
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> Store:
+        """Open for looking only: nothing is created, migrated, moved or written.
+
+        With no ``-wal`` file beside it the main file holds every committed row, and it is
+        read with ``immutable=1`` (SQLite's ``mode=ro`` would create the ``-wal`` and ``-shm``
+        side files, and fails on a read-only file system). With one, a writer may be
+        running, so ``mode=ro`` reads its WAL too (the side files exist already). Raises
+        StoreDamaged naming the file when it is not a readable hpspec store.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise StoreDamaged(f"{path} is a directory, not a results store; fix: --store "
+                               "PATH/TO/results.sqlite")
+        uri = path.resolve().as_uri()
+        last: Exception | None = None
+        wal = path.with_name(path.name + "-wal").exists()
+        for flags in (("?mode=ro", "?mode=ro&immutable=1") if wal else ("?mode=ro&immutable=1",)):
+            try:
+                conn = sqlite3.connect(uri + flags, uri=True, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as e:
+                last = e
+                continue
+            try:
+                app = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as e:
+                conn.close()
+                last = e
+                if "not a database" in str(e) or "malformed" in str(e):
+                    break  # the other mode cannot help
+                continue
+            if app != APPLICATION_ID:
+                conn.close()
+                raise StoreDamaged(f"{path} is not an hpspec results store (application_id "
+                                   f"{app}); fix: --store the .hpspec/results.sqlite file")
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StoreDamaged(f"{path} was written by a newer hpspec (schema {version}, "
+                                   f"this one reads up to {SCHEMA_VERSION}); fix: upgrade hpspec")
+            return cls(path, conn)
+        raise StoreDamaged(f"{path} cannot be read as an SQLite store ({last})")
 
     @classmethod
     def _connect(cls, path: Path, timeout: float) -> sqlite3.Connection:
@@ -343,7 +399,8 @@ class Store:
                "LEFT JOIN seeds s ON s.run_id = r.id GROUP BY r.id ORDER BY r.id DESC")
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [RunRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
+        return [RunRow(r[0], r[1], r[2], r[3], r[4], r[5],
+                       _loads(r[6], self.path, f"run {r[0]}'s environment"), r[7], r[8])
                 for r in self.conn.execute(sql)]
 
     def find_run(self, ref: str, exclude: int | None = None) -> RunRow | None:
@@ -361,13 +418,16 @@ class Store:
         for exp, cell, params, outcome in self.conn.execute(
                 "SELECT experiment, cell_id, params, outcome FROM cells WHERE run_id = ?",
                 (run_id,)):
-            out[(exp, cell)] = {"params": json.loads(params), "outcome": outcome, "seeds": []}
-        for exp, cell, params, result in self.conn.execute(
-                "SELECT experiment, cell_id, params, result FROM seeds WHERE run_id = ? "
+            out[(exp, cell)] = {"params": _loads(params, self.path,
+                                                 f"run {run_id} cell {cell}'s params"),
+                                "outcome": outcome, "seeds": []}
+        for row_id, exp, cell, params, result in self.conn.execute(
+                "SELECT id, experiment, cell_id, params, result FROM seeds WHERE run_id = ? "
                 "ORDER BY seed", (run_id,)):
-            entry = out.setdefault((exp, cell), {"params": json.loads(params),
+            what = f"seed row {row_id} (run {run_id}, cell {cell})"
+            entry = out.setdefault((exp, cell), {"params": _loads(params, self.path, what),
                                                  "outcome": "?", "seeds": []})
-            entry["seeds"].append(json.loads(result))
+            entry["seeds"].append(_loads(result, self.path, what))
         return out
 
     def verdicts(self, run_id: int) -> list[dict[str, Any]]:
@@ -377,6 +437,8 @@ class Store:
 
     def prune(self, keep: int) -> int:
         """Delete all but the newest ``keep`` runs (named runs are kept); returns how many."""
+        if keep < 0:  # [-3:] would keep the *oldest* three's complement: refuse it
+            raise ValueError(f"keep = {keep} must be 0 or more")
         ids = [r.id for r in self.runs() if r.name is None][keep:]
         for run_id in ids:
             self._write("DELETE FROM runs WHERE id = ?", (run_id,))

@@ -176,6 +176,11 @@ CASES = [
      "are two cells with equal values (x=2.0 == 2)", "keep one of 2 and 2.0"),
     ("size that is not a size", dict(claims=[hp.expect(hp.peak_memory() < "lots")]),
      "'lots' is not a size", "'2 GiB'"),
+    ("seed beyond 2**63", dict(seeds=[0, 2**64]), "beyond the largest seed", "below 2**63"),
+    ("seed count beyond reason", dict(seeds=2**70), "more seeds than", "seeds=5"),
+    ("infinite grid value", dict(grid=hp.grid(lr=[0.1, float("inf")])), "grid['lr'] = inf",
+     "finite"),
+    ("infinite fixed value", dict(fixed=dict(clip=float("-inf"))), "is infinite", "finite"),
 ]
 
 

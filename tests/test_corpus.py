@@ -219,3 +219,69 @@ def test_two_experiments_with_one_name_are_a_spec_error_naming_both(pytester):
     result.assert_outcomes(passed=2, errors=2)
     assert ("exp_dup.py::second: name = 'same' is also the name of exp_dup.py::first" in out), out
     assert "exp_dup.py::fourth: name = 'third' is also the name of exp_dup.py::third" in out, out
+
+KINDS = """
+import torch
+import hpspec as hp
+
+D = hp.datasets.digits(n_train=100)
+
+class Tokens(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(50, 8)
+        self.fc = torch.nn.Linear(8, 10)
+    def forward(self, x):
+        return self.fc(self.embed(x).mean(1))
+
+@hp.experiment(epochs=1, data=D)
+def float64_model(case):
+    model = torch.nn.Linear(64, 10).double()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
+def embedding_model(case):
+    model = Tokens()
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
+def meta_model(case):
+    with torch.device("meta"):
+        model = torch.nn.Linear(64, 10)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
+def scheduler_number(case):
+    model = torch.nn.Linear(64, 10)
+    return hp.Recipe(model, torch.optim.SGD(model.parameters(), lr=0.1), scheduler=0.5)
+
+@hp.experiment(epochs=1, data=D)
+def scheduler_class(case):
+    model = torch.nn.Linear(64, 10)
+    return hp.Recipe(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                     scheduler=torch.optim.lr_scheduler.StepLR)
+"""
+
+KIND_MESSAGES = {
+    "float64_model": "the model's parameters are float64 but the data's features are float32; "
+                     "fix: build the model in float32",
+    "embedding_model": "nn.Embedding needs integer token ids but the data's features are "
+                       "float32",
+    "meta_model": "the model is on the meta device",
+    "scheduler_number": "the recipe's scheduler is a float, not a scheduler object",
+    "scheduler_class": "the recipe's scheduler is the class StepLR",
+}
+
+
+def test_unsupported_model_kinds_are_one_message_with_a_fix(pytester):
+    pytester.makepyfile(exp_kinds=KINDS)
+    result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
+    out = result.stdout.str()
+    result.assert_outcomes(failed=len(KIND_MESSAGES))
+    for name, text in KIND_MESSAGES.items():
+        line = next((ln for ln in out.splitlines() if ln.startswith(f"exp_kinds.py::{name}[")
+                     and ": " in ln), None)
+        assert line is not None and text in line, (name, line)
+        assert "fix:" in line, line
+    failures = out.split("FAILURES")[-1].split("short test summary")[0]
+    assert "torch/" not in failures and "_pytest" not in failures, failures

@@ -398,3 +398,114 @@ def exp(case):
     assert digest(**base) == d0  # stable for the same file
     for change in (dict(width=12), dict(extra=1), dict(scale=2)):
         assert digest(**{**base, **change}) != d0, change
+
+# ------------------------------------------------------------- the command line on bad stores
+
+
+def _small_store(path: Path, runs: int = 2) -> None:
+    store = Store.open(path)
+    for n in range(runs):
+        run = store.begin_run({"device": "cpu"}, name="base" if n == 0 else None)
+        store.put_seed(run, f"k{n}", "exp_a.py::a", "lr=0.1", {"lr": 0.1}, "cpu", _seed(n))
+        store.put_cell(run, "exp_a.py::a", "lr=0.1", {"lr": 0.1}, "passed")
+        store.finish_run(run, "passed")
+    store.close()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "hpspec", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_store_option_is_accepted_before_and_after_the_command(tmp_path):
+    path = tmp_path / "s.sqlite"
+    _small_store(path)
+    for args in (["--store", str(path), "show", "latest"], ["show", "latest", "--store", str(path)],
+                 ["runs", "--store", str(path)]):
+        out = _cli(*args, cwd=tmp_path)
+        assert out.returncode == 0, (args, out.stderr)
+        assert "lr=0.1" in out.stdout or "base" in out.stdout
+
+
+def _damage_a_page(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = 4096 if len(data) > 8192 else len(data) // 2
+    data[page:page + 512] = b"\xff" * 512
+    path.write_bytes(bytes(data))
+
+
+def _bad_json_row(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE seeds SET result = '{not json' WHERE id = 1")
+    conn.commit()
+    conn.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not a database" * 500)
+
+
+@pytest.mark.parametrize("damage", [_damage_a_page, _bad_json_row, _garbage])
+@pytest.mark.parametrize("command", [["runs"], ["show", "1"], ["diff", "1", "2"]])
+def test_look_only_commands_on_a_damaged_store_say_one_line_and_change_nothing(
+        tmp_path, damage, command):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "results.sqlite"
+    _small_store(path)
+    # a clean checkpoint, so that the damage is in the main file
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage(path)
+    before = _snapshot(folder)
+    out = _cli("--store", str(path), *command, cwd=tmp_path)
+    assert "Traceback" not in out.stderr + out.stdout
+    assert _snapshot(folder) == before  # nothing moved aside, created or rewritten
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0], out.stderr
+
+
+def test_a_bad_json_row_names_the_file_and_row(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _small_store(path)
+    _bad_json_row(path)
+    out = _cli("--store", str(path), "show", "1", cwd=tmp_path)
+    assert out.returncode == 1 and "seed row 1" in out.stderr and str(path) in out.stderr
+
+
+def test_a_read_only_file_system_is_read_without_writing(tmp_path, monkeypatch):
+    # As root a chmod does not stop writes; emulate a read-only mount by refusing every open
+    # that is not immutable (what SQLite says when it cannot make the -shm file).
+    path = tmp_path / "results.sqlite"
+    _small_store(path)
+    real = sqlite3.connect
+
+    def connect(target, *a, **kw):
+        if "immutable=1" not in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(target, *a, **kw)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    from hpspec.cli import main
+
+    assert main(["--store", str(path), "runs"]) == 0
+    before = _snapshot(tmp_path)
+    assert main(["--store", str(path), "prune", "--keep", "0"]) == 1  # one line, no traceback
+    assert _snapshot(tmp_path) == before
+
+
+def test_prune_with_a_negative_count_is_a_usage_error_and_deletes_nothing(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _small_store(path, runs=4)
+    out = _cli("--store", str(path), "prune", "--keep", "-3", cwd=tmp_path)
+    assert out.returncode == 2 and "negative" in out.stderr
+    assert len(Store.open_readonly(path).runs()) == 4
+    with pytest.raises(ValueError, match="keep = -3"):
+        Store.open(path).prune(-3)

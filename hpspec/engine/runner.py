@@ -181,7 +181,51 @@ def _coerce_recipe(out: Any, where: str) -> Recipe:
         raise CellError(f"{where}: the recipe's metrics must map names to functions "
                         "fn(model, data) -> number; fix: "
                         "hp.Recipe(model, opt, metrics={'grad_norm': grad_norm})")
+    if recipe.scheduler is not None and (isinstance(recipe.scheduler, type) or not callable(
+            getattr(recipe.scheduler, "step", None))):
+        what = (f"the class {recipe.scheduler.__name__}" if isinstance(recipe.scheduler, type)
+                else f"a {type(recipe.scheduler).__name__}")
+        raise CellError(f"{where}: the recipe's scheduler is {what}, not a scheduler object "
+                        "with a step() method; fix: build it on the optimizer, e.g. "
+                        "scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=5)")
     return recipe
+
+
+def _check_model_kind(model: Any, data: Data, where: str) -> None:
+    """Kinds of model the loop cannot train, said before torch fails deep inside a step."""
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.is_meta for p in params):
+        raise CellError(f"{where}: the model is on the meta device (its tensors have shapes but "
+                        "no values), so it cannot be trained; fix: build it without "
+                        "torch.device('meta'), or call model.to_empty(device='cpu') and "
+                        "initialise its parameters before returning it")
+    x = data.x_train
+    floats = {p.dtype for p in params if p.is_floating_point()}
+    if x.is_floating_point() and floats and floats != {x.dtype}:
+        have = ", ".join(sorted(str(d).replace("torch.", "") for d in floats))
+        want = str(x.dtype).replace("torch.", "")
+        raise CellError(f"{where}: the model's parameters are {have} but the data's features "
+                        f"are {want}; fix: build the model in {want} (drop .double() / "
+                        f"dtype=..., or return model.to(torch.{want}))")
+
+
+#: torch's words for an input of the wrong dtype (first batch only).
+_DTYPE_ERRORS = ("must have the same dtype", "scalar types", "scalar type", "expected scalar",
+                 "Expected tensor for argument")
+
+
+def _dtype_message(e: BaseException, model: Any, data: Data, where: str) -> str | None:
+    text = str(e)
+    if not any(t in text for t in _DTYPE_ERRORS):
+        return None
+    x = str(data.x_train.dtype).replace("torch.", "")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if "indices" in text and any(isinstance(m, torch.nn.Embedding) for m in model.modules()):
+        return (f"{where}: the model's nn.Embedding needs integer token ids but the data's "
+                f"features are {x} (hp.datasets.tensors stores features as float32); fix: "
+                "convert them where the model reads them, e.g. self.embed(x.long())")
+    return (f"{where}: the model cannot read the data's {x} features ({first}); fix: make the "
+            f"model's dtype match the data ({x}), or convert the input in forward()")
 
 
 def _fits(out: Any, yb: Any, data: Data) -> bool:
@@ -221,7 +265,13 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     """One batch through the model and the loss, before any training, so that the usual
     shape mistakes fail with their fix rather than deep inside a step."""
     xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-    out = model(xb.clone())  # a copy: see _evaluate
+    try:
+        out = model(xb.clone())  # a copy: see _evaluate
+    except (RuntimeError, TypeError) as e:
+        message = _dtype_message(e, model, data, where)
+        if message is None:
+            raise
+        raise CellError(message) from None
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
 
 
@@ -331,6 +381,7 @@ def _train_recipe(
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
     recipe = _coerce_recipe(exp.fn(case), where)
+    _check_model_kind(recipe.model, data, where)
     device = case.device
     model = recipe.model.to(device)
     model.train()
@@ -719,23 +770,76 @@ def run_stacked(
     epochs (see :func:`stackable_cells`).
     """
     __tracebackhide__ = True
-    from hpspec.engine.stacked import Member, plan, split, train_group
+    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
     data = device_data(exp.data, device)
+    run_seeds = tuple(seeds or exp.seeds)
+    broken: dict[str, str] = {}
+    why_by_cell: dict[str, str] = {}
+    results: dict[str, list[SeedResult]] = {}
+    # Members are built cell by cell and trained in chunks of bounded size (memory and work per
+    # step): a 10,000-cell grid never holds 10,000 models at once, and each chunk ends with
+    # results (and progress) instead of one silent group for the whole grid.
     members: list[Member] = []
     owner: list[Cell] = []
-    broken: dict[str, str] = {}
-    has_scheduler = False
+    cap: int | None = None
+    chunks = [0, 1]  # chunks trained so far, chunks expected (for the progress line)
+
+    def chunk_progress(epoch: int, epochs: int, loss: float) -> None:
+        if progress is not None:  # epochs across the chunks, so the line keeps moving
+            progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
+
+    def train_buffered() -> None:
+        groups, why = plan(members, data.task, False)
+        for i, reason in why.items():
+            why_by_cell.setdefault(members[i].cell_id, reason)
+        # A group larger than memory and the step budget allow trains in chunks (a cell's
+        # seeds may then land in different chunks; its results are gathered below).
+        groups = [chunk for idx in groups
+                  for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                    data.x_val.shape[0], device)
+                  for chunk in (part[i:i + (cap or len(part))]
+                                for i in range(0, len(part), cap or len(part)))]
+        for idx in groups:
+            _train_chunk([members[i] for i in idx], owner[idx[0]])
+        members.clear()
+        owner.clear()
+
+    def _train_chunk(group: list[Member], first_cell: Cell) -> None:
+        batch_size = exp.batch_size_for(first_cell)
+        assert batch_size is not None
+        try:
+            # The members share an architecture and a loss kind (that is what grouped them):
+            # one member's first batch answers for all of them.
+            m = group[0]
+            _try_first_batch(copy.deepcopy(m.model).to(device),
+                             m.loss or default_loss(data.task), data, batch_size,
+                             f"{exp.where}[{m.cell_id}]")
+        except CellError:
+            for m in group:
+                why_by_cell.setdefault(m.cell_id, "its model does not fit the data (reported "
+                                       "by its own run)")
+            return
+        rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
+        runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
+                           DIVERGENCE_FACTOR, rules, chunk_progress)
+        chunks[0] += 1
+        chunks[1] = max(chunks[1], chunks[0] + 1)
+        for m, r in zip(group, runs, strict=True):
+            results.setdefault(m.cell_id, []).append(r)
+
     for cell in cells:
         built: list[Member] = []
         try:
-            for seed in seeds or exp.seeds:
+            scheduler = False
+            for seed in run_seeds:
                 case = _case(exp, cell, seed, device, data)
                 with torch_state(seed):
                     recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
-                has_scheduler = has_scheduler or recipe.scheduler is not None
+                    _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
+                scheduler = scheduler or recipe.scheduler is not None
                 if recipe.metrics:
                     raise _OneByOne
                 built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
@@ -747,36 +851,18 @@ def run_stacked(
             # others still stack.
             broken[cell.id] = "building its recipe raised (its own run reports the error)"
             continue
+        if scheduler:
+            why_by_cell[cell.id] = "a learning-rate scheduler is not stacked"
+            continue
         members += built
         owner += [cell] * len(built)
-    groups, why = plan(members, data.task, has_scheduler)
-    # A group larger than the device's memory allows trains in chunks (a cell's seeds may then
-    # land in different chunks; its results are gathered below).
-    groups = [chunk for idx in groups
-              for chunk in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
-                                 data.x_val.shape[0], device)]
-    results: dict[str, list[SeedResult]] = {}
-    for idx in groups:
-        group = [members[i] for i in idx]
-        first_cell = owner[idx[0]]
-        batch_size = exp.batch_size_for(first_cell)
-        assert batch_size is not None
-        try:
-            # The members share an architecture and a loss kind (that is what grouped them):
-            # one member's first batch answers for all of them.
-            m = group[0]
-            _try_first_batch(copy.deepcopy(m.model).to(device),
-                             m.loss or default_loss(data.task), data, batch_size,
-                             f"{exp.where}[{m.cell_id}]")
-        except CellError:
-            for i in idx:
-                why[i] = "its model does not fit the data (reported by its own run)"
-            continue
-        rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
-        runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
-                           DIVERGENCE_FACTOR, rules, progress)
-        for m, r in zip(group, runs, strict=True):
-            results.setdefault(m.cell_id, []).append(r)
+        if cap is None and built:
+            cap = chunk_size(built[0], exp.batch_size_for(cell) or 1, data.x_val.shape[0],
+                             device)
+            chunks[1] = max(1, math.ceil(len(cells) * len(run_seeds) / cap))
+        if cap is not None and len(members) >= cap:
+            train_buffered()
+    train_buffered()
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
     wanted = len(seeds or exp.seeds)
@@ -786,8 +872,8 @@ def run_stacked(
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
-            reasons[cell.id] = broken.get(cell.id) or next(
-                (why[i] for i, o in enumerate(owner) if o is cell and i in why), "not stacked")
+            reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
+                                or "not stacked")
     return out, reasons
 
 
