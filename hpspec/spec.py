@@ -820,17 +820,18 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                                  cells=tuple(c.as_dict() for c in cells_))
     kept, notes = [], []
     for i, claim in enumerate(exp.claims):
+        statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
+        if statistical and len(seeds) < 2:
+            # Said before validation, which refuses a one-seed comparison outright.
+            notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
+                         "statistical claim cannot be decided with one seed)")
+            continue
         try:
             claim.validate(ctx, f"claims[{i}]") if hasattr(claim, "selects") else \
                 claims_mod.validate_claim(claim, ctx, f"claims[{i}]")
             if isinstance(claim, claims_mod.CellClaim) and not any(
                     claim.applies_to(c.as_dict()) for c in cells_):
                 raise SpecError("selects no kept cell", where=where, argument=f"claims[{i}]")
-            statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
-            if statistical and len(seeds) < 2:
-                notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
-                             "statistical claim cannot be decided with one seed)")
-                continue
             kept.append(claim)
         except SpecError:
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (its cells "
