@@ -954,7 +954,7 @@ class ExperimentFile(pytest.Module):
                 exp = build(fn)
             except SpecError as e:
                 state.spec_errors.append(str(e))
-                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                yield self._spec_error(attr, e, fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
             if state.profile:
@@ -964,7 +964,7 @@ class ExperimentFile(pytest.Module):
                     exp, notes = apply_profile(exp, state.profile)
                 except SpecError as e:
                     state.spec_errors.append(str(e))
-                    yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                    yield self._spec_error(attr, e, fn)
                     continue
                 for line in notes:
                     state.note(key, line)
@@ -993,6 +993,14 @@ class ExperimentFile(pytest.Module):
                         self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, claim=claim,
                         key=key,
                     )
+
+    def _spec_error(self, attr: str, error: SpecError, fn: Any) -> pytest.Item | pytest.Collector:
+        # --collect-only runs no item, so an error item would show as a bare name: there the
+        # broken spec is a collection error, which pytest prints with its message. A real run
+        # keeps the error item, so the rest of the session still runs.
+        if self.config.option.collectonly:
+            return SpecErrorCollector.from_parent(self, name=attr, error=error)
+        return SpecErrorItem.from_parent(self, name=attr, error=error, fn=fn)
 
 
 def _info(exp: Experiment) -> Any:
@@ -1076,6 +1084,22 @@ class SpecErrorItem(_HpspecItem):
 
     def _repr_failure_py(  # type: ignore[override]
         self, excinfo: ExceptionInfo[BaseException], style: Any = None
+    ) -> str | TerminalRepr:
+        return f"hpspec spec error: {excinfo.value}"
+
+
+class SpecErrorCollector(pytest.Collector):
+    """A broken spec under --collect-only: collecting it fails with the spec error's message."""
+
+    def __init__(self, *, error: SpecError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def collect(self) -> Iterator[pytest.Item]:  # type: ignore[override]
+        raise self.error
+
+    def repr_failure(  # type: ignore[override]
+        self, excinfo: ExceptionInfo[BaseException]
     ) -> str | TerminalRepr:
         return f"hpspec spec error: {excinfo.value}"
 

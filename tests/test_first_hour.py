@@ -47,3 +47,32 @@ def test_pytest_help_lists_every_option_and_ini_key(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     missing = [n for n in recorder.options + recorder.inis if n not in proc.stdout]
     assert not missing, f"not in pytest --help: {missing}"
+
+
+BROKEN = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.1, 0.5]), epochs=2)
+def fine(case):
+    yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=0.1), epochs=2)
+def broken(case):
+    yield {"loss": 1.0}
+"""
+
+
+def test_collect_only_shows_a_spec_error_as_a_collection_error(pytester):
+    pytester.makepyfile(exp_mixed=BROKEN)
+    result = pytester.runpytest("--collect-only")
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*ERROR collecting exp_mixed.py*",
+        "hpspec spec error: exp_mixed.py::broken: grid[[]'lr'[]] = 0.1 must be a list of values;*",
+        "*short test summary info*",
+        "ERROR exp_mixed.py::broken",
+    ])
+    assert "SpecErrorItem" not in out
+    assert "<CellItem fine[lr=0.5]>" in out  # the file's good experiment is still listed
+    assert "Traceback" not in out and "hpspec/spec.py" not in out
+    assert result.ret == pytest.ExitCode.INTERRUPTED  # as pytest does for a collection error
