@@ -1169,12 +1169,21 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
     if (reporter is None or not getattr(reporter, "isatty", False)
             or hasattr(config, "workerinput") or config.option.verbose < 0):
         return None, lambda: None
+    import contextlib
     import time
 
     writer = getattr(reporter, "_tw", None)
     saved = getattr(writer, "_current_line", "")
     last = [time.monotonic()]  # cells shorter than the interval never show a line
     shown = [False]
+    # The cell trains inside pytest's output capture, which would swallow the line: write it
+    # with capture suspended, as pytest's own live logging does.
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def uncaptured() -> Any:
+        if capman is None:
+            return contextlib.nullcontext()
+        return capman.global_and_fixture_disabled()
 
     def progress(k: int, n: int, epoch: int, epochs: int, loss: float) -> None:
         now = time.monotonic()
@@ -1183,12 +1192,14 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
         last[0] = now
         shown[0] = True
         seeds = f" seed {k}/{n}" if n > 1 else ""
-        reporter.rewrite(f"{saved} {name}{seeds} epoch {epoch}/{epochs} loss {loss:.4g}",
-                         erase=True)
+        with uncaptured():
+            reporter.rewrite(f"{saved} {name}{seeds} epoch {epoch}/{epochs} loss {loss:.4g}",
+                             erase=True)
 
     def done() -> None:
         if shown[0]:
-            reporter.rewrite(saved, erase=True)
+            with uncaptured():
+                reporter.rewrite(saved, erase=True)
 
     return progress, done
 

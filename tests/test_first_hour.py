@@ -76,3 +76,54 @@ def test_collect_only_shows_a_spec_error_as_a_collection_error(pytester):
     assert "<CellItem fine[lr=0.5]>" in out  # the file's good experiment is still listed
     assert "Traceback" not in out and "hpspec/spec.py" not in out
     assert result.ret == pytest.ExitCode.INTERRUPTED  # as pytest does for a collection error
+
+
+PROGRESS_RECIPE = """
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3]), epochs=3, seeds=1,
+               data=hp.datasets.digits(n_train=200))
+def digits(case):
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def _run_on_a_pty(args: list[str], cwd: Path) -> str:
+    """Run pytest with its stdout on a pseudo-terminal (what a user's shell gives it)."""
+    pty = pytest.importorskip("pty")
+    import select
+
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *args], cwd=cwd, env=_env(),
+                            stdin=child_fd, stdout=child_fd, stderr=child_fd)
+    os.close(child_fd)
+    chunks: list[bytes] = []
+    try:
+        while True:
+            ready, _, _ = select.select([main_fd], [], [], 300)
+            if not ready:
+                break
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main_fd)
+        proc.wait(timeout=60)
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_live_progress_shows_on_a_terminal_under_default_capture(tmp_path):
+    (tmp_path / "exp_progress.py").write_text(PROGRESS_RECIPE)
+    # every epoch shows a line (the default interval would hide a cell this short)
+    (tmp_path / "conftest.py").write_text(
+        "import hpspec.plugin\nhpspec.plugin.PROGRESS_INTERVAL = 0.0\n")
+    out = _run_on_a_pty(["-p", "no:cacheprovider", "--hpspec-cache=off"], tmp_path)
+    assert "1 passed" in out, out[-3000:]
+    assert "digits[lr=0.3] epoch 3/3 loss " in out, out[-3000:]
