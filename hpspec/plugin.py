@@ -850,7 +850,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         return
     texts = [v for k, v in props if k == PAYLOAD_KEY]
     report.user_properties = [(k, v) for k, v in props if k != PAYLOAD_KEY]
-    from hpspec.distributed import read_payload
+    from hpspec.distributed import more_seeds, read_payload
 
     state = config.stash[STATE]
     for text in texts:
@@ -858,19 +858,29 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         key = d["key"]
         state.info[key] = d["info"]
         if d["kind"] == "cell":
+            # a claim on another worker may have reported this cell grown already
+            result = more_seeds(d["result"], state.results.get((key, d["cell_id"])))
             record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
-                                d["result"], d["verdicts"], d["note"] or "", d["order"])
+                                result, d["verdicts"], d["note"] or "", d["order"])
             state.records.setdefault(key, {})[d["cell_id"]] = record
-            if d["result"] is not None:
-                state.results[(key, d["cell_id"])] = d["result"]
-                state.device = state.device or d["result"].device
+            if result is not None:
+                state.results[(key, d["cell_id"])] = result
+                state.device = state.device or result.device
             if d["note"] == "cached":
                 state.cached_cells.add((key, d["cell_id"]))
             for line in d["notes"]:
                 state.note(key, line)
-        elif d["verdict"] is not None:
-            state.records.setdefault(key, {})
-            state.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+        else:
+            # Cells the claim grew with adaptive seeds: the tables show every seed it used.
+            for cell_id, grown in d["results"].items():
+                kept = more_seeds(state.results.get((key, cell_id)), grown)
+                state.results[(key, cell_id)] = kept
+                record = state.records.get(key, {}).get(cell_id)
+                if record is not None:
+                    record.result = kept
+            if d["verdict"] is not None:
+                state.records.setdefault(key, {})
+                state.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
 
 
 PAYLOAD_KEY = "hpspec._payload"
@@ -1237,8 +1247,11 @@ class ClaimItem(_HpspecItem):
                 from hpspec.distributed import PAYLOAD, claim_payload
 
                 verdict = state.cross.get(self.key, {}).get(self.claim.slug())
+                judged = {c.id: state.results[(self.key, c.id)] for c in self.exp.cells
+                          if self.claim.selects(c.as_dict())
+                          and (self.key, c.id) in state.results}
                 self.user_properties.append((PAYLOAD, claim_payload(
-                    self.key, state.info[self.key], self.claim.slug(), verdict)))
+                    self.key, state.info[self.key], self.claim.slug(), verdict, judged)))
 
     def _run(self, state: State) -> None:
         __tracebackhide__ = True
