@@ -357,6 +357,9 @@ class State:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Per experiment, each stacked cell's group size (cells x seeds in its model): the
+    #: "stacked:" note counts every bucket, not the last one.
+    stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -622,12 +625,14 @@ class State:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
         if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
-            sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
-                            for r in results.values()})
-            self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
-                      f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
-                      "samples/s is each cell's samples over the group's time; "
-                      "--hpspec-stack=off trains them one by one")
+            from hpspec.plan import stacked_note
+
+            groups = self.stacked_groups.setdefault(key, {})
+            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
+                           for cid, r in results.items()})
+            lines = self.notes.setdefault(key, [])
+            lines[:] = [line for line in lines if not line.startswith("stacked: ")]
+            self.note(key, stacked_note(groups))
         if why:
             reason = next(iter(why.values()))
             self.note(key, f"trained one by one ({len(why)} cells): {reason}")

@@ -351,8 +351,10 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    # live-tensor memory where the allocator has no peak counter (CPU, MPS), from step 2 on
-    probe_live = probe and not cuda and steps > 1
+    # live-tensor memory where the allocator has no peak counter (CPU, MPS), on the last
+    # warm-up step: step 2, or the only step of an epoch when the batch holds the whole
+    # training set (the optimizer state is then made inside the probed step, and counted)
+    probe_live = probe and not cuda
     memory: LiveMemory | None = None
 
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:

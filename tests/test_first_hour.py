@@ -127,3 +127,74 @@ def test_live_progress_shows_on_a_terminal_under_default_capture(tmp_path):
     out = _run_on_a_pty(["-p", "no:cacheprovider", "--hpspec-cache=off"], tmp_path)
     assert "1 passed" in out, out[-3000:]
     assert "digits[lr=0.3] epoch 3/3 loss " in out, out[-3000:]
+
+
+def _linear(case):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 10))  # stackable: a plain Sequential
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("engine", ["one by one", "stacked"])
+def test_peak_memory_when_the_batch_holds_the_whole_training_set(engine):
+    import hpspec as hp
+    from hpspec.runner import run_cell, run_stacked
+    from hpspec.spec import build
+
+    exp = build(hp.experiment(epochs=2, seeds=1, batch_size=512,
+                              data=hp.datasets.digits(n_train=100))(_linear))
+    if engine == "stacked":
+        results, why = run_stacked(exp, list(exp.cells), "cpu")
+        assert not why
+        m = results[exp.cells[0].id].seeds[0].measurements
+    else:
+        m = run_cell(exp, exp.cells[0], "cpu").seeds[0].measurements
+    data = exp.data.load()
+    # parameters, their gradients and momentum (3 x 2600 B), data (train and validation)
+    floor = 3 * 650 * 4 + sum(t.numel() * t.element_size()
+                              for t in (data.x_train, data.y_train, data.x_val, data.y_val))
+    assert floor <= m.get("peak_memory", 0) < floor + 64 * 1024
+
+
+def test_profile_note_names_the_epochs_of_a_grid_axis():
+    import hpspec as hp
+    from hpspec.spec import apply_profile, build
+
+    def loop(case):
+        yield {"loss": 1.0}
+
+    exp = build(hp.experiment(grid=hp.grid(epochs=[1, 3, 5]), seeds=2,
+                              profiles={"ci": dict(seeds=1, grid={"epochs": [1, 3]})})(loop))
+    _, notes = apply_profile(exp, "ci")
+    assert notes[0] == "profile 'ci': 2 of 3 cells, 1 seed(s), epochs 1, 3 (a grid axis)"
+    fixed = build(hp.experiment(grid=hp.grid(lr=[0.1]), epochs=4,
+                                profiles={"ci": dict(epochs=2)})(loop))
+    assert apply_profile(fixed, "ci")[1][0] == "profile 'ci': 1 of 1 cells, 1 seed(s), 2 epochs"
+
+
+def test_stacked_note_counts_every_bucket():
+    from hpspec.plan import stacked_note
+
+    groups = {f"lr={i}-bs={b}": 9 for i in range(12) for b in (16, 32, 64, 128)}
+    assert stacked_note(groups).startswith("stacked: 48 cell(s) trained in groups of 9 ")
+
+
+STACKED_BUCKETS = """
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.1, 0.3], batch_size=[32, 64]), epochs=1, seeds=1,
+               data=hp.datasets.digits(n_train=128))
+def buckets(case):
+    model = hp.models.mlp(64, [4], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+def test_summary_counts_cells_of_every_stacked_bucket(pytester):
+    # two buckets (one per batch size) of two cells: the line must say 4 cells, not 2
+    pytester.makepyfile(exp_buckets=STACKED_BUCKETS)
+    result = pytester.runpytest("--hpspec-cache=off")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*stacked: 4 cell(s) trained in groups of 2 *"])
