@@ -925,9 +925,17 @@ def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
 def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
     _validate_where(claim.where, ctx, arg)
     cond = claim.condition
+    if isinstance(cond, bool):
+        # `measure("params") == 26122` is evaluated by Python before hpspec sees it
+        raise SpecError(
+            "is a bool, not a condition: Python evaluated a comparison (== and != on a "
+            "metric or measure are not supported yet)", where=ctx.where,
+            argument=f"{arg}: expect(...)", value=cond,
+            fix="compare with <, <=, > or >=, e.g. hp.measure('params') <= 26122",
+        )
     if not isinstance(cond, Condition):
         raise SpecError(
-            f"expects a {type(cond).__name__}, not a condition", where=ctx.where,
+            f"is a {type(cond).__name__}, not a condition", where=ctx.where,
             argument=f"{arg}: expect(...)", value=cond,
             fix="pass a condition such as metric('val_loss').final() < 0.3 or diverges()",
         )

@@ -204,12 +204,32 @@ def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> 
                         "reduce it (reduction='mean') before returning it")
 
 
+def _check_input_width(model: Any, data: Data, where: str) -> None:
+    """After a forward that raised: when the first layer that has a width
+    (``in_features``) does not take the data's features, say so in one line."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_features", None),
+                                                           int)), None)
+    if first is None or data.x_train.dim() != 2:
+        return
+    width = int(data.x_train.shape[1])
+    if first.in_features != width:
+        raise CellError(
+            f"{where}: the model's first layer ({type(first).__name__}) takes "
+            f"{first.in_features} inputs but the data has {width} features per sample; fix: "
+            f"make its in_features {width} (case.data.n_features)"
+        )
+
+
 @torch.no_grad()
 def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, where: str) -> None:
     """One batch through the model and the loss, before any training, so that the usual
     shape mistakes fail with their fix rather than deep inside a step."""
     xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-    out = model(xb.clone())  # a copy: see _evaluate
+    try:
+        out = model(xb.clone())  # a copy: see _evaluate
+    except RuntimeError:
+        _check_input_width(model, data, where)
+        raise
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
 
 

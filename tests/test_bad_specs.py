@@ -115,6 +115,9 @@ CASES = [
      "measure(...) = 'joules'", "samples_per_s"),
     ("size that is not a size", dict(claims=[hp.expect(hp.peak_memory() < "lots")]),
      "'lots' is not a size", "'2 GiB'"),
+    ("equality on a measure", dict(claims=[hp.expect(hp.measure("params") == 26122)]),
+     "expect(...) = False is a bool, not a condition: Python evaluated a comparison (== and "
+     "!= on a metric or measure are not supported yet)", "hp.measure('params') <= 26122"),
 ]
 
 
