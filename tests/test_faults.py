@@ -152,6 +152,7 @@ def slow_grid(case):
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_cells_and_prints_their_table(pytester):
     pytester.makepyfile(exp_slow=SLOW_GRID)
     proc = subprocess.Popen(

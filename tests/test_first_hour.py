@@ -198,3 +198,17 @@ def test_summary_counts_cells_of_every_stacked_bucket(pytester):
     result = pytester.runpytest("--hpspec-cache=off")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*stacked: 4 cell(s) trained in groups of 2 *"])
+
+
+def test_slow_marker_is_registered_and_selects_the_slow_tests():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "not slow",
+         "tests/test_faults.py", "tests/test_stacked.py"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    quick = proc.stdout
+    assert "test_budget_exceeded_is_a_cell_error_with_epochs_done" in quick
+    assert "test_ctrl_c_keeps_finished_cells_and_prints_their_table" not in quick
+    assert "test_stacked_cells_equal_their_sequential_runs" not in quick
+    assert "deselected" in quick

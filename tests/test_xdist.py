@@ -11,6 +11,7 @@ from scenarios import CRASH, GRID, _outcomes, assert_same_runs
 pytest.importorskip("xdist")
 
 
+@pytest.mark.slow
 def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
     pytester.makepyfile(exp_grid=GRID)
     serial = pytester.runpytest("--hpspec-cache=off", "--hpspec-json=serial.json")
@@ -48,6 +49,7 @@ def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
 
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_cell(pytester):
     pytester.makepyfile(exp_crash=CRASH)
     result = pytester.runpytest_subprocess("-n", "2", "--hpspec-cache=off")
@@ -56,6 +58,7 @@ def test_a_killed_worker_fails_only_its_cell(pytester):
     assert "hpspec: exp_crash.py::crashy" in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_loadscope_is_warned_about(pytester):
     pytester.makepyfile(exp_grid=GRID)
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadscope",
@@ -84,6 +87,7 @@ def seen(case):
 """
 
 
+@pytest.mark.slow
 def test_auto_workers_and_gpu_pool_without_a_gpu(pytester, monkeypatch):
     # Two "GPUs" by CUDA_VISIBLE_DEVICES: -n auto starts 2 x 2 workers, each is lent one of
     # them (set in its environment before CUDA could start); torch itself sees no CUDA here.
@@ -121,6 +125,7 @@ def arms(case):
 """
 
 
+@pytest.mark.slow
 def test_adaptive_seeds_reported_in_full_with_workers(pytester):
     # The claim grows cells a and c past their 2 seeds on whichever worker judges it; the
     # controller's table, JSON and HTML must show every seed it used, as a serial run does.
