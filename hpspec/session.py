@@ -83,6 +83,9 @@ class Session:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Per experiment, each stacked cell's group size (cells x seeds in its model): the
+    #: "stacked:" note counts every bucket, not the last one.
+    stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -349,12 +352,14 @@ class Session:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
         if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
-            sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
-                            for r in results.values()})
-            self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
-                      f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
-                      "samples/s is each cell's samples over the group's time; "
-                      "--hpspec-stack=off trains them one by one")
+            from hpspec.plan import stacked_note
+
+            groups = self.stacked_groups.setdefault(key, {})
+            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
+                           for cid, r in results.items()})
+            lines = self.notes.setdefault(key, [])
+            lines[:] = [line for line in lines if not line.startswith("stacked: ")]
+            self.note(key, stacked_note(groups))
         if why:
             reason = next(iter(why.values()))
             self.note(key, f"trained one by one ({len(why)} cells): {reason}")
@@ -458,22 +463,34 @@ class Session:
     def merge_payload(self, d: dict[str, Any]) -> None:
         """Merge one xdist worker's payload (a cell's record or a claim's verdict, as
         :func:`hpspec.distributed.read_payload` returns it) into this, the controller's state."""
+        from hpspec.distributed import more_seeds
+
         key = d["key"]
         self.info[key] = d["info"]
         if d["kind"] == "cell":
+            # a claim on another worker may have reported this cell grown already
+            result = more_seeds(d["result"], self.results.get((key, d["cell_id"])))
             record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
-                                d["result"], d["verdicts"], d["note"] or "", d["order"])
+                                result, d["verdicts"], d["note"] or "", d["order"])
             self.records.setdefault(key, {})[d["cell_id"]] = record
-            if d["result"] is not None:
-                self.results[(key, d["cell_id"])] = d["result"]
-                self.device = self.device or d["result"].device
+            if result is not None:
+                self.results[(key, d["cell_id"])] = result
+                self.device = self.device or result.device
             if d["note"] == "cached":
                 self.cached_cells.add((key, d["cell_id"]))
             for line in d["notes"]:
                 self.note(key, line)
-        elif d["verdict"] is not None:
-            self.records.setdefault(key, {})
-            self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+        else:
+            # Cells the claim grew with adaptive seeds: the tables show every seed it used.
+            for cell_id, grown in d["results"].items():
+                kept = more_seeds(self.results.get((key, cell_id)), grown)
+                self.results[(key, cell_id)] = kept
+                record = self.records.get(key, {}).get(cell_id)
+                if record is not None:
+                    record.result = kept
+            if d["verdict"] is not None:
+                self.records.setdefault(key, {})
+                self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
 
     def tables(self) -> list[tuple[str, str, list[str], str]]:
         """Per experiment that ran: (key, its cell table, its notes, its claims' text or

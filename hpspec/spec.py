@@ -836,8 +836,15 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
         except SpecError:
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (its cells "
                          "are not in the profile's grid)")
+    if epochs is not None:
+        epochs_text = f"{epochs} epochs"
+    elif "epochs" in exp.axes:  # each cell's own epochs, from the grid
+        kept_epochs = sorted({c.get("epochs") for c in cells_})
+        epochs_text = f"epochs {', '.join(map(str, kept_epochs))} (a grid axis)"
+    else:  # loop mode without epochs=: the function's own loop decides
+        epochs_text = "epochs as the function yields them"
     notes.insert(0, f"profile {name!r}: {len(cells_)} of {len(exp.cells)} cells, "
-                 f"{len(seeds)} seed(s), {epochs} epochs")
+                 f"{len(seeds)} seed(s), {epochs_text}")
     return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
 

@@ -181,6 +181,9 @@ CASES = [
     ("infinite grid value", dict(grid=hp.grid(lr=[0.1, float("inf")])), "grid['lr'] = inf",
      "finite"),
     ("infinite fixed value", dict(fixed=dict(clip=float("-inf"))), "is infinite", "finite"),
+    ("a bool instead of a condition", dict(claims=[hp.expect(0.3 < 1.0)]),
+     "expect(...) = True is a bool, not a condition: Python evaluated a comparison",
+     "hp.measure('params') == 26122"),
 ]
 
 

@@ -43,6 +43,7 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_stacked_cells_equal_their_sequential_runs(opt):
     def recipe(case):
@@ -209,6 +210,7 @@ def _finals(pytester, *args):
     return result, finals
 
 
+@pytest.mark.slow
 def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     pytester.makepyfile(exp_grid=GRID.replace("STACK", "True"))
     on, on_finals = _finals(pytester)
@@ -326,6 +328,7 @@ def test_evaluation_in_blocks_equals_one_block(monkeypatch):
         assert float(blocks[1][k]) == pytest.approx(float((out.argmax(1) == y).float().mean()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["sigmoid", "leaky_relu", "gelu"])
 def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
     def recipe(case):
@@ -338,6 +341,7 @@ def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
     _stacked_equals_sequential(exp)
 
 
+@pytest.mark.slow
 def test_regression_cells_equal_their_sequential_runs():
     def recipe(case):
         model = hp.models.mlp(10, [16], 1, activation="tanh")
@@ -348,6 +352,7 @@ def test_regression_cells_equal_their_sequential_runs():
     _stacked_equals_sequential(exp)
 
 
+@pytest.mark.slow
 def test_a_lone_cell_trains_on_the_stacked_engine_with_its_sequential_results():
     def recipe(case):
         model = hp.models.mlp(64, [32, 32], 10)
@@ -387,6 +392,7 @@ def test_the_hand_written_step_on_cuda_equals_the_cpu(loss, monkeypatch):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @cuda
 @pytest.mark.parametrize("opt", ["momentum", "adam"])
 def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
@@ -481,6 +487,7 @@ def test_models_the_engine_would_compute_differently_are_not_stacked(make, reaso
     assert all(reason in w for w in why.values()), why
 
 
+@pytest.mark.slow
 def test_a_sequential_subclass_that_only_adds_methods_still_stacks():
     def recipe(case):
         model = WithExtraMethod(nn.Linear(64, 8), nn.ReLU(inplace=True), nn.Linear(8, 10))

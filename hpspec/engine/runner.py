@@ -260,6 +260,22 @@ def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> 
                         "reduce it (reduction='mean') before returning it")
 
 
+def _check_input_width(model: Any, data: Data, where: str) -> None:
+    """After a forward that raised: when the first layer that has a width
+    (``in_features``) does not take the data's features, say so in one line."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_features", None),
+                                                           int)), None)
+    if first is None or data.x_train.dim() != 2:
+        return
+    width = int(data.x_train.shape[1])
+    if first.in_features != width:
+        raise CellError(
+            f"{where}: the model's first layer ({type(first).__name__}) takes "
+            f"{first.in_features} inputs but the data has {width} features per sample; fix: "
+            f"make its in_features {width} (case.data.n_features)"
+        )
+
+
 @torch.no_grad()
 def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, where: str) -> None:
     """One batch through the model and the loss, before any training, so that the usual
@@ -270,6 +286,8 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     except (RuntimeError, TypeError) as e:
         message = _dtype_message(e, model, data, where)
         if message is None:
+            if isinstance(e, RuntimeError):
+                _check_input_width(model, data, where)
             raise
         raise CellError(message) from None
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
@@ -420,8 +438,10 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    # live-tensor memory where the allocator has no peak counter (CPU, MPS), from step 2 on
-    probe_live = probe and not cuda and steps > 1
+    # live-tensor memory where the allocator has no peak counter (CPU, MPS), on the last
+    # warm-up step: step 2, or the only step of an epoch when the batch holds the whole
+    # training set (the optimizer state is then made inside the probed step, and counted)
+    probe_live = probe and not cuda
     memory: LiveMemory | None = None
 
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:

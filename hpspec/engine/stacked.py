@@ -606,10 +606,12 @@ def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, flo
         idx = perm[i * batch_size : (i + 1) * batch_size]
         return train_step(model, opt, loss_fn, x[idx], y[idx])
 
-    if x.shape[0] <= batch_size:  # one step an epoch: the runner probes the FLOPs only
-        with count_flops() as counter:
+    if x.shape[0] <= batch_size:  # one step an epoch: the runner probes that step
+        memory = probe_memory(model, opt, data)
+        with memory:
             step(0)
-        out["flops_per_sample"] = counter.flops / float(x.shape[0])
+        out["flops_per_sample"] = memory.flops / float(x.shape[0])
+        out["peak_memory"] = float(memory.peak)
         return out
     losses = [step(0)]
     memory = probe_memory(model, opt, data)
