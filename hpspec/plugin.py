@@ -636,8 +636,9 @@ class State:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
         try:
+            log: list[str] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules)
+                                       stop_rules=rules, log=log)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -654,9 +655,12 @@ class State:
                       f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
                       "samples/s is each cell's samples over the group's time; "
                       "--hpspec-stack=off trains them one by one")
-        if why:
-            reason = next(iter(why.values()))
-            self.note(key, f"trained one by one ({len(why)} cells): {reason}")
+        for line in log:  # groups trained, epochs shared or trained apart (and why)
+            self.note(key, line)
+        for reason in sorted(set(why.values())):
+            cells = sorted(c for c, r in why.items() if r == reason)
+            self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
+                      f"{reason}")
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
@@ -1010,7 +1014,7 @@ class ExperimentFile(pytest.Module):
                     # Cells that may train as one stacked model stay on one xdist worker
                     # under --dist loadgroup.
                     item.add_marker(pytest.mark.xdist_group(
-                        f"hpspec:{key}:{exp.batch_size_for(cell)}:{exp.epochs_for(cell)}"))
+                        f"hpspec:{key}:{exp.batch_size_for(cell)}"))
                 yield item
             for claim in exp.claims:
                 if isinstance(claim, CrossClaim):
