@@ -152,14 +152,15 @@ def test_models_beyond_mlps_stack_through_vmap_and_equal_their_runs(name):
 
 
 def test_batchnorm_members_keep_their_own_running_statistics():
-    from hpspec.engine.stacked import Member
+    from hpspec.engine.stacked import Member, _per_cell_loss, _stacked_optimizer
     from hpspec.engine.vmapped import FuncEngine
 
     torch.manual_seed(0)
     models = [MODELS["batchnorm"]() for _ in range(2)]
     members = [Member("c", i, m, torch.optim.SGD(m.parameters(), lr=0.1), None)
                for i, m in enumerate(models)]
-    engine = FuncEngine(members, "cpu", "sgd", "ce", "classification")
+    engine = FuncEngine(members, "cpu", lambda p, g: _stacked_optimizer("sgd", p, g),
+                        _per_cell_loss, "ce", "classification")
     x = torch.randn(2, 8, 64)
     x[1] += 3.0  # member 1's batch only
     engine.step(x, torch.randint(0, 10, (2, 8)))

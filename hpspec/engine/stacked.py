@@ -157,7 +157,7 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
         return "a parameter is frozen (requires_grad=False)"
     layers = _layers(m.model)
     if layers is None or any(b is not None for b in m.model.buffers()):
-        from hpspec.engine.vmapped import func_signature
+        from hpspec.engine.vmapped import func_signature  # (vmapped imports nothing of ours)
 
         engine: tuple[Any, ...] | str = func_signature(m.model)
         if isinstance(engine, str):
@@ -709,8 +709,9 @@ def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int)
         return _MLPEngine(members, device, opt_kind, loss_kind, data.task)
     from hpspec.engine.vmapped import FuncEngine
 
-    return FuncEngine(members, device, opt_kind, loss_kind, data.task,
-                      first_batch=data.x_train[:batch_size])
+    return FuncEngine(members, device,
+                      lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
+                      _per_cell_loss, loss_kind, data.task, first_batch=data.x_train[:batch_size])
 
 
 def train_group(

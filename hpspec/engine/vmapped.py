@@ -110,11 +110,12 @@ def _dropout_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, float, 
 class FuncEngine:
     """K members of one architecture trained as one ``vmap``-ed functional model."""
 
-    def __init__(self, members: Sequence[Any], device: str, opt_kind: str, loss_kind: str,
-                 task: str, first_batch: torch.Tensor | None = None) -> None:
+    def __init__(self, members: Sequence[Any], device: str, make_optimizer: Any,
+                 per_cell_loss: Any, loss_kind: str, task: str,
+                 first_batch: torch.Tensor | None = None) -> None:
+        """``make_optimizer(params, groups)`` and ``per_cell_loss(out, y, kind)`` come from
+        :mod:`hpspec.engine.stacked` (passed in, so this module does not import it back)."""
         from torch.func import functional_call, stack_module_state, vmap
-
-        from hpspec.engine.stacked import _stacked_optimizer
 
         models = [m.model.to(device) for m in members]
         self.k, self.loss_kind, self.task, self.device = len(models), loss_kind, task, device
@@ -141,15 +142,13 @@ class FuncEngine:
                 else:
                     g.manual_seed(m.seed)
                 self.gens.append(g)
-        self.opt = _stacked_optimizer(opt_kind, self.params,
-                                      [m.optimizer.param_groups[0] for m in members])
+        self.opt = make_optimizer(self.params, [m.optimizer.param_groups[0] for m in members])
+        self._per_cell_loss = per_cell_loss
 
         def loss_one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
                      x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             out = functional_call(self.base, (p, b), (x,))
-            from hpspec.engine.stacked import _per_cell_loss
-
-            return _per_cell_loss(out.unsqueeze(0), y.unsqueeze(0), loss_kind)[0]
+            return per_cell_loss(out.unsqueeze(0), y.unsqueeze(0), loss_kind)[0]
 
         def forward_one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
                         x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +195,6 @@ class FuncEngine:
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
                                                                   torch.Tensor | None]:
-        from hpspec.engine.stacked import _per_cell_loss
-
         self.base.eval()
         n = x.shape[0]
         acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64
@@ -208,7 +205,7 @@ class FuncEngine:
             xb, yb = x[s : s + rows], y[s : s + rows]
             out = self._forward(self.params_dict(), self.buffers, xb)
             yk = yb.unsqueeze(0).expand(self.k, *yb.shape)
-            loss += _per_cell_loss(out, yk, self.loss_kind).to(acc_dtype) * (xb.shape[0] / n)
+            loss += self._per_cell_loss(out, yk, self.loss_kind).to(acc_dtype) * (xb.shape[0] / n)
             if self.task == CLASSIFICATION:
                 correct += (out.argmax(dim=-1) == yk).sum(dim=1).to(acc_dtype)
         self.base.train()
