@@ -340,8 +340,9 @@ class Session:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
         try:
+            log: list[str] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules)
+                                       stop_rules=rules, log=log)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -360,9 +361,12 @@ class Session:
             lines = self.notes.setdefault(key, [])
             lines[:] = [line for line in lines if not line.startswith("stacked: ")]
             self.note(key, stacked_note(groups))
-        if why:
-            reason = next(iter(why.values()))
-            self.note(key, f"trained one by one ({len(why)} cells): {reason}")
+        for line in log:  # groups trained, epochs shared or trained apart (and why)
+            self.note(key, line)
+        for reason in sorted(set(why.values())):
+            cells = sorted(c for c, r in why.items() if r == reason)
+            self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
+                      f"{reason}")
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
