@@ -23,6 +23,18 @@ from hpspec.claims import (
 )
 from hpspec.cross import best, compare, trend
 from hpspec.errors import CellError, HpspecError, SpecError
+from hpspec.search import (
+    choice,
+    found,
+    halving,
+    intrange,
+    loguniform,
+    optuna,
+    sobol,
+    space,
+    uniform,
+)
+from hpspec.search import random_search as random
 from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
 
@@ -52,6 +64,16 @@ __all__ = [
     "register_profile",
     "where",
     "expect",
+    "space",
+    "uniform",
+    "loguniform",
+    "intrange",
+    "choice",
+    "random",
+    "sobol",
+    "optuna",
+    "halving",
+    "found",
     "datasets",
     "models",
     "HpspecError",

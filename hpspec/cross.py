@@ -399,8 +399,8 @@ class Best(CrossClaim):
 def compare(
     quantity: Quantity,
     *,
-    lower: Mapping[str, Any] | None = None,
-    higher: Mapping[str, Any] | None = None,
+    lower: Mapping[str, Any] | str | None = None,
+    higher: Mapping[str, Any] | str | None = None,
     than: Mapping[str, Any],
     margin: float = 0.0,
     confidence: float | None = None,
@@ -409,10 +409,18 @@ def compare(
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
-    ``margin`` when given (``margin=0.1``: at least 10%)."""
+    ``margin`` when given (``margin=0.1``: at least 10%). In a search, ``higher="found"``
+    (or ``lower="found"``) compares the best configuration found with the baseline ``than``
+    (every searched hyperparameter given), both retrained on fresh seeds."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
+    if isinstance(side, str) and side == "found":
+        # the best configuration a search found against a baseline, both on fresh seeds
+        from hpspec.search import compare_found
+
+        return compare_found(quantity, lower=lower is not None, than=than,  # type: ignore
+                             margin=margin, confidence=confidence, name=name, points=points)
     return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,
                    confidence, name, points)
 

@@ -26,6 +26,7 @@ from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.report import CellRecord, render_claims, render_experiment
 from hpspec.results import CellResult
+from hpspec.search import halving_population, search_key
 from hpspec.spec import Cell, Experiment, RawSpec, build
 
 _HPSPEC_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -383,6 +384,8 @@ class State:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Per search: fresh-seed results of the best trials and baselines (hp.found claims).
+    found: dict[str, dict[str, CellResult]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -474,6 +477,7 @@ class State:
             # a seed that may stop early has a shorter curve: part of what it is
             "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
                                    "targets", None),
+            **search_key(exp, seed),
         })
 
     def cached_seeds(self, exp: Experiment, cell: Cell, seeds: tuple[int, ...]) -> list[Any]:
@@ -622,6 +626,9 @@ class State:
                       f"claim {timing!r} times the training")
             return
         wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        population = halving_population(exp)
+        if population is not None:  # a trial's pruning depends on all the trials beside it
+            wanted = {c.id for c in exp.cells}
         pending = [c for c in exp.cells
                    if c.id in wanted | {cell.id} and (key, c.id) not in self.results
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
@@ -637,7 +644,7 @@ class State:
                 progress(1, 1, epoch, epochs, loss)
         try:
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules)
+                                       stop_rules=rules, population=population)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -747,11 +754,47 @@ class State:
     def _judge_one(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
         __tracebackhide__ = True
         alpha = claim.alpha(1 - self.confidence)
+        if hasattr(claim, "judge_fresh"):
+            return self._judge_found(key, exp, claim, alpha)
         if exp.adaptive is None:
             return claim.judge(self.needed_results(key, exp, claim), alpha)
         return judge_adaptive(
             claim, lambda n: self.needed_results(key, exp, claim, n), exp.adaptive, alpha
         )
+
+
+    def _judge_found(self, key: str, exp: Experiment, claim: Any, alpha: float) -> Verdict:
+        """A claim about a search's best trial(s): retrain them (and a baseline) on fresh
+        seeds, stacked where they can be, and judge on those seeds only."""
+        __tracebackhide__ = True
+        from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
+
+        results = self.needed_results(key, exp, claim)
+        seeds = claim.fresh_seeds(exp)
+        todo = [exp.cell(cid) for cid in claim.best(exp, results)]
+        if hasattr(claim, "baseline_cell"):
+            todo.append(claim.baseline_cell(exp))
+        fresh: dict[str, CellResult] = {}
+        for cell in todo:
+            hit = self.cached_seeds(exp, cell, seeds) if self.cache == "use" else []
+            if len(hit) == len(seeds):
+                fresh[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
+                                            params=cell.as_dict(), device=self.resolve_device(),
+                                            seeds=tuple(hit))
+        left = [c for c in todo if c.id not in fresh]
+        if left and self.stack and exp.stack:
+            for bucket in stackable_cells(exp, left):
+                got, _ = run_stacked(exp, bucket, self.resolve_device(), seeds=seeds)
+                fresh.update(got)
+        for cell in todo:
+            if cell.id not in fresh:
+                fresh[cell.id] = run_cell(exp, cell, self.resolve_device(), seeds=seeds,
+                                          timeout=self.timeout)
+            if cell in left:
+                for r in fresh[cell.id].seeds:
+                    self.save_seed(key, exp, cell, r)
+        self.found.setdefault(key, {}).update(fresh)
+        return claim.judge_fresh(exp, results, fresh, alpha)
 
 
 def _holm(
@@ -1308,10 +1351,17 @@ def pytest_terminal_summary(
             continue
         info = state.info[key]
         terminalreporter.write_sep("-", f"hpspec: {key}")
-        terminalreporter.write_line(
-            render_experiment(info.name, info.axes, ran, device=state.device,
-                              targets=info.targets, table=state.table, pick=state.columns)
-        )
+        exp = state.experiments.get(key)
+        if exp is not None and exp.search is not None:
+            from hpspec.search import search_table
+
+            terminalreporter.write_line(search_table(
+                exp, {r.cell_id: r.result for r in ran if r.result is not None}))
+        else:
+            terminalreporter.write_line(
+                render_experiment(info.name, info.axes, ran, device=state.device,
+                                  targets=info.targets, table=state.table, pick=state.columns)
+            )
         for line in state.notes.get(key, []):
             terminalreporter.write_line(f"  {line}")
         cross = state.cross.get(key)

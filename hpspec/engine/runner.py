@@ -634,8 +634,12 @@ def run_stacked(
     seeds: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
+    population: Callable[[list[str], int], Any] | None = None,
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
+
+    ``population(owners, epochs)``, when given, makes each group's cross-member stop rule
+    from its members' cell ids (successive halving, see :func:`hpspec.search.halving_rule`).
 
     Returns the results of the cells trained that way and, for cells that were not stacked,
     why not (they are left for :func:`run_cell`). Cells given here must share batch size and
@@ -691,8 +695,10 @@ def run_stacked(
                 why[i] = "its model does not fit the data (reported by its own run)"
             continue
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
-        runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
-                           DIVERGENCE_FACTOR, rules, progress)
+        epochs = exp.epochs_for(first_cell)
+        runs = train_group(group, data, batch_size, epochs, device, DIVERGENCE_FACTOR, rules,
+                           progress, population([m.cell_id for m in group], epochs)
+                           if population is not None else None)
         for m, r in zip(group, runs, strict=True):
             results.setdefault(m.cell_id, []).append(r)
     out: dict[str, CellResult] = {}
