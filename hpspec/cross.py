@@ -406,12 +406,13 @@ def compare(
     confidence: float | None = None,
     name: str | None = None,
     points: float | None = None,
+    seeds: int | None = None,
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
     ``margin`` when given (``margin=0.1``: at least 10%). In a search, ``higher="found"``
     (or ``lower="found"``) compares the best configuration found with the baseline ``than``
-    (every searched hyperparameter given), both retrained on fresh seeds."""
+    (every searched hyperparameter given), both retrained on ``seeds`` fresh seeds (3)."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
@@ -420,7 +421,10 @@ def compare(
         from hpspec.search import compare_found
 
         return compare_found(quantity, lower=lower is not None, than=than,  # type: ignore
-                             margin=margin, confidence=confidence, name=name, points=points)
+                             margin=margin, confidence=confidence, name=name, points=points,
+                             seeds=3 if seeds is None else seeds)
+    if seeds is not None:
+        raise TypeError("compare(seeds=...) is for higher='found' / lower='found' in a search")
     return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,
                    confidence, name, points)
 
