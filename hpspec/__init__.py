@@ -21,10 +21,11 @@ from hpspec.claims import (
     throughput,
     where,
 )
-from hpspec.cross import best, compare, trend
+from hpspec.cross import best, trend
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.search import (
     choice,
+    compare,
     found,
     halving,
     intrange,

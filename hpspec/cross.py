@@ -412,17 +412,11 @@ def compare(
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
     ``margin`` when given (``margin=0.1``: at least 10%). In a search, ``higher="found"``
     (or ``lower="found"``) compares the best configuration found with the baseline ``than``
-    (every searched hyperparameter given), both retrained on ``seeds`` fresh seeds (3)."""
+    (every searched hyperparameter given), both retrained on ``seeds`` fresh seeds (3); that
+    form is dispatched by :func:`hpspec.search.compare`, which ``hp.compare`` is."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
-    if isinstance(side, str) and side == "found":
-        # the best configuration a search found against a baseline, both on fresh seeds
-        from hpspec.search import compare_found
-
-        return compare_found(quantity, lower=lower is not None, than=than,  # type: ignore
-                             margin=margin, confidence=confidence, name=name, points=points,
-                             seeds=3 if seeds is None else seeds)
     if seeds is not None:
         raise TypeError("compare(seeds=...) is for higher='found' / lower='found' in a search")
     return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,

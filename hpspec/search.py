@@ -41,6 +41,7 @@ from hpspec.claims import (
     validate_claim,
 )
 from hpspec.cross import Compare, CrossClaim
+from hpspec.spec import Cell, cell_id
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
 
@@ -265,6 +266,9 @@ class Sampler:
     halving: Halving | None = None
     #: What "best" means for the report and hp.found: a metric's final value.
     metric: str | None = None
+
+    def expand_trials(self, where: str) -> list[tuple[str, dict[str, Any]]]:
+        return trials(self, where)
 
     def order_metric(self) -> str:
         return self.metric or (self.halving.metric if self.halving else "val_loss")
@@ -533,15 +537,11 @@ class FoundCompare(_SearchClaim, CrossClaim):
     top: int = 1
 
     def slug(self) -> str:
-        from hpspec.spec import cell_id
-
         word = "lower" if self.lower else "higher"
         return self.name or (f"found-{word}-{self.quantity.describe()}-than-"
                              f"{cell_id(dict(self.baseline))}").replace(" ", "")
 
     def describe(self) -> str:
-        from hpspec.spec import cell_id
-
         word = "lower" if self.lower else "higher"
         by = f" by at least {self.margin:.0%}" if self.margin else ""
         return (f"{self.quantity.describe()} is {word}{by} for the best configuration found "
@@ -570,8 +570,6 @@ class FoundCompare(_SearchClaim, CrossClaim):
                             fix=f"give the baseline's {', '.join(missing)} too")
 
     def baseline_cell(self, exp: Any) -> Any:
-        from hpspec.spec import Cell
-
         params = {**{k: v for k, v in exp.fixed}, **dict(self.baseline)}
         return Cell(params=tuple(params.items()), varying=tuple(dict(self.baseline)),
                     label="baseline")
@@ -606,6 +604,20 @@ def found(condition: Condition, *, seeds: int = 3, top: int = 1,
     fresh seeds, meets the condition on those seeds (``top=k`` retrains and reports the k
     best; the claim is about the first)."""
     return Found(condition, seeds, top, confidence, name, points)
+
+
+def compare(quantity: Quantity, **kw: Any) -> Any:
+    """``hp.compare``: :func:`hpspec.cross.compare`, or with ``higher="found"`` /
+    ``lower="found"`` the best configuration of a search against the baseline ``than``."""
+    from hpspec import cross
+
+    side = kw.get("higher", kw.get("lower"))
+    if isinstance(side, str) and side == "found":
+        lower = kw.pop("lower", None) is not None
+        kw.pop("higher", None)
+        seeds = kw.pop("seeds", None)
+        return compare_found(quantity, lower=lower, seeds=3 if seeds is None else seeds, **kw)
+    return cross.compare(quantity, **kw)
 
 
 def compare_found(quantity: Quantity, *, lower: bool, than: Mapping[str, Any],

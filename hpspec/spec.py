@@ -496,13 +496,15 @@ def build(fn: Callable[..., Any]) -> Experiment:
     sampler = kw.get("search")
     labels: list[str] = []
     if sampler is not None:
-        from hpspec.search import trials
-
+        if not hasattr(sampler, "expand_trials"):  # (spec does not import hpspec.search)
+            raise SpecError("must be a sampler", where=where, argument="search", value=sampler,
+                            fix="write search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
+                            "trials=16)")
         if g is not None:
             raise SpecError("cannot be combined with grid=", where=where, argument="search",
                             value=sampler, fix="search the grid's values with hp.choice([...]) "
                             "in the space, or drop search=")
-        sampled = trials(sampler, where)
+        sampled = sampler.expand_trials(where)
         labels = [label for label, _ in sampled]
         g = cells(*[params for _, params in sampled])
     if g is None:
