@@ -714,6 +714,8 @@ class SpecContext:
     seeds: int
     mode: str = "recipe"
     cells: tuple[Mapping[str, Any], ...] = ()
+    #: The searched hyperparameters' names when the experiment is a search.
+    searched: tuple[str, ...] = ()
 
 
 class Claim:

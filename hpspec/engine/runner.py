@@ -828,8 +828,12 @@ def run_stacked(
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
     log: list[str] | None = None,
+    population: Callable[[list[str], int], Any] | None = None,
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
+
+    ``population(owners, epochs)``, when given, makes each group's cross-member stop rule
+    from its members' cell ids (successive halving, see :func:`hpspec.search.halving_rule`).
 
     Returns the results of the cells trained that way and, for cells that were not stacked,
     why not (they are left for :func:`run_cell`). Cells given here must share a batch size
@@ -897,8 +901,11 @@ def run_stacked(
             return
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
         try:
-            runs = train_group(group, data, batch_size, max(m.epochs for m in group), device,
-                               DIVERGENCE_FACTOR, rules, chunk_progress)
+            epochs = max(m.epochs for m in group)
+            runs = train_group(group, data, batch_size, epochs, device, DIVERGENCE_FACTOR,
+                               rules, chunk_progress,
+                               population([m.cell_id for m in group], epochs)
+                               if population is not None else None)
         except Exception as e:
             if not _uses_vmap(group[0], data):
                 raise
