@@ -139,7 +139,7 @@ def _linear(case):
 @pytest.mark.parametrize("engine", ["one by one", "stacked"])
 def test_peak_memory_when_the_batch_holds_the_whole_training_set(engine):
     import hpspec as hp
-    from hpspec.runner import run_cell, run_stacked
+    from hpspec.engine.runner import run_cell, run_stacked
     from hpspec.spec import build
 
     exp = build(hp.experiment(epochs=2, seeds=1, batch_size=512,

@@ -556,7 +556,7 @@ def test_a_cell_whose_recipe_raises_does_not_keep_the_others_from_stacking():
 def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curves(monkeypatch):
     """A grid far larger than one chunk: never more than a chunk's models built at once, every
     chunk no bigger than the bound, and the curves those of one big group."""
-    from hpspec import stacked as st
+    from hpspec.engine import stacked as st
 
     built = [0]
 
@@ -595,7 +595,7 @@ def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curv
 
 
 def test_a_chunk_is_bounded_by_the_work_of_one_step():
-    from hpspec import stacked as st
+    from hpspec.engine import stacked as st
 
     small = st.Member("a", 0, hp.models.mlp(64, [8], 10), None, None)
     big = st.Member("b", 0, hp.models.mlp(64, [2048, 2048], 10), None, None)
