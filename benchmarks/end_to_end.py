@@ -159,8 +159,10 @@ def big(case):
     return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 '''
 
+# It imports torch as the experiment file does (a real test module of training code would).
 BIG_PARAMETRIZE = f'''
 import pytest
+import torch
 
 
 @pytest.mark.parametrize("lr", [round(1e-4 * (i + 1), 6) for i in range({COLLECT_N})])
@@ -230,6 +232,12 @@ def main() -> None:
             for w in ways:
                 times[w].append(timed(cmds[w], d, env))
                 print(f"rep {rep + 1}/{args.reps} {w:<20} {times[w][-1]:7.2f} s", flush=True)
+            report(args, times, final=rep + 1 == args.reps)
+
+
+def report(args: argparse.Namespace, times: dict[str, list[float]], final: bool) -> None:
+    """The table (at the end) and the JSON (after every rep, so a stopped run keeps its
+    finished reps)."""
     med = {w: statistics.median(v) for w, v in times.items()}
     rows = [
         ("64-cell grid: hpspec (pytest, cache off)", med["hpspec"], 1.0),
@@ -244,25 +252,30 @@ def main() -> None:
              med["collect_parametrize"] / med["collect_hpspec"]),
         ]
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'what':<{width}}  {'median s':>9}  {'x hpspec':>9}")
+    if not final:
+        rows = []
+    if rows:
+        print(f"\n{'what':<{width}}  {'median s':>9}  {'x hpspec':>9}")
     for name, s, ratio in rows:
         print(f"{name:<{width}}  {s:9.2f}  {ratio:9.2f}")
-    print(f"\nmedian of {args.reps}, interleaved; 'x hpspec' is that way's time over hpspec's "
-          "(collection: hpspec's over parametrize's is "
-          + (f"{med['collect_hpspec'] / med['collect_parametrize']:.2f}x)"
-             if not args.skip_collect else "not run)"))
+    if final:
+        print(f"\nmedian of {args.reps}, interleaved; 'x hpspec' is that way's time over hpspec's "
+              "(collection: hpspec's over parametrize's is "
+              + (f"{med['collect_hpspec'] / med['collect_parametrize']:.2f}x)"
+                 if not args.skip_collect else "not run)"))
     if args.json:
-        import torch
+        from importlib.metadata import version
 
         doc = {
             "benchmark": "end_to_end",
             "command": "python benchmarks/end_to_end.py " + " ".join(sys.argv[1:]),
             "reps": args.reps,
+            "reps_done": len(next(iter(times.values()))),
             "threads": args.threads,
             "cpu_count": os.cpu_count(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": version("torch"),
             "seconds": times,
             "median_s": med,
             "speedup_vs_script": med["script"] / med["hpspec"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import inspect
 import math
 import os
@@ -80,6 +81,15 @@ parse_cache = _choice("--hpspec-cache", ("use", "refresh", "off"))
 parse_stack = _choice("--hpspec-stack", ("on", "off"))
 parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
+
+
+def parse_threads_option(value: str) -> Any:
+    from hpspec.threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_timeout(value: str) -> float | None:
@@ -187,6 +197,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="on: cells that differ only in optimizer hyperparameters or seed train together "
         "as one stacked model (same results, much faster for grids of small models); off: one "
         "by one. An experiment can say stack=False. ini: hpspec_stack. Default on.",
+    )
+    group.addoption(
+        "--hpspec-threads",
+        type=parse_threads_option,
+        default=None,
+        metavar="auto|N",
+        help="torch intra-op threads per run on the CPU: auto (one thread when the model's "
+        "parameters x batch size is under 2**23, else torch's default) or N. Recorded in "
+        "the environment and part of the cache key. ini: hpspec_threads. Default auto.",
     )
     group.addoption(
         "--hpspec-full-curves",
@@ -307,6 +326,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
     parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
     parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
+    parser.addini("hpspec_threads", "default for --hpspec-threads", default="auto")
     parser.addini("hpspec_store", "default for --hpspec-store", default="")
     parser.addini("hpspec_timeout", "default for --hpspec-timeout", default="")
     parser.addini("hpspec_ray", "default for --hpspec-ray", default="")
@@ -383,6 +403,8 @@ class State:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Intra-op threads: "auto" (the rule in hpspec.threads) or a count.
+    threads: Any = "auto"
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -424,7 +446,7 @@ class State:
                                  seeds=tuple(x for x in exp.seeds if x not in have),
                                  stop=stop_rule(exp, cell.as_dict(), self.full_curves),
                                  on_seed=lambda r: self.save_seed(key, exp, cell, r),
-                                 timeout=self.timeout)
+                                 timeout=self.timeout, threads=self.threads)
                 found = attrs.evolve(fresh, seeds=tuple(sorted(
                     (*cached, *fresh.seeds), key=lambda r: exp.seeds.index(r.seed))))
             except BaseException as e:
@@ -445,7 +467,8 @@ class State:
         try:
             self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
             if self.run_id is None and self.worker is None:
-                self.run_id = self.store.begin_run(environment(self.device), self.save_name)
+                self.run_id = self.store.begin_run(environment(self.device, self.threads),
+                                                   self.save_name)
         except Exception as e:  # a read-only disk, say: results still reach the report
             self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
             self.store = None
@@ -456,6 +479,7 @@ class State:
         from hpspec.engine.runner import data_digest
         from hpspec.spec import source_digest
         from hpspec.store import cache_key
+        from hpspec.threads import threads_key
 
         import hpspec
 
@@ -471,6 +495,9 @@ class State:
             "mode": exp.mode,
             "versions": {"hpspec": hpspec.__version__, "torch": torch.__version__},
             "device": self.resolve_device(),
+            # curves differ between thread counts in the last digits: the setting, and the
+            # count "auto" starts from, are part of what produced a result
+            "threads": threads_key(self.threads, torch.get_num_threads()),
             # a seed that may stop early has a shorter curve: part of what it is
             "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
                                    "targets", None),
@@ -621,9 +648,9 @@ class State:
             self.note(key, f"trained one by one, so that each cell's timing is its own: "
                       f"claim {timing!r} times the training")
             return
-        wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        wanted = (self.wanted.get(key) or {c.id for c in exp.cells}) | {cell.id}  # once: linear
         pending = [c for c in exp.cells
-                   if c.id in wanted | {cell.id} and (key, c.id) not in self.results
+                   if c.id in wanted and (key, c.id) not in self.results
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
                    and (c.id == cell.id or self.cache != "use"
                         or not self.cached_seeds(exp, c, exp.seeds))]
@@ -637,13 +664,14 @@ class State:
                 progress(1, 1, epoch, epochs, loss)
         try:
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules)
+                                       stop_rules=rules, threads=self.threads)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
             return
+        by_id = {c.id: c for c in bucket}  # a dict, not a search per result: linear in K
         for cell_id, result in results.items():
-            target = next(c for c in bucket if c.id == cell_id)
+            target = by_id[cell_id]
             for r in result.seeds:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
@@ -684,7 +712,7 @@ class State:
         todo = tuple(x for x in extra if x not in done)
         more = run_cell(exp, cell, self.resolve_device(), seeds=todo, probed=probed,
                         on_seed=lambda r: self.save_seed(key, exp, cell, r),
-                        timeout=self.timeout).seeds if todo else ()
+                        timeout=self.timeout, threads=self.threads).seeds if todo else ()
         grown = attrs.evolve(have, seeds=tuple(sorted((*have.seeds, *cached, *more),
                                                       key=lambda r: r.seed)))
         self._store(key, cell, grown)
@@ -925,6 +953,7 @@ def pytest_configure(config: pytest.Config) -> None:
         full_curves=bool(config.getoption("--hpspec-full-curves")),
         cache=_option(config, "cache", parse_cache),
         timeout=_option(config, "timeout", parse_timeout),
+        threads=_option(config, "threads", parse_threads_option),
         store_path=_store_path(config),
         save_name=config.getoption("--hpspec-save"),
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
@@ -1368,10 +1397,10 @@ def _summary_store(terminalreporter: Any, state: State) -> None:
             "(--hpspec-cache=refresh retrains them)")
 
 
-def environment(device: str | None) -> dict[str, Any]:
-    """What produced the numbers: versions, device, CPU count, git commit when there is one."""
+def environment(device: str | None, threads: Any = "auto") -> dict[str, Any]:
+    """What produced the numbers: versions, device, CPU count, threads, git commit when there
+    is one."""
     import platform
-    import subprocess
     import sys
 
     from hpspec import __version__
@@ -1382,20 +1411,32 @@ def environment(device: str | None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
+        # the setting; each seed's measurements say the count it trained with ("threads")
+        "threads": str(threads),
     }
     torch = sys.modules.get("torch")
     if torch is not None:
+        env["intra_op_threads"] = torch.get_num_threads()  # what "auto" starts from
         env["torch"] = torch.__version__
         env["cuda"] = torch.version.cuda
         if device and device.startswith("cuda"):
             env["device_name"] = torch.cuda.get_device_name(device)
+    env["git_commit"] = _git_commit()
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def _git_commit() -> str | None:
+    """The checkout's commit, asked of git once per session (environment() is built at the
+    run's start and again for its documents)."""
+    import subprocess
+
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=False)
-        env["git_commit"] = out.stdout.strip() or None
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    return env
+        return None
 
 
 def run_document_of(state: State) -> dict[str, Any]:
@@ -1411,7 +1452,7 @@ def run_document_of(state: State) -> dict[str, Any]:
             experiments.append(
                 (key, info.name, info.axes, ran, list(state.cross.get(key, {}).values()))
             )
-    return run_document(experiments, environment(state.device))
+    return run_document(experiments, environment(state.device, state.threads))
 
 
 def _record_run(state: State, exitstatus: int) -> None:
@@ -1484,13 +1525,21 @@ def _gate(state: State, config: pytest.Config) -> bool:
         from hpspec.gate import parse_limits
 
         limits = parse_limits("val_loss:+0,val_acc:-0,samples_per_s:-0%")
-    same = base_fp == fingerprint(environment(state.device))
+    same = base_fp == fingerprint(environment(state.device, state.threads))
     rows, warnings = compare_runs(_current_numbers(state), baseline, limits, same,
                                   config.getoption("--hpspec-compare-force"))
     if not config.getoption("--hpspec-compare-fail"):
         rows = [attrs.evolve(r, failed=False) for r in rows]
     state.gate_rows, state.gate_warnings = rows, state.gate_warnings + warnings
     return any(r.failed for r in rows)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The store closed once the summary is written, its WAL folded into the file."""
+    state = config.stash.get(STATE, None)
+    if state is not None and state.store is not None:
+        store, state.store = state.store, None
+        store.close()
 
 
 @pytest.hookimpl(tryfirst=True)

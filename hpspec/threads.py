@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Union
 
-__all__ = ["SMALL_WORK", "Threads", "parse_threads", "choose_threads"]
+__all__ = ["SMALL_WORK", "Threads", "parse_threads", "choose_threads", "threads_key"]
 
 #: parameters x batch size under which a CPU run takes one thread (2**23, about 8.4 million:
 #: the digits MLP 64-128-128-10 at batch 64 is 1.7 million, at batch 256 6.7 million).
@@ -57,3 +57,9 @@ def choose_threads(setting: Threads, device: str, work: float | None,
     if work is not None and work < SMALL_WORK:
         return 1
     return current
+
+
+def threads_key(setting: Threads, current: int) -> str:
+    """The thread part of a cache key: the setting, and for ``auto`` the count it starts from
+    (with the model, which the rest of the key fixes, that decides the count)."""
+    return f"auto/{current}" if setting == "auto" else str(int(setting))

@@ -756,14 +756,17 @@ def run_stacked(
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
     wanted = len(seeds or exp.seeds)
+    first_why: dict[str, str] = {}  # each cell's first reason, in one pass (not one per cell)
+    for i in sorted(why):
+        first_why.setdefault(owner[i].id, why[i])
     for cell in cells:  # complete when every seed trained, in whichever groups; else one by one
         runs = sorted(results.get(cell.id, []), key=lambda r: r.seed)
         if len(runs) == wanted:
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
-            reasons[cell.id] = broken.get(cell.id) or next(
-                (why[i] for i, o in enumerate(owner) if o is cell and i in why), "not stacked")
+            reasons[cell.id] = (broken.get(cell.id) or first_why.get(cell.id)
+                                or "not stacked")
     return out, reasons
 
 
