@@ -239,6 +239,11 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], final: bool)
     """The table (at the end) and the JSON (after every rep, so a stopped run keeps its
     finished reps)."""
     med = {w: statistics.median(v) for w, v in times.items()}
+    per_rep = {w: [o / h for o, h in zip(times[w], times["hpspec"])]
+               for w in ("script", "parametrize")}
+    if not args.skip_collect:
+        per_rep["collect"] = [h / p for h, p in zip(times["collect_hpspec"],
+                                                    times["collect_parametrize"])]
     rows = [
         ("64-cell grid: hpspec (pytest, cache off)", med["hpspec"], 1.0),
         ("64-cell grid: plain for-loop script", med["script"], med["script"] / med["hpspec"]),
@@ -259,6 +264,9 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], final: bool)
     for name, s, ratio in rows:
         print(f"{name:<{width}}  {s:9.2f}  {ratio:9.2f}")
     if final:
+        for w, ratios in per_rep.items():
+            print(f"per rep, {w}: " + ", ".join(f"{r:.2f}x" for r in ratios)
+                  + f" (median {statistics.median(ratios):.2f}x)")
         print(f"\nmedian of {args.reps}, interleaved; 'x hpspec' is that way's time over hpspec's "
               "(collection: hpspec's over parametrize's is "
               + (f"{med['collect_hpspec'] / med['collect_parametrize']:.2f}x)"
@@ -278,6 +286,10 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], final: bool)
             "torch": version("torch"),
             "seconds": times,
             "median_s": med,
+            # per rep (the ways of one rep ran back to back), then the median over reps
+            "per_rep_speedup_vs_script": per_rep["script"],
+            "per_rep_speedup_vs_parametrize": per_rep["parametrize"],
+            "per_rep_collect_ratio": per_rep.get("collect"),
             "speedup_vs_script": med["script"] / med["hpspec"],
             "speedup_vs_parametrize": med["parametrize"] / med["hpspec"],
             "collect_ratio_hpspec_over_parametrize": (

@@ -1028,8 +1028,9 @@ class ExperimentFile(pytest.Module):
             state.attrs_of[key] = (str(self.path), attr)
             records = state.records.setdefault(key, {})
             for i, cell in enumerate(exp.cells):
-                records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
-                name = f"{exp.name}[{cell.id}]"
+                cid = cell.id  # formatted from the params on each access: once per cell
+                records[cid] = CellRecord(exp.name, cid, cell.as_dict(), order=i)
+                name = f"{exp.name}[{cid}]"
                 # The id is given as text so pytest parses its "[params]" part the way it
                 # does for parametrized tests (--lf and the cache compare parsed ids).
                 item = CellItem.from_parent(
