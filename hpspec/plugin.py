@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import inspect
 import os
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from hpspec.options import (  # noqa: F401  (the parsers stay importable from he
     parse_limits_option,
     parse_stack,
     parse_table,
+    parse_threads_option,
     parse_timeout,
 )
 from hpspec.report import CellRecord
@@ -156,6 +158,8 @@ def pytest_configure(config: pytest.Config) -> None:
         full_curves=bool(config.getoption("--hpspec-full-curves")),
         cache=_option(config, "cache", parse_cache),
         timeout=_option(config, "timeout", parse_timeout),
+        threads=_option(config, "threads", parse_threads_option),
+        threads=_option(config, "threads", parse_threads_option),
         store_path=_store_path(config),
         save_name=config.getoption("--hpspec-save"),
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
@@ -242,8 +246,9 @@ class ExperimentFile(pytest.Module):
             state.attrs_of[key] = (str(self.path), attr)
             records = state.records.setdefault(key, {})
             for i, cell in enumerate(exp.cells):
-                records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
-                name = f"{exp.name}[{cell.id}]"
+                cid = cell.id  # formatted from the params on each access: once per cell
+                records[cid] = CellRecord(exp.name, cid, cell.as_dict(), order=i)
+                name = f"{exp.name}[{cid}]"
                 # The id is given as text so pytest parses its "[params]" part the way it
                 # does for parametrized tests (--lf and the cache compare parsed ids).
                 item = CellItem.from_parent(
@@ -672,6 +677,13 @@ class SessionPlugin:
         if grades is not None:
             terminalreporter.write_line(
                 f"hpspec: run {score_line(grades['score'], grades['max_score'])}", bold=True)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """The store closed once the summary is written, its WAL folded into the file."""
+        state = self.state
+        if state.store is not None:
+            store, state.store = state.store, None
+            store.close()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
