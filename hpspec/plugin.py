@@ -159,7 +159,6 @@ def pytest_configure(config: pytest.Config) -> None:
         cache=_option(config, "cache", parse_cache),
         timeout=_option(config, "timeout", parse_timeout),
         threads=_option(config, "threads", parse_threads_option),
-        threads=_option(config, "threads", parse_threads_option),
         store_path=_store_path(config),
         save_name=config.getoption("--hpspec-save"),
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
