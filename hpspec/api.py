@@ -92,8 +92,9 @@ class Run:
         return out
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per cell and seed (see :func:`hpspec.rows.seed_rows`)."""
-        from hpspec.rows import seed_rows
+        """One dict per cell and seed, the rows ``--hpspec-csv`` writes (see
+        :func:`hpspec.export.seed_rows`)."""
+        from hpspec.export import seed_rows
 
         return seed_rows(self.document)
 
