@@ -99,3 +99,30 @@ def test_bad_targets_are_named():
         hp.run("does/not/exist.py")
     with pytest.raises(HpspecError, match="not a target"):
         hp.run(42)
+
+
+def test_hp_run_twice_in_one_process_sees_each_file_as_it_is_now(tmp_path, monkeypatch):
+    # a notebook: the same file name in two folders, then one file edited and run again.
+    # pytest imports an experiment file under its bare name; hp.run used to leave it in
+    # sys.modules, so the second folder failed with "import file mismatch" and the edit
+    # was never seen.
+    loop = textwrap.dedent("""
+        import hpspec as hp
+
+        @hp.experiment(grid=hp.grid(lr=[0.5]), epochs=2)
+        def loop(case):
+            loss = 1.0
+            for _ in range(2):
+                loss *= STEP
+                yield {"loss": loss}
+    """)
+    monkeypatch.chdir(tmp_path)
+    finals = []
+    for folder, step in (("a", 0.5), ("b", 0.25), ("b", 0.1)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        exp = tmp_path / folder / "exp_loop.py"
+        exp.write_text(f"STEP = {step}\n" + loop)
+        run = hp.run(exp, cache="off")
+        assert run.exitstatus == 0, run.output
+        finals.append(run.rows()[0]["loss_final"])
+    assert finals == pytest.approx([0.25, 0.0625, 0.01])
