@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,10 +295,6 @@ class Store:
         if ids:
             self.conn.execute("VACUUM")
         return len(ids)
-
-    def iter_seed_keys(self) -> Iterator[str]:
-        for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
-            yield k
 
 
 def _move_aside(path: Path, why: str) -> Path:
