@@ -22,7 +22,7 @@ from hpspec.claims import (
     throughput,
     where,
 )
-from hpspec.cross import best, compare, trend
+from hpspec.cross import best, compare, equivalent, noninferior, trend
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
@@ -49,6 +49,8 @@ __all__ = [
     "compare",
     "trend",
     "best",
+    "equivalent",
+    "noninferior",
     "adaptive",
     "register_profile",
     "where",

@@ -99,6 +99,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
     ">": operator.gt,
     ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 _ARITH: dict[str, Callable[[float, float], float]] = {
     "+": operator.add,
@@ -127,7 +129,27 @@ class Quantity:
         """The right-hand side of a comparison as the condition keeps it."""
         return other
 
-    # Comparisons build conditions; == is left to attrs (structural equality of specs).
+    # Comparisons build conditions. ``==`` / ``!=`` with a number (or a size string) build
+    # one too (``measure("params") == 26122``); between two quantities they stay structural
+    # equality, which claims' own equality (attrs) relies on. Subclasses are attrs classes
+    # with eq=False so these are not replaced.
+    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+        if isinstance(other, Quantity):
+            return type(self) is type(other) and _fields(self) == _fields(other)
+        if _is_number(other) or isinstance(other, str):
+            return Threshold(self, "==", self._operand(other))
+        return NotImplemented
+
+    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+        if isinstance(other, Quantity):
+            return not self.__eq__(other)
+        if _is_number(other) or isinstance(other, str):
+            return Threshold(self, "!=", self._operand(other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, _fields(self)))
+
     def __lt__(self, other: Any) -> Threshold:
         return Threshold(self, "<", self._operand(other))
 
@@ -165,6 +187,10 @@ class Quantity:
         return Arith("/", other, self)
 
 
+def _fields(q: Quantity) -> tuple[Any, ...]:
+    return attrs.astuple(q, recurse=False)  # type: ignore[arg-type]  # subclasses are attrs
+
+
 def _evaluate(x: Any, run: SeedResult) -> float | None:
     return x.evaluate(run) if isinstance(x, Quantity) else float(x)
 
@@ -176,7 +202,7 @@ def _describe(x: Any) -> str:
 _HOW = ("final", "min", "max", "first", "mean", "at", "argmin", "argmax")
 
 
-@attrs.frozen(eq=True)
+@attrs.frozen(eq=False)
 class Metric(Quantity):
     """A per-epoch metric, reduced to one number: ``final`` (default), ``min``, ``max``,
     ``first``, ``mean``, ``at`` an epoch, or the epoch of its ``argmin`` / ``argmax``."""
@@ -269,7 +295,7 @@ def parse_size(text: str) -> float:
     return float(m.group(1)) * _SIZE_UNITS.get(m.group(2) or "b", 1)
 
 
-@attrs.frozen(eq=True)
+@attrs.frozen(eq=False)
 class Measure(Quantity):
     """A measurement of a seed's run (see ``hpspec.results.MEASUREMENTS``). Sizes compare
     with numbers of bytes or with text such as ``"2 GiB"``."""
@@ -293,7 +319,7 @@ class Measure(Quantity):
         return other
 
 
-@attrs.frozen(eq=True)
+@attrs.frozen(eq=False)
 class Arith(Quantity):
     op: str
     left: Any
@@ -422,6 +448,18 @@ def _check_number(x: Any, ctx: SpecContext, arg: str, what: str) -> None:
         )
 
 
+def _exact(q: Quantity) -> bool:
+    """Whether ``==`` on the quantity means something: measurements and epoch numbers."""
+    if isinstance(q, Measure):
+        return True
+    if isinstance(q, Metric):
+        return q.how in ("argmin", "argmax")
+    if isinstance(q, Arith):
+        return all(_exact(x) if isinstance(x, Quantity) else float(x).is_integer()
+                   for x in (q.left, q.right)) and q.op != "/"
+    return False
+
+
 @attrs.frozen(eq=True)
 class Threshold(Condition):
     left: Quantity
@@ -455,6 +493,12 @@ class Threshold(Condition):
             raise SpecError("is not a size", where=ctx.where, argument=arg, value=self.right,
                             fix="write a size such as '2 GiB', '512 MiB' or '1.5 GB', or bytes")
         _check_number(self.right, ctx, arg, "the threshold")
+        if self.op in ("==", "!=") and not _exact(self.left):
+            raise SpecError(f"compares a float metric with {self.op}, which rounding decides",
+                            where=ctx.where, argument=arg, value=self.describe(),
+                            fix="use >= / <= with a tolerance; == and != are for "
+                            "measurements (hp.measure('params') == 26122) and whole-number "
+                            "quantities such as .argmin()")
         for q in (self.left, self.right):
             if isinstance(q, Measure):
                 _validate_measure(q, ctx, arg)
@@ -681,11 +725,17 @@ class Claim:
 
 @attrs.frozen(eq=True)
 class Where:
-    """Selects cells by hyperparameter value; a list or tuple value means "any of these"."""
+    """Selects cells by hyperparameter value; a list or tuple value means "any of these"
+    (so ``lr=[0.1, 0.3], bs=[32, 256]`` is all four combinations). ``cells`` lists exact
+    combinations instead: a cell matches when it matches one of them (and ``params``)."""
 
     params: tuple[tuple[str, Any], ...] = ()
+    cells: tuple[tuple[tuple[str, Any], ...], ...] | None = None
 
     def matches(self, params: Mapping[str, Any]) -> bool:
+        if self.cells is not None and not any(
+                Where(c).matches(params) for c in self.cells):
+            return False
         for name, want in self.params:
             have = params.get(name, _MISSING)
             if isinstance(want, (list, tuple, set, frozenset)):
@@ -708,10 +758,19 @@ class Where:
         ``points`` is what the claim is worth when the run is graded (``--hpspec-grade``)."""
         return CellClaim(self, condition, at_least, confidence, points)
 
+    def text(self) -> str:
+        """``lr=0.1, bs=32`` or ``{lr=0.1, bs=32} or {lr=0.3, bs=256}``; empty for all."""
+        parts = [f"{k}={_where_value(v)}" for k, v in self.params]
+        if self.cells is not None:
+            alts = " or ".join("{" + ", ".join(f"{k}={_where_value(v)}" for k, v in c) + "}"
+                               for c in self.cells)
+            parts.insert(0, f"({alts})" if parts else alts)
+        return ", ".join(parts)
+
     def describe(self) -> str:
-        if not self.params:
+        if not self.params and self.cells is None:
             return "every cell"
-        return "where " + ", ".join(f"{k}={_where_value(v)}" for k, v in self.params)
+        return "where " + self.text()
 
 
 _MISSING = object()
@@ -728,9 +787,17 @@ def _where_value(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def where(**params: Any) -> Where:
-    """Cells whose hyperparameters equal these values: ``where(lr=0.1, layers=[1, 2])``."""
-    return Where(tuple(params.items()))
+def where(*, cells: Sequence[Mapping[str, Any]] | None = None, **params: Any) -> Where:
+    """Cells whose hyperparameters equal these values: ``where(lr=0.1, layers=[1, 2])`` (a
+    list means any of these values, so several lists select their product), or an explicit
+    list of cells: ``where(cells=[{"lr": 0.1, "bs": 32}, {"lr": 0.3, "bs": 256}])``."""
+    if cells is None:
+        return Where(tuple(params.items()))
+    if isinstance(cells, Mapping) or not isinstance(cells, (list, tuple)) or not all(
+            isinstance(c, Mapping) for c in cells):
+        raise TypeError("where(cells=...) takes a list of dicts, e.g. "
+                        "cells=[{'lr': 0.1, 'bs': 32}, {'lr': 0.3, 'bs': 256}]")
+    return Where(tuple(params.items()), tuple(tuple(c.items()) for c in cells))
 
 
 def expect(
@@ -873,7 +940,9 @@ def _judge_mean(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
         return Verdict(claim.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0, p_fail=1.0)
     below = cond.op in ("<", "<=")
     p_pass, p_fail = (t.p_below, t.p_above) if below else (t.p_above, t.p_below)
-    lo, hi = t.interval(1 - 2 * alpha)
+    iv = t.interval(1 - 2 * alpha)
+    assert iv is not None  # a t-test always has an interval
+    lo, hi = iv
     shift = float(cond.right)
     lines.append(f"  mean {_fmt(t.estimate + shift)}, {1 - 2 * alpha:.0%} interval "
                  f"[{_fmt(lo + shift)}, {_fmt(hi + shift)}], threshold {_fmt(shift)}")
@@ -941,6 +1010,12 @@ def _validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
 
 
 def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
+    for i, c in enumerate(w.cells if w.cells is not None else ()):
+        _validate_where(Where(c), ctx, f"{arg}: where(cells[{i}])")
+        if ctx.cells and not any(Where(c).matches(x) for x in ctx.cells):
+            raise SpecError("selects no cell of the grid", where=ctx.where,
+                            argument=f"{arg}: where(cells[{i}])", value=dict(c),
+                            fix="pick values that occur together in one cell")
     for name, want in w.params:
         if name not in ctx.hyperparameters:
             known = ", ".join(sorted(ctx.hyperparameters)) or "none"

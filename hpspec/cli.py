@@ -6,13 +6,18 @@
     hpspec prune --keep N            delete all but the newest N unnamed runs
 
 RUN is a run id, a name given with --hpspec-save, or ``latest``. ``--store PATH`` picks the
-store (default .hpspec/results.sqlite).
+store (default .hpspec/results.sqlite), before or after the command.
+
+``runs``, ``show`` and ``diff`` only look: they open the file read-only and never create,
+migrate or move it, even when it is damaged. Every failure is one line naming the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import math
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +26,7 @@ from tabulate import tabulate
 
 from hpspec.gate import cell_numbers, compare_runs, parse_limits
 from hpspec.report import render_gate
-from hpspec.store import Store
+from hpspec.store import Store, StoreDamaged
 
 __all__ = ["main"]
 
@@ -78,7 +83,9 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> str:
     same = runs[a].fingerprint == runs[b].fingerprint
     rows, warnings = compare_runs(numbers[1], numbers[0], parse_limits(args.metrics), same,
                                   force=True)
-    rows = [r for r in rows if r.change != 0]
+    # A number that stayed diverged (NaN in both runs) did not move; NaN != 0 would say so.
+    rows = [r for r in rows if r.change != 0 and not (
+        math.isnan(r.change) and not math.isfinite(r.baseline) and not math.isfinite(r.current))]
     text = [f"run {b} against run {a}"]
     if not same:
         text.append("note: the runs' environments differ (timings are not comparable)")
@@ -87,35 +94,71 @@ def cmd_diff(store: Store, args: argparse.Namespace) -> str:
     return "\n".join(text)
 
 
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative; give how many runs to keep (0 or "
+                                         "more)")
+    return n
+
+
 def cmd_prune(store: Store, args: argparse.Namespace) -> str:
     n = store.prune(args.keep)
     return f"deleted {n} run(s); named runs are kept"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    # --store is accepted before and after the command: the subparsers get their own copy,
+    # defaulting to SUPPRESS so one given before the command is not overwritten.
+    store_help = "the results store (default .hpspec/results.sqlite)"
     ap = argparse.ArgumentParser(prog="hpspec", description="Look at hpspec's results store.")
-    ap.add_argument("--store", type=Path, default=Path(".hpspec/results.sqlite"))
+    ap.add_argument("--store", type=Path, default=Path(".hpspec/results.sqlite"),
+                    help=store_help)
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("runs", help="the runs, newest first")
-    p.add_argument("--limit", type=int, default=20)
-    p = sub.add_parser("show", help="one run's cells and verdicts")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("--store", type=Path, default=argparse.SUPPRESS, help=store_help)
+        return p
+
+    p = command("runs", "the runs, newest first")
+    p.add_argument("--limit", type=_count, default=20)
+    p = command("show", "one run's cells and verdicts")
     p.add_argument("run")
-    p = sub.add_parser("diff", help="what moved between two runs")
+    p = command("diff", "what moved between two runs")
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--metrics", default="train_loss:+0,val_loss:+0,val_acc:-0,"
                    "samples_per_s:-0%,peak_memory:+0")
-    p = sub.add_parser("prune", help="delete old unnamed runs")
-    p.add_argument("--keep", type=int, default=20)
-    args = ap.parse_args(argv)
+    p = command("prune", "delete old unnamed runs")
+    p.add_argument("--keep", type=_count, default=20)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if not args.store.exists():
         print(f"hpspec: no store at {args.store} (run pytest on experiments first, or pass "
               "--store PATH)", file=sys.stderr)
         return 2
-    store = Store.open(args.store)
+    command = {"runs": cmd_runs, "show": cmd_show, "diff": cmd_diff, "prune": cmd_prune}
     try:
-        command = {"runs": cmd_runs, "show": cmd_show, "diff": cmd_diff, "prune": cmd_prune}
-        print(command[args.command](store, args))
-    finally:
-        store.close()
+        if args.command == "prune":
+            # Check it is ours before writing to it, and never move it aside (Store.open would).
+            Store.open_readonly(args.store).close()
+            store = Store(args.store, Store._connect(args.store, 60.0))
+        else:
+            store = Store.open_readonly(args.store)
+        try:
+            text = command[args.command](store, args)
+        finally:
+            store.close()
+    except (StoreDamaged, sqlite3.Error, OSError, ValueError) as e:
+        what = str(e) if isinstance(e, StoreDamaged) else f"{args.store}: {type(e).__name__}: {e}"
+        print(f"hpspec {args.command}: {what}", file=sys.stderr)
+        return 1
+    print(text)
     return 0

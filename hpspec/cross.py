@@ -1,8 +1,8 @@
 """Claims across cells: compare, trend, best. Pure: judged on plain results with
 :mod:`hpspec.stats`.
 
-Every cross-cell claim is decided over seeds by Welch's t-tests (see :mod:`hpspec.stats` for
-why), giving pass, fail or inconclusive, and becomes a pytest item of its own that runs after
+Every cross-cell claim is decided over seeds by the tests :mod:`hpspec.stats` chooses and
+justifies (paired or Welch t-tests; exact rank tests with diverged seeds ranked worst), giving pass, fail or inconclusive, and becomes a pytest item of its own that runs after
 the cells it needs (training them when it was selected alone).
 """
 
@@ -43,6 +43,10 @@ __all__ = [
     "compare",
     "trend",
     "best",
+    "Equivalent",
+    "Noninferior",
+    "equivalent",
+    "noninferior",
     "CrossClaim",
     "decide",
     "judge_adaptive",
@@ -66,16 +70,25 @@ def _selector(sel: Any) -> Where:
 
 
 def _sel_text(w: Where) -> str:
+    if w.cells is not None:
+        return w.text()
     return ", ".join(f"{k}={format_value(v)}" for k, v in w.params) or "all cells"
 
 
 def _values(q: Quantity, results: Sequence[CellResult]) -> list[float]:
+    """One number per seed; a seed the runner stopped as diverged, or whose value is not
+    finite, is NaN (diverged: an outcome the tests rank worst, never a dropped value)."""
     out: list[float] = []
     for r in results:
         for s in r.seeds:
             v = q.evaluate(s)
-            out.append(math.nan if v is None else float(v))
+            x = math.nan if v is None or s.diverged is not None else float(v)
+            out.append(x if math.isfinite(x) else math.nan)
     return out
+
+
+def _seed_ids(results: Sequence[CellResult]) -> list[int]:
+    return [s.seed for r in results for s in r.seeds]
 
 
 def _summary(values: Sequence[float]) -> str:
@@ -87,9 +100,10 @@ def _summary(values: Sequence[float]) -> str:
         text = f"{_fmt(finite[0])}"
     else:
         text = f"{_fmt(statistics.fmean(finite))} ± {_fmt(statistics.stdev(finite))}"
-    text += f" over {len(values)} seeds"
     if bad:
-        text += f" ({bad} not finite, left out)"
+        text += f" over the {len(finite)} finite seeds; {bad} of {len(values)} seeds diverged"
+    else:
+        text += f" over {len(values)} seeds"
     return text
 
 
@@ -139,16 +153,37 @@ class CrossClaim(Claim):
 
 
 def _pair_test(q: Quantity, a: Sequence[CellResult], b: Sequence[CellResult], lower: bool,
-               margin: float) -> tuple[stats.TTest | None, list[float], list[float]]:
-    """Test "a is better than b" (by a relative margin). The returned test's ``p_below`` is
-    the p-value for the claim (small: a is better)."""
+               margin: float, paired: bool = True, shift: float = 0.0,
+               scale: float | None = None) -> tuple[stats.Test | None, list[float], list[float]]:
+    """Test "a is better than b" (by a relative margin, or than ``scale * b + shift``). The
+    returned test's ``p_below`` is the p-value for the claim (small: a is better). Diverged
+    seeds count as the worst value (see :mod:`hpspec.stats`)."""
     va, vb = _values(q, a), _values(q, b)
-    scale = (1 - margin) if lower else (1 + margin)
+    if scale is None:
+        scale = (1 - margin) if lower else (1 + margin)
     try:
-        t = stats.welch(va, vb, scale_b=scale) if lower else stats.welch(vb, va, scale_b=1 / scale)
+        t = stats.better(va, vb, lower=lower, scale=scale, shift=shift, seeds_a=_seed_ids(a),
+                         seeds_b=_seed_ids(b), paired=paired)
     except ValueError:
         return None, va, vb
     return t, va, vb
+
+
+def _diverged_text(t: stats.Test) -> str:
+    da, db = t.diverged
+    return f"; diverged seeds: {da} vs {db}, ranked worst" if da or db else ""
+
+
+def _too_few_seeds(ctx: SpecContext, arg: str, sides: Sequence[Where], what: str) -> None:
+    """One seed per side leaves no spread to judge a difference by: refuse at collection."""
+    if ctx.seeds > 1:
+        return
+    counts = [sum(1 for c in ctx.cells if w.matches(c)) for w in sides]
+    if all(n <= 1 for n in counts):
+        raise SpecError(f"has one seed on each side, so {what} can never be decided",
+                        where=ctx.where, argument=arg, value=f"seeds={ctx.seeds}",
+                        fix="use seeds=5 (or more) in @hp.experiment, or "
+                        "seeds=hp.adaptive(min=3, max=20)")
 
 
 @attrs.frozen(eq=True)
@@ -163,6 +198,7 @@ class Compare(CrossClaim):
     confidence: float | None = None
     name: str | None = None
     points: float | None = None
+    paired: bool = True
 
     def selects(self, params: Mapping[str, Any]) -> bool:
         return self.better.matches(params) or self.than.matches(params)
@@ -190,13 +226,15 @@ class Compare(CrossClaim):
             raise SpecError("selects the same cell on both sides", where=ctx.where,
                             argument=arg, value=self.describe(),
                             fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.better, self.than], "the comparison")
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
         a = [r for r in results.values() if self.better.matches(r.params)]
         b = [r for r in results.values() if self.than.matches(r.params)]
-        t, va, vb = _pair_test(self.quantity, a, b, self.lower, self.margin)
+        t, va, vb = _pair_test(self.quantity, a, b, self.lower, self.margin, self.paired)
         conf = 1 - alpha
-        lines = [f"claim: {self.describe()} (Welch's t-test, {conf:.0%} confidence)",
+        name = t.name if t is not None else "no test"
+        lines = [f"claim: {self.describe()} ({name}, {conf:.0%} confidence)",
                  f"  {_sel_text(self.better)}: {_summary(va)}",
                  f"  {_sel_text(self.than)}: {_summary(vb)}"]
         if t is None:
@@ -204,18 +242,23 @@ class Compare(CrossClaim):
             return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
                            p_fail=1.0, points=self.points)
         outcome = decide(t.p_below, t.p_above, alpha)
-        lo, hi = t.interval(1 - 2 * alpha)
         sign = "" if self.lower else " (B - A)"
-        lines.append(f"  difference{sign}: {_fmt(t.estimate)}, {1 - 2 * alpha:.0%} interval "
-                     f"[{_fmt(lo)}, {_fmt(hi)}]; p = {t.p_below:.3g} for, {t.p_above:.3g} "
-                     "against")
+        what = "median per-seed difference" if isinstance(t, stats.RankTest) else "difference"
+        if t.paired:
+            what += f" (paired by seed, {t.n[0]} pairs)"
+        iv = t.interval(1 - 2 * alpha)
+        shown = f", {1 - 2 * alpha:.0%} interval [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else ""
+        lines.append(f"  {what}{sign}: {_fmt(t.estimate)}{shown}; p = {t.p_below:.3g} for, "
+                     f"{t.p_above:.3g} against{_diverged_text(t)}")
         if outcome == INCONCLUSIVE:
-            lines.append(_more_seeds(t, va, vb, alpha))
+            lines.append(_more_seeds(t, va, vb, alpha, self.lower,
+                                     (1 - self.margin) if self.lower else (1 + self.margin)))
         elif outcome == FAIL:
             lines.append(f"  refuted: the data contradict the claim at {conf:.0%} confidence")
         return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
                        p_fail=t.p_above, points=self.points,
-                       effect=Effect(t.estimate, lo, hi, 1 - 2 * alpha,
+                       effect=Effect(t.estimate, iv[0] if iv else math.nan, iv[1] if iv else math.nan,
+                                     1 - 2 * alpha,
                                      _cohen_d(va, vb) if self.lower else _cohen_d(vb, va)))
 
 
@@ -230,14 +273,41 @@ def _cohen_d(va: Sequence[float], vb: Sequence[float]) -> float | None:
     return None if pooled == 0 else (statistics.fmean(fa) - statistics.fmean(fb)) / pooled
 
 
-def _more_seeds(t: stats.TTest, va: Sequence[float], vb: Sequence[float], alpha: float) -> str:
-    fa = [v for v in va if math.isfinite(v)]
-    fb = [v for v in vb if math.isfinite(v)]
-    n = stats.seeds_needed(t.estimate, statistics.stdev(fa), statistics.stdev(fb), alpha)
+#: Seed counts beyond this are reported as "too small an effect to decide".
+SEED_LIMIT = 100
+
+
+def _more_seeds(t: stats.Test, va: Sequence[float], vb: Sequence[float], alpha: float,
+                lower: bool = True, scale: float = 1.0, shift: float = 0.0) -> str:
+    now = max(t.n)
+    if isinstance(t, stats.RankTest):
+        n = stats.seeds_needed_ranks(va, vb, t, alpha, lower, scale, shift, limit=SEED_LIMIT)
+        if n is None:
+            return "  no difference observed: more seeds will not decide it"
+        if n > SEED_LIMIT:
+            return (f"  undecided at {now} seeds per cell; the effect is too small to decide "
+                    f"within {SEED_LIMIT} seeds per cell")
+        return (f"  undecided at {now} seeds per cell; if the seeds went on like these "
+                f"(divergence included), roughly {n} seeds per cell would decide")
+    if isinstance(t, stats.TTest) and t.paired:
+        n = stats.seeds_needed(t.estimate, t.sd[0], None, alpha, current=now, limit=SEED_LIMIT)
+    else:
+        n = stats.seeds_needed(t.estimate, t.sd[0], t.sd[1], alpha, current=now,
+                               limit=SEED_LIMIT)
     if n is None:
         return "  no difference observed: more seeds will not decide it"
-    return (f"  undecided at {max(t.n)} seeds; roughly {n} seeds per cell would decide an "
+    if n > SEED_LIMIT:
+        return (f"  undecided at {now} seeds per cell; the effect is too small to decide "
+                f"within {SEED_LIMIT} seeds per cell")
+    return (f"  undecided at {now} seeds per cell; roughly {n} seeds per cell would decide an "
             "effect this size (80% power)")
+
+
+def _mean_text(values: Sequence[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    text = _fmt(statistics.fmean(finite)) if finite else "no finite value"
+    bad = len(values) - len(finite)
+    return text + (f" ({bad} of {len(values)} diverged)" if bad else "")
 
 
 def _any_against(p_fails: Sequence[float]) -> float:
@@ -304,8 +374,9 @@ class Trend(CrossClaim):
         return [sorted(g, key=lambda r: r.params[self.over]) for g in by_rest.values()]
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
-        lines = [f"claim: {self.describe()} (Welch's t-test per step, {1 - alpha:.0%} "
-                 "confidence)"]
+        lines = [f"claim: {self.describe()} (a test per step: paired t-test when the cells "
+                 "share seeds, else Welch's; exact rank test, diverged seeds worst, when any "
+                 f"diverged; {1 - alpha:.0%} confidence)"]
         p_pass, p_fails, undecided = 0.0, [], []
         for group in self.groups(results):
             for prev, nxt in zip(group, group[1:]):
@@ -320,10 +391,10 @@ class Trend(CrossClaim):
                     lines.append(f"  {step}: not enough finite values")
                     p_pass, undecided = 1.0, undecided + [step]
                     continue
-                mp = _fmt(statistics.fmean([v for v in vp if math.isfinite(v)]))
-                mn = _fmt(statistics.fmean([v for v in vn if math.isfinite(v)]))
+                mp, mn = _mean_text(vp), _mean_text(vn)
                 verdict = decide(t.p_below, t.p_above, alpha)
-                lines.append(f"  {step}: {mp} -> {mn}, p = {t.p_below:.3g} ({verdict})")
+                lines.append(f"  {step}: {mp} -> {mn}, {t.name}, p = {t.p_below:.3g} "
+                             f"({verdict})")
                 p_pass = max(p_pass, t.p_below)  # intersection-union: every step must hold
                 p_fails.append(t.p_above)
                 if verdict == INCONCLUSIVE:
@@ -376,8 +447,9 @@ class Best(CrossClaim):
         chosen = [r for r in results.values() if self.cell.matches(r.params)]
         others = [r for r in results.values()
                   if self.among.matches(r.params) and not self.cell.matches(r.params)]
-        lines = [f"claim: {self.describe()} (Welch's t-test against each other cell, "
-                 f"{1 - alpha:.0%} confidence)",
+        lines = [f"claim: {self.describe()} (a test against each other cell: paired t-test "
+                 "when they share seeds, else Welch's; exact rank test, diverged seeds worst, "
+                 f"when any diverged; {1 - alpha:.0%} confidence)",
                  f"  {_sel_text(self.cell)}: {_summary(_values(self.quantity, chosen))}"]
         p_pass, p_fails = 0.0, []
         for other in others:
@@ -388,12 +460,260 @@ class Best(CrossClaim):
                 p_pass = 1.0
                 continue
             verdict = decide(t.p_below, t.p_above, alpha)
-            lines.append(f"  vs {label}: {_summary(vo)}, p = {t.p_below:.3g} ({verdict})")
+            lines.append(f"  vs {label}: {_summary(vo)}, {t.name}, p = {t.p_below:.3g} "
+                         f"({verdict})")
             p_pass = max(p_pass, t.p_below)
             p_fails.append(t.p_above)
         p_fail = _any_against(p_fails)
         return Verdict(self.describe(), decide(p_pass, p_fail, alpha), "\n".join(lines),
                        p_pass=p_pass, p_fail=p_fail, points=self.points)
+
+
+def _parse_margin(margin: Any) -> tuple[float, bool] | None:
+    """``0.01`` (absolute, in the quantity's units) or ``"1%"`` (relative to B): (amount,
+    relative), or None when it is neither."""
+    if isinstance(margin, str):
+        text = margin.strip()
+        if text.endswith("%"):
+            try:
+                x = float(text[:-1]) / 100
+            except ValueError:
+                return None
+            return (x, True) if 0 < x < 1 else None
+        return None
+    if isinstance(margin, (int, float)) and not isinstance(margin, bool) and \
+            0 < margin < math.inf:
+        return float(margin), False
+    return None
+
+
+def _margin_text(margin: Any) -> str:
+    return margin if isinstance(margin, str) else _fmt(margin)
+
+
+def _direction(q: Quantity, better: str | None) -> bool | None:
+    """True when lower is better: given, or read off a metric name ending in loss / acc."""
+    if better in ("lower", "higher"):
+        return better == "lower"
+    name = q.describe().split(" ")[0]
+    if name.endswith("loss"):
+        return True
+    if name.endswith("acc"):
+        return False
+    return None
+
+
+def _validate_margin(margin: Any, ctx: SpecContext, arg: str) -> None:
+    if _parse_margin(margin) is None:
+        raise SpecError("must be a positive number (absolute, in the quantity's units) or a "
+                        "percentage such as '1%' (relative to the reference side)",
+                        where=ctx.where, argument=f"{arg}: margin", value=margin,
+                        fix="e.g. margin=0.01 or margin='1%'")
+
+
+@attrs.frozen(eq=True)
+class Equivalent(CrossClaim):
+    """Cells A and B agree on a quantity within ``+-margin`` (two one-sided tests)."""
+
+    quantity: Quantity
+    a: Where
+    b: Where
+    margin: Any
+    confidence: float | None = None
+    name: str | None = None
+    paired: bool = True
+    points: float | None = None
+
+    def selects(self, params: Mapping[str, Any]) -> bool:
+        return self.a.matches(params) or self.b.matches(params)
+
+    def slug(self) -> str:
+        return self.name or (f"equivalent-{_q_slug(self.quantity)}-{_sel_text(self.a)}-and-"
+                             f"{_sel_text(self.b)}").replace(", ", "-")
+
+    def describe(self) -> str:
+        return (f"{self.quantity.describe()} for {_sel_text(self.a)} is within "
+                f"±{_margin_text(self.margin)} of {_sel_text(self.b)}")
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        self._validate_common(ctx, arg, [self.a, self.b])
+        _validate_margin(self.margin, ctx, arg)
+        if any(self.a.matches(c) and self.b.matches(c) for c in ctx.cells):
+            raise SpecError("selects the same cell on both sides", where=ctx.where,
+                            argument=arg, value=self.describe(),
+                            fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.a, self.b], "equivalence")
+
+    def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
+        ra = [r for r in results.values() if self.a.matches(r.params)]
+        rb = [r for r in results.values() if self.b.matches(r.params)]
+        parsed = _parse_margin(self.margin)
+        assert parsed is not None
+        m, rel = parsed
+        va, vb = _values(self.quantity, ra), _values(self.quantity, rb)
+        conf = 1 - alpha
+        da = sum(not math.isfinite(v) for v in va)
+        db = sum(not math.isfinite(v) for v in vb)
+        lines = [f"claim: {self.describe()}", f"  {_sel_text(self.a)}: {_summary(va)}",
+                 f"  {_sel_text(self.b)}: {_summary(vb)}"]
+        if da or db:
+            # A diverged seed has no value to be equivalent with: never a pass.
+            p = stats.fisher_diverged(da, len(va), db, len(vb))
+            outcome = FAIL if p < alpha else INCONCLUSIVE
+            lines[0] += f" (Fisher's exact test on divergence counts, {conf:.0%} confidence)"
+            lines.append(f"  diverged seeds: {da} of {len(va)} vs {db} of {len(vb)}; p = "
+                         f"{p:.3g} that they diverge at different rates; a diverged seed is "
+                         "never equivalent, so this claim cannot pass")
+            return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=1.0, p_fail=p, points=self.points)
+        # upper: a < b + m (or (1 + m) b); lower: a > b - m (or (1 - m) b).
+        up, _, _ = _pair_test(self.quantity, ra, rb, True, 0.0, self.paired,
+                              shift=0.0 if rel else m, scale=(1 + m) if rel else 1.0)
+        lo, _, _ = _pair_test(self.quantity, ra, rb, False, 0.0, self.paired,
+                              shift=0.0 if rel else -m, scale=(1 - m) if rel else 1.0)
+        if up is None or lo is None:
+            lines.append("  needs at least two finite values on each side")
+            return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
+                           p_fail=1.0, points=self.points)
+        lines[0] += f" (two one-sided {up.name}s, {conf:.0%} confidence)"
+        p_pass = max(up.p_below, lo.p_below)
+        # Outside the margin on either side; the two are disjoint events, Bonferroni keeps
+        # the false-fail rate at alpha even when the margin is tiny.
+        p_fail = min(1.0, 2 * min(up.p_above, lo.p_above))
+        outcome = decide(p_pass, p_fail, alpha)
+        diff = stats.better(va, vb, lower=True, seeds_a=_seed_ids(ra), seeds_b=_seed_ids(rb),
+                            paired=self.paired)
+        iv = diff.interval(1 - 2 * alpha)
+        bound = f"±{_fmt(m)}" if not rel else f"±{m:.3g} x B's mean " \
+            f"(±{_fmt(m * abs(statistics.fmean(vb)))})"
+        if iv is not None:
+            lines.append(f"  difference A - B: {_fmt(diff.estimate)}, {1 - 2 * alpha:.0%} "
+                         f"interval [{_fmt(iv[0])}, {_fmt(iv[1])}], margin {bound}")
+        lines.append(f"  p = {p_pass:.3g} for (both one-sided tests), {p_fail:.3g} against")
+        if outcome == INCONCLUSIVE:
+            worst = up if up.p_below >= lo.p_below else lo
+            lines.append(_more_seeds(worst, va, vb, alpha))
+        elif outcome == FAIL:
+            lines.append(f"  refuted: the difference lies outside the margin at {conf:.0%} "
+                         "confidence")
+        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=p_pass,
+                       p_fail=p_fail, points=self.points)
+
+
+@attrs.frozen(eq=True)
+class Noninferior(CrossClaim):
+    """Cells A are no worse than cells B by more than ``margin`` (one-sided test)."""
+
+    quantity: Quantity
+    a: Where
+    than: Where
+    margin: Any
+    better: str | None = None
+    confidence: float | None = None
+    name: str | None = None
+    paired: bool = True
+    points: float | None = None
+
+    def selects(self, params: Mapping[str, Any]) -> bool:
+        return self.a.matches(params) or self.than.matches(params)
+
+    def slug(self) -> str:
+        return self.name or (f"noninferior-{_q_slug(self.quantity)}-{_sel_text(self.a)}-to-"
+                             f"{_sel_text(self.than)}").replace(", ", "-")
+
+    def describe(self) -> str:
+        return (f"{self.quantity.describe()} for {_sel_text(self.a)} is no worse than for "
+                f"{_sel_text(self.than)} by more than {_margin_text(self.margin)}")
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        self._validate_common(ctx, arg, [self.a, self.than])
+        _validate_margin(self.margin, ctx, arg)
+        if _direction(self.quantity, self.better) is None:
+            raise SpecError("does not say whether lower or higher is better", where=ctx.where,
+                            argument=f"{arg}: better", value=self.better,
+                            fix="pass better='lower' or better='higher'")
+        if any(self.a.matches(c) and self.than.matches(c) for c in ctx.cells):
+            raise SpecError("selects the same cell on both sides", where=ctx.where,
+                            argument=arg, value=self.describe(),
+                            fix="make the two selections disjoint")
+        _too_few_seeds(ctx, arg, [self.a, self.than], "non-inferiority")
+
+    def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
+        ra = [r for r in results.values() if self.a.matches(r.params)]
+        rb = [r for r in results.values() if self.than.matches(r.params)]
+        parsed = _parse_margin(self.margin)
+        lower = _direction(self.quantity, self.better)
+        assert parsed is not None and lower is not None
+        m, rel = parsed
+        # Lower is better: a < b + m (or (1 + m) b); higher: a > b - m (or (1 - m) b).
+        if rel:
+            scale, shift = (1 + m if lower else 1 - m), 0.0
+        else:
+            scale, shift = 1.0, (m if lower else -m)
+        t, va, vb = _pair_test(self.quantity, ra, rb, lower, 0.0, self.paired, shift=shift,
+                               scale=scale)
+        conf = 1 - alpha
+        name = t.name if t is not None else "no test"
+        lines = [f"claim: {self.describe()} ({name}, {conf:.0%} confidence, "
+                 f"{'lower' if lower else 'higher'} is better)",
+                 f"  {_sel_text(self.a)}: {_summary(va)}",
+                 f"  {_sel_text(self.than)}: {_summary(vb)}"]
+        if t is None:
+            lines.append("  needs at least two finite values on each side")
+            return Verdict(self.describe(), INCONCLUSIVE, "\n".join(lines), p_pass=1.0,
+                           p_fail=1.0, points=self.points)
+        outcome = decide(t.p_below, t.p_above, alpha)
+        iv = t.interval(1 - 2 * alpha)
+        what = "B - A" if not lower else "A - B"
+        shown = f", {1 - 2 * alpha:.0%} interval [{_fmt(iv[0])}, {_fmt(iv[1])}]" if iv else ""
+        lines.append(f"  {what} less the margin (below 0 holds the claim): "
+                     f"{_fmt(t.estimate)}{shown}; p = {t.p_below:.3g} for, {t.p_above:.3g} "
+                     f"against{_diverged_text(t)}")
+        if outcome == INCONCLUSIVE:
+            lines.append(_more_seeds(t, va, vb, alpha, lower, scale, shift))
+        elif outcome == FAIL:
+            lines.append(f"  refuted: A is worse by more than the margin at {conf:.0%} "
+                         "confidence")
+        return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
+                       p_fail=t.p_above, points=self.points)
+
+
+def equivalent(
+    quantity: Quantity,
+    *,
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    margin: float | str,
+    confidence: float | None = None,
+    name: str | None = None,
+    paired: bool = True,
+    points: float | None = None,
+) -> Equivalent:
+    """``equivalent(metric("val_acc").final(), a={"bs": 256}, b={"bs": 32}, margin=0.01)``:
+    the difference A - B lies within ``+-margin`` (absolute, or ``"1%"`` of B). Two one-sided
+    tests: passes when the ``1 - 2 alpha`` interval lies inside the margin, fails when it
+    lies outside; a seed diverged on either side means it cannot pass."""
+    return Equivalent(quantity, _selector(a), _selector(b), margin, confidence, name, paired,
+                      points)
+
+
+def noninferior(
+    quantity: Quantity,
+    a: Mapping[str, Any],
+    *,
+    than: Mapping[str, Any],
+    margin: float | str,
+    better: str | None = None,
+    confidence: float | None = None,
+    name: str | None = None,
+    paired: bool = True,
+    points: float | None = None,
+) -> Noninferior:
+    """``noninferior(metric("val_acc").final(), {"bs": 256}, than={"bs": 32}, margin=0.01)``:
+    A is no worse than B by more than ``margin`` (absolute, or ``"1%"`` of B). Which way is
+    better is read off a metric named ``*loss`` (lower) or ``*acc`` (higher), else give
+    ``better="lower"`` or ``"higher"``. Diverged seeds count as the worst value."""
+    return Noninferior(quantity, _selector(a), _selector(than), margin, better, confidence,
+                       name, paired, points)
 
 
 def compare(
@@ -406,15 +726,26 @@ def compare(
     confidence: float | None = None,
     name: str | None = None,
     points: float | None = None,
+    where: Mapping[str, Any] | None = None,
+    paired: bool = True,
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
-    ``margin`` when given (``margin=0.1``: at least 10%)."""
+    ``margin`` when given (``margin=0.1``: at least 10%).
+
+    ``where={"layers": 2}`` narrows both sides to the cells that also match it (the other
+    axes are pooled over otherwise). Sides that ran the same seed ids once each are paired
+    by seed; ``paired=False`` forces the unpaired (Welch / rank-sum) test."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
-    return Compare(quantity, _selector(side), _selector(than), lower is not None, margin,
-                   confidence, name, points)
+    better_w, than_w = _selector(side), _selector(than)
+    if where:
+        extra = tuple(_selector(where).params)
+        better_w, than_w = attrs.evolve(better_w, params=better_w.params + extra), \
+            attrs.evolve(than_w, params=than_w.params + extra)
+    return Compare(quantity, better_w, than_w, lower is not None, margin, confidence, name,
+                   points=points, paired=paired)
 
 
 def trend(

@@ -9,6 +9,7 @@ ship inside scikit-learn.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -266,6 +267,7 @@ def _coerce_pair(train: Any, val: Any, task: str | None, name: str, where: str) 
             f"{tuple(x_va.shape[1:])}", where=where, argument="data (val x.shape)",
             value=tuple(x_va.shape), fix="give train and val the same feature shape",
         )
+    _check_values(((("train", "x"), x_tr), (("val", "x"), x_va)), where)
     if task is None:
         task = REGRESSION if y_tr.is_floating_point() else CLASSIFICATION
     if task not in (CLASSIFICATION, REGRESSION):
@@ -284,8 +286,21 @@ def _coerce_pair(train: Any, val: Any, task: str | None, name: str, where: str) 
         if lo < 0:
             raise SpecError("has a negative class index", where=where,
                             argument="data (y)", value=lo, fix="number classes from 0")
-        n_classes = max(int(y_tr.max()), int(y_va.max())) + 1
+        n_classes = int(y_tr.max()) + 1
+        if int(y_va.max()) >= n_classes:
+            # A model sized from the training classes would fail later with a misleading
+            # class count (or, sized from the val labels, learn classes it never sees).
+            bad = int(y_va.max())
+            row = int((y_va == bad).nonzero()[0, 0])
+            raise SpecError(
+                f"has class {bad} (first at row {row}), which no training sample has: the "
+                f"training labels are 0..{n_classes - 1}", where=where,
+                argument="data (val y)", value=bad,
+                fix="split so that every class occurs in training (a stratified split), or "
+                "drop the validation samples of classes the model cannot learn",
+            )
     else:
+        _check_values(((("train", "y"), y_tr), (("val", "y"), y_va)), where)
         y_tr, y_va = y_tr.float(), y_va.float()
         if y_tr.dim() == 1:
             y_tr, y_va = y_tr.reshape(-1, 1), y_va.reshape(-1, 1)
@@ -294,10 +309,78 @@ def _coerce_pair(train: Any, val: Any, task: str | None, name: str, where: str) 
     return DataSpec(name, task, opts, preloaded=data)
 
 
+def _check_values(parts: Any, where: str) -> None:
+    """Values a model would train on without a word but wrongly: complex numbers (cast to
+    their real part), NaN or infinity (a NaN validation loss that passes, or a "divergence"
+    that is the data's fault). Checked once, when the data is coerced at collection."""
+    import torch
+
+    for (split, which), t in parts:
+        arg = f"data ({split} {which})"
+        if t.is_complex():
+            raise SpecError(
+                "is complex; training would silently keep only the real part", where=where,
+                argument=arg, value=str(t.dtype),
+                fix="pass real features, e.g. torch.view_as_real(x).flatten(1) (real and "
+                "imaginary parts as two features)")
+        if t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                bad = (~finite).reshape(t.shape[0], -1).any(dim=1)
+                rows = bad.nonzero().flatten()
+                first = int(rows[0])
+                value = t.reshape(t.shape[0], -1)[first][~finite.reshape(t.shape[0], -1)[first]][0]
+                raise SpecError(
+                    f"has {int(rows.numel())} rows with NaN or infinity (first: row {first}, "
+                    f"value {float(value)})", where=where, argument=arg,
+                    value=f"{tuple(t.shape)} {t.dtype}",
+                    fix="drop or impute those rows before training (e.g. "
+                    "torch.nan_to_num, or keep rows where torch.isfinite(x).all(1))")
+
+
+#: Samples in each bundled set (scikit-learn's numbers), to check ``n_train`` against.
+_SIZES = {"digits": 1797, "breast_cancer": 569, "diabetes": 442, "wine": 178, "iris": 150}
+
+
+def _check_options(data: DataSpec, where: str) -> None:
+    """The options of a bundled set, checked where the experiment can be named (else a bad
+    one fails deep inside scikit-learn, or is taken silently)."""
+    opts = dict(data.options)
+    call = f"hp.datasets.{data.name}"
+    vf = opts.get("val_fraction", 0.2)
+    if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
+        raise SpecError("must be a fraction strictly between 0 and 1", where=where,
+                        argument=f"{call}(val_fraction=...)", value=vf,
+                        fix=f"e.g. {call}(val_fraction=0.2)")
+    seed = opts.get("split_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SpecError("must be a non-negative int", where=where,
+                        argument=f"{call}(split_seed=...)", value=seed,
+                        fix=f"e.g. {call}(split_seed=0)")
+    n = opts.get("n_train")
+    if n is None:
+        return
+    size = _SIZES.get(data.name)
+    available = size - int(math.ceil(size * vf)) if size else None
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise SpecError("must be a positive number of training samples", where=where,
+                        argument=f"{call}(n_train=...)", value=n,
+                        fix=f"e.g. {call}(n_train=300), or leave it out for all "
+                        f"{available or ''} training samples".replace("all  ", "all "))
+    if available is not None and n > available:
+        raise SpecError(
+            f"is more than the {available} training samples the split leaves "
+            f"({size} samples, val_fraction={vf:g})", where=where,
+            argument=f"{call}(n_train=...)", value=n,
+            fix=f"use n_train <= {available}, or leave it out")
+
+
 def coerce_data(data: Any, where: str) -> DataSpec:
     """Turn what the user passed as ``data=`` into a :class:`DataSpec` (validated)."""
     if isinstance(data, DataSpec):
         if data.preloaded is None:
+            if data.name in _BUILTINS:
+                _check_options(data, where)
             return data
         d = data.preloaded
         return _coerce_pair((d.x_train, d.y_train), (d.x_val, d.y_val), data.task, data.name,

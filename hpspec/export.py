@@ -9,6 +9,7 @@ imports torch's ``SummaryWriter`` (needs ``pip install 'hpspec[tensorboard]'``).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from hpspec.results import MEASUREMENTS
 
-__all__ = ["FIXED_COLUMNS", "seed_rows", "write_csv", "write_tensorboard"]
+__all__ = ["FIXED_COLUMNS", "csv_text", "seed_rows", "write_csv", "write_tensorboard"]
 
 
 def _number(x: Any) -> Any:
@@ -72,18 +73,24 @@ def seed_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_csv(document: Mapping[str, Any], path: str | Path) -> int:
-    """:func:`seed_rows` as CSV (columns in first-seen order, blank where a row lacks one);
-    returns the number of rows."""
+def csv_text(document: Mapping[str, Any]) -> str:
+    """:func:`seed_rows` as CSV text (columns in first-seen order, blank where a row lacks
+    one)."""
     rows = seed_rows(document)
     columns: dict[str, None] = {}
     for r in rows:
         columns.update(dict.fromkeys(r))
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), restval="")
-        w.writeheader()
-        w.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
-    return len(rows)
+    out = io.StringIO(newline="")
+    w = csv.DictWriter(out, fieldnames=list(columns), restval="")
+    w.writeheader()
+    w.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+    return out.getvalue()
+
+
+def write_csv(document: Mapping[str, Any], path: str | Path) -> int:
+    """:func:`csv_text` written to ``path``; returns the number of rows."""
+    Path(path).write_text(csv_text(document), encoding="utf-8", newline="")
+    return len(seed_rows(document))
 
 
 def _hparam(v: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from hpspec.report import CellRecord, _metrics_of, columns_for
+from hpspec.report import CellRecord, _metrics_of, columns_for, printable
 from hpspec.results import CellResult
 
 __all__ = ["render_html"]
@@ -55,7 +55,8 @@ figure.small svg{width:300px;height:202px}details{margin:6px 0}
 
 
 def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    # Control characters (an ANSI escape in a value) are shown as escapes, not passed on.
+    return html.escape(printable(x), quote=True)
 
 
 def _num(x: Any) -> float | None:

@@ -123,6 +123,23 @@ def _store_path(config: pytest.Config) -> Path:
     return path if path.is_absolute() else Path(config.rootpath) / path
 
 
+def _check_store_option(config: pytest.Config, state: Session) -> None:
+    """A store path that is a directory, not a SQLite file, or not writable is a usage
+    error now, before anything trains (and before anything could be moved)."""
+    if state.cache == "off":
+        return
+    from hpspec.store import check_store_path
+
+    problem = check_store_path(state.store_path)
+    if problem:
+        opt = config.getoption("--hpspec-store")
+        name = (f"--hpspec-store={opt}" if opt else
+                "hpspec_store" if config.getini("hpspec_store") else
+                "--hpspec-store (default .hpspec/results.sqlite)")
+        raise pytest.UsageError(f"{name}: {problem}; fix: pass --hpspec-store=PATH/results.sqlite "
+                                "(a file path), or --hpspec-cache=off")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hpspec: a hyperparameter cell or claim run by hpspec")
     # hpspec marks stackable cells for --dist loadgroup, with or without xdist installed
@@ -144,6 +161,7 @@ def pytest_configure(config: pytest.Config) -> None:
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
     )
     state = config.stash[STATE]
+    _check_store_option(config, state)
     config.pluginmanager.register(SessionPlugin(config, state), "hpspec-session")
     _configure_xdist(config, state)
     if state.cache == "off" and (state.save_name or config.getoption("--hpspec-compare")):
@@ -152,6 +170,13 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 "--hpspec-cache=off turns the store off, so there is nothing to save to or "
                 "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
+    from hpspec.outputs import output_path_problem
+
+    for flag in ("--hpspec-json", "--hpspec-html", "--hpspec-export"):
+        value = config.getoption(flag, None)
+        problem = output_path_problem(flag, value) if value is not None else None
+        if problem:
+            raise pytest.UsageError(problem)
     if config.getoption("--hpspec-compare-fail") and not config.getoption("--hpspec-compare"):
         raise pytest.UsageError("--hpspec-compare-fail needs a baseline: add "
                                 "--hpspec-compare NAME|latest|FILE.json")
@@ -196,6 +221,12 @@ class ExperimentFile(pytest.Module):
                 yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
+            if key in state.experiments:
+                from hpspec.spec import duplicate_name_error
+
+                e = duplicate_name_error(exp, state.experiments[key])
+                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                continue
             if state.profile:
                 from hpspec.spec import apply_profile
 
@@ -445,6 +476,8 @@ def _summary_store(terminalreporter: Any, state: Session) -> None:
     if state.store_error:
         terminalreporter.write_line(f"hpspec: {state.store_error}; results were not stored",
                                     yellow=True)
+    for line in state.report_warnings:
+        terminalreporter.write_line(f"hpspec: {line}", yellow=True)
     if state.gate_rows or state.gate_warnings:
         terminalreporter.write_sep("-", f"hpspec: compared with {state.gate_baseline}")
         for w in state.gate_warnings:
@@ -554,6 +587,12 @@ class SessionPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int,
                                 config: pytest.Config) -> None:
+        try:
+            self._summary(terminalreporter, config)
+        except KeyboardInterrupt:  # a second Ctrl-C while the tables print: stop, quietly
+            terminalreporter.write_line("hpspec: summary interrupted", yellow=True)
+
+    def _summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         from hpspec.grade import score_line
 
         state = self.state
@@ -585,46 +624,70 @@ class SessionPlugin:
             from hpspec.ray_backend import shutdown
 
             shutdown(state.ray)
-        if state.compare(config.getoption("--hpspec-compare"),
-                         config.getoption("--hpspec-compare-fail") or [],
-                         config.getoption("--hpspec-compare-force")):
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        state.record_run(session.exitstatus)
-        json_path = config.getoption("--hpspec-json", None)
-        html_path = config.getoption("--hpspec-html", None)
-        export_path = config.getoption("--hpspec-export", None)
-        csv_path = config.getoption("--hpspec-csv", None)
-        tb_dir = config.getoption("--hpspec-tensorboard", None)
-        grade_path = config.getoption("--hpspec-grade", None)
-        if not (json_path or html_path or export_path or csv_path or tb_dir or grade_path):
-            return
-        import json
-
-        from hpspec.store import fingerprint
-
-        doc = state.run_document()
-        if json_path:
-            Path(json_path).write_text(json.dumps(doc, indent=1, allow_nan=False))
-        if export_path:
-            exported = {**doc, "fingerprint": fingerprint(doc["environment"])}
-            Path(export_path).write_text(json.dumps(exported, indent=1, allow_nan=False))
-        if html_path:
-            from hpspec.html import render_html
-
-            Path(html_path).write_text(render_html(doc), encoding="utf-8")
-        if csv_path:
-            from hpspec.export import write_csv
-
-            write_csv(doc, csv_path)
-        if tb_dir:
-            from hpspec.export import write_tensorboard
-
+        try:
             try:
-                write_tensorboard(doc, tb_dir)
-            except RuntimeError as e:  # tensorboard not installed: the rest of the run stands
-                reporter = config.pluginmanager.get_plugin("terminalreporter")
-                if reporter is not None:
-                    reporter.write_line(f"hpspec: {e}", yellow=True)
-        if grade_path:
-            grades = state.grades(True)
-            Path(grade_path).write_text(json.dumps(grades, indent=1, allow_nan=False))
+                if state.compare(config.getoption("--hpspec-compare"),
+                                 config.getoption("--hpspec-compare-fail") or [],
+                                 config.getoption("--hpspec-compare-force")):
+                    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            except Exception as e:  # the gate must never cost the table or leave it running
+                state.gate_warnings.append(
+                    f"--hpspec-compare: not compared ({type(e).__name__}: {e})")
+            state.record_run(session.exitstatus)
+            _write_reports(state, config)
+        except KeyboardInterrupt:  # Ctrl-C at the very end: every seed is stored already
+            state.report_warnings.append("interrupted while finishing the run; every finished "
+                                         "seed is in the store, reports not yet written are not")
+
+
+REPORT_FLAGS = ("--hpspec-json", "--hpspec-export", "--hpspec-html", "--hpspec-csv",
+                "--hpspec-grade")
+
+
+def _write_reports(state: Session, config: pytest.Config) -> None:
+    """Every report the options ask for, each written atomically and on its own: one that
+    cannot be written is a warning line, never the table or the other reports."""
+    import json
+
+    from hpspec.outputs import Report, write_reports
+    from hpspec.store import fingerprint
+
+    paths = {f: config.getoption(f, None) for f in REPORT_FLAGS}
+    tb_dir = config.getoption("--hpspec-tensorboard", None)
+    if not (any(paths.values()) or tb_dir):
+        return
+    doc: dict[str, Any] = {}
+
+    def document() -> dict[str, Any]:
+        if not doc:
+            doc.update(state.run_document())
+        return doc
+
+    def html() -> str:
+        from hpspec.html import render_html
+
+        return render_html(document())
+
+    def csv() -> str:
+        from hpspec.export import csv_text
+
+        return csv_text(document())
+
+    render = {
+        "--hpspec-json": lambda: json.dumps(document(), indent=1, allow_nan=False),
+        "--hpspec-export": lambda: json.dumps(
+            {**document(), "fingerprint": fingerprint(document()["environment"])}, indent=1,
+            allow_nan=False),
+        "--hpspec-html": html,
+        "--hpspec-csv": csv,
+        "--hpspec-grade": lambda: json.dumps(state.grades(True), indent=1, allow_nan=False),
+    }
+    state.report_warnings += write_reports(
+        [Report(f, p, render[f]) for f, p in paths.items() if p])
+    if tb_dir:
+        from hpspec.export import write_tensorboard
+
+        try:
+            write_tensorboard(document(), tb_dir)
+        except (RuntimeError, OSError) as e:  # tensorboard missing: the rest of the run stands
+            state.report_warnings.append(f"--hpspec-tensorboard={tb_dir}: not written ({e})")

@@ -9,6 +9,12 @@ fails that cell's item with a message; the run goes on.
 
 Defaults that do not surprise: the address is always explicit (``local`` starts a private
 local cluster, never the one a stale ``/tmp/ray`` file points at), and no dashboard is started.
+
+Exposure: Ray (2.60 checked) cannot be confined to the loopback address: ``ray.init`` turns a
+``_node_ip_address`` of 127.0.0.1 into the machine's external address, and its GCS, raylet and
+worker gRPC servers listen on every interface. What keeps a private local cluster private is
+Ray's token authentication (on by default since Ray 2.5x): hpspec refuses to start a local
+cluster with ``RAY_AUTH_MODE=disabled``, and the README says what a real cluster needs.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ def connect(address: str, root: Path, num_cpus: int | None = None) -> Any:
         ) from None
     if ray.is_initialized():
         return ray
+    if address == "local" and os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        raise RayUnavailable(
+            "--hpspec-ray=local: RAY_AUTH_MODE=disabled turns off Ray's token authentication, "
+            "and Ray's processes listen on every network interface, so anyone who can reach "
+            "this machine could run code in them; fix: unset RAY_AUTH_MODE (or run without "
+            "--hpspec-ray)")
     common: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
                                   configure_logging=False, ignore_reinit_error=True)
     try:

@@ -31,6 +31,23 @@ class CellRecord:
     order: int = 0  # the cell's place in its grid
 
 
+def printable(text: Any) -> str:
+    """``text`` with control and other unprintable characters shown as escapes (``\\x1b``):
+    a hyperparameter value or metric name is the user's text, and raw on a terminal an
+    escape sequence could recolour, move the cursor or clear the screen."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[Any]) -> str:
+    return tabulate([[printable(v) for v in row] for row in rows],
+                    headers=[printable(h) for h in headers], tablefmt="simple",
+                    disable_numparse=True)
+
+
 def human_rate(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "-"
@@ -251,14 +268,14 @@ def render_experiment(
     title = f"{name}" + (f" on {device}" if device else "") + (
         f", {seeds} seed{plural} per cell (mean ± sd)" if counts else ""
     )
-    out = [title, tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
+    out = [printable(title), _table(rows, headers)]
     legend = [c.legend for c in cols if c.legend]
     if legend and table == "full" and not pick:
-        out.append("\n".join(f"  {line}" for line in legend))
+        out.append("\n".join(f"  {printable(line)}" for line in legend))
     if missing:
         known = ", ".join(c.name for c in columns_for(records, targets)[0])
-        out.append(f"  --hpspec-columns: no data for {', '.join(missing)}; this experiment "
-                   f"has: {known}")
+        out.append(printable(f"  --hpspec-columns: no data for {', '.join(missing)}; this "
+                             f"experiment has: {known}"))
     return "\n".join(out)
 
 
@@ -267,8 +284,7 @@ def render_claims(verdicts: Sequence[Verdict]) -> str:
     rows = [
         [v.claim, v.outcome, "-" if v.p_pass is None else f"{v.p_pass:.3g}"] for v in verdicts
     ]
-    return tabulate(rows, headers=["claim across cells", "verdict", "p"], tablefmt="simple",
-                    disable_numparse=True)
+    return _table(rows, ["claim across cells", "verdict", "p"])
 
 
 #: Version of the ``--hpspec-json`` document; bump on any incompatible change.
@@ -330,14 +346,21 @@ def run_document(
     }
 
 
+def _num(x: float) -> str:
+    return f"{x:.4g}" if math.isfinite(x) else "diverged"
+
+
 def render_gate(rows: Sequence[Any]) -> str:
     """What moved against the baseline: a row per cell and compared metric."""
     table = []
     for r in rows:
         rel = "-" if r.relative is None else f"{100 * r.relative:+.1f}%"
-        table.append([r.experiment.split("::")[-1], r.cell_id, r.metric, f"{r.baseline:.4g}",
-                      f"{r.current:.4g}", f"{r.change:+.3g}", rel, r.limit,
+        # NaN / inf is a diverged run, not a number that moved by some amount.
+        change = f"{r.change:+.3g}" if math.isfinite(r.change) else (
+            "diverged" if math.isfinite(r.baseline) and not math.isfinite(r.current)
+            else "recovered" if math.isfinite(r.current) else "-")
+        table.append([r.experiment.split("::")[-1], r.cell_id, r.metric, _num(r.baseline),
+                      _num(r.current), change, rel, r.limit,
                       "REGRESSED" if r.failed else "ok"])
-    return tabulate(table, headers=["experiment", "cell", "metric", "baseline", "now", "change",
-                                    "change %", "limit", "gate"],
-                    tablefmt="simple", disable_numparse=True)
+    return _table(table, ["experiment", "cell", "metric", "baseline", "now", "change",
+                          "change %", "limit", "gate"])

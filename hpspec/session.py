@@ -49,6 +49,8 @@ class Session:
     gate_rows: list[Any] = attrs.field(factory=list)
     gate_warnings: list[str] = attrs.field(factory=list)
     gate_baseline: str | None = None
+    #: Reports (--hpspec-json/-html/-export/...) that could not be written, one line each.
+    report_warnings: list[str] = attrs.field(factory=list)
     #: Per experiment key: name, axes and time-to-target claims (from collection, or from
     #: xdist workers' payloads on the controller, which collects nothing).
     info: dict[str, Any] = attrs.field(factory=dict)
@@ -143,6 +145,7 @@ class Session:
         try:
             self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
             if self.run_id is None and self.worker is None:
+                self.store.mark_interrupted()
                 self.run_id = self.store.begin_run(environment(self.device), self.save_name)
         except Exception as e:  # a read-only disk, say: results still reach the report
             self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
@@ -563,17 +566,15 @@ class Session:
             return False
         baseline: dict[tuple[str, str], dict[str, float]] = {}
         if ref.endswith(".json"):
+            from hpspec.outputs import baseline_numbers
+
             try:
-                doc = json.loads(Path(ref).read_text())
-            except (OSError, ValueError) as e:
-                self.gate_warnings.append(f"--hpspec-compare {ref}: cannot read it ({e})")
+                baseline, base_fp = baseline_numbers(json.loads(Path(ref).read_text()),
+                                                     cell_numbers)
+            except (OSError, ValueError, RecursionError) as e:
+                what = "nested too deeply to read" if isinstance(e, RecursionError) else str(e)
+                self.gate_warnings.append(f"--hpspec-compare {ref}: not compared: {what}")
                 return bool(limits)
-            for exp in doc.get("experiments", []):
-                for c in exp.get("cells", []):
-                    if c.get("result"):
-                        baseline[(exp["key"], c["cell_id"])] = cell_numbers(
-                            c["result"]["seeds"])
-            base_fp = doc.get("fingerprint")
             self.gate_baseline = ref
         else:
             store = self.open_store()

@@ -45,6 +45,10 @@ def format_value(value: Any) -> str:
     """A hyperparameter value as it appears in a test id: shortest text that round-trips."""
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, str) and not value.isprintable():
+        # An escape sequence in a value must not reach the terminal raw (via the test id).
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in value)
     return str(value)
 
 
@@ -120,6 +124,24 @@ def _check_scalar(value: Any, where: str, argument: str) -> None:
             value=value,
             fix="remove it from the grid",
         )
+    if isinstance(value, float) and math.isinf(value):
+        # JSON has no infinity, cell ids and where-clauses would carry 'inf', and an infinite
+        # learning rate or size is no experiment: refuse it here rather than at session end.
+        raise SpecError(
+            "is infinite; hyperparameter values must be finite",
+            where=where,
+            argument=argument,
+            value=value,
+            fix="use a large finite number (e.g. 1e9), or a string such as 'none' mapped "
+            "inside the function",
+        )
+
+
+#: Names the case answers itself (``case.seed`` is the run seed, ``case.device`` where it
+#: trains, ...): a hyperparameter of one of these names would be shadowed without a word, so
+#: it is a spec error. ``epochs`` and ``batch_size`` are not here: as grid or fixed names they
+#: set the training length and batch, and ``case.epochs`` / ``case.batch_size`` return them.
+RESERVED_NAMES = frozenset({"seed", "device", "data", "experiment", "cell_id", "params", "get"})
 
 
 def _check_name(name: Any, where: str, argument: str) -> None:
@@ -130,6 +152,16 @@ def _check_name(name: Any, where: str, argument: str) -> None:
             argument=argument,
             value=name,
             fix="use a Python identifier such as 'lr' or 'hidden_size'",
+        )
+    if name in RESERVED_NAMES or name.startswith("_"):
+        raise SpecError(
+            f"is the name of the case's own attribute (case.{name} is hpspec's, not a "
+            "hyperparameter), so the value would be silently shadowed",
+            where=where,
+            argument=argument,
+            value=name,
+            fix=f"rename it, e.g. {'init_' + name.lstrip('_')!r}, and read case.init_"
+            f"{name.lstrip('_')}",
         )
 
 
@@ -427,6 +459,12 @@ def _check_signature(fn: Callable[..., Any], where: str) -> None:
         )
 
 
+#: Seeds go to torch.Generator.manual_seed and into SQLite INTEGER columns: both are int64.
+MAX_SEED = 2**63
+#: A count beyond this is a typo (seeds=10**9), not an experiment.
+MAX_SEED_COUNT = 100_000
+
+
 def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
     from hpspec.stats import Adaptive
 
@@ -446,6 +484,10 @@ def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
         if seeds <= 0:
             raise SpecError("must be at least 1: a cell trained with no seed proves nothing",
                             where=where, argument="seeds", value=seeds, fix=fix)
+        if seeds > MAX_SEED_COUNT:  # tuple(range(2**64)) would never return
+            raise SpecError(f"is more seeds than hpspec trains for one cell ({MAX_SEED_COUNT})",
+                            where=where, argument="seeds", value=seeds,
+                            fix="a count such as seeds=5, or hp.adaptive(min=3, max=20)")
         return tuple(range(seeds))
     if isinstance(seeds, (list, tuple)):
         if not seeds:
@@ -453,6 +495,12 @@ def _normalize_seeds(seeds: Any, where: str) -> tuple[int, ...]:
         if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             raise SpecError("must hold non-negative ints only", where=where, argument="seeds",
                             value=seeds, fix=fix)
+        big = [s for s in seeds if s >= MAX_SEED]
+        if big:
+            # torch's generators and the store's SQLite integers stop at 2**63 - 1
+            raise SpecError(f"holds {big[0]}, beyond the largest seed (2**63 - 1)", where=where,
+                            argument="seeds", value=seeds,
+                            fix="use seeds below 2**63, e.g. seeds=[0, 1, 2]")
         if len(set(seeds)) != len(seeds):
             raise SpecError("repeats a seed", where=where, argument="seeds", value=seeds,
                             fix="list each seed once")
@@ -472,6 +520,14 @@ def build(fn: Callable[..., Any]) -> Experiment:
     name = kw["name"] or getattr(fn, "__name__", "experiment")
     if not isinstance(name, str) or not name:
         raise SpecError("must be a non-empty string", where=where, argument="name", value=name)
+    bad = [c for c in ("::", "[", "]") if c in name]
+    if bad or not name.isprintable():
+        # It becomes part of pytest node ids ("file::name[cell]"): these characters would
+        # make the experiment impossible to select by id, -k or --lf.
+        raise SpecError(
+            f"contains {bad[0]!r}" if bad else "contains control characters",
+            where=where, argument="name", value=name,
+            fix="use letters, digits, '_', '-' or '.', e.g. name='digits-mlp'")
 
     if not callable(fn):
         raise SpecError("@hpspec.experiment must decorate a function", where=where,
@@ -520,13 +576,27 @@ def build(fn: Callable[..., Any]) -> Experiment:
 
     cells_: list[Cell] = []
     seen_ids: dict[str, dict[str, Any]] = {}
+    # Cells equal as where() compares them (1 == 1.0, but True != 1) yet two cells by id:
+    # where(x=1) would select both, a claim over one would be judged over two.
+    seen_equal: dict[tuple[Any, ...], dict[str, Any]] = {}
     for params in expanded:
         full = {**params, **fixed}
         cell = Cell(params=tuple(full.items()), varying=tuple(axes))
         if cell.id in seen_ids:
             raise SpecError("lists the same cell twice", where=where, argument="grid",
                             value=params, fix="remove the duplicate cell")
+        norm = tuple((k, isinstance(v, bool), v) for k, v in params.items())
+        if norm in seen_equal:
+            other = seen_equal[norm]
+            diff = next(k for k in params if type(params[k]) is not type(other[k]))
+            raise SpecError(
+                f"and {cell_id(other)} are two cells with equal values ({diff}="
+                f"{format_value(params[diff])} == {format_value(other[diff])}), so where("
+                f"{diff}=...) could not select one of them", where=where, argument="grid",
+                value=cell_id(params),
+                fix=f"keep one of {format_value(other[diff])} and {format_value(params[diff])}")
         seen_ids[cell.id] = params
+        seen_equal[norm] = params
         cells_.append(cell)
 
     epochs = kw["epochs"]
@@ -574,6 +644,11 @@ def build(fn: Callable[..., Any]) -> Experiment:
             raise SpecError("must be a list of metric names", where=where, argument="metrics",
                             value=metrics, fix="write metrics=['loss', 'acc']")
         known = frozenset(metrics)
+        if mode == "recipe":
+            # Recipe mode always records its own metrics; the declared ones are the recipe's
+            # custom metrics (Recipe(metrics={...})).
+            known |= claims_mod.recipe_metrics(
+                data.task if isinstance(data, DataSpec) else None)
     elif mode == "recipe":
         known = claims_mod.recipe_metrics(data.task if isinstance(data, DataSpec) else None)
     else:
@@ -646,12 +721,17 @@ class Recipe:
 
     ``loss`` defaults to cross-entropy for classification data and mean squared error for
     regression; ``scheduler`` (any object with ``step()``) is stepped once per epoch.
+    ``metrics={"grad_norm": fn}`` adds per-epoch metrics: ``fn(model, data)`` is called after
+    each epoch's evaluation (the last step's gradients are still on the parameters) and
+    returns a number; name them in ``@experiment(metrics=[...])`` to claim them. A recipe with
+    custom metrics trains one by one, not stacked (the functions expect one model).
     """
 
     model: Any
     optimizer: Any
     loss: Callable[[Any, Any], Any] | None = None
     scheduler: Any = None
+    metrics: Mapping[str, Callable[[Any, Any], Any]] | None = None
 
 
 # ------------------------------------------------------------------------------- profiles
@@ -759,22 +839,90 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
 
 
+def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:
+    """Two experiments of one file that resolve to the same key: the second would never run
+    and its cells would pass on the first one's results."""
+    return SpecError(
+        f"is also the name of {first.where}; two experiments of one file need different "
+        "names (the second would reuse the first one's cells and results)",
+        where=exp.where, argument="name", value=exp.name,
+        fix=f"give one of them another name=, e.g. name={exp.name + '_2'!r}")
+
+
 @functools.lru_cache(maxsize=256)
 def source_digest(fn: Callable[..., Any]) -> str:
     """A digest of the function's code without its decorator (so a grid or claim edit does
-    not change it; those enter cache keys through each cell's own hyperparameters). Cached per
-    function object: every seed's cache key asks for it, and an edited file makes a new one."""
-    import ast
+    not change it; those enter cache keys through each cell's own hyperparameters), and of
+    what it reads from its own module (:func:`_module_reads`): a constant or a same-file
+    helper or model class that changes makes a new key. Cached per function object: every
+    seed's cache key asks for it, and an edited file makes a new one."""
     import hashlib
+
+    text = _code_text(fn, strip_decorators=True) + "\n" + "\n".join(_module_reads(fn))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _code_text(obj: Any, strip_decorators: bool = False) -> str:
+    import ast
     import textwrap
 
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
         node = tree.body[0]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if strip_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             node.decorator_list = []
-        text = ast.dump(node)
+        return ast.dump(node)
     except (OSError, TypeError, SyntaxError, IndexError):
-        code = getattr(fn, "__code__", None)
-        text = repr((code.co_code, code.co_consts)) if code is not None else repr(fn)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+        if inspect.isclass(obj):  # no source file: its methods' code
+            return repr(sorted((k, _code_text(v)) for k, v in vars(obj).items()
+                               if hasattr(v, "__code__")))
+        code = getattr(obj, "__code__", None)
+        return repr((code.co_code, code.co_consts)) if code is not None else repr(obj)
+
+
+def _global_names(obj: Any) -> set[str]:
+    """Names the code of a function (or of a class's methods) may read as globals."""
+    codes = []
+    if inspect.isclass(obj):
+        codes = [v.__code__ for v in vars(obj).values() if hasattr(v, "__code__")]
+    elif hasattr(obj, "__code__"):
+        codes = [obj.__code__]
+    names: set[str] = set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return names
+
+
+def _module_reads(fn: Callable[..., Any]) -> list[str]:
+    """What ``fn`` reads from its own module, as text for the cache key: module-level
+    constants by value (their repr, when it holds no memory address), and functions and
+    classes defined in the same module by source, followed through what they read in turn.
+    Imported modules and objects from other modules are left out (their versions are in the
+    key through the environment only for torch and hpspec)."""
+    module = getattr(fn, "__module__", None)
+    g = getattr(fn, "__globals__", {})
+    out: list[str] = []
+    seen: set[str] = set()
+    todo = [fn]
+    while todo:
+        obj = todo.pop()
+        for name in sorted(_global_names(obj)):
+            if name in seen or name not in g:
+                continue
+            seen.add(name)
+            v = g[name]
+            if inspect.ismodule(v):
+                continue
+            if inspect.isfunction(v) or inspect.isclass(v):
+                if getattr(v, "__module__", None) == module and v is not fn:
+                    out.append(f"{name}: {_code_text(v)}")
+                    todo.append(v)
+                continue
+            if callable(v):
+                continue
+            text = repr(v)
+            if " at 0x" not in text and len(text) < 100_000:
+                out.append(f"{name} = {text}")
+    return sorted(out)

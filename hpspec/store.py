@@ -7,7 +7,10 @@ seed. Nothing read back executes code: rows hold JSON text and numbers, never pi
 
 Schema versions live in ``PRAGMA user_version`` and move forward through :data:`MIGRATIONS`;
 the file is marked as hpspec's with ``PRAGMA application_id``. A file that is not a database,
-or is someone else's, is moved aside (never overwritten) and a fresh store is made.
+or is someone else's, is moved aside (never overwritten) and a fresh store is made, but only
+when the file starts with SQLite's header: a directory, or a file that is not SQLite at all, is
+never moved (:func:`check_store_path` says what is wrong with it, and :meth:`Store.open` raises
+:class:`StorePathError`): hpspec moves only what it can tell is a damaged or foreign store.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +29,8 @@ import attrs
 
 from hpspec.results import SeedResult
 
-__all__ = ["Store", "StoreMoved", "cache_key", "fingerprint", "SCHEMA_VERSION", "RunRow"]
+__all__ = ["SCHEMA_VERSION", "RunRow", "Store", "StoreDamaged", "StoreMoved", "StorePathError",
+           "cache_key", "check_store_path", "fingerprint"]
 
 APPLICATION_ID = 0x68707370  # "hpsp"
 SCHEMA_VERSION = 1
@@ -83,6 +88,70 @@ class StoreMoved(Warning):
     """The store file was unreadable or foreign; it was moved aside and a fresh one made."""
 
 
+class StorePathError(OSError):
+    """The store path cannot hold a store (a directory, a file that is not SQLite, a path
+    that cannot be written); nothing was moved or changed."""
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _sqlite_shaped(path: Path) -> bool:
+    """Whether ``path`` is a file that SQLite made: empty (SQLite's own empty database) or
+    starting with its 16-byte header. Only such a file may ever be moved aside."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return head == b"" or head == SQLITE_HEADER
+
+
+def check_store_path(path: str | os.PathLike[str]) -> str | None:
+    """What makes ``path`` unusable as a store, in words, or None when it is usable.
+
+    Pure look: nothing is created, moved or written. Usable means: a SQLite-shaped file
+    (damaged or foreign ones are moved aside later, with a warning), or a path that does not
+    exist yet whose nearest existing ancestor is a writable directory."""
+    path = Path(path)
+    if path.is_dir():
+        return (f"{path} is a directory; the store is one SQLite file "
+                f"(e.g. {path / 'results.sqlite'})")
+    if path.exists():
+        if not path.is_file():
+            return f"{path} is not a regular file"
+        if not _sqlite_shaped(path):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                size = -1
+            return (f"{path} is a file of {size} bytes that is not a SQLite database "
+                    "(hpspec never moves or overwrites it); name another path")
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} cannot be read and written by this user"
+        return None
+    parent = path.parent
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be made under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable, so {path} cannot be made"
+    return None
+class StoreDamaged(ValueError):
+    """A store, or one of its rows, that cannot be read; the message names the file and row."""
+
+
+def _loads(text: Any, path: Path, what: str) -> Any:
+    """One JSON cell of the store; a damaged one names the file and the row, not json's insides."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise StoreDamaged(f"{path}: {what} is not valid JSON ({e})") from None
+
+
 def fingerprint(env: Mapping[str, Any]) -> str:
     """What must match for timings to be comparable: versions, device and CPU."""
     keys = ("hpspec", "torch", "python", "device", "device_name", "cuda", "cpu_count",
@@ -124,14 +193,66 @@ class Store:
     @classmethod
     def open(cls, path: str | os.PathLike[str], timeout: float = 60.0) -> Store:
         path = Path(path)
+        problem = check_store_path(path)
+        if problem:
+            raise StorePathError(problem)
         path.parent.mkdir(parents=True, exist_ok=True)
         moved = None
         try:
             conn = cls._connect(path, timeout)
         except sqlite3.DatabaseError as e:
+            if not path.is_file() or not _sqlite_shaped(path):
+                # Never move what is not a SQLite file (a directory, someone's text file).
+                raise StorePathError(f"{path}: {e}; it is not a SQLite file, so hpspec "
+                                     "leaves it where it is") from e
             moved = _move_aside(path, str(e))
             conn = cls._connect(path, timeout)
         return cls(path, conn, moved)
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike[str]) -> Store:
+        """Open for looking only: nothing is created, migrated, moved or written.
+
+        With no ``-wal`` file beside it the main file holds every committed row, and it is
+        read with ``immutable=1`` (SQLite's ``mode=ro`` would create the ``-wal`` and ``-shm``
+        side files, and fails on a read-only file system). With one, a writer may be
+        running, so ``mode=ro`` reads its WAL too (the side files exist already). Raises
+        StoreDamaged naming the file when it is not a readable hpspec store.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise StoreDamaged(f"{path} is a directory, not a results store; fix: --store "
+                               "PATH/TO/results.sqlite")
+        uri = path.resolve().as_uri()
+        last: Exception | None = None
+        wal = path.with_name(path.name + "-wal").exists()
+        for flags in (("?mode=ro", "?mode=ro&immutable=1") if wal else ("?mode=ro&immutable=1",)):
+            try:
+                conn = sqlite3.connect(uri + flags, uri=True, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as e:
+                last = e
+                continue
+            try:
+                app = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error as e:
+                conn.close()
+                last = e
+                if "not a database" in str(e) or "malformed" in str(e):
+                    break  # the other mode cannot help
+                continue
+            if app != APPLICATION_ID:
+                conn.close()
+                raise StoreDamaged(f"{path} is not an hpspec results store (application_id "
+                                   f"{app}); fix: --store the .hpspec/results.sqlite file")
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StoreDamaged(f"{path} was written by a newer hpspec (schema {version}, "
+                                   f"this one reads up to {SCHEMA_VERSION}); fix: upgrade hpspec")
+            return cls(path, conn)
+        raise StoreDamaged(f"{path} cannot be read as an SQLite store ({last})")
 
     @classmethod
     def _connect(cls, path: Path, timeout: float) -> sqlite3.Connection:
@@ -180,6 +301,26 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def mark_interrupted(self) -> list[int]:
+        """Runs still 'running' whose process on this host is gone (killed, crashed, or the
+        machine rebooted) become 'interrupted'; returns their ids. A run whose process is
+        alive, or that was started on another host, is left as it is."""
+        host = socket.gethostname()
+        gone = []
+        for run_id, env_text in self.conn.execute(
+                "SELECT id, environment FROM runs WHERE status = 'running'").fetchall():
+            try:
+                env = json.loads(env_text)
+                pid = int(env["pid"])
+            except (ValueError, KeyError, TypeError):
+                continue  # written before runs recorded their process: cannot tell
+            if env.get("host") == host and not _alive(pid):
+                gone.append(run_id)
+        for run_id in gone:
+            self._write("UPDATE runs SET status = 'interrupted' WHERE id = ? AND "
+                        "status = 'running'", (run_id,))
+        return gone
+
     # ------------------------------------------------------------------------------ writes
 
     def _write(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -195,10 +336,13 @@ class Store:
 
     def begin_run(self, environment: Mapping[str, Any], name: str | None = None,
                   args: Sequence[str] = ()) -> int:
+        # Which process owns the run, so that a later open can tell a killed run (its
+        # process gone) from one still going in another terminal.
+        env = {**dict(environment), "pid": os.getpid(), "host": socket.gethostname()}
         cur = self._write(
             "INSERT INTO runs (started, name, fingerprint, environment, args) "
             "VALUES (?, ?, ?, ?, ?)",
-            (time.time(), name, fingerprint(environment), json.dumps(dict(environment)),
+            (time.time(), name, fingerprint(environment), json.dumps(env),
              json.dumps(list(args))),
         )
         return int(cur.lastrowid)  # type: ignore[arg-type]
@@ -255,7 +399,8 @@ class Store:
                "LEFT JOIN seeds s ON s.run_id = r.id GROUP BY r.id ORDER BY r.id DESC")
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [RunRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
+        return [RunRow(r[0], r[1], r[2], r[3], r[4], r[5],
+                       _loads(r[6], self.path, f"run {r[0]}'s environment"), r[7], r[8])
                 for r in self.conn.execute(sql)]
 
     def find_run(self, ref: str, exclude: int | None = None) -> RunRow | None:
@@ -273,13 +418,16 @@ class Store:
         for exp, cell, params, outcome in self.conn.execute(
                 "SELECT experiment, cell_id, params, outcome FROM cells WHERE run_id = ?",
                 (run_id,)):
-            out[(exp, cell)] = {"params": json.loads(params), "outcome": outcome, "seeds": []}
-        for exp, cell, params, result in self.conn.execute(
-                "SELECT experiment, cell_id, params, result FROM seeds WHERE run_id = ? "
+            out[(exp, cell)] = {"params": _loads(params, self.path,
+                                                 f"run {run_id} cell {cell}'s params"),
+                                "outcome": outcome, "seeds": []}
+        for row_id, exp, cell, params, result in self.conn.execute(
+                "SELECT id, experiment, cell_id, params, result FROM seeds WHERE run_id = ? "
                 "ORDER BY seed", (run_id,)):
-            entry = out.setdefault((exp, cell), {"params": json.loads(params),
+            what = f"seed row {row_id} (run {run_id}, cell {cell})"
+            entry = out.setdefault((exp, cell), {"params": _loads(params, self.path, what),
                                                  "outcome": "?", "seeds": []})
-            entry["seeds"].append(json.loads(result))
+            entry["seeds"].append(_loads(result, self.path, what))
         return out
 
     def verdicts(self, run_id: int) -> list[dict[str, Any]]:
@@ -289,12 +437,26 @@ class Store:
 
     def prune(self, keep: int) -> int:
         """Delete all but the newest ``keep`` runs (named runs are kept); returns how many."""
+        if keep < 0:  # [-3:] would keep the *oldest* three's complement: refuse it
+            raise ValueError(f"keep = {keep} must be 0 or more")
         ids = [r.id for r in self.runs() if r.name is None][keep:]
         for run_id in ids:
             self._write("DELETE FROM runs WHERE id = ?", (run_id,))
         if ids:
             self.conn.execute("VACUUM")
         return len(ids)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: do not claim it died
+    return True
 
 
 def _move_aside(path: Path, why: str) -> Path:

@@ -113,8 +113,74 @@ CASES = [
      "the grid has lr in"),
     ("unknown measurement", dict(claims=[hp.expect(hp.measure("joules") < 5)]),
      "measure(...) = 'joules'", "samples_per_s"),
+    ("grid axis named seed", dict(grid=hp.grid(seed=[1, 2])), "grid = 'seed' is the name of "
+     "the case's own attribute", "'init_seed'"),
+    ("grid axis named device", dict(grid=hp.grid(device=["cpu", "cuda"])),
+     "grid = 'device' is the name of the case's own attribute", "case.init_device"),
+    ("fixed named data", dict(fixed=dict(data="mnist")), "fixed = 'data'", "'init_data'"),
+    ("fixed named params", dict(fixed=dict(params=3)), "fixed = 'params'", "rename it"),
+    ("listed cell named cell_id", dict(grid=hp.cells(dict(cell_id=1), dict(cell_id=2))),
+     "= 'cell_id' is the name of the case's own attribute", "rename it"),
+    ("grid axis named experiment", dict(grid=hp.grid(experiment=["a", "b"])),
+     "grid = 'experiment'", "rename it"),
+    ("grid axis named get", dict(grid=hp.grid(get=[1, 2])), "grid = 'get'", "rename it"),
+    ("private grid axis", dict(grid=hp.grid(_params=[1, 2])), "grid = '_params'", "rename it"),
+    ("name with ::", dict(name="a::b"), "name = 'a::b' contains '::'", "name='digits-mlp'"),
+    ("name with brackets", dict(name="mlp[wide]"), "name = 'mlp[wide]' contains '['",
+     "letters, digits"),
+    ("name with a tab", dict(name="my\texp"), "name = 'my\\texp' contains control",
+     "letters, digits"),
+    ("name with an escape", dict(name="x\x1b[2J"), "name = ", "letters, digits"),
+    ("NaN only in validation features",
+     dict(data=((torch.zeros(10, 3), torch.zeros(10, dtype=torch.long)),
+                (torch.tensor([[0.0, 1, 2], [0, float("nan"), 0]]),
+                 torch.zeros(2, dtype=torch.long)))),
+     "data (val x) = '(2, 3) torch.float32' has 1 rows with NaN or infinity (first: row 1, "
+     "value nan)", "torch.nan_to_num"),
+    ("inf in training features",
+     dict(data=((torch.tensor([[1.0], [float("inf")], [2.0]]), torch.zeros(3, dtype=torch.long)),
+                (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)))),
+     "data (train x) = '(3, 1) torch.float32' has 1 rows with NaN or infinity (first: row 1, "
+     "value inf)", "drop or impute"),
+    ("NaN in regression targets",
+     dict(data=((torch.zeros(3, 2), torch.tensor([1.0, float("nan"), 0.0])),
+                (torch.zeros(2, 2), torch.zeros(2))), claims=[]),
+     "data (train y)", "drop or impute"),
+    ("complex features",
+     dict(data=((torch.zeros(4, 2, dtype=torch.complex64), torch.zeros(4, dtype=torch.long)),
+                (torch.zeros(2, 2, dtype=torch.complex64), torch.zeros(2, dtype=torch.long)))),
+     "data (train x) = 'torch.complex64' is complex", "torch.view_as_real"),
+    ("validation class never trained",
+     dict(data=((torch.zeros(4, 2), torch.tensor([0, 1, 2, 9])),
+                (torch.zeros(3, 2), torch.tensor([0, 12, 1])))),
+     "data (val y) = 12 has class 12 (first at row 1), which no training sample has: the "
+     "training labels are 0..9", "stratified split"),
+    ("n_train zero", dict(data=hp.datasets.digits(n_train=0)),
+     "hp.datasets.digits(n_train=...) = 0 must be a positive number", "n_train=300"),
+    ("n_train negative", dict(data=hp.datasets.diabetes(n_train=-5), claims=[]),
+     "hp.datasets.diabetes(n_train=...) = -5", "n_train=300"),
+    ("n_train above the split", dict(data=hp.datasets.iris(val_fraction=0.5).__class__(
+        "iris", "classification", (("val_fraction", 0.5), ("split_seed", 0), ("n_train", 100)))),
+     "is more than the 75 training samples", "n_train <= 75"),
+    ("val_fraction zero", dict(data=hp.datasets.digits(val_fraction=0)),
+     "hp.datasets.digits(val_fraction=...) = 0 must be a fraction strictly between 0 and 1",
+     "val_fraction=0.2"),
+    ("val_fraction above one", dict(data=hp.datasets.wine(val_fraction=1.5)),
+     "val_fraction=...) = 1.5", "val_fraction=0.2"),
+    ("split_seed negative", dict(data=hp.datasets.digits(split_seed=-1)),
+     "split_seed=...) = -1", "split_seed=0"),
+    ("int and float of one value", dict(grid=hp.grid(x=[1, 1.0, 2])),
+     "grid = 'x=1.0' and x=1 are two cells with equal values (x=1.0 == 1)", "keep one of 1"),
+    ("int and float in listed cells",
+     dict(grid=hp.cells(dict(x=2, y="a"), dict(x=2.0, y="a"))),
+     "are two cells with equal values (x=2.0 == 2)", "keep one of 2 and 2.0"),
     ("size that is not a size", dict(claims=[hp.expect(hp.peak_memory() < "lots")]),
      "'lots' is not a size", "'2 GiB'"),
+    ("seed beyond 2**63", dict(seeds=[0, 2**64]), "beyond the largest seed", "below 2**63"),
+    ("seed count beyond reason", dict(seeds=2**70), "more seeds than", "seeds=5"),
+    ("infinite grid value", dict(grid=hp.grid(lr=[0.1, float("inf")])), "grid['lr'] = inf",
+     "finite"),
+    ("infinite fixed value", dict(fixed=dict(clip=float("-inf"))), "is infinite", "finite"),
 ]
 
 
@@ -145,3 +211,13 @@ def test_wrong_signature(signature):
 def test_chained_comparison_is_refused_with_advice():
     with pytest.raises(TypeError, match="two claims"):
         0.1 < hp.metric("val_loss").final() < 0.5  # noqa: B015
+
+
+def test_epochs_and_batch_size_are_allowed_axes_and_the_case_returns_the_cell_value():
+    exp = build(spec(grid=hp.grid(epochs=[1, 3], batch_size=[16, 32])))
+    from hpspec.spec import Case
+
+    for cell in exp.cells:
+        case = Case(cell.as_dict(), seed=0, device="cpu", epochs=exp.epochs_for(cell),
+                    batch_size=exp.batch_size_for(cell))
+        assert case.epochs == cell.get("epochs") and case.batch_size == cell.get("batch_size")

@@ -123,3 +123,57 @@ def test_verdict_is_plain_data(run):
     v = judge_cell_claim(hp.expect(hp.metric("l") < 1), [run(l=[0.5])])
     d = attrs.asdict(v)
     assert d["outcome"] == "pass" and d["checks"][0]["value"] == 0.5
+
+
+def test_equality_on_measurements_and_whole_number_quantities():
+    import hpspec as hp
+    from hpspec.results import SeedResult
+
+    run = SeedResult(seed=0, curves={"val_loss": [0.5, 0.3, 0.4]},
+                     measurements={"params": 26122.0})
+    assert (hp.measure("params") == 26122).check(run).ok
+    assert not (hp.measure("params") != 26122).check(run).ok
+    assert (hp.metric("val_loss").argmin() == 2).check(run).ok
+    # Between quantities == stays structural (claims compare and hash by it).
+    assert hp.metric("a").final() == hp.metric("a").final()
+    assert hp.metric("a").final() != hp.metric("a").min()
+    assert len({hp.metric("a").final(), hp.metric("a").final()}) == 1
+
+
+def test_equality_on_a_float_metric_is_a_spec_error():
+    import hpspec as hp
+    from hpspec.spec import build
+
+    def loop(case):
+        yield {"loss": 1.0}
+
+    hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, seeds=2,
+                  claims=[hp.metric("loss").final() == 0.5])(loop)
+    with pytest.raises(hp.SpecError, match="rounding decides"):
+        build(loop)
+
+
+def test_where_cells_selects_an_explicit_list_not_the_product():
+    import hpspec as hp
+
+    w = hp.where(cells=[{"lr": 0.1, "bs": 32}, {"lr": 0.3, "bs": 256}])
+    assert w.matches({"lr": 0.1, "bs": 32}) and w.matches({"lr": 0.3, "bs": 256})
+    assert not w.matches({"lr": 0.1, "bs": 256})  # the product would pick this one
+    assert not hp.where(lr=[0.1, 0.3], bs=[32, 256]).matches({"lr": 0.1, "bs": 64})
+    assert "{lr=0.1, bs=32} or {lr=0.3, bs=256}" in w.describe()
+    with pytest.raises(TypeError, match="list of dicts"):
+        hp.where(cells={"lr": 0.1})
+
+
+def test_where_cells_that_select_nothing_are_spec_errors():
+    import hpspec as hp
+    from hpspec.spec import build
+
+    def loop(case):
+        yield {"loss": 1.0}
+
+    hp.experiment(grid=hp.grid(lr=[0.1, 0.3], bs=[32, 256]), epochs=1, seeds=2, claims=[
+        hp.where(cells=[{"lr": 0.1, "bs": 32}, {"lr": 0.2, "bs": 32}]).expect(
+            hp.metric("loss").final() < 2)])(loop)
+    with pytest.raises(hp.SpecError, match=r"cells\[1\]"):
+        build(loop)

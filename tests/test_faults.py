@@ -246,3 +246,228 @@ def test_nothing_hpspec_reads_back_can_execute_code():
         for bad in (r"import pickle", r"pickle\.", r"torch\.load\(", r"(?<![.\w])eval\(",
                     r"(?<![.\w])exec\(", r"marshal\.", r"shelve"):
             assert not re.search(bad, code), (path.name, bad)
+
+
+BLOCKING = """
+import time
+import torch
+import hpspec as hp
+
+D = hp.datasets.digits(n_train=100)
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=3, timeout=1)
+def sleeping_generator(case):
+    time.sleep(60)
+    yield {"loss": 1.0}
+
+@hp.experiment(epochs=1, data=D, timeout=1)
+def sleeping_recipe(case):
+    time.sleep(60)
+    m = torch.nn.Linear(64, 10)
+    return m, torch.optim.SGD(m.parameters(), lr=0.1)
+
+class Sleepy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+    def forward(self, x):
+        time.sleep(60)
+        return self.fc(x)
+
+@hp.experiment(epochs=1, data=D, timeout=1)
+def sleeping_forward(case):
+    m = Sleepy()
+    return m, torch.optim.SGD(m.parameters(), lr=0.1)
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=2, timeout=1)
+def swallows_everything(case):
+    while True:
+        try:
+            time.sleep(60)
+        except Exception:
+            pass
+    yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]))
+def endless(case):
+    while True:
+        yield {"loss": 1.0}
+
+@hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1)
+def after_all_that(case):
+    yield {"loss": 1.0}
+"""
+
+
+def test_a_budget_holds_whatever_the_code_blocks_on(pytester):
+    """Each of these ran for minutes with a 1 s budget before the watchdog; now each fails
+    with "budget exceeded" and the session goes on (the outcome is asserted, not the clock:
+    the subprocess limit of 240 s only stops a hang)."""
+    pytester.makepyfile(exp_blocking=BLOCKING)
+    result = pytester.runpytest_subprocess("--hpspec-cache=off", "-p", "no:randomly",
+                                           timeout=240)
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, failed=5)
+    for name in ("sleeping_generator", "sleeping_recipe", "sleeping_forward",
+                 "swallows_everything"):
+        line = next(ln for ln in out.splitlines()
+                    if ln.startswith(f"exp_blocking.py::{name}[") and ": " in ln)
+        assert "budget exceeded after 0 epochs: the cell's time budget is 1 s; fix:" in line, line
+    assert ("endless[lr=0.1]: the generator yielded 1000 epochs and has not ended, and the "
+            "experiment sets no epochs=") in out
+
+
+def test_the_watchdog_interrupts_another_thread_and_says_when_it_was_late():
+    import threading
+
+    from hpspec.watchdog import watchdog
+
+    caught: list[BaseException] = []
+
+    def work():
+        try:
+            with watchdog(time.perf_counter() + 0.3, lambda late: BudgetExceeded(f"{late}")):
+                while True:  # pure Python: the async exception lands at the next bytecode
+                    sum(range(100))
+        except BudgetExceeded as e:
+            caught.append(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive() and len(caught) == 1
+    # the block ended after the budget without the alarm landing: still exceeded
+    with pytest.raises(BudgetExceeded):
+        with watchdog(time.perf_counter() + 0.05, lambda late: BudgetExceeded("late")):
+            import signal
+            signal.setitimer(signal.ITIMER_REAL, 0)  # a no-op: the guard uses its own timer
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < 0.2:
+                try:
+                    time.sleep(0.01)
+                except BaseException:  # noqa: BLE001 - a user who swallows everything
+                    pass
+# ------------------------------------------------------------ reports at session end, Ctrl-C
+
+QUICK = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=2)
+def quick(case):
+    for epoch in range(case.epochs):
+        yield {"loss": case.lr / (epoch + 1)}
+"""
+
+
+@pytest.mark.parametrize("flag", ["--hpspec-json", "--hpspec-html", "--hpspec-export"])
+def test_a_report_path_at_a_directory_is_a_usage_error(pytester, flag):
+    pytester.makepyfile(exp_quick=QUICK)
+    pytester.mkdir("out")
+    result = pytester.runpytest(f"{flag}=out")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"{flag}=out is a directory" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_reports_in_a_missing_directory_are_written_there(pytester):
+    pytester.makepyfile(exp_quick=QUICK)
+    result = pytester.runpytest("--hpspec-json=a/b/run.json", "--hpspec-html=c/run.html",
+                                "--hpspec-export=d/e/f/x.json")
+    result.assert_outcomes(passed=2)
+    assert json.loads((pytester.path / "a/b/run.json").read_text())["schema"] == "hpspec-run"
+    assert (pytester.path / "c/run.html").read_text().startswith("<!")
+    assert "fingerprint" in json.loads((pytester.path / "d/e/f/x.json").read_text())
+
+
+def test_a_report_that_cannot_be_written_costs_only_itself(pytester):
+    pytester.makepyfile(exp_quick=QUICK)
+    # /proc exists, so the path passes the start-up check; nothing can be made inside it
+    result = pytester.runpytest("--hpspec-json=/proc/hpspec-no/run.json", "--hpspec-html=r.html",
+                                "--hpspec-export=x.json")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert result.ret == 0
+    assert "hpspec: --hpspec-json=/proc/hpspec-no/run.json: not written" in out
+    assert "hpspec: exp_quick.py::quick" in out  # the table is there
+    assert (pytester.path / "r.html").exists() and (pytester.path / "x.json").exists()
+    assert "Traceback" not in out
+
+
+BAD_BASELINES = {
+    "list at the top": ("[1, 2, 3]", "is a list, not an object"),
+    "wrong schema": ('{"schema": 3, "experiments": []}', "'schema' is 3"),
+    "missing experiments": ('{"schema": "hpspec-run"}', "'experiments' is missing"),
+    "experiment not an object": ('{"schema": "hpspec-run", "experiments": [5]}',
+                                 "experiments[0] is not an object"),
+    "cell without id": ('{"schema": "hpspec-run", "experiments": [{"key": "k", "cells": '
+                        '[{"result": {"seeds": []}}]}]}', "experiments[0].cells[0].cell_id"),
+    "seeds not a list": ('{"schema": "hpspec-run", "experiments": [{"key": "k", "cells": '
+                         '[{"cell_id": "c", "result": {"seeds": 7}}]}]}', "result.seeds"),
+    "curve of strings": ('{"schema": "hpspec-run", "experiments": [{"key": "k", "cells": '
+                         '[{"cell_id": "c", "result": {"seeds": [{"curves": {"loss": ["x"]}}]}}'
+                         ']}]}', "curves.loss holds something other than numbers"),
+    "deep nesting": ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "deep but parseable": ('{"schema": "hpspec-run", "experiments": [], "x": '
+                           + "[" * 50 + "]" * 50 + "}", "nested deeper than"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BASELINES))
+def test_a_malformed_baseline_file_is_a_warning_and_the_run_ends_normally(pytester, name):
+    from hpspec.store import Store
+
+    text, message = BAD_BASELINES[name]
+    pytester.makepyfile(exp_quick=QUICK)
+    (pytester.path / "base.json").write_text(text)
+    result = pytester.runpytest("--hpspec-compare=base.json")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    assert "--hpspec-compare base.json: not compared:" in out and message in out, out
+    assert "hpspec: exp_quick.py::quick" in out
+    assert "Traceback" not in out
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    assert [r.status for r in store.runs()] == ["passed"]
+
+
+INTERRUPT_HTML = """
+import hpspec.html
+
+def _interrupted(doc):
+    raise KeyboardInterrupt
+
+hpspec.html.render_html = _interrupted
+"""
+
+
+def test_ctrl_c_while_reports_are_written_abandons_them_cleanly(pytester):
+    from hpspec.store import Store
+
+    pytester.makepyfile(exp_quick=QUICK)
+    pytester.makeconftest(INTERRUPT_HTML)
+    # in a subprocess: a KeyboardInterrupt that escapes must not stop this test session
+    result = pytester.runpytest_subprocess("--hpspec-json=run.json", "--hpspec-html=run.html",
+                                           timeout=120)
+    out = result.stdout.str()
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert "interrupted: not written: --hpspec-html=run.html" in out
+    assert json.loads((pytester.path / "run.json").read_text())["schema"] == "hpspec-run"
+    assert sorted(p.name for p in pytester.path.iterdir() if "run." in p.name) == ["run.json"]
+    assert "hpspec: exp_quick.py::quick" in out
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    assert [r.status for r in store.runs()] == ["passed"]
+
+
+def test_write_reports_leaves_no_half_file_and_goes_on_after_a_failure(tmp_path):
+    from hpspec.outputs import Report, write_reports
+
+    def broken() -> str:
+        raise ValueError("Out of range float values are not JSON compliant")
+
+    (tmp_path / "b.json").write_text("old")
+    problems = write_reports([Report("--a", str(tmp_path / "a.json"), lambda: "A"),
+                              Report("--b", str(tmp_path / "b.json"), broken),
+                              Report("--c", str(tmp_path / "c.json"), lambda: "C")])
+    assert problems == [f"--b={tmp_path / 'b.json'}: not written (ValueError: Out of range "
+                        "float values are not JSON compliant)"]
+    assert (tmp_path / "b.json").read_text() == "old"  # the old file is not half-overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]

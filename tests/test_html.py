@@ -192,3 +192,25 @@ def test_final_chart_is_linear_when_the_axis_spans_a_decade_or_less():
     text = render_html(_doc([0.1, 0.3, 1.0], None))
     assert "(log scale)" not in text and 'class="chart final"' in text
     assert 'class="diverged"' not in text
+
+
+ESCAPES = """
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(act=["\\x1b[2J\\x1b[H", "ok"]), epochs=2)
+def ansi(case):
+    for epoch in range(2):
+        yield {"\\x1b[31mloss": 1.0 / (epoch + 1)}
+"""
+
+
+def test_control_characters_in_values_and_metric_names_are_shown_escaped(pytester):
+    pytester.makepyfile(exp_ansi=ESCAPES)
+    result = pytester.runpytest("--hpspec-cache=off", "--hpspec-html=run.html", "-v",
+                                "--hpspec-json=run.json")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=2)
+    assert "\x1b" not in out, [ln for ln in out.splitlines() if "\x1b" in ln]
+    assert "\\x1b[2J\\x1b[H" in out and "\\x1b[31mloss" in out
+    html_text = (pytester.path / "run.html").read_text(encoding="utf-8")
+    assert "\x1b" not in html_text and "\\x1b[2J" in html_text

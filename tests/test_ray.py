@@ -41,3 +41,59 @@ def test_ray_without_a_cluster_is_a_usage_error(pytester):
                                            timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--hpspec-ray=ray://127.0.0.1:1: cannot reach the cluster*"])
+
+
+def test_a_local_cluster_without_token_authentication_is_refused(monkeypatch, tmp_path):
+    from hpspec.ray_backend import RayUnavailable, connect
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(RayUnavailable, match="RAY_AUTH_MODE=disabled turns off Ray's token"):
+        connect("local", tmp_path, num_cpus=1)
+
+
+LISTENERS = """
+import json, sys
+import psutil
+from pathlib import Path
+from hpspec.ray_backend import connect, shutdown
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+ray = connect("local", Path("."), num_cpus=1)
+ray.get(ray.remote(lambda: 1).remote())
+out = []
+for p in psutil.Process().children(recursive=True):
+    try:
+        for c in p.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN:
+                out.append([p.name(), c.laddr.ip, c.laddr.port])
+    except psutil.Error:
+        pass
+print(json.dumps({"listeners": out, "token": is_token_auth_enabled(),
+                  "dashboard": any("dashboard" in n for n, _, _ in out)}))
+shutdown(ray)
+"""
+
+
+@pytest.mark.slow
+def test_a_local_cluster_is_reachable_only_with_its_token(tmp_path):
+    """Ray cannot bind its gRPC servers to the loopback address (see ray_backend's docstring):
+    whatever listens beyond 127.0.0.1 must be guarded by Ray's token authentication."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("psutil")
+    script = tmp_path / "listeners.py"
+    script.write_text(LISTENERS)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["listeners"], report  # the cluster started and was inspected
+    assert not report["dashboard"]
+    exposed = [x for x in report["listeners"] if x[1] not in ("127.0.0.1", "::1")]
+    assert not exposed or report["token"], exposed

@@ -546,3 +546,55 @@ def test_a_cell_whose_recipe_raises_does_not_keep_the_others_from_stacking():
     assert list(why) == ["lr=0.2"] and "recipe raised" in why["lr=0.2"]
     with pytest.raises(ValueError, match="this cell is broken"):
         run_cell(exp, exp.cells[2], "cpu")  # its own run says what went wrong
+
+
+def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curves(monkeypatch):
+    """A grid far larger than one chunk: never more than a chunk's models built at once, every
+    chunk no bigger than the bound, and the curves those of one big group."""
+    from hpspec import stacked as st
+
+    built = [0]
+
+    def recipe(case):
+        built[0] += 1
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.02 * (i + 1) for i in range(7)]), epochs=2,
+                              seeds=2, batch_size=64, data=DATA)(recipe))
+    whole, _ = run_stacked(exp, list(exp.cells), "cpu")
+    assert {r.seeds[0].measurements["stacked"] for r in whole.values()} == {14.0}
+
+    real = st.train_group
+    seen: list[tuple[int, int]] = []  # (members in this chunk, models built so far)
+
+    def spy(group, *args, **kwargs):
+        seen.append((len(group), built[0]))
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(st, "train_group", spy)
+    monkeypatch.setattr(st, "MAX_MEMBERS", 4)
+    built[0] = 0
+    progress: list[tuple[int, int]] = []
+    chunked, why = run_stacked(exp, list(exp.cells), "cpu",
+                               progress=lambda e, n, loss: progress.append((e, n)))
+    assert not why and set(chunked) == set(whole)
+    assert [n for n, _ in seen] == [4, 4, 4, 2]
+    # lazily: when the first chunk trains, only its cells' models exist (2 cells x 2 seeds)
+    assert seen[0][1] == 4 and built[0] == 14
+    # progress counts epochs across the chunks, so a long grid's line keeps moving
+    assert progress[-1] == (8, 8) and len(progress) == 8
+    for cid in whole:
+        for a, b in zip(whole[cid].seeds, chunked[cid].seeds, strict=True):
+            _close(a.curves, b.curves)
+
+
+def test_a_chunk_is_bounded_by_the_work_of_one_step():
+    from hpspec import stacked as st
+
+    small = st.Member("a", 0, hp.models.mlp(64, [8], 10), None, None)
+    big = st.Member("b", 0, hp.models.mlp(64, [2048, 2048], 10), None, None)
+    assert st.chunk_size(small, 32, 100, "cpu") == st.MAX_MEMBERS
+    n = st.chunk_size(big, 256, 100, "cpu")
+    weights = sum(p.numel() for p in big.model.parameters())
+    assert 1 <= n < st.MAX_MEMBERS and n * 6 * weights * 256 <= st.STEP_FLOPS["cpu"] or n == 1

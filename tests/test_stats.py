@@ -81,3 +81,57 @@ def test_power_and_adaptive_savings_on_a_known_effect():
     assert fixed.passed > 0.95 and adapt.passed > 0.95
     assert adapt.mean_seeds < 10  # decided early, far below the 20 a fixed plan spends
     assert compare_trials(200, effect=1.0, seeds=3, seed=3).passed < fixed.passed
+
+
+def test_paired_t_matches_scipy():
+    a, b = [1.0, 2.1, 3.3, 4.0], [0.8, 1.7, 3.2, 3.5]
+    t = stats.paired_t(a, b)
+    ref = st.ttest_rel(a, b, alternative="greater")
+    assert t.name == "paired t-test" and t.paired
+    assert t.p_above == pytest.approx(ref.pvalue)
+
+
+def test_rank_sum_and_signed_rank_match_scipy_without_ties():
+    a, b = [0.1, 0.5, 0.3, 0.9], [1.0, 0.7, 1.2, 0.8, 1.1]
+    p_below, _, exact = stats.rank_sum(a, b)
+    assert exact
+    assert p_below == pytest.approx(
+        st.mannwhitneyu(a, b, alternative="less", method="exact").pvalue)
+    d = [-0.3, -1.1, 0.2, -0.7, -0.9, -0.4]
+    p_below, _, _ = stats.signed_rank(d)
+    assert p_below == pytest.approx(st.wilcoxon(d, alternative="less", method="exact").pvalue)
+
+
+def test_diverged_seeds_rank_worst_never_survivors():
+    nan = math.nan
+    unstable = [0.01, 0.02, nan, nan, nan]  # great survivors, 3 of 5 diverged
+    stable = [0.5, 0.51, 0.49, 0.52, 0.5]
+    for seeds in (range(5), None):
+        t = stats.better(unstable, stable, lower=True, seeds_a=seeds, seeds_b=seeds)
+        assert isinstance(t, stats.RankTest) and t.diverged == (3, 0)
+        assert t.p_below > 0.05  # never "unstable is lower"
+    # Higher is better: a NaN accuracy is the worst accuracy too.
+    t = stats.better([nan] * 5, [0.9] * 5, lower=False)
+    assert t.p_above < 0.05 and t.p_below == 1.0
+    # All seeds diverged on the other side: a clean win once enough seeds exist.
+    assert stats.better([0.1] * 5, [math.inf] * 5, lower=True).p_below < 0.05
+
+
+def test_pairing_needs_the_same_seed_ids():
+    a, b = [1.0, 2.0, 3.0], [1.1, 2.1, 3.2]
+    assert stats.better(a, b, lower=True, seeds_a=[0, 1, 2], seeds_b=[2, 1, 0]).paired
+    assert not stats.better(a, b, lower=True, seeds_a=[0, 1, 2], seeds_b=[3, 4, 5]).paired
+    assert not stats.better(a, b, lower=True, seeds_a=[0, 1, 2], seeds_b=[0, 1, 2],
+                            paired=False).paired
+
+
+def test_seeds_needed_exceeds_the_seeds_used():
+    # The normal approximation said 3 at 3 seeds ("undecided at 3; 3 would decide").
+    assert stats.seeds_needed(1.0, 0.5, 0.5, 0.05, current=3) >= 4
+    assert stats.seeds_needed(0.001, 1.0, 1.0, 0.05, limit=50) == 51
+    assert stats.seeds_needed(1.0, 1.0, None, 0.05) < stats.seeds_needed(1.0, 1.0, 1.0, 0.05)
+
+
+def test_fisher_on_divergence_counts():
+    assert stats.fisher_diverged(5, 5, 0, 5) < 0.05
+    assert stats.fisher_diverged(1, 5, 0, 5) == pytest.approx(1.0)

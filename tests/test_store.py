@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hpspec.results import SeedResult
-from hpspec.store import Store, StoreMoved
+from hpspec.store import Store, StoreMoved, StorePathError, check_store_path
 
 COUNTED = """
 import os, time
@@ -154,8 +154,11 @@ def test_two_processes_write_concurrently_without_loss(tmp_path):
     assert store.cached_seed("b-299").curves["val_loss"] == [299.0]
 
 
-@pytest.mark.parametrize("content", [b"this is not a database at all" * 100, "foreign"])
-def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path, content):
+DAMAGED = b"SQLite format 3\x00" + b"\xff" * 5000
+
+
+@pytest.mark.parametrize("content", [DAMAGED, "foreign"], ids=["damaged", "foreign"])
+def test_a_damaged_or_foreign_sqlite_file_is_moved_aside_with_a_clear_message(tmp_path, content):
     path = tmp_path / "results.sqlite"
     if content == "foreign":
         conn = sqlite3.connect(path)
@@ -166,12 +169,30 @@ def test_a_corrupt_or_foreign_file_is_moved_aside_with_a_clear_message(tmp_path,
     else:
         path.write_bytes(content)
         original = content
+    assert check_store_path(path) is None  # usable: it is SQLite's, so it may move aside
     with pytest.warns(StoreMoved, match="moved it to .*unreadable.*fresh store"):
         store = Store.open(path)
     assert store.moved is not None and store.moved.read_bytes() == original
     run = store.begin_run({"device": "cpu"})
     store.put_seed(run, "k", "exp", "c", {}, "cpu", _seed(0))
     assert store.cached_seed("k").to_dict() == _seed(0).to_dict()
+
+
+def test_a_file_that_is_not_sqlite_or_a_directory_is_never_moved(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("my notes, not a database\n" * 10)
+    d = tmp_path / ".hpspec"
+    (d / "inside").mkdir(parents=True)
+    (d / "inside" / "keep.txt").write_text("keep")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for path, says in ((text, "that is not a SQLite database"), (d, "is a directory")):
+        assert says in (check_store_path(path) or ""), path
+        with pytest.raises(StorePathError, match=says):
+            Store.open(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert text.read_text().startswith("my notes") and (d / "inside" / "keep.txt").exists()
+    under_file = text / "results.sqlite"
+    assert "is a file" in (check_store_path(under_file) or "")
 
 
 def test_schema_is_versioned_and_a_newer_store_is_not_overwritten(tmp_path):
@@ -319,3 +340,172 @@ def test_command_line_lists_shows_and_diffs_runs(pytester):
     prune = cli("prune", "--keep", "0")
     assert "deleted 1 run(s)" in prune.stdout
     assert "main" in cli("runs").stdout
+
+
+def test_a_run_whose_process_is_gone_is_marked_interrupted_on_the_next_open(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "results.sqlite"
+    store = Store.open(path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: the run below was "killed"
+    killed = store.begin_run({"device": "cpu"})
+    store.conn.execute("UPDATE runs SET environment = json_set(environment, '$.pid', ?) "
+                       "WHERE id = ?", (dead.pid, killed))
+    alive = store.begin_run({"device": "cpu"})  # this process: still running
+    finished = store.begin_run({"device": "cpu"})
+    store.finish_run(finished, "passed")
+    store.close()
+    again = Store.open(path)
+    assert again.mark_interrupted() == [killed]
+    status = {r.id: r.status for r in again.runs()}
+    assert status == {killed: "interrupted", alive: "running", finished: "passed"}
+
+
+def test_the_cache_key_covers_module_constants_and_same_file_helpers(tmp_path):
+    from hpspec.spec import source_digest
+
+    src = '''
+import torch
+WIDTH = {width}
+
+def helper(n):
+    return torch.nn.Linear(64, n + {extra})
+
+class Net(torch.nn.Module):
+    def forward(self, x):
+        return x * {scale}
+
+def exp(case):
+    return helper(WIDTH), Net()
+'''
+
+    import importlib.util
+
+    counter = iter(range(100))
+
+    def digest(**kw):  # a real file each time, imported as a module (as pytest does)
+        path = tmp_path / f"exp_mod{next(counter)}.py"
+        path.write_text(src.format(**kw))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return source_digest(mod.exp)
+
+    base = dict(width=10, extra=0, scale=1)
+    d0 = digest(**base)
+    assert digest(**base) == d0  # stable for the same file
+    for change in (dict(width=12), dict(extra=1), dict(scale=2)):
+        assert digest(**{**base, **change}) != d0, change
+
+# ------------------------------------------------------------- the command line on bad stores
+
+
+def _small_store(path: Path, runs: int = 2) -> None:
+    store = Store.open(path)
+    for n in range(runs):
+        run = store.begin_run({"device": "cpu"}, name="base" if n == 0 else None)
+        store.put_seed(run, f"k{n}", "exp_a.py::a", "lr=0.1", {"lr": 0.1}, "cpu", _seed(n))
+        store.put_cell(run, "exp_a.py::a", "lr=0.1", {"lr": 0.1}, "passed")
+        store.finish_run(run, "passed")
+    store.close()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "hpspec", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_store_option_is_accepted_before_and_after_the_command(tmp_path):
+    path = tmp_path / "s.sqlite"
+    _small_store(path)
+    for args in (["--store", str(path), "show", "latest"], ["show", "latest", "--store", str(path)],
+                 ["runs", "--store", str(path)]):
+        out = _cli(*args, cwd=tmp_path)
+        assert out.returncode == 0, (args, out.stderr)
+        assert "lr=0.1" in out.stdout or "base" in out.stdout
+
+
+def _damage_a_page(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    page = 4096 if len(data) > 8192 else len(data) // 2
+    data[page:page + 512] = b"\xff" * 512
+    path.write_bytes(bytes(data))
+
+
+def _bad_json_row(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE seeds SET result = '{not json' WHERE id = 1")
+    conn.commit()
+    conn.close()
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"not a database" * 500)
+
+
+@pytest.mark.parametrize("damage", [_damage_a_page, _bad_json_row, _garbage])
+@pytest.mark.parametrize("command", [["runs"], ["show", "1"], ["diff", "1", "2"]])
+def test_look_only_commands_on_a_damaged_store_say_one_line_and_change_nothing(
+        tmp_path, damage, command):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    path = folder / "results.sqlite"
+    _small_store(path)
+    # a clean checkpoint, so that the damage is in the main file
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    damage(path)
+    before = _snapshot(folder)
+    out = _cli("--store", str(path), *command, cwd=tmp_path)
+    assert "Traceback" not in out.stderr + out.stdout
+    assert _snapshot(folder) == before  # nothing moved aside, created or rewritten
+    if out.returncode != 0:
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(path) in lines[0], out.stderr
+
+
+def test_a_bad_json_row_names_the_file_and_row(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _small_store(path)
+    _bad_json_row(path)
+    out = _cli("--store", str(path), "show", "1", cwd=tmp_path)
+    assert out.returncode == 1 and "seed row 1" in out.stderr and str(path) in out.stderr
+
+
+def test_a_read_only_file_system_is_read_without_writing(tmp_path, monkeypatch):
+    # As root a chmod does not stop writes; emulate a read-only mount by refusing every open
+    # that is not immutable (what SQLite says when it cannot make the -shm file).
+    path = tmp_path / "results.sqlite"
+    _small_store(path)
+    real = sqlite3.connect
+
+    def connect(target, *a, **kw):
+        if "immutable=1" not in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(target, *a, **kw)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    from hpspec.cli import main
+
+    assert main(["--store", str(path), "runs"]) == 0
+    before = _snapshot(tmp_path)
+    assert main(["--store", str(path), "prune", "--keep", "0"]) == 1  # one line, no traceback
+    assert _snapshot(tmp_path) == before
+
+
+def test_prune_with_a_negative_count_is_a_usage_error_and_deletes_nothing(tmp_path):
+    path = tmp_path / "results.sqlite"
+    _small_store(path, runs=4)
+    out = _cli("--store", str(path), "prune", "--keep", "-3", cwd=tmp_path)
+    assert out.returncode == 2 and "negative" in out.stderr
+    assert len(Store.open_readonly(path).runs()) == 4
+    with pytest.raises(ValueError, match="keep = -3"):
+        Store.open(path).prune(-3)

@@ -43,10 +43,16 @@ def default_loss(task: str) -> Callable[[Any, Any], Any]:
     return torch.nn.CrossEntropyLoss() if task == CLASSIFICATION else torch.nn.MSELoss()
 
 
+class NoGradPath(Exception):
+    """The loss of a training step does not depend on anything that requires grad."""
+
+
 def train_step(model: Any, opt: Any, loss_fn: Any, xb: Any, yb: Any) -> torch.Tensor:
     """One optimizer step on a batch, as a hand-written loop does it; the loss, on the device."""
     opt.zero_grad(set_to_none=True)
     loss = loss_fn(model(xb), yb)
+    if not loss.requires_grad:  # a flag read, no device sync
+        raise NoGradPath()
     loss.backward()
     opt.step()
     return loss.detach()

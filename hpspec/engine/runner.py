@@ -21,6 +21,7 @@ import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
 from hpspec.errors import BudgetExceeded, CellError
+from hpspec.watchdog import FAR_PAST, watchdog
 from hpspec.engine.common import (
     DIVERGENCE_FACTOR,
     WARMUP_STEPS,
@@ -30,6 +31,7 @@ from hpspec.engine.common import (
     default_loss,
     divergence,
     divergence_limit,
+    NoGradPath,
     probe_memory,
     sync,
     train_step,
@@ -143,14 +145,18 @@ def device_data(spec: DataSpec, device: str) -> Data:
 # -------------------------------------------------------------------------------- recipes
 
 
+class _OneByOne(Exception):
+    """A cell the stacked engine leaves to the one-by-one runner (custom recipe metrics)."""
+
+
 def _coerce_recipe(out: Any, where: str) -> Recipe:
     if isinstance(out, Recipe):
         recipe = out
     elif isinstance(out, Mapping) and "model" in out and "optimizer" in out:
-        extra = set(out) - {"model", "optimizer", "loss", "scheduler"}
+        extra = set(out) - {"model", "optimizer", "loss", "scheduler", "metrics"}
         if extra:
             raise CellError(f"{where}: the returned dict has unknown keys {sorted(extra)}; "
-                            "allowed: model, optimizer, loss, scheduler")
+                            "allowed: model, optimizer, loss, scheduler, metrics")
         recipe = Recipe(**out)
     elif isinstance(out, tuple) and len(out) == 2:
         recipe = Recipe(out[0], out[1])
@@ -169,7 +175,57 @@ def _coerce_recipe(out: Any, where: str) -> Recipe:
                         "return (model, torch.optim.SGD(model.parameters(), lr=case.lr))")
     if recipe.loss is not None and not callable(recipe.loss):
         raise CellError(f"{where}: the recipe's loss is not callable")
+    if recipe.metrics is not None and not (
+            isinstance(recipe.metrics, Mapping)
+            and all(isinstance(k, str) and callable(f) for k, f in recipe.metrics.items())):
+        raise CellError(f"{where}: the recipe's metrics must map names to functions "
+                        "fn(model, data) -> number; fix: "
+                        "hp.Recipe(model, opt, metrics={'grad_norm': grad_norm})")
+    if recipe.scheduler is not None and (isinstance(recipe.scheduler, type) or not callable(
+            getattr(recipe.scheduler, "step", None))):
+        what = (f"the class {recipe.scheduler.__name__}" if isinstance(recipe.scheduler, type)
+                else f"a {type(recipe.scheduler).__name__}")
+        raise CellError(f"{where}: the recipe's scheduler is {what}, not a scheduler object "
+                        "with a step() method; fix: build it on the optimizer, e.g. "
+                        "scheduler=torch.optim.lr_scheduler.StepLR(opt, step_size=5)")
     return recipe
+
+
+def _check_model_kind(model: Any, data: Data, where: str) -> None:
+    """Kinds of model the loop cannot train, said before torch fails deep inside a step."""
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.is_meta for p in params):
+        raise CellError(f"{where}: the model is on the meta device (its tensors have shapes but "
+                        "no values), so it cannot be trained; fix: build it without "
+                        "torch.device('meta'), or call model.to_empty(device='cpu') and "
+                        "initialise its parameters before returning it")
+    x = data.x_train
+    floats = {p.dtype for p in params if p.is_floating_point()}
+    if x.is_floating_point() and floats and floats != {x.dtype}:
+        have = ", ".join(sorted(str(d).replace("torch.", "") for d in floats))
+        want = str(x.dtype).replace("torch.", "")
+        raise CellError(f"{where}: the model's parameters are {have} but the data's features "
+                        f"are {want}; fix: build the model in {want} (drop .double() / "
+                        f"dtype=..., or return model.to(torch.{want}))")
+
+
+#: torch's words for an input of the wrong dtype (first batch only).
+_DTYPE_ERRORS = ("must have the same dtype", "scalar types", "scalar type", "expected scalar",
+                 "Expected tensor for argument")
+
+
+def _dtype_message(e: BaseException, model: Any, data: Data, where: str) -> str | None:
+    text = str(e)
+    if not any(t in text for t in _DTYPE_ERRORS):
+        return None
+    x = str(data.x_train.dtype).replace("torch.", "")
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    if "indices" in text and any(isinstance(m, torch.nn.Embedding) for m in model.modules()):
+        return (f"{where}: the model's nn.Embedding needs integer token ids but the data's "
+                f"features are {x} (hp.datasets.tensors stores features as float32); fix: "
+                "convert them where the model reads them, e.g. self.embed(x.long())")
+    return (f"{where}: the model cannot read the data's {x} features ({first}); fix: make the "
+            f"model's dtype match the data ({x}), or convert the input in forward()")
 
 
 def _fits(out: Any, yb: Any, data: Data) -> bool:
@@ -209,7 +265,13 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     """One batch through the model and the loss, before any training, so that the usual
     shape mistakes fail with their fix rather than deep inside a step."""
     xb, yb = data.x_train[:batch_size], data.y_train[:batch_size]
-    out = model(xb.clone())  # a copy: see _evaluate
+    try:
+        out = model(xb.clone())  # a copy: see _evaluate
+    except (RuntimeError, TypeError) as e:
+        message = _dtype_message(e, model, data, where)
+        if message is None:
+            raise
+        raise CellError(message) from None
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
 
 
@@ -249,12 +311,27 @@ class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.at = time.perf_counter() + seconds
+        #: Epochs the running seed has finished (the watchdog's message reports it).
+        self.epochs_done = 0
 
     def exceeded(self, epochs_done: int, where: str) -> None:
         raise BudgetExceeded(
             f"{where}: budget exceeded after {epochs_done} epochs: the cell's time budget is "
             f"{self.seconds:g} s; fix: raise timeout= on the experiment (or "
             "--hpspec-timeout), or train fewer epochs or a smaller model")
+
+    def interrupted(self, where: str, seed: int) -> Callable[[float], BudgetExceeded]:
+        """The error for the watchdog to raise when it stopped seed ``seed`` mid-step."""
+        def error(late: float) -> BudgetExceeded:
+            far = late > max(FAR_PAST, 0.5 * self.seconds)
+            return BudgetExceeded(
+                f"{where}: budget exceeded after {self.epochs_done} epochs: the cell's time "
+                f"budget is {self.seconds:g} s; fix: raise timeout= on the experiment (or "
+                "--hpspec-timeout), or train fewer epochs, or find what blocks (seed "
+                f"{seed} was stopped mid-step by hpspec's watchdog"
+                + (f", {late:.1f} s after the budget: the code held the interpreter in one "
+                   "long C or CUDA call, which cannot be interrupted sooner)" if far else ")"))
+        return error
 
 
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
@@ -279,6 +356,23 @@ def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, 
         return None
 
 
+def _check_parameters(model: Any, opt: Any, where: str) -> None:
+    """Training that would do nothing without a word: a model without parameters, or an
+    optimizer over parameters none of which are the model's."""
+    params = list(model.parameters())
+    if not params:
+        raise CellError(f"{where}: the model ({type(model).__name__}) has no parameters, so "
+                        "training cannot change it; fix: give it trainable layers "
+                        "(torch.nn.Linear, ...) registered as attributes")
+    mine = {id(p) for p in params}
+    theirs = [p for g in opt.param_groups for p in g["params"]]
+    if theirs and not any(id(p) in mine for p in theirs):
+        raise CellError(f"{where}: the optimizer holds {len(theirs)} parameter tensors and none "
+                        f"of them is the model's ({type(model).__name__}): it was built over "
+                        "another model, so this one would never change; fix: build it from the "
+                        "returned model, torch.optim.SGD(model.parameters(), lr=case.lr)")
+
+
 def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
@@ -287,6 +381,7 @@ def _train_recipe(
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
     recipe = _coerce_recipe(exp.fn(case), where)
+    _check_model_kind(recipe.model, data, where)
     device = case.device
     model = recipe.model.to(device)
     model.train()
@@ -303,6 +398,7 @@ def _train_recipe(
     order = torch.Generator(device="cpu").manual_seed(case.seed)
 
     _try_first_batch(model, loss_fn, data, batch_size, where)
+    _check_parameters(model, opt, where)
     start_train = _evaluate(model, x, y, loss_fn, data.task)
     start_val = _evaluate(model, data.x_val, data.y_val, loss_fn, data.task)
     initial = {"train_loss": start_train["loss"], "val_loss": start_val["loss"]}
@@ -333,6 +429,8 @@ def _train_recipe(
         step_losses.append(train_step(model, opt, loss_fn, x[idx], y[idx]))
 
     for epoch in range(1, case.epochs + 1):
+        if deadline is not None:
+            deadline.epochs_done = epoch - 1
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
         # Losses stay on the device (a list of 0-d tensors: no copy op per step) until the
         # end of the epoch, where one stack and one host read bring them back.
@@ -381,6 +479,12 @@ def _train_recipe(
         curves["val_loss"].append(val["loss"])
         if "val_acc" in curves:
             curves["val_acc"].append(val["acc"])
+        for name, fn in (recipe.metrics or {}).items():
+            value = _as_float(fn(model, data))
+            if value is None:
+                raise CellError(f"{where}: metric {name!r} returned {fn(model, data)!r}, not a "
+                                "number; fix: return a float (e.g. tensor.item())")
+            curves.setdefault(name, []).append(value)
         if progress is not None:
             progress(epoch, case.epochs, train_loss)
         diverged = divergence(host, limit, start_train["loss"], epoch)
@@ -435,6 +539,11 @@ def _as_float(value: Any) -> float | None:
     return None
 
 
+#: A loop-mode generator with no ``epochs=`` may yield this many epochs before it is taken for
+#: an endless loop and its cell fails (rather than running forever without a word).
+MAX_LOOP_EPOCHS = 1000
+
+
 def _run_loop(exp: Experiment, cell: Cell, case: Case,
               deadline: Deadline | None = None) -> SeedResult:
     __tracebackhide__ = True
@@ -450,6 +559,8 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
             sync(case.device)
             seconds.append(time.perf_counter() - t0)
             epoch += 1
+            if deadline is not None:
+                deadline.epochs_done = epoch
             if not isinstance(item, Mapping):
                 raise CellError(f"{where}: epoch {epoch} yielded a {type(item).__name__}; "
                                 "fix: yield a dict of metrics, e.g. "
@@ -478,6 +589,11 @@ def _run_loop(exp: Experiment, cell: Cell, case: Case,
                     )
             if diverged is not None or (case.epochs and epoch >= case.epochs):
                 break
+            if not case.epochs and epoch >= MAX_LOOP_EPOCHS:
+                raise CellError(
+                    f"{where}: the generator yielded {epoch} epochs and has not ended, and the "
+                    "experiment sets no epochs=; an endless loop? fix: pass epochs=N to "
+                    "@experiment (hpspec stops the generator after N yields), or end the loop")
             if deadline is not None and time.perf_counter() > deadline.at:
                 deadline.exceeded(epoch, where)
             t0 = time.perf_counter()
@@ -521,13 +637,25 @@ def run_seed(
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
-    with torch_state(seed):
+    # The watchdog holds the budget inside a step too (a sleep, a blocking call).
+    if deadline is not None:
+        deadline.epochs_done = 0
+    guard = (watchdog(deadline.at, deadline.interrupted(f"{exp.where}[{cell.id}]", seed))
+             if deadline is not None else contextlib.nullcontext())
+    with torch_state(seed), guard:
         try:
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case, deadline)
             assert data is not None
             return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
                                  deadline)
+        except NoGradPath:
+            raise CellError(
+                f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
+                "parameters (it was detached, computed under torch.no_grad(), or the "
+                "parameters have requires_grad=False), so training would change nothing; "
+                "fix: compute the loss from the model's output without .detach()/.item() or "
+                "no_grad, and leave the parameters trainable") from None
         except (torch.cuda.OutOfMemoryError, MemoryError) as e:
             first_line = str(e).splitlines()[0] if str(e) else ""
             # The exception's frames hold the model, its activations and the batch: drop
@@ -642,41 +770,44 @@ def run_stacked(
     epochs (see :func:`stackable_cells`).
     """
     __tracebackhide__ = True
-    from hpspec.engine.stacked import Member, plan, split, train_group
+    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
     data = device_data(exp.data, device)
+    run_seeds = tuple(seeds or exp.seeds)
+    broken: dict[str, str] = {}
+    why_by_cell: dict[str, str] = {}
+    results: dict[str, list[SeedResult]] = {}
+    # Members are built cell by cell and trained in chunks of bounded size (memory and work per
+    # step): a 10,000-cell grid never holds 10,000 models at once, and each chunk ends with
+    # results (and progress) instead of one silent group for the whole grid.
     members: list[Member] = []
     owner: list[Cell] = []
-    broken: dict[str, str] = {}
-    has_scheduler = False
-    for cell in cells:
-        built: list[Member] = []
-        try:
-            for seed in seeds or exp.seeds:
-                case = _case(exp, cell, seed, device, data)
-                with torch_state(seed):
-                    recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
-                has_scheduler = has_scheduler or recipe.scheduler is not None
-                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
-        except Exception:
-            # That cell's own run (one by one) reports the error with its traceback; the
-            # others still stack.
-            broken[cell.id] = "building its recipe raised (its own run reports the error)"
-            continue
-        members += built
-        owner += [cell] * len(built)
-    groups, why = plan(members, data.task, has_scheduler)
-    # A group larger than the device's memory allows trains in chunks (a cell's seeds may then
-    # land in different chunks; its results are gathered below).
-    groups = [chunk for idx in groups
-              for chunk in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
-                                 data.x_val.shape[0], device)]
-    results: dict[str, list[SeedResult]] = {}
-    for idx in groups:
-        group = [members[i] for i in idx]
-        first_cell = owner[idx[0]]
+    cap: int | None = None
+    chunks = [0, 1]  # chunks trained so far, chunks expected (for the progress line)
+
+    def chunk_progress(epoch: int, epochs: int, loss: float) -> None:
+        if progress is not None:  # epochs across the chunks, so the line keeps moving
+            progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
+
+    def train_buffered() -> None:
+        groups, why = plan(members, data.task, False)
+        for i, reason in why.items():
+            why_by_cell.setdefault(members[i].cell_id, reason)
+        # A group larger than memory and the step budget allow trains in chunks (a cell's
+        # seeds may then land in different chunks; its results are gathered below).
+        groups = [chunk for idx in groups
+                  for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                    data.x_val.shape[0], device)
+                  for chunk in (part[i:i + (cap or len(part))]
+                                for i in range(0, len(part), cap or len(part)))]
+        for idx in groups:
+            _train_chunk([members[i] for i in idx], owner[idx[0]])
+        members.clear()
+        owner.clear()
+
+    def _train_chunk(group: list[Member], first_cell: Cell) -> None:
         batch_size = exp.batch_size_for(first_cell)
         assert batch_size is not None
         try:
@@ -687,14 +818,51 @@ def run_stacked(
                              m.loss or default_loss(data.task), data, batch_size,
                              f"{exp.where}[{m.cell_id}]")
         except CellError:
-            for i in idx:
-                why[i] = "its model does not fit the data (reported by its own run)"
-            continue
+            for m in group:
+                why_by_cell.setdefault(m.cell_id, "its model does not fit the data (reported "
+                                       "by its own run)")
+            return
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
         runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
-                           DIVERGENCE_FACTOR, rules, progress)
+                           DIVERGENCE_FACTOR, rules, chunk_progress)
+        chunks[0] += 1
+        chunks[1] = max(chunks[1], chunks[0] + 1)
         for m, r in zip(group, runs, strict=True):
             results.setdefault(m.cell_id, []).append(r)
+
+    for cell in cells:
+        built: list[Member] = []
+        try:
+            scheduler = False
+            for seed in run_seeds:
+                case = _case(exp, cell, seed, device, data)
+                with torch_state(seed):
+                    recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
+                    _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
+                scheduler = scheduler or recipe.scheduler is not None
+                if recipe.metrics:
+                    raise _OneByOne
+                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+        except _OneByOne:
+            broken[cell.id] = "its recipe has custom metrics (trains one by one)"
+            continue
+        except Exception:
+            # That cell's own run (one by one) reports the error with its traceback; the
+            # others still stack.
+            broken[cell.id] = "building its recipe raised (its own run reports the error)"
+            continue
+        if scheduler:
+            why_by_cell[cell.id] = "a learning-rate scheduler is not stacked"
+            continue
+        members += built
+        owner += [cell] * len(built)
+        if cap is None and built:
+            cap = chunk_size(built[0], exp.batch_size_for(cell) or 1, data.x_val.shape[0],
+                             device)
+            chunks[1] = max(1, math.ceil(len(cells) * len(run_seeds) / cap))
+        if cap is not None and len(members) >= cap:
+            train_buffered()
+    train_buffered()
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
     wanted = len(seeds or exp.seeds)
@@ -704,8 +872,8 @@ def run_stacked(
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
-            reasons[cell.id] = broken.get(cell.id) or next(
-                (why[i] for i, o in enumerate(owner) if o is cell and i in why), "not stacked")
+            reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
+                                or "not stacked")
     return out, reasons
 
 

@@ -44,7 +44,7 @@ from hpspec.engine.common import (
 from hpspec.engine.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
-__all__ = ["Member", "plan", "split", "train_group", "ELEMENTWISE"]
+__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "ELEMENTWISE"]
 
 #: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
@@ -224,6 +224,26 @@ def split(group: Sequence[int], members: Sequence[Member], batch_size: int, rows
         return [list(group)]
     most = max(1, int(MEMORY_SHARE * free // member_bytes(members[group[0]], batch_size, rows)))
     return [list(group[i : i + most]) for i in range(0, len(group), most)]
+
+
+#: Most members one stacked chunk trains at once, whatever the memory: beyond a few hundred a
+#: step is already compute-bound, and a bigger chunk only delays results and progress.
+MAX_MEMBERS = 512
+#: Floating-point work one stacked step may do (forward and backward of a training batch for
+#: every member, about 6 x weights x batch): bounds a step's time on each kind of device.
+STEP_FLOPS = {"cpu": 2e9, "mps": 5e10, "cuda": 5e11}
+
+
+def chunk_size(m: Member, batch_size: int, rows: int, device: str) -> int:
+    """How many members like ``m`` one stacked chunk holds: bounded by :data:`MAX_MEMBERS`,
+    by the work of one step (:data:`STEP_FLOPS`) and by :data:`MEMORY_SHARE` of free memory."""
+    weights = sum(p.numel() for p in m.model.parameters())
+    budget = STEP_FLOPS.get(device.split(":")[0], STEP_FLOPS["cpu"])
+    by_time = int(budget // max(6.0 * weights * batch_size, 1.0))
+    free = _free_memory(device)
+    by_memory = (int(MEMORY_SHARE * free // member_bytes(m, batch_size, rows))
+                 if free is not None else MAX_MEMBERS)
+    return max(1, min(MAX_MEMBERS, by_time, by_memory))
 
 
 # ------------------------------------------------------------------------------ the model
