@@ -16,10 +16,12 @@ import hpspec as hp
     claims=[
         hp.where(batch_size=16).expect(hp.metric("val_acc").above(0.9).within(epochs=3)),
         hp.where(batch_size=1024).expect(hp.metric("val_acc").final() < 0.5),
-        # Up to 256: beyond it a CPU core is saturated, and with one thread per xdist
-        # worker 1024 is no faster than 256.
+        # 16 against 256 only: a 16x larger batch is several times faster per sample, a
+        # margin that a loaded machine does not erase (16 -> 64 -> 256 in two steps was
+        # undecided at p = 0.46 under load). Beyond 256 a CPU core is saturated, and with one
+        # thread per xdist worker 1024 is no faster than 256.
         hp.trend(hp.throughput(), over="batch_size", increasing=True,
-                 where={"batch_size": [16, 64, 256]}),
+                 where={"batch_size": [16, 256]}),
         hp.trend(hp.metric("val_loss").final(), over="batch_size", increasing=True),
     ],
 )

@@ -22,8 +22,21 @@ from hpspec.claims import (
     throughput,
     where,
 )
-from hpspec.cross import best, compare, equivalent, noninferior, trend
+from hpspec.cross import best, equivalent, noninferior, trend
 from hpspec.errors import CellError, HpspecError, SpecError
+from hpspec.search import (
+    choice,
+    compare,
+    found,
+    halving,
+    intrange,
+    loguniform,
+    optuna,
+    sobol,
+    space,
+    uniform,
+)
+from hpspec.search import random_search as random
 from hpspec.spec import Case, Recipe, cells, experiment, grid, register_profile
 from hpspec.stats import adaptive
 
@@ -55,6 +68,16 @@ __all__ = [
     "register_profile",
     "where",
     "expect",
+    "space",
+    "uniform",
+    "loguniform",
+    "intrange",
+    "choice",
+    "random",
+    "sobol",
+    "optuna",
+    "halving",
+    "found",
     "datasets",
     "models",
     "HpspecError",

@@ -714,6 +714,8 @@ class SpecContext:
     seeds: int
     mode: str = "recipe"
     cells: tuple[Mapping[str, Any], ...] = ()
+    #: The searched hyperparameters' names when the experiment is a search.
+    searched: tuple[str, ...] = ()
 
 
 class Claim:
@@ -1047,9 +1049,19 @@ def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
     validate_points(claim.points, ctx, arg)
     _validate_where(claim.where, ctx, arg)
     cond = claim.condition
+    if isinstance(cond, bool):
+        # `1 < 2`, or a comparison of two quantities (== between quantities is structural
+        # equality), is evaluated by Python before hpspec sees it
+        raise SpecError(
+            "is a bool, not a condition: Python evaluated a comparison before hpspec saw it "
+            "(one side must be a quantity and the other a number)", where=ctx.where,
+            argument=f"{arg}: expect(...)", value=cond,
+            fix="compare a quantity with a number, e.g. hp.measure('params') == 26122 or "
+                "hp.metric('val_loss').final() < 0.3",
+        )
     if not isinstance(cond, Condition):
         raise SpecError(
-            f"expects a {type(cond).__name__}, not a condition", where=ctx.where,
+            f"is a {type(cond).__name__}, not a condition", where=ctx.where,
             argument=f"{arg}: expect(...)", value=cond,
             fix="pass a condition such as metric('val_loss').final() < 0.3 or diverges()",
         )

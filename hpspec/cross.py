@@ -719,8 +719,8 @@ def noninferior(
 def compare(
     quantity: Quantity,
     *,
-    lower: Mapping[str, Any] | None = None,
-    higher: Mapping[str, Any] | None = None,
+    lower: Mapping[str, Any] | str | None = None,
+    higher: Mapping[str, Any] | str | None = None,
     than: Mapping[str, Any],
     margin: float = 0.0,
     confidence: float | None = None,
@@ -728,6 +728,7 @@ def compare(
     points: float | None = None,
     where: Mapping[str, Any] | None = None,
     paired: bool = True,
+    seeds: int | None = None,
 ) -> Compare:
     """``compare(metric("val_loss").final(), lower={"lr": 0.3}, than={"lr": 0.03})``: the
     cells selected by ``lower`` (or ``higher``) beat those selected by ``than``, by a relative
@@ -735,10 +736,17 @@ def compare(
 
     ``where={"layers": 2}`` narrows both sides to the cells that also match it (the other
     axes are pooled over otherwise). Sides that ran the same seed ids once each are paired
-    by seed; ``paired=False`` forces the unpaired (Welch / rank-sum) test."""
+    by seed; ``paired=False`` forces the unpaired (Welch / rank-sum) test.
+
+    In a search, ``higher="found"`` (or ``lower="found"``) compares the best configuration
+    found with the baseline ``than`` (every searched hyperparameter given), both retrained on
+    ``seeds`` fresh seeds (3); that form is dispatched by :func:`hpspec.search.compare`,
+    which ``hp.compare`` is."""
     if (lower is None) == (higher is None):
         raise TypeError("compare() takes exactly one of lower= or higher=")
     side = lower if lower is not None else higher
+    if seeds is not None:
+        raise TypeError("compare(seeds=...) is for higher='found' / lower='found' in a search")
     better_w, than_w = _selector(side), _selector(than)
     if where:
         extra = tuple(_selector(where).params)

@@ -18,7 +18,8 @@ from hpspec.claims import Effect, Reaches, SeedCheck, Verdict
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, json_number
 
-__all__ = ["PAYLOAD", "ExpInfo", "cell_payload", "claim_payload", "read_payload", "GpuPool"]
+__all__ = ["PAYLOAD", "ExpInfo", "cell_payload", "claim_payload", "read_payload", "more_seeds",
+           "GpuPool"]
 
 #: The user_properties key of the payload (removed on the controller before junit sees it).
 PAYLOAD = "hpspec._payload"
@@ -69,9 +70,25 @@ def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[st
     }, allow_nan=False, default=repr)
 
 
-def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None) -> str:
+def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None,
+                  results: Mapping[str, CellResult] | None = None) -> str:
+    """A claim's verdict, with the results of the cells it judged: adaptive seeding may have
+    grown them on this worker after their own items reported, and the controller's tables
+    must show every seed the claim used."""
     return json.dumps({"kind": "claim", "key": key, "info": info.to_dict(), "slug": slug,
-                       "verdict": _verdict(verdict) if verdict else None}, allow_nan=False)
+                       "verdict": _verdict(verdict) if verdict else None,
+                       "results": {c: r.to_dict() for c, r in (results or {}).items()}},
+                      allow_nan=False, default=repr)
+
+
+def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None:
+    """Of two results of one cell (from different workers), the one with more seeds: seeds
+    are deterministic, so the longer list holds the shorter one."""
+    if new is None:
+        return have
+    if have is None or len(new.seeds) > len(have.seeds):
+        return new
+    return have
 
 
 def read_payload(text: str) -> dict[str, Any]:
@@ -82,8 +99,10 @@ def read_payload(text: str) -> dict[str, Any]:
                        for k, v in d["params"].items()}
         d["result"] = CellResult.from_dict(d["result"]) if d["result"] else None
         d["verdicts"] = [_unverdict(v) for v in d["verdicts"]]
-    elif d["verdict"] is not None:
-        d["verdict"] = _unverdict(d["verdict"])
+    else:
+        if d["verdict"] is not None:
+            d["verdict"] = _unverdict(d["verdict"])
+        d["results"] = {c: CellResult.from_dict(r) for c, r in d.get("results", {}).items()}
     return d
 
 

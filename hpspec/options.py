@@ -232,8 +232,8 @@ def add_options(parser: Any) -> None:
         default=None,
         metavar="LIMITS",
         help="fail the run when a cell moved past a limit against the baseline: "
-        "METRIC:+AMOUNT (a rise fails) or METRIC:-AMOUNT% (a fall fails), comma-separated, "
-        "e.g. val_loss:+0.02,throughput:-10%.",
+        "METRIC:+AMOUNT (a rise fails) or METRIC:-AMOUNT%% (a fall fails), comma-separated, "
+        "e.g. val_loss:+0.02,throughput:-10%%.",
     )
     group.addoption("--hpspec-compare-force", action="store_true", default=False,
                     help="compare timings even when the baseline ran on another environment.")

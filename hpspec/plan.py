@@ -76,3 +76,13 @@ def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> 
 
     decided.targets = tuple(sorted(t.describe() for t in targets))  # type: ignore[attr-defined]
     return decided
+
+
+def stacked_note(groups: Mapping[str, int]) -> str:
+    """The summary's line on stacked training, over every bucket of an experiment: ``groups``
+    maps each stacked cell to its group's size (cells x seeds trained as one model)."""
+    sizes = sorted(set(groups.values()))
+    return (f"stacked: {len(groups)} cell(s) trained in groups of "
+            f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
+            "samples/s is each cell's samples over the group's time; "
+            "--hpspec-stack=off trains them one by one")

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from hpspec._pytest_compat import FailureRepr, current_line
+from hpspec._pytest_compat import FailureRepr, TerminalRepr, current_line
 from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
 from hpspec.cross import CrossClaim
 from hpspec.errors import CellError, HpspecError, SpecError
@@ -218,14 +218,14 @@ class ExperimentFile(pytest.Module):
             try:
                 exp = build(fn)
             except SpecError as e:
-                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                yield self._spec_error(attr, e, fn)
                 continue
             key = f"{self.nodeid}::{exp.name}"
             if key in state.experiments:
                 from hpspec.spec import duplicate_name_error
 
                 e = duplicate_name_error(exp, state.experiments[key])
-                yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                yield self._spec_error(attr, e, fn)
                 continue
             if state.profile:
                 from hpspec.spec import apply_profile
@@ -233,7 +233,7 @@ class ExperimentFile(pytest.Module):
                 try:
                     exp, notes = apply_profile(exp, state.profile)
                 except SpecError as e:
-                    yield SpecErrorItem.from_parent(self, name=attr, error=e, fn=fn)
+                    yield self._spec_error(attr, e, fn)
                     continue
                 for line in notes:
                     state.note(key, line)
@@ -253,7 +253,7 @@ class ExperimentFile(pytest.Module):
                     # Cells that may train as one stacked model stay on one xdist worker
                     # under --dist loadgroup.
                     item.add_marker(pytest.mark.xdist_group(
-                        f"hpspec:{key}:{exp.batch_size_for(cell)}:{exp.epochs_for(cell)}"))
+                        f"hpspec:{key}:{exp.batch_size_for(cell)}"))
                 yield item
             for claim in exp.claims:
                 if isinstance(claim, CrossClaim):
@@ -263,6 +263,14 @@ class ExperimentFile(pytest.Module):
                         key=key,
                     )
 
+    def _spec_error(self, attr: str, error: SpecError, fn: Any) -> pytest.Item | pytest.Collector:
+        # --collect-only runs no item, so an error item would show as a bare name: there the
+        # broken spec is a collection error, which pytest prints with its message. A real run
+        # keeps the error item, so the rest of the session still runs.
+        if self.config.option.collectonly:
+            return SpecErrorCollector.from_parent(self, name=attr, error=error)
+        return SpecErrorItem.from_parent(self, name=attr, error=error, fn=fn)
+
 
 def _fn_location(fn: Any) -> tuple[int | None]:
     try:
@@ -271,7 +279,9 @@ def _fn_location(fn: Any) -> tuple[int | None]:
         return (None,)
 
 
-class _HpspecItem(FailureRepr, pytest.Item):
+# (mypy: FailureRepr's _repr_failure_py may return hpspec's message as a str, which pytest
+# renders; Node's is typed TerminalRepr only)
+class _HpspecItem(FailureRepr, pytest.Item):  # type: ignore[misc]
     fn: Any
     exp: Experiment
     key: str
@@ -317,6 +327,22 @@ class SpecErrorItem(_HpspecItem):
         raise self.error
 
     def failure_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+        return f"hpspec spec error: {excinfo.value}"
+
+
+class SpecErrorCollector(pytest.Collector):
+    """A broken spec under --collect-only: collecting it fails with the spec error's message."""
+
+    def __init__(self, *, error: SpecError, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error = error
+
+    def collect(self) -> Iterator[pytest.Item]:  # type: ignore[override]
+        raise self.error
+
+    def repr_failure(  # type: ignore[override]
+        self, excinfo: pytest.ExceptionInfo[BaseException]
+    ) -> str | TerminalRepr:
         return f"hpspec spec error: {excinfo.value}"
 
 
@@ -385,6 +411,7 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
     if (reporter is None or not getattr(reporter, "isatty", False)
             or hasattr(config, "workerinput") or config.option.verbose < 0):
         return None, lambda: None
+    import contextlib
     import time
 
     saved = current_line(reporter)
@@ -392,6 +419,14 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
         return None, lambda: None
     last = [time.monotonic()]  # cells shorter than the interval never show a line
     shown = [False]
+    # The cell trains inside pytest's output capture, which would swallow the line: write it
+    # with capture suspended, as pytest's own live logging does.
+    capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def uncaptured() -> Any:
+        if capman is None:
+            return contextlib.nullcontext()
+        return capman.global_and_fixture_disabled()
 
     def progress(k: int, n: int, epoch: int, epochs: int, loss: float) -> None:
         now = time.monotonic()
@@ -400,12 +435,14 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
         last[0] = now
         shown[0] = True
         seeds = f" seed {k}/{n}" if n > 1 else ""
-        reporter.rewrite(f"{saved} {name}{seeds} epoch {epoch}/{epochs} loss {loss:.4g}",
-                         erase=True)
+        with uncaptured():
+            reporter.rewrite(f"{saved} {name}{seeds} epoch {epoch}/{epochs} loss {loss:.4g}",
+                             erase=True)
 
     def done() -> None:
         if shown[0]:
-            reporter.rewrite(saved, erase=True)
+            with uncaptured():
+                reporter.rewrite(saved, erase=True)
 
     return progress, done
 
@@ -443,8 +480,11 @@ class ClaimItem(_HpspecItem):
                 from hpspec.distributed import PAYLOAD, claim_payload
 
                 verdict = state.cross.get(self.key, {}).get(self.claim.slug())
+                judged = {c.id: state.results[(self.key, c.id)] for c in self.exp.cells
+                          if self.claim.selects(c.as_dict())
+                          and (self.key, c.id) in state.results}
                 self.user_properties.append((PAYLOAD, claim_payload(
-                    self.key, state.info[self.key], self.claim.slug(), verdict)))
+                    self.key, state.info[self.key], self.claim.slug(), verdict, judged)))
 
     def _run(self, state: Session) -> None:
         __tracebackhide__ = True

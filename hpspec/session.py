@@ -20,6 +20,7 @@ from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
+from hpspec.search import halving_population, search_key
 from hpspec.spec import Cell, Experiment
 
 # ------------------------------------------------------------------------------------- state
@@ -83,6 +84,11 @@ class Session:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Per experiment, each stacked cell's group size (cells x seeds in its model): the
+    #: "stacked:" note counts every bucket, not the last one.
+    stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    #: Per search: fresh-seed results of the best trials and baselines (hp.found claims).
+    found: dict[str, dict[str, CellResult]] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -175,6 +181,7 @@ class Session:
             # a seed that may stop early has a shorter curve: part of what it is
             "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
                                    "targets", None),
+            **search_key(exp, seed),
         })
 
     def cached_seeds(self, exp: Experiment, cell: Cell, seeds: tuple[int, ...]) -> list[Any]:
@@ -323,6 +330,9 @@ class Session:
                       f"claim {timing!r} times the training")
             return
         wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        population = halving_population(exp)
+        if population is not None:  # a trial's pruning depends on all the trials beside it
+            wanted = {c.id for c in exp.cells}
         pending = [c for c in exp.cells
                    if c.id in wanted | {cell.id} and (key, c.id) not in self.results
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
@@ -337,8 +347,9 @@ class Session:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
         try:
+            log: list[str] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules)
+                                       stop_rules=rules, log=log, population=population)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -349,15 +360,20 @@ class Session:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
         if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
-            sizes = sorted({int(r.seeds[0].measurements.get("stacked", 1))
-                            for r in results.values()})
-            self.note(key, f"stacked: {len(results)} cell(s) trained in groups of "
-                      f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
-                      "samples/s is each cell's samples over the group's time; "
-                      "--hpspec-stack=off trains them one by one")
-        if why:
-            reason = next(iter(why.values()))
-            self.note(key, f"trained one by one ({len(why)} cells): {reason}")
+            from hpspec.plan import stacked_note
+
+            groups = self.stacked_groups.setdefault(key, {})
+            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
+                           for cid, r in results.items()})
+            lines = self.notes.setdefault(key, [])
+            lines[:] = [line for line in lines if not line.startswith("stacked: ")]
+            self.note(key, stacked_note(groups))
+        for line in log:  # groups trained, epochs shared or trained apart (and why)
+            self.note(key, line)
+        for reason in sorted(set(why.values())):
+            cells = sorted(c for c, r in why.items() if r == reason)
+            self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
+                      f"{reason}")
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
@@ -448,32 +464,78 @@ class Session:
     def _judge_one(self, key: str, exp: Experiment, claim: CrossClaim) -> Verdict:
         __tracebackhide__ = True
         alpha = claim.alpha(1 - self.confidence)
+        if hasattr(claim, "judge_fresh"):
+            return self._judge_found(key, exp, claim, alpha)
         if exp.adaptive is None:
             return claim.judge(self.needed_results(key, exp, claim), alpha)
         return judge_adaptive(
             claim, lambda n: self.needed_results(key, exp, claim, n), exp.adaptive, alpha
         )
 
+    def _judge_found(self, key: str, exp: Experiment, claim: Any, alpha: float) -> Verdict:
+        """A claim about a search's best trial(s): retrain them (and a baseline) on fresh
+        seeds, stacked where they can be, and judge on those seeds only."""
+        __tracebackhide__ = True
+        from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
+
+        results = self.needed_results(key, exp, claim)
+        seeds = claim.fresh_seeds(exp)
+        todo = [exp.cell(cid) for cid in claim.best(exp, results)]
+        if hasattr(claim, "baseline_cell"):
+            todo.append(claim.baseline_cell(exp))
+        fresh: dict[str, CellResult] = {}
+        for cell in todo:
+            hit = self.cached_seeds(exp, cell, seeds) if self.cache == "use" else []
+            if len(hit) == len(seeds):
+                fresh[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
+                                            params=cell.as_dict(), device=self.resolve_device(),
+                                            seeds=tuple(hit))
+        left = [c for c in todo if c.id not in fresh]
+        if left and self.stack and exp.stack:
+            for bucket in stackable_cells(exp, left):
+                got, _ = run_stacked(exp, bucket, self.resolve_device(), seeds=seeds)
+                fresh.update(got)
+        for cell in todo:
+            if cell.id not in fresh:
+                fresh[cell.id] = run_cell(exp, cell, self.resolve_device(), seeds=seeds,
+                                          timeout=self.timeout)
+            if cell in left:
+                for r in fresh[cell.id].seeds:
+                    self.save_seed(key, exp, cell, r)
+        self.found.setdefault(key, {}).update(fresh)
+        return claim.judge_fresh(exp, results, fresh, alpha)
 
     def merge_payload(self, d: dict[str, Any]) -> None:
         """Merge one xdist worker's payload (a cell's record or a claim's verdict, as
         :func:`hpspec.distributed.read_payload` returns it) into this, the controller's state."""
+        from hpspec.distributed import more_seeds
+
         key = d["key"]
         self.info[key] = d["info"]
         if d["kind"] == "cell":
+            # a claim on another worker may have reported this cell grown already
+            result = more_seeds(d["result"], self.results.get((key, d["cell_id"])))
             record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
-                                d["result"], d["verdicts"], d["note"] or "", d["order"])
+                                result, d["verdicts"], d["note"] or "", d["order"])
             self.records.setdefault(key, {})[d["cell_id"]] = record
-            if d["result"] is not None:
-                self.results[(key, d["cell_id"])] = d["result"]
-                self.device = self.device or d["result"].device
+            if result is not None:
+                self.results[(key, d["cell_id"])] = result
+                self.device = self.device or result.device
             if d["note"] == "cached":
                 self.cached_cells.add((key, d["cell_id"]))
             for line in d["notes"]:
                 self.note(key, line)
-        elif d["verdict"] is not None:
-            self.records.setdefault(key, {})
-            self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+        else:
+            # Cells the claim grew with adaptive seeds: the tables show every seed it used.
+            for cell_id, grown in d["results"].items():
+                kept = more_seeds(self.results.get((key, cell_id)), grown)
+                self.results[(key, cell_id)] = kept
+                record = self.records.get(key, {}).get(cell_id)
+                if record is not None:
+                    record.result = kept
+            if d["verdict"] is not None:
+                self.records.setdefault(key, {})
+                self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
 
     def tables(self) -> list[tuple[str, str, list[str], str]]:
         """Per experiment that ran: (key, its cell table, its notes, its claims' text or
@@ -487,8 +549,16 @@ class Session:
             if not ran:
                 continue
             info = self.info[key]
-            table = render_experiment(info.name, info.axes, ran, device=self.device,
-                                      targets=info.targets, table=self.table, pick=self.columns)
+            exp = self.experiments.get(key)
+            if exp is not None and exp.search is not None:
+                from hpspec.search import search_table
+
+                table = search_table(exp, {r.cell_id: r.result for r in ran
+                                           if r.result is not None})
+            else:
+                table = render_experiment(info.name, info.axes, ran, device=self.device,
+                                          targets=info.targets, table=self.table,
+                                          pick=self.columns)
             cross = self.cross.get(key)
             out.append((key, table, list(self.notes.get(key, [])),
                         render_claims(list(cross.values())) if cross else ""))

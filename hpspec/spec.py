@@ -243,11 +243,16 @@ class Cell:
     params: tuple[tuple[str, Any], ...]
     #: Names of the hyperparameters that vary in the grid (they make up the id).
     varying: tuple[str, ...]
+    #: A prefix of the id: a search's trial number (``t07``), so ids stay unique and stable.
+    label: str = ""
 
     @property
     def id(self) -> str:
         d = self.as_dict()
-        return cell_id({k: d[k] for k in self.varying}) or "default"
+        text = cell_id({k: d[k] for k in self.varying})
+        if self.label:
+            return f"{self.label}-{text}" if text else self.label
+        return text or "default"
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.params)
@@ -343,6 +348,7 @@ def experiment(
     stack: bool = True,
     timeout: float | None = None,
     profiles: Mapping[str, Mapping[str, Any]] | None = None,
+    search: Any = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
 
@@ -352,6 +358,8 @@ def experiment(
 
     ``stack=False`` trains this experiment's cells one by one even where they could be trained
     together as one stacked model; ``timeout`` is a budget in seconds per cell (all its seeds).
+    ``search=hp.random(space, trials=N)`` (or ``hp.sobol``) makes the cells instead of a grid:
+    one per trial (see :mod:`hpspec.search`).
     """
     kwargs = dict(
         grid=grid,
@@ -366,6 +374,7 @@ def experiment(
         stack=stack,
         timeout=timeout,
         profiles=profiles,
+        search=search,
     )
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -400,6 +409,8 @@ class Experiment:
     timeout: float | None = None
     #: This experiment's own profiles: name -> overrides (see :func:`register_profile`).
     profiles: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: The sampler (``hpspec.search.Sampler``) when the cells are a search's trials.
+    search: Any = None
 
     @property
     def hyperparameters(self) -> tuple[str, ...]:
@@ -536,6 +547,20 @@ def build(fn: Callable[..., Any]) -> Experiment:
     mode = "loop" if inspect.isgeneratorfunction(fn) else "recipe"
 
     g = kw["grid"]
+    sampler = kw.get("search")
+    labels: list[str] = []
+    if sampler is not None:
+        if not hasattr(sampler, "expand_trials"):  # (spec does not import hpspec.search)
+            raise SpecError("must be a sampler", where=where, argument="search", value=sampler,
+                            fix="write search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
+                            "trials=16)")
+        if g is not None:
+            raise SpecError("cannot be combined with grid=", where=where, argument="search",
+                            value=sampler, fix="search the grid's values with hp.choice([...]) "
+                            "in the space, or drop search=")
+        sampled = sampler.expand_trials(where)
+        labels = [label for label, _ in sampled]
+        g = cells(*[params for _, params in sampled])
     if g is None:
         g = Grid()
     if isinstance(g, Mapping):
@@ -550,6 +575,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
     if not isinstance(fixed, Mapping):
         raise SpecError("must be a dict of hyperparameter values", where=where,
                         argument="fixed", value=fixed, fix="write fixed=dict(layers=2)")
+    if sampler is not None:
+        both = sorted(set(sampler.space.fixed()) & set(fixed))
+        if both:
+            raise SpecError("names a value the search space fixes too", where=where,
+                            argument="fixed", value=both[0],
+                            fix=f"keep {both[0]!r} in one place: the space or fixed")
+        fixed = {**sampler.space.fixed(), **fixed}
     for k, v in fixed.items():
         _check_name(k, where, "fixed")
         _check_scalar(v, where, f"fixed[{k!r}]")
@@ -579,9 +611,10 @@ def build(fn: Callable[..., Any]) -> Experiment:
     # Cells equal as where() compares them (1 == 1.0, but True != 1) yet two cells by id:
     # where(x=1) would select both, a claim over one would be judged over two.
     seen_equal: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for params in expanded:
+    for i, params in enumerate(expanded):
         full = {**params, **fixed}
-        cell = Cell(params=tuple(full.items()), varying=tuple(axes))
+        cell = Cell(params=tuple(full.items()), varying=tuple(axes),
+                    label=labels[i] if labels else "")
         if cell.id in seen_ids:
             raise SpecError("lists the same cell twice", where=where, argument="grid",
                             value=params, fix="remove the duplicate cell")
@@ -669,7 +702,19 @@ def build(fn: Callable[..., Any]) -> Experiment:
     ctx = claims_mod.SpecContext(
         where=where, hyperparameters=hyper_values, metrics=known, seeds=len(seeds), mode=mode,
         cells=tuple(c.as_dict() for c in cells_),
+        searched=tuple(axes) if sampler is not None else (),
     )
+    if sampler is not None and sampler.halving is not None:
+        sampler.halving.check(where, known)
+        if mode != "recipe":
+            raise SpecError("needs recipe mode: halving stops trials inside hpspec's loop",
+                            where=where, argument="search: halving", value=sampler.halving,
+                            fix="return (model, optimizer) from the function, or drop halving")
+    if sampler is not None and sampler.metric is not None and known is not None \
+            and sampler.metric not in known:
+        raise SpecError("is a metric this experiment never produces", where=where,
+                        argument="search: metric", value=sampler.metric,
+                        fix=f"use one of: {', '.join(sorted(known))}")
     checked = []
     for i, c in enumerate(claim_list):
         checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
@@ -712,6 +757,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         stack=stack,
         timeout=float(timeout) if timeout is not None else None,
         profiles=tuple((k, tuple(dict(v).items())) for k, v in own.items()),
+        search=sampler,
     )
 
 
@@ -818,23 +864,31 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                                  cells=tuple(c.as_dict() for c in cells_))
     kept, notes = [], []
     for i, claim in enumerate(exp.claims):
+        statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
+        if statistical and len(seeds) < 2:
+            # Said before validation, which refuses a one-seed comparison outright.
+            notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
+                         "statistical claim cannot be decided with one seed)")
+            continue
         try:
             claim.validate(ctx, f"claims[{i}]") if hasattr(claim, "selects") else \
                 claims_mod.validate_claim(claim, ctx, f"claims[{i}]")
             if isinstance(claim, claims_mod.CellClaim) and not any(
                     claim.applies_to(c.as_dict()) for c in cells_):
                 raise SpecError("selects no kept cell", where=where, argument=f"claims[{i}]")
-            statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
-            if statistical and len(seeds) < 2:
-                notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
-                             "statistical claim cannot be decided with one seed)")
-                continue
             kept.append(claim)
         except SpecError:
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (its cells "
                          "are not in the profile's grid)")
+    if epochs is not None:
+        epochs_text = f"{epochs} epochs"
+    elif "epochs" in exp.axes:  # each cell's own epochs, from the grid
+        kept_epochs = sorted({c.get("epochs") for c in cells_})
+        epochs_text = f"epochs {', '.join(map(str, kept_epochs))} (a grid axis)"
+    else:  # loop mode without epochs=: the function's own loop decides
+        epochs_text = "epochs as the function yields them"
     notes.insert(0, f"profile {name!r}: {len(cells_)} of {len(exp.cells)} cells, "
-                 f"{len(seeds)} seed(s), {epochs} epochs")
+                 f"{len(seeds)} seed(s), {epochs_text}")
     return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
                         seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
 

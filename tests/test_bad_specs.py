@@ -15,7 +15,8 @@ LOC = "test_bad_specs.py::"
 def spec(**kwargs):
     kwargs.setdefault("epochs", 2)
     kwargs.setdefault("data", hp.datasets.digits())
-    kwargs.setdefault("grid", hp.grid(lr=[0.1, 0.01]))
+    if "search" not in kwargs:
+        kwargs.setdefault("grid", hp.grid(lr=[0.1, 0.01]))
 
     def bad_exp(case):
         return None
@@ -181,6 +182,60 @@ CASES = [
     ("infinite grid value", dict(grid=hp.grid(lr=[0.1, float("inf")])), "grid['lr'] = inf",
      "finite"),
     ("infinite fixed value", dict(fixed=dict(clip=float("-inf"))), "is infinite", "finite"),
+    ("a bool instead of a condition", dict(claims=[hp.expect(0.3 < 1.0)]),
+     "expect(...) = True is a bool, not a condition: Python evaluated a comparison",
+     "hp.measure('params') == 26122"),
+    # searches (hpspec/search.py)
+    ("search empty choice",
+     dict(search=hp.random(hp.space(layers=hp.choice([])), trials=4)),
+     "space['layers'] = [] is an empty choice", "hp.choice([1, 2])"),
+    ("search low above high",
+     dict(search=hp.random(hp.space(lr=hp.uniform(0.5, 0.1)), trials=4)),
+     "space['lr'] = (0.5, 0.1) has low > high", "low=0.1, high=0.5"),
+    ("search empty range",
+     dict(search=hp.random(hp.space(lr=hp.uniform(0.1, 0.1)), trials=4)),
+     "empty range", "fixed value"),
+    ("search log of zero",
+     dict(search=hp.sobol(hp.space(lr=hp.loguniform(0.0, 1.0)), trials=4)),
+     "space['lr'] = (0.0, 1.0) is log-scaled, so low must be > 0", "positive low bound"),
+    ("search int range of floats",
+     dict(search=hp.random(hp.space(layers=hp.intrange(1, 2.5)), trials=4)),
+     "needs whole numbers", "hp.intrange(1, 4)"),
+    ("search zero trials",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=0)),
+     "search: trials = 0", "trials=16"),
+    ("search not a sampler", dict(search=hp.space(lr=hp.loguniform(1e-3, 1.0))),
+     "search = Space", "hp.random("),
+    ("search with a grid",
+     dict(grid=hp.grid(lr=[0.1]), search=hp.random(hp.space(wd=hp.uniform(0, 1)), trials=2)),
+     "cannot be combined with grid=", "hp.choice"),
+    ("search unknown name in a claim",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4),
+          claims=[hp.where(layers=2).expect(hp.diverges())]),
+     "where(layers=...) = 'layers' names an unknown hyperparameter", "use one of: lr"),
+    ("search baseline with an unknown name",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4),
+          claims=[hp.compare(hp.metric("val_acc"), higher="found", than={"lrr": 0.01})]),
+     "than['lrr'] = 'lrr' names an unknown hyperparameter", "use one of: lr"),
+    ("search baseline missing a searched name",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0), wd=hp.uniform(0, 0.1)),
+                           trials=4),
+          claims=[hp.compare(hp.metric("val_acc"), higher="found", than={"lr": 0.01})]),
+     "leaves hyperparameters of the space unset", "baseline's wd"),
+    ("found with an unknown metric",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4),
+          claims=[hp.found(hp.metric("val_accuracy").final() > 0.9)]),
+     "'val_accuracy'", "val_acc"),
+    ("halving eta one",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
+                           halving=hp.halving(eta=1))),
+     "halving: eta = 1", "hp.halving(min_epochs=1, eta=3)"),
+    ("halving on an unknown metric",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
+                           halving=hp.halving(metric="accuracy"))),
+     "halving: metric = 'accuracy'", "val_acc"),
+    ("optuna sampler", dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4)),
+     "ask-and-tell", "hp.random"),
 ]
 
 

@@ -24,6 +24,11 @@ def wrong_width(case):
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 @hp.experiment(epochs=1, data=D)
+def wrong_input_width(case):
+    model = hp.models.mlp(784, [16], 10)  # MNIST's width on the 64-feature digits
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
 def returns_model_only(case):
     return torch.nn.Linear(64, 10)
 
@@ -94,6 +99,8 @@ def good(case):
 EXPECTED = {
     "vector_loss": "the loss must be a scalar tensor, got (64,); fix: reduce it",
     "wrong_width": "should be (batch, 10); fix: make the last layer's out_features 10",
+    "wrong_input_width": "the model's first layer (Linear) takes 784 inputs but the data "
+                         "has 64 features per sample; fix: make its in_features 64",
     "returns_model_only": "returned Linear, not a recipe; fix: return (model, optimizer)",
     "optimizer_class_not_instance": "not a torch.optim.Optimizer; fix: return (model, "
                                     "torch.optim.SGD(model.parameters(), lr=case.lr))",
@@ -115,7 +122,7 @@ def test_runtime_corpus_each_cell_fails_alone_with_a_fix(pytester):
     pytester.makepyfile(exp_runtime=RUNTIME)
     result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
     out = result.stdout.str()
-    result.assert_outcomes(passed=1, failed=13)
+    result.assert_outcomes(passed=1, failed=14)
     for name, text in EXPECTED.items():
         line = next((ln for ln in out.splitlines() if ln.startswith(f"exp_runtime.py::{name}[")
                      and ": " in ln), None)

@@ -102,14 +102,16 @@ def test_faults_fail_their_cell_and_the_session_goes_on(pytester):
 
 def test_budget_exceeded_is_a_cell_error_with_epochs_done():
     def slow(case):
-        model = hp.models.mlp(64, [256, 256], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+        model = hp.models.mlp(64, [512, 512], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.01)
 
-    exp = build(hp.experiment(epochs=100, timeout=0.2, data=hp.datasets.digits())(slow))
-    t0 = time.perf_counter()
-    with pytest.raises(BudgetExceeded, match=r"budget exceeded after \d+ epochs") as info:
+    # One epoch is ~1400 single-sample steps (most of a second or more): a 0.1 s budget runs
+    # out inside epoch 1, so "after 0 epochs" shows it stopped between steps, not at the
+    # end of an epoch (asserted on what was done, not on the clock, which load stretches).
+    exp = build(hp.experiment(epochs=3, batch_size=1, timeout=0.1,
+                              data=hp.datasets.digits())(slow))
+    with pytest.raises(BudgetExceeded, match=r"budget exceeded after 0 epochs") as info:
         run_cell(exp, exp.cells[0], "cpu")
-    assert time.perf_counter() - t0 < 2.0  # stopped between steps, not at the end
     assert isinstance(info.value, CellError)
 
 
@@ -150,6 +152,7 @@ def slow_grid(case):
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_cells_and_prints_their_table(pytester):
     pytester.makepyfile(exp_slow=SLOW_GRID)
     proc = subprocess.Popen(

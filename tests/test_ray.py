@@ -10,6 +10,7 @@ pytest.importorskip("ray")
 from scenarios import CRASH, GRID, _outcomes, assert_same_runs  # noqa: E402
 
 
+@pytest.mark.slow
 def test_ray_local_gives_the_serial_verdicts(pytester):
     pytester.makepyfile(exp_grid=GRID)
     serial = pytester.runpytest("--hpspec-cache=off", "--hpspec-json=serial.json",
@@ -27,6 +28,7 @@ def test_ray_local_gives_the_serial_verdicts(pytester):
     assert "val_loss final is lower for lr=0.5 than for lr=0.01" in out
 
 
+@pytest.mark.slow
 def test_a_ray_task_whose_worker_dies_fails_only_its_cell(pytester):
     pytester.makepyfile(exp_crash=CRASH)
     result = pytester.runpytest_subprocess("--hpspec-ray=local", "--hpspec-ray-cpus=2",

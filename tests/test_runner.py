@@ -21,8 +21,19 @@ def recipe(lr=0.1, **extra):
     return hp.experiment(grid=hp.grid(lr=[lr]), epochs=3, seeds=2, data=DATA, **extra)(fn)
 
 
-def test_cpu_is_chosen_without_accelerators():
-    assert select_device("auto") in ("cpu", "cuda", "mps")
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    mps = getattr(torch.backends, "mps", None)
+
+    def machine(cuda: bool, has_mps: bool) -> str:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        if mps is not None:
+            monkeypatch.setattr(mps, "is_available", lambda: has_mps)
+        return select_device("auto")
+
+    assert machine(cuda=False, has_mps=False) == "cpu"
+    assert machine(cuda=True, has_mps=True) == "cuda"
+    if mps is not None:
+        assert machine(cuda=False, has_mps=True) == "mps"
     assert select_device("cpu") == "cpu"
 
 

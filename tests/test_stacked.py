@@ -43,6 +43,7 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_stacked_cells_equal_their_sequential_runs(opt):
     def recipe(case):
@@ -59,7 +60,7 @@ def test_stacked_cells_equal_their_sequential_runs(opt):
             assert a.seed == b.seed
             _close(a.curves, b.curves)
             _close({k: [v] for k, v in a.initial.items()}, {k: [v] for k, v in b.initial.items()})
-            assert b.measurements["stacked"] == 6.0  # 3 lr x 2 seeds per activation
+            assert b.measurements["stacked"] == 12.0  # both activations share one stack
             for key in ("params", "flops_per_sample"):
                 assert b.measurements[key] == a.measurements[key]
 
@@ -92,9 +93,9 @@ class Custom(torch.nn.Module):
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda c: (Custom(), None), "not a plain nn.Sequential"),
         (lambda c: (hp.models.mlp(64, [8], 10), "rmsprop"), "not a plain SGD, Adam or AdamW"),
-        (lambda c: (hp.models.mlp(64, [8], 10, dropout=0.2), None), "not a plain nn.Sequential"),
+        (lambda c: (nn.Sequential(nn.Linear(64, 8), nn.Dropout1d(0.2), nn.Linear(8, 10)), None),
+         "Dropout1d"),
         (lambda c: (hp.models.mlp(64, [8], 10), "scheduler"), "scheduler"),
         (lambda c: (hp.models.mlp(64, [8], 10), "smooth"), "the loss"),
     ],
@@ -209,6 +210,7 @@ def _finals(pytester, *args):
     return result, finals
 
 
+@pytest.mark.slow
 def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     pytester.makepyfile(exp_grid=GRID.replace("STACK", "True"))
     on, on_finals = _finals(pytester)
@@ -326,6 +328,7 @@ def test_evaluation_in_blocks_equals_one_block(monkeypatch):
         assert float(blocks[1][k]) == pytest.approx(float((out.argmax(1) == y).float().mean()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["sigmoid", "leaky_relu", "gelu"])
 def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
     def recipe(case):
@@ -338,6 +341,7 @@ def test_other_activations_and_mixed_momenta_equal_their_sequential_runs(act):
     _stacked_equals_sequential(exp)
 
 
+@pytest.mark.slow
 def test_regression_cells_equal_their_sequential_runs():
     def recipe(case):
         model = hp.models.mlp(10, [16], 1, activation="tanh")
@@ -348,6 +352,7 @@ def test_regression_cells_equal_their_sequential_runs():
     _stacked_equals_sequential(exp)
 
 
+@pytest.mark.slow
 def test_a_lone_cell_trains_on_the_stacked_engine_with_its_sequential_results():
     def recipe(case):
         model = hp.models.mlp(64, [32, 32], 10)
@@ -387,6 +392,7 @@ def test_the_hand_written_step_on_cuda_equals_the_cpu(loss, monkeypatch):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @cuda
 @pytest.mark.parametrize("opt", ["momentum", "adam"])
 def test_stacked_cells_on_cuda_equal_their_sequential_runs(opt):
@@ -461,11 +467,9 @@ def _parametrized():
 @pytest.mark.parametrize(
     ("make", "reason"),
     [
-        (lambda: Doubled(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10)), "plain nn.Sequential"),
-        (lambda: nn.Sequential(ScaledLinear(64, 10)), "plain nn.Sequential"),
         (_hooked, "hook"),
         (_frozen, "frozen"),
-        (_parametrized, "plain nn.Sequential"),
+        (_parametrized, "parametrization"),
     ],
 )
 def test_models_the_engine_would_compute_differently_are_not_stacked(make, reason):
@@ -481,6 +485,7 @@ def test_models_the_engine_would_compute_differently_are_not_stacked(make, reaso
     assert all(reason in w for w in why.values()), why
 
 
+@pytest.mark.slow
 def test_a_sequential_subclass_that_only_adds_methods_still_stacks():
     def recipe(case):
         model = WithExtraMethod(nn.Linear(64, 8), nn.ReLU(inplace=True), nn.Linear(8, 10))
@@ -551,7 +556,7 @@ def test_a_cell_whose_recipe_raises_does_not_keep_the_others_from_stacking():
 def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curves(monkeypatch):
     """A grid far larger than one chunk: never more than a chunk's models built at once, every
     chunk no bigger than the bound, and the curves those of one big group."""
-    from hpspec import stacked as st
+    from hpspec.engine import stacked as st
 
     built = [0]
 
@@ -590,7 +595,7 @@ def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curv
 
 
 def test_a_chunk_is_bounded_by_the_work_of_one_step():
-    from hpspec import stacked as st
+    from hpspec.engine import stacked as st
 
     small = st.Member("a", 0, hp.models.mlp(64, [8], 10), None, None)
     big = st.Member("b", 0, hp.models.mlp(64, [2048, 2048], 10), None, None)

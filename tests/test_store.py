@@ -93,6 +93,7 @@ def test_editing_the_function_body_retrains_but_editing_a_claim_does_not(pyteste
     assert len(_calls(calls)) == 2 * n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_a_run_killed_mid_grid_keeps_finished_seeds_and_resumes(pytester, counted, sig):
     calls = counted("[0.3, 0.03, 0.01, 0.003]", sleep="0.4")
@@ -139,6 +140,7 @@ store.finish_run(run, "passed")
 """
 
 
+@pytest.mark.slow
 def test_two_processes_write_concurrently_without_loss(tmp_path):
     path = tmp_path / "results.sqlite"
     Store.open(path).close()

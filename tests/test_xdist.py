@@ -11,6 +11,7 @@ from scenarios import CRASH, GRID, _outcomes, assert_same_runs
 pytest.importorskip("xdist")
 
 
+@pytest.mark.slow
 def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
     pytester.makepyfile(exp_grid=GRID)
     serial = pytester.runpytest("--hpspec-cache=off", "--hpspec-json=serial.json")
@@ -48,6 +49,7 @@ def test_same_verdicts_and_tables_serial_and_with_two_workers(pytester):
 
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_cell(pytester):
     pytester.makepyfile(exp_crash=CRASH)
     result = pytester.runpytest_subprocess("-n", "2", "--hpspec-cache=off")
@@ -56,6 +58,7 @@ def test_a_killed_worker_fails_only_its_cell(pytester):
     assert "hpspec: exp_crash.py::crashy" in result.stdout.str()
 
 
+@pytest.mark.slow
 def test_loadscope_is_warned_about(pytester):
     pytester.makepyfile(exp_grid=GRID)
     result = pytester.runpytest_subprocess("-n", "2", "--dist", "loadscope",
@@ -84,6 +87,7 @@ def seen(case):
 """
 
 
+@pytest.mark.slow
 def test_auto_workers_and_gpu_pool_without_a_gpu(pytester, monkeypatch):
     # Two "GPUs" by CUDA_VISIBLE_DEVICES: -n auto starts 2 x 2 workers, each is lent one of
     # them (set in its environment before CUDA could start); torch itself sees no CUDA here.
@@ -98,3 +102,53 @@ def test_auto_workers_and_gpu_pool_without_a_gpu(pytester, monkeypatch):
     doc = json.loads((pytester.path / "run.json").read_text())
     seen = {c["result"]["seeds"][0]["curves"]["gpu"][0] for c in doc["experiments"][0]["cells"]}
     assert seen <= {0, 1} and seen  # every worker had a GPU of the pool, none the default
+
+
+ADAPTIVE = """
+import random
+import hpspec as hp
+
+MEANS = {"a": 1.0, "b": 2.0, "c": 1.4}
+
+@hp.experiment(
+    grid=hp.grid(arm=["a", "b", "c"]),
+    epochs=1,
+    seeds=hp.adaptive(min=2, max=30),
+    claims=[
+        hp.compare(hp.metric("loss").final(), lower={"arm": "a"}, than={"arm": "c"},
+                   name="a-vs-c"),
+    ],
+)
+def arms(case):
+    rng = random.Random(case.seed)
+    yield {"loss": MEANS[case.arm] + rng.gauss(0, 0.3)}
+"""
+
+
+@pytest.mark.slow
+def test_adaptive_seeds_reported_in_full_with_workers(pytester):
+    # The claim grows cells a and c past their 2 seeds on whichever worker judges it; the
+    # controller's table, JSON and HTML must show every seed it used, as a serial run does.
+    pytester.makepyfile(exp_arms=ADAPTIVE)
+    serial = pytester.runpytest("--hpspec-cache=off", "--hpspec-json=serial.json",
+                                "--hpspec-html=serial.html")
+    serial.assert_outcomes(passed=4)
+    par = pytester.runpytest_subprocess("-n", "2", "--hpspec-cache=off",
+                                        "--hpspec-json=par.json", "--hpspec-html=par.html")
+    par.assert_outcomes(passed=4)
+    import json
+    import re
+
+    def seeds(name):
+        doc = json.loads((pytester.path / name).read_text())
+        return {c["cell_id"]: len(c["result"]["seeds"]) for c in doc["experiments"][0]["cells"]}
+
+    a, b = seeds("serial.json"), seeds("par.json")
+    assert a["arm=a"] > 2 and a["arm=c"] > 2  # the claim did need more seeds
+    assert a == b
+    line = re.compile(r"arms on \w+, [^\n]*seeds[^\n]*")
+    assert line.findall(serial.stdout.str()) == line.findall(par.stdout.str())
+    html_seeds = re.compile(r"seed \d+")
+    in_html = [sorted(html_seeds.findall((pytester.path / f).read_text()))
+               for f in ("serial.html", "par.html")]
+    assert f"seed {a['arm=a'] - 1}" in in_html[0] and in_html[0] == in_html[1]

@@ -260,6 +260,22 @@ def _check_first_batch(out: Any, yb: Any, loss: Any, data: Data, where: str) -> 
                         "reduce it (reduction='mean') before returning it")
 
 
+def _check_input_width(model: Any, data: Data, where: str) -> None:
+    """After a forward that raised: when the first layer that has a width
+    (``in_features``) does not take the data's features, say so in one line."""
+    first = next((m for m in model.modules() if isinstance(getattr(m, "in_features", None),
+                                                           int)), None)
+    if first is None or data.x_train.dim() != 2:
+        return
+    width = int(data.x_train.shape[1])
+    if first.in_features != width:
+        raise CellError(
+            f"{where}: the model's first layer ({type(first).__name__}) takes "
+            f"{first.in_features} inputs but the data has {width} features per sample; fix: "
+            f"make its in_features {width} (case.data.n_features)"
+        )
+
+
 @torch.no_grad()
 def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, where: str) -> None:
     """One batch through the model and the loss, before any training, so that the usual
@@ -270,6 +286,8 @@ def _try_first_batch(model: Any, loss_fn: Any, data: Data, batch_size: int, wher
     except (RuntimeError, TypeError) as e:
         message = _dtype_message(e, model, data, where)
         if message is None:
+            if isinstance(e, RuntimeError):
+                _check_input_width(model, data, where)
             raise
         raise CellError(message) from None
     _check_first_batch(out, yb, loss_fn(out, yb) if _fits(out, yb, data) else None, data, where)
@@ -420,8 +438,10 @@ def _train_recipe(
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    # live-tensor memory where the allocator has no peak counter (CPU, MPS), from step 2 on
-    probe_live = probe and not cuda and steps > 1
+    # live-tensor memory where the allocator has no peak counter (CPU, MPS), on the last
+    # warm-up step: step 2, or the only step of an epoch when the batch holds the whole
+    # training set (the optimizer state is then made inside the probed step, and counted)
+    probe_live = probe and not cuda
     memory: LiveMemory | None = None
 
     def step(i: int, perm: torch.Tensor, step_losses: list[torch.Tensor]) -> None:
@@ -746,13 +766,58 @@ def _case(exp: Experiment, cell: Cell, seed: int, device: str, data: Data | None
 
 
 def stackable_cells(exp: Experiment, cells: list[Cell]) -> list[list[Cell]]:
-    """Cells that could share a stacked model: same batch size and epochs (recipe mode)."""
+    """Cells that could share a stacked model (recipe mode): same batch size. Cells that
+    differ in ``epochs`` share one run to the largest count (see :func:`run_stacked`)."""
     if exp.mode != "recipe" or not exp.stack:
         return [[c] for c in cells]
-    by: dict[tuple[Any, Any], list[Cell]] = {}
+    by: dict[Any, list[Cell]] = {}
     for c in cells:
-        by.setdefault((exp.batch_size_for(c), exp.epochs_for(c)), []).append(c)
+        by.setdefault(exp.batch_size_for(c), []).append(c)
     return list(by.values())
+
+
+def _same_recipe(a: Recipe, b: Recipe) -> str | None:
+    """How two builds of one cell's recipe (for two epoch counts, under one seed) differ, in
+    words; None when they are the same training: initial weights and buffers, optimizer and
+    its settings, loss, no scheduler."""
+    if a.scheduler is not None or b.scheduler is not None:
+        return "it has a learning-rate scheduler"
+    if repr(a.model) != repr(b.model):
+        return "its model differs"
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    if sa.keys() != sb.keys() or any(
+            sa[k].shape != sb[k].shape or not torch.equal(sa[k], sb[k]) for k in sa):
+        return "its initial weights differ"
+    if type(a.optimizer) is not type(b.optimizer):
+        return "its optimizer differs"
+
+    def settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+        return [{k: repr(v) for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+    if settings(a.optimizer) != settings(b.optimizer):
+        return "its optimizer's settings differ"
+    if repr(a.loss) != repr(b.loss):
+        return "its loss differs"
+    return None
+
+
+def _epoch_bound(exp: Experiment, cell: Cell, seed: int, device: str, data: Data,
+                 other: int) -> str | None:
+    """Why ``cell``'s recipe depends on the total epoch count (it is built again as if it
+    trained ``other`` epochs and compared), or None when it does not."""
+    where = f"{exp.where}[{cell.id}]"
+    builds = []
+    for epochs in (exp.epochs_for(cell), other):
+        base = _case(exp, cell, seed, device, data)
+        params = base.params
+        if "epochs" in params:
+            params["epochs"] = epochs
+        case = Case(params, seed=seed, device=device, epochs=epochs,
+                    batch_size=base.batch_size, data=data, experiment=base.experiment,
+                    cell_id=base.cell_id)
+        with torch_state(seed):
+            builds.append(_coerce_recipe(exp.fn(case), where))
+    return _same_recipe(*builds)
 
 
 def run_stacked(
@@ -762,12 +827,20 @@ def run_stacked(
     seeds: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
+    log: list[str] | None = None,
+    population: Callable[[list[str], int], Any] | None = None,
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
 
+    ``population(owners, epochs)``, when given, makes each group's cross-member stop rule
+    from its members' cell ids (successive halving, see :func:`hpspec.search.halving_rule`).
+
     Returns the results of the cells trained that way and, for cells that were not stacked,
-    why not (they are left for :func:`run_cell`). Cells given here must share batch size and
-    epochs (see :func:`stackable_cells`).
+    why not (they are left for :func:`run_cell`). Cells given here must share a batch size
+    (see :func:`stackable_cells`); cells that differ in epochs share one run to the largest
+    count and each reads its own prefix, unless its recipe changes with the epoch count.
+    ``log`` receives lines for the summary: how many groups trained, and why cells trained
+    apart.
     """
     __tracebackhide__ = True
     from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
@@ -776,9 +849,13 @@ def run_stacked(
         return {}, {}
     data = device_data(exp.data, device)
     run_seeds = tuple(seeds or exp.seeds)
+    counts = {exp.epochs_for(c) for c in cells}
+    most = max(counts)
     broken: dict[str, str] = {}
+    bound: dict[str, str] = {}
     why_by_cell: dict[str, str] = {}
     results: dict[str, list[SeedResult]] = {}
+    trained: list[list[Member]] = []
     # Members are built cell by cell and trained in chunks of bounded size (memory and work per
     # step): a 10,000-cell grid never holds 10,000 models at once, and each chunk ends with
     # results (and progress) instead of one silent group for the whole grid.
@@ -803,11 +880,11 @@ def run_stacked(
                   for chunk in (part[i:i + (cap or len(part))]
                                 for i in range(0, len(part), cap or len(part)))]
         for idx in groups:
-            _train_chunk([members[i] for i in idx], owner[idx[0]])
+            train_chunk([members[i] for i in idx], owner[idx[0]])
         members.clear()
         owner.clear()
 
-    def _train_chunk(group: list[Member], first_cell: Cell) -> None:
+    def train_chunk(group: list[Member], first_cell: Cell) -> None:
         batch_size = exp.batch_size_for(first_cell)
         assert batch_size is not None
         try:
@@ -823,15 +900,31 @@ def run_stacked(
                                        "by its own run)")
             return
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
-        runs = train_group(group, data, batch_size, exp.epochs_for(first_cell), device,
-                           DIVERGENCE_FACTOR, rules, chunk_progress)
+        try:
+            epochs = max(m.epochs for m in group)
+            runs = train_group(group, data, batch_size, epochs, device, DIVERGENCE_FACTOR,
+                               rules, chunk_progress,
+                               population([m.cell_id for m in group], epochs)
+                               if population is not None else None)
+        except Exception as e:
+            if not _uses_vmap(group[0], data):
+                raise
+            # torch.func could not run this model (data-dependent control flow, an
+            # operator without a batching rule): its cells train one by one
+            first_line = (str(e).splitlines() or [""])[0][:160]
+            for m in group:
+                why_by_cell.setdefault(m.cell_id, f"torch.func.vmap could not run the model "
+                                       f"({type(e).__name__}: {first_line})")
+            return
         chunks[0] += 1
         chunks[1] = max(chunks[1], chunks[0] + 1)
+        trained.append(group)
         for m, r in zip(group, runs, strict=True):
             results.setdefault(m.cell_id, []).append(r)
 
     for cell in cells:
         built: list[Member] = []
+        epochs = exp.epochs_for(cell)
         try:
             scheduler = False
             for seed in run_seeds:
@@ -839,10 +932,18 @@ def run_stacked(
                 with torch_state(seed):
                     recipe = _coerce_recipe(exp.fn(case), f"{exp.where}[{cell.id}]")
                     _check_model_kind(recipe.model, data, f"{exp.where}[{cell.id}]")
+                    rng = torch.get_rng_state()
                 scheduler = scheduler or recipe.scheduler is not None
                 if recipe.metrics:
                     raise _OneByOne
-                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss))
+                if not built and len(counts) > 1:
+                    other = most if epochs != most else min(counts)
+                    why_bound = _epoch_bound(exp, cell, seed, device, data, other)
+                    if why_bound is not None:
+                        bound[cell.id] = why_bound
+                built.append(Member(cell.id, seed, recipe.model, recipe.optimizer, recipe.loss,
+                                    epochs=epochs, epoch_bound=cell.id in bound,
+                                    scheduler=recipe.scheduler is not None, rng_state=rng))
         except _OneByOne:
             broken[cell.id] = "its recipe has custom metrics (trains one by one)"
             continue
@@ -865,16 +966,44 @@ def run_stacked(
     train_buffered()
     out: dict[str, CellResult] = {}
     reasons: dict[str, str] = {}
-    wanted = len(seeds or exp.seeds)
     for cell in cells:  # complete when every seed trained, in whichever groups; else one by one
         runs = sorted(results.get(cell.id, []), key=lambda r: r.seed)
-        if len(runs) == wanted:
+        if len(runs) == len(run_seeds):
             out[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                       params=cell.as_dict(), device=device, seeds=tuple(runs))
         else:
             reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
                                 or "not stacked")
+    if log is not None and cells:
+        log.extend(_group_lines(exp.batch_size_for(cells[0]), trained, bound, counts))
     return out, reasons
+
+
+def _uses_vmap(m: Any, data: Data) -> bool:
+    from hpspec.engine.stacked import signature
+
+    sig = signature(m, data.task, False)
+    return not isinstance(sig, str) and sig[0][0] == "func"
+
+
+def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mapping[str, str],
+                 counts: set[int]) -> list[str]:
+    """The summary's account of a stacked bucket: groups, what they share, what not."""
+    if not trained:
+        return []
+    lines = []
+    sizes = sorted(len(group) for group in trained)
+    shared = sum(1 for group in trained if len({m.epochs for m in group}) > 1)
+    text = (f"{len(trained)} stacked group(s) of {', '.join(map(str, sizes))} member(s) "
+            f"(cells x seeds) for batch size {batch_size}")
+    if shared:
+        text += (f"; {shared} group(s) shared one run between epoch counts "
+                 f"{sorted(counts)} (each cell reads its own prefix)")
+    lines.append(text)
+    for cid, reason in sorted(bound.items()):
+        lines.append(f"trained apart by epochs: {cid}: its recipe depends on case.epochs "
+                     f"({reason})")
+    return lines
 
 
 _DIGESTS: dict[int, str] = {}

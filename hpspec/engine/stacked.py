@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -60,6 +60,13 @@ class Member:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loss: Any
+    #: this member's own epoch count (0: the group's); members of one group may differ in it
+    epochs: int = 0
+    #: set when the recipe changes with the total epoch count (then only equal counts share)
+    epoch_bound: bool = False
+    scheduler: bool = False
+    #: torch's CPU generator state right after the recipe was built (dropout masks start here)
+    rng_state: Any = None
 
 
 def _plain(m: nn.Module, base: type[nn.Module]) -> bool:
@@ -138,20 +145,32 @@ def _loss_kind(loss: Any, task: str) -> str | None:
 
 
 def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | str:
-    """What must be equal for members to stack, or the reason this member cannot."""
-    if has_scheduler:
+    """What must be equal for members to stack, or the reason this member cannot.
+
+    The first element names the engine: ``"mlp"`` (hand-written, :class:`_Stacked`) or
+    ``"func"`` (``torch.func.vmap`` over the user's module, :mod:`hpspec.engine.vmapped`).
+    Activations are not part of an MLP's signature: members with different element-wise
+    activations share the matrix products and each applies its own to its slice."""
+    if has_scheduler or m.scheduler:
         return "a learning-rate scheduler is not stacked"
-    layers = _layers(m.model)
-    if layers is None:
-        return (f"the model ({type(m.model).__name__}) is not a plain nn.Sequential of Linear "
-                "layers and element-wise activations (no custom forward, hook or "
-                "parametrization)")
-    if not any(isinstance(layer, nn.Linear) for layer in layers):
-        return "the model has no Linear layer"
-    if any(b is not None for b in m.model.buffers()):
-        return "the model has buffers"
     if not all(p.requires_grad for p in m.model.parameters()):
         return "a parameter is frozen (requires_grad=False)"
+    layers = _layers(m.model)
+    if layers is None or any(b is not None for b in m.model.buffers()):
+        from hpspec.engine.vmapped import func_signature  # (vmapped imports nothing of ours)
+
+        engine: tuple[Any, ...] | str = func_signature(m.model)
+        if isinstance(engine, str):
+            return engine
+    elif not any(isinstance(layer, nn.Linear) for layer in layers):
+        return "the model has no Linear layer"
+    else:
+        engine = ("mlp",) + tuple(
+            ("linear", layer.in_features, layer.out_features, layer.bias is not None,
+             layer.weight.dtype)
+            if isinstance(layer, nn.Linear) else ("act",)
+            for layer in layers
+        )
     kind = _optimizer_kind(m.optimizer, m.model)
     if kind is None:
         return (f"the optimizer ({type(m.optimizer).__name__}) is not a plain SGD, Adam or "
@@ -159,13 +178,15 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     loss = _loss_kind(m.loss, task)
     if loss is None:
         return "the loss is not the default, CrossEntropyLoss or MSELoss with mean reduction"
-    arch = tuple(
-        ("linear", layer.in_features, layer.out_features, layer.bias is not None,
-         layer.weight.dtype)
-        if isinstance(layer, nn.Linear) else (type(layer).__name__, repr(layer))
-        for layer in layers
-    )
-    return (arch, kind, loss)
+    # a recipe that changes with the total epoch count shares a run only with equal counts
+    return (engine, kind, loss, m.epochs if m.epoch_bound else None)
+
+
+def _activations(m: Member) -> tuple[str, ...]:
+    """A member's activations, in order (members are ordered by them within a group, so that
+    equal activations form contiguous slices of the stack)."""
+    return tuple(repr(layer) for layer in _layers(m.model) or ()
+                 if not isinstance(layer, nn.Linear))
 
 
 def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
@@ -182,7 +203,7 @@ def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
             why[i] = sig
         else:
             groups.setdefault(sig, []).append(i)
-    return list(groups.values()), why
+    return [sorted(g, key=lambda i: _activations(members[i])) for g in groups.values()], why
 
 
 #: Share of the device's free memory one stacked group may plan to use.
@@ -279,6 +300,44 @@ def _manual_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor],
     return make(layer)
 
 
+def _runs(acts: Sequence[nn.Module]) -> list[tuple[int, int, nn.Module]]:
+    """The members' activations at one position as runs ``(start, end, module)`` of equal
+    ones (members are ordered by activation, so a group has one run per distinct kind)."""
+    out: list[tuple[int, int, nn.Module]] = []
+    for k, layer in enumerate(acts):
+        if out and repr(out[-1][2]) == repr(layer) and type(out[-1][2]) is type(layer):
+            out[-1] = (out[-1][0], k + 1, out[-1][2])
+            continue
+        act = copy.deepcopy(layer)
+        if getattr(act, "inplace", False):
+            act.inplace = False  # in place only where _activate says it is safe
+        out.append((k, k + 1, act))
+    return out
+
+
+def _activate(runs: list[tuple[int, int, nn.Module]], x: torch.Tensor,
+              after_linear: bool) -> torch.Tensor:
+    """Each run of members' activation on its slice of ``x`` [K, B, H]. In place only on a
+    linear layer's output, which no backward reads (ReLU, tanh and sigmoid backpropagate from
+    their output); never on the data themselves."""
+    if len(runs) == 1:
+        act = runs[0][2]
+        inplace = _INPLACE.get(type(act)) if after_linear else None
+        return inplace(x) if inplace is not None else act(x)
+    if torch.is_grad_enabled() and x.requires_grad:
+        # autograd path: out of place, one slice per activation, joined
+        return torch.cat([act(x[a:b]) for a, b, act in runs])
+    if not after_linear:
+        x = x.clone()
+    for a, b, act in runs:
+        inplace = _INPLACE.get(type(act))
+        if inplace is not None:
+            inplace(x[a:b])
+        else:
+            x[a:b] = act(x[a:b])
+    return x
+
+
 class _Stacked:
     """K copies of an MLP as stacked leaf tensors: weights [K, in, out], biases [K, 1, out].
 
@@ -295,7 +354,7 @@ class _Stacked:
         per_model = [_layers(m) for m in models]
         first = per_model[0]
         assert first is not None
-        backward: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = []
+        backward: list[list[tuple[int, int, Any]]] = []
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
@@ -309,15 +368,14 @@ class _Stacked:
                 self.layers.append(("linear", (w, b)))
                 self.params += [w] if b is None else [w, b]
             else:
-                act = copy.deepcopy(layer)
-                if getattr(act, "inplace", False):
-                    act.inplace = False  # in place only where _forward says it is safe
-                self.layers.append(("act", act))
-                backward.append(_manual_backward(layer))
+                runs = _runs([pm[j] for pm in per_model])  # type: ignore[index]
+                self.layers.append(("act", runs))
+                backward.append([(a, b, _manual_backward(act)) for a, b, act in runs])
         self.width = max(p.shape[-1] for p in self.params)
         self.first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")
         #: the activations' gradients, when all of them are hand-written (else autograd)
-        self.backward = backward if all(f is not None for f in backward) else None
+        self.backward = (backward if all(f is not None for runs in backward for _, _, f in runs)
+                         else None)
 
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
@@ -333,10 +391,7 @@ class _Stacked:
                     x = x.add_(b)  # a few % faster than baddbmm's copy of the broadcast bias
                 after_linear = True
             else:
-                # In place only on a linear layer's output, which no backward reads (ReLU, tanh
-                # and sigmoid backpropagate from their output); never on the data themselves.
-                inplace = _INPLACE.get(type(obj)) if after_linear else None
-                x = inplace(x) if inplace is not None else obj(x)
+                x = _activate(obj, x, after_linear)
                 if keep is not None:
                     keep.append(x)
                 after_linear = False
@@ -393,7 +448,9 @@ class _Stacked:
             kind, obj = self.layers[i]
             saved = keep[i]
             if kind == "act":
-                g = next(acts)(g, saved)
+                runs = next(acts)
+                g = (runs[0][2](g, saved) if len(runs) == 1 else
+                     torch.cat([f(g[a:b], saved[a:b]) for a, b, f in runs]))
                 continue
             w, b = obj
             if b is not None:
@@ -606,10 +663,12 @@ def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, flo
         idx = perm[i * batch_size : (i + 1) * batch_size]
         return train_step(model, opt, loss_fn, x[idx], y[idx])
 
-    if x.shape[0] <= batch_size:  # one step an epoch: the runner probes the FLOPs only
-        with count_flops() as counter:
+    if x.shape[0] <= batch_size:  # one step an epoch: the runner probes that step
+        memory = probe_memory(model, opt, data)
+        with memory:
             step(0)
-        out["flops_per_sample"] = counter.flops / float(x.shape[0])
+        out["flops_per_sample"] = memory.flops / float(x.shape[0])
+        out["peak_memory"] = float(memory.peak)
         return out
     losses = [step(0)]
     memory = probe_memory(model, opt, data)
@@ -646,6 +705,37 @@ def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_ki
     return loss, (correct / n if task == CLASSIFICATION else None)
 
 
+class _MLPEngine:
+    """The hand-written engine as the training loop sees it: a step and an evaluation."""
+
+    def __init__(self, members: Sequence[Member], device: str, opt_kind: str,
+                 loss_kind: str, task: str) -> None:
+        self.model = _Stacked([m.model for m in members], device)
+        self.opt = _stacked_optimizer(opt_kind, self.model.params,
+                                      [m.optimizer.param_groups[0] for m in members])
+        self.k, self.loss_kind, self.task = len(members), loss_kind, task
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.opt.train_step(self.model, x, y, self.loss_kind)
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
+                                                                  torch.Tensor | None]:
+        return _evaluate(self.model, x, y, self.k, self.loss_kind, self.task)
+
+
+def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int) -> Any:
+    sig = signature(members[0], data.task, False)
+    assert not isinstance(sig, str)
+    engine, opt_kind, loss_kind, _ = sig
+    if engine[0] == "mlp":
+        return _MLPEngine(members, device, opt_kind, loss_kind, data.task)
+    from hpspec.engine.vmapped import FuncEngine
+
+    return FuncEngine(members, device,
+                      lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
+                      _per_cell_loss, loss_kind, data.task, first_batch=data.x_train[:batch_size])
+
+
 def train_group(
     members: Sequence[Member],
     data: Data,
@@ -655,16 +745,23 @@ def train_group(
     divergence_factor: float,
     stop_rules: Sequence[StopRule | None] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    population: Callable[[int, Sequence[Mapping[str, Sequence[float]]], Sequence[bool]],
+                         Sequence[int]] | None = None,
 ) -> list[SeedResult]:
-    """Train the members as one stacked model; one :class:`SeedResult` per member, in order."""
+    """Train the members as one stacked model; one :class:`SeedResult` per member, in order.
+
+    A member whose own ``epochs`` is smaller than ``epochs`` stops there: its curves, timings
+    and final metrics are the prefix of the run, which equals its own shorter run exactly
+    when its recipe does not depend on the total epoch count (the caller checks that).
+
+    ``population(epoch, curves, stopped)`` is asked at each epoch's end which members to stop
+    given every member's curves (successive halving); a member it stops is marked with the
+    ``pruned_at_epoch`` measurement. The others' training is untouched by it."""
     k = len(members)
-    sig = signature(members[0], data.task, False)
-    assert not isinstance(sig, str)
-    _, opt_kind, loss_kind = sig
+    own_epochs = [m.epochs or epochs for m in members]
+    epochs = max(own_epochs)
     probed = _probe(members[0], data, batch_size, device)
-    model = _Stacked([m.model for m in members], device)
-    opt = _stacked_optimizer(opt_kind, model.params,
-                             [m.optimizer.param_groups[0] for m in members])
+    engine = _engine(members, data, device, batch_size)
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
@@ -672,8 +769,8 @@ def train_group(
     sizes[-1] = n - batch_size * (steps - 1)
     orders = [torch.Generator(device="cpu").manual_seed(m.seed) for m in members]
 
-    start_train, start_train_acc = _evaluate(model, x, y, k, loss_kind, data.task)
-    start_val, start_acc = _evaluate(model, data.x_val, data.y_val, k, loss_kind, data.task)
+    start_train, start_train_acc = engine.evaluate(x, y)
+    start_val, start_acc = engine.evaluate(data.x_val, data.y_val)
     st, sv = start_train.tolist(), start_val.tolist()
     sa = start_acc.tolist() if start_acc is not None else None
     initial = [{"train_loss": st[i], "val_loss": sv[i], **({"val_acc": sa[i]} if sa else {})}
@@ -682,6 +779,7 @@ def train_group(
     curves: list[dict[str, list[float]]] = [{key: [] for key in init} for init in initial]
     diverged: list[Divergence | None] = [None] * k
     stopped = [False] * k
+    pruned: list[int | None] = [None] * k
     seconds: list[float] = []
     timed = TimedSteps(steps)
     rules = list(stop_rules) if stop_rules is not None else [None] * k
@@ -699,14 +797,14 @@ def train_group(
                     sync(device)
                 t1 = time.perf_counter()
             idx = perms[:, i * batch_size : (i + 1) * batch_size]
-            step_losses.append(opt.train_step(model, x[idx], y[idx], loss_kind))
+            step_losses.append(engine.step(x[idx], y[idx]))
         sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
         timed.add(t2 - t1, first, sizes)
         host = torch.stack(step_losses).float().cpu()  # [steps, K]
         train = (host * sizes.unsqueeze(1)).sum(dim=0) / n
-        val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, k, loss_kind, data.task)
+        val_loss, val_acc = engine.evaluate(data.x_val, data.y_val)
         vl = val_loss.tolist()
         va = val_acc.tolist() if val_acc is not None else None
         bad = (~torch.isfinite(host)) | (host > limits)
@@ -723,8 +821,14 @@ def train_group(
                 diverged[j] = divergence(host[:, j], float(limits[j]), st[j], epoch,
                                          divergence_factor)
                 stopped[j] = True
+            elif epoch >= own_epochs[j]:
+                stopped[j] = True  # its own epoch count: the rest of the run is not its own
             elif rules[j] is not None and rules[j](curves[j]):  # type: ignore[misc]
                 stopped[j] = True
+        if population is not None:
+            for j in population(epoch, curves, stopped):
+                if not stopped[j]:
+                    stopped[j], pruned[j] = True, epoch
         if progress is not None:
             progress(epoch, epochs, float(train.nanmean()))
         if all(stopped):
@@ -744,8 +848,9 @@ def train_group(
             epoch_seconds=seconds[: len(curves[j]["train_loss"])],
             initial=initial[j],
             diverged=diverged[j],
-            measurements=measurements,
-            epochs_planned=epochs,
+            measurements=(measurements if pruned[j] is None
+                          else {**measurements, "pruned_at_epoch": float(pruned[j])}),
+            epochs_planned=own_epochs[j],
             steps_per_epoch=steps,
         )
         for j, m in enumerate(members)

@@ -1,0 +1,727 @@
+"""Search: spaces, samplers that produce cells, successive halving, claims about what was found.
+
+Pure: imports neither torch nor pytest (scrambled Sobol points come from scipy, else from
+torch.quasirandom, imported lazily when a Sobol search is built).
+
+A search is a way of producing cells. A sampler turns a space into a fixed list of trials at
+collection, deterministically from its seed, and every trial becomes a cell with a readable id
+(``t07-lr=0.0123-layers=2``), so ``-k``, ``--lf``, the cache and resume work as for a grid, and
+trials that share an architecture train as one stacked model. Sampled floats are rounded to
+three significant digits *before* training: the value in the id is the value trained.
+
+Successive halving (:func:`halving`) is a rule over a stacked population: at each rung epoch
+the trials training together that are outside the best ``1/eta`` on the metric stop; the others
+go on in the same run, so a survivor's curve is exactly the curve it would have had unpruned.
+The population is the trials that stack together (same batch size, epochs and architecture);
+trials that train apart are ranked apart.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from hpspec.claims import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    CellClaim,
+    Condition,
+    Quantity,
+    SpecContext,
+    Verdict,
+    Where,
+    _fmt,
+    judge_cell_claim,
+    validate_claim,
+)
+from hpspec.cross import Compare, CrossClaim
+from hpspec.spec import Cell, cell_id
+from hpspec.errors import SpecError
+from hpspec.results import CellResult
+
+__all__ = [
+    "Dim",
+    "Space",
+    "Sampler",
+    "Halving",
+    "Found",
+    "FoundCompare",
+    "uniform",
+    "loguniform",
+    "intrange",
+    "choice",
+    "space",
+    "random_search",
+    "sobol",
+    "optuna",
+    "halving",
+    "found",
+    "trials",
+    "halving_rule",
+    "rungs",
+    "importance",
+    "search_table",
+    "PRUNED",
+]
+
+#: Measurement set on a seed that halving stopped: the epoch it stopped at.
+PRUNED = "pruned_at_epoch"
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def round_sig(x: float, digits: int = 3) -> float:
+    """``x`` to ``digits`` significant digits: short ids that are the values trained."""
+    return float(f"{x:.{digits}g}") if x != 0 else 0.0
+
+
+# ------------------------------------------------------------------------------- dimensions
+
+
+@attrs.frozen
+class Dim:
+    """One searched hyperparameter: ``kind`` is uniform, int or choice; ``log`` samples the
+    logarithm uniformly."""
+
+    kind: str
+    low: Any = None
+    high: Any = None
+    values: tuple[Any, ...] = ()
+    log: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice({list(self.values)!r})"
+        name = {"uniform": "loguniform" if self.log else "uniform",
+                "int": "intrange"}[self.kind]
+        tail = ", log=True" if self.kind == "int" and self.log else ""
+        return f"{name}({self.low!r}, {self.high!r}{tail})"
+
+    def check(self, where: str, arg: str) -> None:
+        if self.kind == "choice":
+            if not self.values:
+                raise SpecError("is an empty choice, so there is nothing to sample",
+                                where=where, argument=arg, value=list(self.values),
+                                fix="give at least one value: hp.choice([1, 2])")
+            seen: list[Any] = []
+            for v in self.values:
+                if not isinstance(v, _SCALARS) or (isinstance(v, float) and math.isnan(v)):
+                    raise SpecError("holds a value that is not a number, string, bool or None",
+                                    where=where, argument=arg, value=v,
+                                    fix="name the option with a string and map it in the "
+                                    "function")
+                if any(v == s and type(v) is type(s) for s in seen):
+                    raise SpecError(f"lists {v!r} twice", where=where, argument=arg,
+                                    value=list(self.values), fix="remove the duplicate")
+                seen.append(v)
+            return
+        if not (_num(self.low) and _num(self.high)):
+            raise SpecError("needs finite numbers for low and high", where=where,
+                            argument=arg, value=(self.low, self.high),
+                            fix="e.g. hp.uniform(0.0, 0.5)")
+        if self.kind == "int" and not (isinstance(self.low, int) and isinstance(self.high, int)):
+            raise SpecError("needs whole numbers for low and high", where=where, argument=arg,
+                            value=(self.low, self.high), fix="e.g. hp.intrange(1, 4)")
+        if self.low > self.high:
+            raise SpecError("has low > high", where=where, argument=arg,
+                            value=(self.low, self.high),
+                            fix=f"swap them: low={self.high!r}, high={self.low!r}")
+        if self.kind == "uniform" and self.low == self.high:
+            raise SpecError("is an empty range (low == high)", where=where, argument=arg,
+                            value=(self.low, self.high),
+                            fix=f"use a fixed value, {self.low!r}, or widen the range")
+        if self.log and self.low <= 0:
+            raise SpecError("is log-scaled, so low must be > 0", where=where, argument=arg,
+                            value=(self.low, self.high),
+                            fix="use a positive low bound, e.g. 1e-4, or hp.uniform")
+
+    def at(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1): the sampler's unit coordinate mapped to this dim."""
+        u = min(max(u, 0.0), math.nextafter(1.0, 0.0))
+        if self.kind == "choice":
+            return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
+        if self.kind == "int":
+            if self.log:
+                lo, hi = math.log(self.low - 0.5 if self.low > 0.5 else self.low), math.log(
+                    self.high + 0.5)
+                return int(min(max(round(math.exp(lo + u * (hi - lo))), self.low), self.high))
+            return int(min(self.low + math.floor(u * (self.high - self.low + 1)), self.high))
+        if self.log:
+            lo, hi = math.log(self.low), math.log(self.high)
+            x = math.exp(lo + u * (hi - lo))
+        else:
+            x = self.low + u * (self.high - self.low)
+        return min(max(round_sig(x), self.low), self.high)
+
+
+def uniform(low: float, high: float) -> Dim:
+    """A float drawn uniformly from [low, high]."""
+    return Dim("uniform", low, high)
+
+
+def loguniform(low: float, high: float) -> Dim:
+    """A float whose logarithm is uniform on [log low, log high] (learning rates)."""
+    return Dim("uniform", low, high, log=True)
+
+
+def intrange(low: int, high: int, *, log: bool = False) -> Dim:
+    """A whole number from low to high, both included."""
+    return Dim("int", low, high, log=log)
+
+
+def choice(values: Sequence[Any]) -> Dim:
+    """One of ``values`` (categorical: each equally likely)."""
+    return Dim("choice", values=tuple(values) if isinstance(values, (list, tuple)) else (values,))
+
+
+@attrs.frozen
+class Space:
+    """Named dimensions; a plain value is fixed (the same in every trial)."""
+
+    dims: tuple[tuple[str, Any], ...]
+
+    def varying(self) -> tuple[tuple[str, Dim], ...]:
+        return tuple((k, d) for k, d in self.dims if isinstance(d, Dim))
+
+    def fixed(self) -> dict[str, Any]:
+        return {k: d for k, d in self.dims if not isinstance(d, Dim)}
+
+    def check(self, where: str) -> None:
+        if not self.varying():
+            raise SpecError("has no dimension to search", where=where, argument="search: space",
+                            value=dict(self.dims),
+                            fix="give at least one hp.uniform/loguniform/intrange/choice")
+        for name, d in self.dims:
+            if not isinstance(name, str) or not name.isidentifier():
+                raise SpecError("is not a valid hyperparameter name", where=where,
+                                argument="search: space", value=name,
+                                fix="use a Python identifier such as 'lr'")
+            arg = f"space[{name!r}]"
+            if isinstance(d, Dim):
+                d.check(where, arg)
+            elif not isinstance(d, _SCALARS) or (isinstance(d, float) and math.isnan(d)):
+                raise SpecError("is neither a dimension nor a fixed value", where=where,
+                                argument=arg, value=d,
+                                fix="use hp.choice([...]) for a list of options, or a number")
+
+
+def space(**dims: Any) -> Space:
+    """``space(lr=hp.loguniform(1e-4, 1.0), layers=hp.choice([1, 2, 3]), hidden=64)``."""
+    return Space(tuple(dims.items()))
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+@attrs.frozen
+class Halving:
+    """Successive halving: rungs at ``min_epochs * eta**k`` epochs; at each, a stacked
+    population keeps its best ``1/eta`` (at least one) on ``metric``."""
+
+    min_epochs: int = 1
+    eta: int = 3
+    metric: str = "val_loss"
+    lower: bool | None = None
+
+    def lower_is_better(self) -> bool:
+        return self.lower if self.lower is not None else not self.metric.endswith("acc")
+
+    def check(self, where: str, metrics: frozenset[str] | None) -> None:
+        for name, v, least in (("min_epochs", self.min_epochs, 1), ("eta", self.eta, 2)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise SpecError(f"must be a whole number >= {least}", where=where,
+                                argument=f"halving: {name}", value=v,
+                                fix="e.g. hp.halving(min_epochs=1, eta=3)")
+        if metrics is not None and self.metric not in metrics:
+            raise SpecError("is a metric this experiment never produces", where=where,
+                            argument="halving: metric", value=self.metric,
+                            fix=f"use one of: {', '.join(sorted(metrics))}")
+
+
+def halving(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
+            lower: bool | None = None) -> Halving:
+    """Successive halving on the stacked population (``lower`` defaults to True except for
+    metrics named ``*acc``)."""
+    return Halving(min_epochs, eta, metric, lower)
+
+
+@attrs.frozen
+class Sampler:
+    """``kind`` is random or sobol: ``trials`` points of ``space`` from ``seed``."""
+
+    kind: str
+    space: Any
+    trials: Any
+    seed: Any = 0
+    halving: Halving | None = None
+    #: What "best" means for the report and hp.found: a metric's final value.
+    metric: str | None = None
+
+    def expand_trials(self, where: str) -> list[tuple[str, dict[str, Any]]]:
+        return trials(self, where)
+
+    def order_metric(self) -> str:
+        return self.metric or (self.halving.metric if self.halving else "val_loss")
+
+    def lower_is_better(self) -> bool:
+        if self.halving is not None and self.metric in (None, self.halving.metric):
+            return self.halving.lower_is_better()
+        return not self.order_metric().endswith("acc")
+
+
+def random_search(space: Space, *, trials: int, seed: int = 0,
+                  halving: Halving | None = None, metric: str | None = None) -> Sampler:
+    """``trials`` independent uniform draws of the space (per dimension, on its scale)."""
+    return Sampler("random", space, trials, seed, halving, metric)
+
+
+def sobol(space: Space, *, trials: int, seed: int = 0, halving: Halving | None = None,
+          metric: str | None = None) -> Sampler:
+    """``trials`` points of a scrambled Sobol sequence: spread more evenly than random draws
+    (a power of two of trials keeps its balance properties)."""
+    return Sampler("sobol", space, trials, seed, halving, metric)
+
+
+def optuna(space: Space, *, trials: int, sampler: str = "tpe", seed: int = 0,
+           **_: Any) -> Sampler:
+    """Optuna's samplers need results of earlier trials to propose the next, so their trials
+    cannot be listed at collection; not supported yet (a clear error at collection)."""
+    return Sampler("optuna:" + str(sampler), space, trials, seed)
+
+
+def _unit_points(s: Sampler, d: int) -> list[list[float]]:
+    n = s.trials
+    if s.kind == "random":
+        rng = random.Random(s.seed)
+        return [[rng.random() for _ in range(d)] for _ in range(n)]
+    try:
+        import warnings
+
+        from scipy.stats import qmc
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "balance properties" for non powers of two
+            pts = qmc.Sobol(d, scramble=True, seed=s.seed).random(n)
+        return [list(map(float, row)) for row in pts]
+    except ImportError:  # scikit-learn needs scipy, so this is for setups without it
+        import torch
+
+        eng = torch.quasirandom.SobolEngine(d, scramble=True, seed=s.seed)
+        return eng.draw(n).double().tolist()
+
+
+def trials(s: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """The search's trials as (label, values of the varying dimensions); raises
+    :class:`SpecError` for a bad sampler or space."""
+    if not isinstance(s, Sampler):
+        raise SpecError("must be a sampler", where=where, argument="search", value=s,
+                        fix="write search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
+                        "trials=16)")
+    if s.kind.startswith("optuna"):
+        raise SpecError("needs Optuna's ask-and-tell, which hpspec does not drive yet",
+                        where=where, argument="search", value=s.kind,
+                        fix="use hp.random(...) or hp.sobol(...)")
+    if not isinstance(s.space, Space):
+        raise SpecError("must be built with hp.space(...)", where=where,
+                        argument="search: space", value=s.space,
+                        fix="hp.space(lr=hp.loguniform(1e-3, 1))")
+    s.space.check(where)
+    for name, v in (("trials", s.trials), ("seed", s.seed)):
+        low = 1 if name == "trials" else 0
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise SpecError(f"must be a whole number >= {low}", where=where,
+                            argument=f"search: {name}", value=v, fix=f"e.g. {name}=16")
+    if s.halving is not None and not isinstance(s.halving, Halving):
+        raise SpecError("must be built with hp.halving(...)", where=where,
+                        argument="search: halving", value=s.halving,
+                        fix="halving=hp.halving(min_epochs=1, eta=3)")
+    dims = s.space.varying()
+    width = max(2, len(str(s.trials - 1)))
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, u in enumerate(_unit_points(s, len(dims))):
+        out.append((f"t{i:0{width}d}", {k: d.at(x) for (k, d), x in zip(dims, u)}))
+    return out
+
+
+# ---------------------------------------------------------------------------------- halving
+
+
+def rungs(h: Halving, epochs: int) -> list[int]:
+    """Epochs at which the population is ranked: ``min_epochs * eta**k`` below ``epochs``."""
+    out, e = [], h.min_epochs
+    while e < epochs:
+        out.append(e)
+        e *= h.eta
+    return out
+
+
+PopulationRule = Callable[[int, Sequence[Mapping[str, Sequence[float]]], Sequence[bool]],
+                          list[int]]
+
+
+def halving_rule(h: Halving, owners: Sequence[str], epochs: int) -> PopulationRule:
+    """The cross-member stop rule for one stacked group: member ``j`` belongs to cell
+    ``owners[j]`` (a cell's seeds are ranked together by their mean). Called at each epoch's
+    end with every member's curves and which have stopped; returns the members to stop."""
+    at = set(rungs(h, epochs))
+    lower = h.lower_is_better()
+
+    def decide(epoch: int, curves: Sequence[Mapping[str, Sequence[float]]],
+               stopped: Sequence[bool]) -> list[int]:
+        if epoch not in at:
+            return []
+        members: dict[str, list[int]] = {}
+        for j, cid in enumerate(owners):
+            members.setdefault(cid, []).append(j)
+        alive = [c for c, js in members.items() if not any(stopped[j] for j in js)]
+        keep = max(1, len(alive) // h.eta)
+        if len(alive) <= keep:
+            return []
+
+        def score(cid: str) -> float:
+            vals = [curves[j][h.metric][-1] for j in members[cid]
+                    if len(curves[j].get(h.metric, ())) >= epoch]
+            v = statistics.fmean(vals) if vals else math.nan
+            if not math.isfinite(v):
+                return math.inf
+            return v if lower else -v
+
+        # ties go to the earlier trial, so the decision never depends on member order alone
+        ranked = sorted(alive, key=lambda c: (score(c), c))
+        return [j for c in ranked[keep:] for j in members[c]]
+
+    return decide
+
+
+def pruned_at(result: CellResult) -> int | None:
+    """The epoch halving stopped this cell at (None: it was not pruned)."""
+    marks = [s.measurements.get(PRUNED) for s in result.seeds]
+    marks = [int(m) for m in marks if m is not None]
+    return min(marks) if marks else None
+
+
+# ------------------------------------------------------------------------------ best / claims
+
+
+def score(result: CellResult, metric: str) -> float:
+    """The metric's final value, mean over seeds (NaN when a seed has none or diverged)."""
+    vals = []
+    for s in result.seeds:
+        curve = s.curves.get(metric) or ()
+        if not curve or s.diverged is not None:
+            return math.nan
+        vals.append(float(curve[-1]))
+    return statistics.fmean(vals) if vals else math.nan
+
+
+def ranked(sampler: Sampler, results: Mapping[str, CellResult]) -> list[str]:
+    """Trial ids best first: finished trials by the search metric, then pruned ones (by how
+    far they got, then metric), then those with no finite value."""
+    metric, lower = sampler.order_metric(), sampler.lower_is_better()
+
+    def key(cid: str) -> tuple[Any, ...]:
+        r = results[cid]
+        v = score(r, metric)
+        p = pruned_at(r)
+        bad = not math.isfinite(v)
+        return (bad, p is not None, -(p or 0), (v if lower else -v) if not bad else 0.0, cid)
+
+    return sorted(results, key=key)
+
+
+def _fresh_seeds(exp: Any, n: int) -> tuple[int, ...]:
+    start = max(exp.seeds) + 1 if exp.seeds else 0
+    # well away from the search's seeds, so a later seeds= increase cannot reuse them
+    start = max(start, 1000)
+    return tuple(range(start, start + n))
+
+
+class _SearchClaim:
+    """Shared by the claims judged on fresh seeds of the best trial(s)."""
+
+    seeds: int
+    top: int
+
+    def selects(self, params: Mapping[str, Any]) -> bool:
+        return True
+
+    def fresh_seeds(self, exp: Any) -> tuple[int, ...]:
+        return _fresh_seeds(exp, self.seeds)
+
+    def best(self, exp: Any, results: Mapping[str, CellResult]) -> list[str]:
+        trials_only = {k: v for k, v in results.items() if k in {c.id for c in exp.cells}}
+        return ranked(exp.search, trials_only)[: self.top]
+
+
+@attrs.frozen(eq=True)
+class Found(_SearchClaim, CrossClaim):
+    """The best configuration found meets ``condition``, judged on ``seeds`` fresh seeds
+    (not the search's: the best of many noisy trials is biased upward)."""
+
+    condition: Condition
+    seeds: int = 3
+    top: int = 1
+    confidence: float | None = None
+    name: str | None = None
+    points: float | None = None
+
+    def slug(self) -> str:
+        return self.name or f"found-{self.condition.describe()}".replace(" ", "")
+
+    def describe(self) -> str:
+        return f"the best configuration found: {self.condition.describe()}"
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        _check_counts(self, ctx, arg)
+        validate_claim(CellClaim(Where(), self.condition, None, self.confidence), ctx, arg)
+
+    def judge_fresh(self, exp: Any, results: Mapping[str, CellResult],
+                    fresh: Mapping[str, CellResult], alpha: float) -> Verdict:
+        best = self.best(exp, results)
+        if not best:
+            return Verdict(self.describe(), INCONCLUSIVE, "no trial finished", points=self.points)
+        first = fresh[best[0]]
+        inner = judge_cell_claim(CellClaim(Where(), self.condition, None, self.confidence),
+                                 first.seeds)
+        seeds = [s.seed for s in first.seeds]
+        lines = [f"claim: {self.describe()}",
+                 f"  judged on fresh seeds {seeds} only: the search's own seeds are not used, "
+                 "since the best of many noisy trials is biased upward",
+                 *_best_lines(exp, best, results, fresh),
+                 *("  " + line for line in inner.message.splitlines()[1:])]
+        return attrs.evolve(inner, claim=self.describe(), message="\n".join(lines),
+                            points=self.points)
+
+
+def _check_counts(claim: Any, ctx: SpecContext, arg: str) -> None:
+    for name, v, least in (("seeds", claim.seeds, 1), ("top", claim.top, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise SpecError(f"must be a whole number >= {least}", where=ctx.where,
+                            argument=f"{arg}: {name}", value=v, fix=f"e.g. {name}=3")
+
+
+def _best_lines(exp: Any, best: Sequence[str], results: Mapping[str, CellResult],
+                fresh: Mapping[str, CellResult]) -> list[str]:
+    metric = exp.search.order_metric()
+    out = []
+    for rank, cid in enumerate(best, 1):
+        vals = [s.curves.get(metric, [math.nan])[-1] for s in fresh[cid].seeds]
+        out.append(f"  #{rank} {cid}: {metric} {_fmt(score(results[cid], metric))} in the "
+                   f"search, fresh seeds {', '.join(_fmt(v) for v in vals)}")
+    return out
+
+
+@attrs.frozen(eq=True)
+class FoundCompare(_SearchClaim, CrossClaim):
+    """The best configuration found beats ``baseline`` on ``quantity``; both are trained on the
+    same fresh seeds and compared by Welch's t-test."""
+
+    quantity: Quantity
+    baseline: tuple[tuple[str, Any], ...]
+    lower: bool
+    margin: float = 0.0
+    seeds: int = 3
+    confidence: float | None = None
+    name: str | None = None
+    points: float | None = None
+    top: int = 1
+
+    def slug(self) -> str:
+        word = "lower" if self.lower else "higher"
+        return self.name or (f"found-{word}-{self.quantity.describe()}-than-"
+                             f"{cell_id(dict(self.baseline))}").replace(" ", "")
+
+    def describe(self) -> str:
+        word = "lower" if self.lower else "higher"
+        by = f" by at least {self.margin:.0%}" if self.margin else ""
+        return (f"{self.quantity.describe()} is {word}{by} for the best configuration found "
+                f"than for the baseline {cell_id(dict(self.baseline))}")
+
+    def validate(self, ctx: SpecContext, arg: str) -> None:
+        _check_counts(self, ctx, arg)
+        self._validate_common(ctx, arg, [])
+        if self.seeds < 2:
+            raise SpecError("must be >= 2 for a comparison", where=ctx.where,
+                            argument=f"{arg}: seeds", value=self.seeds, fix="e.g. seeds=3")
+        base = dict(self.baseline)
+        known = set(ctx.hyperparameters)
+        for k, v in base.items():
+            if k not in known:
+                raise SpecError("names an unknown hyperparameter", where=ctx.where,
+                                argument=f"{arg}: than[{k!r}]", value=k,
+                                fix=f"use one of: {', '.join(sorted(known))}")
+            if not isinstance(v, _SCALARS):
+                raise SpecError("must be a number, string, bool or None", where=ctx.where,
+                                argument=f"{arg}: than[{k!r}]", value=v)
+        missing = [k for k in ctx.searched if k not in base]
+        if missing:
+            raise SpecError("leaves hyperparameters of the space unset", where=ctx.where,
+                            argument=f"{arg}: than", value=base,
+                            fix=f"give the baseline's {', '.join(missing)} too")
+
+    def baseline_cell(self, exp: Any) -> Any:
+        params = {**{k: v for k, v in exp.fixed}, **dict(self.baseline)}
+        return Cell(params=tuple(params.items()), varying=tuple(dict(self.baseline)),
+                    label="baseline")
+
+    def judge_fresh(self, exp: Any, results: Mapping[str, CellResult],
+                    fresh: Mapping[str, CellResult], alpha: float) -> Verdict:
+        best = self.best(exp, results)
+        base = self.baseline_cell(exp)
+        if not best:
+            return Verdict(self.describe(), INCONCLUSIVE, "no trial finished", points=self.points)
+        a, b = fresh[best[0]], fresh[base.id]
+        sel_a = Where((("__side", "found"),))
+        sel_b = Where((("__side", "baseline"),))
+        cmp = Compare(self.quantity, sel_a, sel_b, self.lower, self.margin, self.confidence)
+        inner = cmp.judge({"a": attrs.evolve(a, params={"__side": "found"}),
+                           "b": attrs.evolve(b, params={"__side": "baseline"})}, alpha)
+        body = inner.message.splitlines()[1:]
+        body = [line.replace("__side=found", f"best found ({best[0]})").replace(
+            "__side=baseline", f"baseline ({base.id})") for line in body]
+        seeds = [s.seed for s in a.seeds]
+        lines = [f"claim: {self.describe()} (Welch's t-test, {1 - alpha:.0%} confidence)",
+                 f"  both trained on fresh seeds {seeds}; the search's own seeds are not used, "
+                 "since the best of many noisy trials is biased upward", *body]
+        return attrs.evolve(inner, claim=self.describe(), message="\n".join(lines),
+                            points=self.points)
+
+
+def found(condition: Condition, *, seeds: int = 3, top: int = 1,
+          confidence: float | None = None, name: str | None = None,
+          points: float | None = None) -> Found:
+    """``found(metric("val_acc").final() >= 0.97)``: the best trial, retrained on ``seeds``
+    fresh seeds, meets the condition on those seeds (``top=k`` retrains and reports the k
+    best; the claim is about the first)."""
+    return Found(condition, seeds, top, confidence, name, points)
+
+
+def compare(quantity: Quantity, **kw: Any) -> Any:
+    """``hp.compare``: :func:`hpspec.cross.compare`, or with ``higher="found"`` /
+    ``lower="found"`` the best configuration of a search against the baseline ``than``."""
+    from hpspec import cross
+
+    side = kw.get("higher", kw.get("lower"))
+    if isinstance(side, str) and side == "found":
+        lower = kw.pop("lower", None) is not None
+        kw.pop("higher", None)
+        seeds = kw.pop("seeds", None)
+        return compare_found(quantity, lower=lower, seeds=3 if seeds is None else seeds, **kw)
+    return cross.compare(quantity, **kw)
+
+
+def compare_found(quantity: Quantity, *, lower: bool, than: Mapping[str, Any],
+                  margin: float = 0.0, seeds: int = 3, confidence: float | None = None,
+                  name: str | None = None, points: float | None = None) -> FoundCompare:
+    return FoundCompare(quantity, tuple(dict(than).items()), lower, margin, seeds, confidence,
+                        name, points)
+
+
+# ------------------------------------------------------------------------------ importance
+
+
+def importance(sampler: Sampler, results: Mapping[str, CellResult],
+               params: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """How much each searched hyperparameter mattered: the share of the variance of the
+    metric across trials that lies between the groups of that hyperparameter's values
+    (the correlation ratio, eta squared). Numbers with more than four distinct values are cut
+    into three bins of equal count (log scale where the dimension is). The metric is each
+    trial's value at the last epoch every trial reached (so pruned trials count too).
+    A rough guide: dimensions are scored one at a time, interactions are not separated."""
+    metric = sampler.order_metric()
+    ids = [c for c in results if all(s.curves.get(metric) for s in results[c].seeds)]
+    if len(ids) < 3:
+        return []
+    depth = min(min(len(s.curves[metric]) for s in results[c].seeds) for c in ids)
+    ys: dict[str, float] = {}
+    for c in ids:
+        vals = [float(s.curves[metric][depth - 1]) for s in results[c].seeds]
+        if all(math.isfinite(v) for v in vals):
+            ys[c] = statistics.fmean(vals)
+    if len(ys) < 3:
+        return []
+    total = statistics.pvariance(list(ys.values()))
+    out = []
+    for name, dim in sampler.space.varying():
+        values = {c: params[c][name] for c in ys}
+        distinct = sorted(set(values.values()), key=repr)
+        if dim.kind != "choice" and len(distinct) > 4:
+            order = sorted(ys, key=lambda c: values[c])
+            groups = [order[i * len(order) // 3:(i + 1) * len(order) // 3] for i in range(3)]
+        else:
+            groups = [[c for c in ys if values[c] == v] for v in distinct]
+        groups = [g for g in groups if g]
+        between = sum(len(g) * (statistics.fmean(ys[c] for c in g)
+                                - statistics.fmean(ys.values())) ** 2 for g in groups) / len(ys)
+        out.append((name, between / total if total > 0 else 0.0))
+    return sorted(out, key=lambda t: -t[1])
+
+
+# ----------------------------------------------------------------------------------- report
+
+
+def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> str:
+    """Trials sorted by the search metric: the ``top`` best, then counts of the rest."""
+    s: Sampler = exp.search
+    metric = s.order_metric()
+    trial_ids = [c.id for c in exp.cells if c.id in results]
+    got = {c: results[c] for c in trial_ids}
+    order = ranked(s, got)
+    width = max([len(c) for c in order[:top]] + [5])
+    lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}), sorted by "
+             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better)"
+             + (f"; successive halving eta={s.halving.eta} at epochs "
+                f"{rungs(s.halving, max(exp.epochs_for(c) for c in exp.cells))}"
+                if s.halving else ""),
+             f"  {'#':>3}  {'trial':<{width}}  {metric:>10}  epochs  status"]
+    for i, cid in enumerate(order[:top], 1):
+        r = got[cid]
+        p = pruned_at(r)
+        diverged = any(x.diverged for x in r.seeds)
+        status = ("diverged" if diverged else f"pruned at epoch {p}" if p else "finished")
+        run = max(x.epochs_run for x in r.seeds)
+        lines.append(f"  {i:>3}  {cid:<{width}}  {_fmt(score(r, metric)):>10}  {run:>6}  {status}")
+    pruned = sum(1 for c in order if pruned_at(got[c]) is not None)
+    rest = len(order) - min(top, len(order))
+    if rest or pruned:
+        lines.append(f"  ... {rest} more trial(s) not shown; {pruned} pruned in all")
+    missing = len(exp.cells) - len(order)
+    if missing:
+        lines.append(f"  {missing} trial(s) not trained in this run (deselected or failed)")
+    imp = importance(s, got, {c.id: c.as_dict() for c in exp.cells})
+    if imp:
+        lines.append("  importance (share of the metric's variance between a hyperparameter's "
+                     "values): " + ", ".join(f"{k} {v:.2f}" for k, v in imp))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- for the runners
+
+
+def halving_population(exp: Any) -> Callable[[list[str], int], PopulationRule] | None:
+    """For ``run_stacked``: each stacked group's halving rule, or None without halving."""
+    s = getattr(exp, "search", None)
+    if s is None or s.halving is None:
+        return None
+    h = s.halving
+    return lambda owners, epochs: halving_rule(h, owners, epochs)
+
+
+def search_key(exp: Any, seed: int) -> dict[str, Any]:
+    """What a halving search adds to a seed's cache key: the rule and the trials (pruning
+    depends on every trial trained beside it). Nothing otherwise, so a grid's keys stay as
+    they were. Fresh seeds (hp.found) are not pruned and get no addition."""
+    s = getattr(exp, "search", None)
+    if s is None or s.halving is None or seed not in exp.seeds:
+        return {}
+    return {"halving": repr(s.halving), "trials": [c.id for c in exp.cells]}

@@ -1,0 +1,186 @@
+"""Search: trials as cells, successive halving on the stacked population, claims judged on
+fresh seeds, importance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import hpspec as hp
+from hpspec.claims import FAIL, PASS
+from hpspec.results import CellResult, SeedResult
+from hpspec.search import (
+    PRUNED,
+    halving_rule,
+    importance,
+    ranked,
+    rungs,
+    search_table,
+    trials,
+)
+from hpspec.spec import build
+
+SPACE = hp.space(lr=hp.loguniform(1e-3, 1.0), layers=hp.intrange(1, 3),
+                 act=hp.choice(["relu", "tanh"]), wd=hp.uniform(0.0, 0.1), hidden=16)
+
+
+@pytest.mark.parametrize("make", [hp.random, hp.sobol])
+def test_trials_are_deterministic_in_range_and_rounded(make):
+    a = trials(make(SPACE, trials=20, seed=3), "w")
+    assert a == trials(make(SPACE, trials=20, seed=3), "w")
+    assert a != trials(make(SPACE, trials=20, seed=4), "w")
+    assert [label for label, _ in a] == [f"t{i:02d}" for i in range(20)]
+    for _, p in a:
+        assert set(p) == {"lr", "layers", "act", "wd"}  # hidden is fixed, not searched
+        assert 1e-3 <= p["lr"] <= 1.0 and p["lr"] == float(f"{p['lr']:.3g}")
+        assert p["layers"] in (1, 2, 3) and p["act"] in ("relu", "tanh")
+        assert 0.0 <= p["wd"] <= 0.1
+    # log scale: about half the draws below the geometric middle (0.0316)
+    low = sum(p["lr"] < 10 ** -1.5 for _, p in a)
+    assert 4 <= low <= 16
+    assert {p["layers"] for _, p in a} == {1, 2, 3}
+
+
+def test_search_cells_have_readable_stable_ids_and_fixed_values():
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(SPACE, trials=12, seed=0), epochs=2,
+                              data=hp.datasets.digits())(fn))
+    assert len(exp.cells) == 12 and exp.axes == ("lr", "layers", "act", "wd")
+    c = exp.cells[7]
+    assert c.id.startswith("t07-lr=") and "-layers=" in c.id and "hidden" not in c.id
+    assert c.get("hidden") == 16
+    assert len({c.id for c in exp.cells}) == 12
+
+
+def _curves(vals):
+    return {"val_loss": list(vals)}
+
+
+def test_halving_rule_keeps_the_best_fraction_and_ranks_a_cell_by_its_seeds():
+    h = hp.halving(min_epochs=1, eta=3, metric="val_loss")
+    assert rungs(h, 9) == [1, 3] and rungs(h, 3) == [1] and rungs(h, 1) == []
+    owners = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
+    # cell b's mean is best, then d; e has a NaN seed: worst
+    last = {"a": (0.9, 0.9), "b": (0.1, 0.3), "c": (0.5, 0.6), "d": (0.2, 0.4),
+            "e": (math.nan, 0.0), "f": (0.7, 0.7)}
+    curves = [_curves([last[o][i % 2]]) for i, o in enumerate(owners)]
+    rule = halving_rule(h, owners, 9)
+    stop = rule(1, curves, [False] * 12)
+    kept = {owners[j] for j in range(12)} - {owners[j] for j in stop}
+    assert kept == {"b", "d"}  # 6 alive, keep 6 // 3 = 2
+    assert rule(2, curves, [False] * 12) == []  # not a rung
+    # a stopped cell (diverged or early stop) is no longer ranked
+    stopped = [o not in ("b", "d") for o in owners]
+    assert rule(3, curves, stopped) == [owners.index("d"), owners.index("d") + 1]
+
+
+def test_halving_accuracy_ranks_higher_first():
+    h = hp.halving(min_epochs=2, eta=2, metric="val_acc")
+    rule = halving_rule(h, ["a", "b"], 8)
+    assert rule(2, [{"val_acc": [0.5, 0.6]}, {"val_acc": [0.5, 0.9]}], [False, False]) == [0]
+
+
+def test_survivors_curves_equal_unpruned_runs_and_pruned_curves_are_prefixes():
+    torch = pytest.importorskip("torch")
+    from hpspec.engine.runner import run_stacked
+    from hpspec.search import halving_population
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0))
+    kw = dict(epochs=4, seeds=2, batch_size=64, data=hp.datasets.digits(n_train=300))
+    exp = build(hp.experiment(search=hp.random(
+        space, trials=6, seed=1, halving=hp.halving(min_epochs=1, eta=2)), **kw)(recipe))
+    plain, _ = run_stacked(exp, list(exp.cells), "cpu")
+    pruned, why = run_stacked(exp, list(exp.cells), "cpu",
+                              population=halving_population(exp))
+    assert not why and set(pruned) == {c.id for c in exp.cells}
+    marks = {cid: [s.measurements.get(PRUNED) for s in r.seeds] for cid, r in pruned.items()}
+    stopped_at = {cid: m[0] for cid, m in marks.items() if m[0] is not None}
+    # rungs at epochs 1 and 2: 6 trials -> 3 -> 1 (seeds of a trial stop together)
+    assert sorted(stopped_at.values()) == [1.0, 1.0, 1.0, 2.0, 2.0]
+    assert all(len(set(m)) == 1 for m in marks.values())
+    for cid, r in pruned.items():
+        for a, b in zip(r.seeds, plain[cid].seeds, strict=True):
+            n = len(a.curves["val_loss"])
+            assert n == (int(stopped_at[cid]) if cid in stopped_at else 4)
+            assert a.seed == b.seed
+            for k in a.curves:  # the same math: bit for bit what the unpruned run had
+                assert list(a.curves[k]) == list(b.curves[k][:n]), (cid, k)
+    # the survivor is the best at epoch 2 among those left after epoch 1
+    survivor = next(c for c in pruned if c not in stopped_at)
+    assert ranked(exp.search, pruned)[0] == survivor
+
+
+def _result(cid, params, accs, seeds=(0,), pruned=None):
+    return CellResult("e", cid, params, "cpu", tuple(
+        SeedResult(seed=s, curves={"val_acc": list(a), "val_loss": [1 - x for x in a]},
+                   measurements={PRUNED: float(pruned)} if pruned else {})
+        for s, a in zip(seeds, accs)))
+
+
+def test_importance_finds_the_hyperparameter_that_matters():
+    s = hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0), act=hp.choice(["relu", "tanh"])),
+                  trials=12, seed=0, metric="val_acc")
+    params, results = {}, {}
+    for i, (label, p) in enumerate(trials(s, "w")):
+        cid = f"{label}"
+        params[cid] = p
+        results[cid] = _result(cid, p, [[0.5, 0.9 if p["act"] == "relu" else 0.6 + 0.001 * i]])
+    imp = dict(importance(s, results, params))
+    assert imp["act"] > 0.9 and imp["lr"] < imp["act"]
+
+
+def test_found_is_judged_on_fresh_seeds_only_and_says_so():
+    def fn(case):
+        return None
+
+    claim = hp.found(hp.metric("val_acc").final() >= 0.9, seeds=2)
+    cmp = hp.compare(hp.metric("val_acc").final(), higher="found", than={"lr": 0.001}, seeds=3)
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
+                                               trials=3, seed=0, metric="val_acc"),
+                              epochs=2, data=hp.datasets.digits(), claims=[claim, cmp])(fn))
+    ids = [c.id for c in exp.cells]
+    # in the search, trial 1 looks best (0.99, a lucky seed); on fresh seeds it is 0.85
+    results = {ids[0]: _result(ids[0], {}, [[0.8]]), ids[1]: _result(ids[1], {}, [[0.99]]),
+               ids[2]: _result(ids[2], {}, [[0.7]], )}
+    assert claim.best(exp, results) == [ids[1]]
+    seeds = claim.fresh_seeds(exp)
+    assert seeds == (1000, 1001) and not set(seeds) & set(exp.seeds)
+    fresh = {ids[1]: _result(ids[1], {}, [[0.85], [0.86]], seeds=seeds)}
+    v = claim.judge_fresh(exp, results, fresh, 0.05)
+    assert v.outcome == FAIL and "fresh seeds [1000, 1001] only" in v.message
+    fresh = {ids[1]: _result(ids[1], {}, [[0.95], [0.96]], seeds=seeds)}
+    assert claim.judge_fresh(exp, results, fresh, 0.05).outcome == PASS
+    base = cmp.baseline_cell(exp)
+    assert base.id == "baseline-lr=0.001"
+    s3 = cmp.fresh_seeds(exp)
+    fresh = {ids[1]: _result(ids[1], {}, [[0.95], [0.96], [0.955]], seeds=s3),
+             base.id: _result(base.id, {}, [[0.80], [0.82], [0.81]], seeds=s3)}
+    v = cmp.judge_fresh(exp, results, fresh, 0.05)
+    assert v.outcome == PASS and "best found" in v.message and "fresh seeds" in v.message
+
+
+def test_search_table_shows_top_trials_and_pruned_count():
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
+                                               trials=8, seed=0, metric="val_acc",
+                                               halving=hp.halving(metric="val_acc")),
+                              epochs=9, data=hp.datasets.digits())(fn))
+    results = {}
+    for i, c in enumerate(exp.cells):
+        pr = 1 if i >= 4 else None
+        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
+                                pruned=pr)
+    text = search_table(exp, results, top=3)
+    lines = text.splitlines()
+    assert "sorted by val_acc (higher is better)" in lines[0]
+    assert exp.cells[3].id in lines[2]  # best finished trial first, pruned ones after
+    assert "... 5 more trial(s) not shown; 4 pruned in all" in text

@@ -1,0 +1,237 @@
+"""Stacking beyond one architecture and epoch count: cells that differ only in epochs share a
+run, mixed activations share one MLP stack, other models stack through torch.func.vmap.
+
+Every path is checked against one-by-one runs of the same cells: curves equal within a
+relative 2e-4 (float32 sums in another order; observed about 1e-6)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hpspec as hp
+from hpspec.engine.runner import run_cell, run_stacked
+from hpspec.spec import build
+
+DATA = hp.datasets.digits(n_train=256)
+RTOL = 2e-4
+
+
+def _close(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert len(a[k]) == len(b[k]), (k, a[k], b[k])
+        for x, y in zip(a[k], b[k], strict=True):
+            assert x == pytest.approx(y, rel=RTOL, abs=1e-6, nan_ok=True), (k, a[k], b[k])
+
+
+def _equal_alone(exp, stacked):
+    for cell in exp.cells:
+        alone = run_cell(exp, cell, "cpu")
+        for a, b in zip(alone.seeds, stacked[cell.id].seeds, strict=True):
+            assert a.seed == b.seed and a.epochs_planned == b.epochs_planned
+            _close(a.curves, b.curves)
+            assert (a.diverged is None) == (b.diverged is None)
+            assert len(b.epoch_seconds) == len(b.curves["train_loss"])
+
+
+def _mlp_recipe(case):
+    model = hp.models.mlp(64, [16], 10, activation=case.get("act", "relu"))
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+
+
+def test_cells_differing_in_epochs_share_one_run_and_read_their_prefix():
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.2], epochs=[1, 3]), seeds=2,
+                              batch_size=32, data=DATA)(_mlp_recipe))
+    log: list[str] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
+    assert "1 stacked group(s) of 8" in log[0] and "epoch counts [1, 3]" in log[0], log
+    for cell in exp.cells:
+        assert len(stacked[cell.id].seeds[0].curves["val_loss"]) == exp.epochs_for(cell)
+    _equal_alone(exp, stacked)
+
+
+def test_a_recipe_that_reads_the_epoch_count_trains_apart_and_says_why():
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.3 / case.epochs)
+
+    exp = build(hp.experiment(grid=hp.grid(epochs=[1, 3]), seeds=1, batch_size=32,
+                              data=DATA)(recipe))
+    log: list[str] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {1.0}
+    assert any("trained apart by epochs" in line and "settings differ" in line
+               for line in log), log
+    _equal_alone(exp, stacked)
+
+
+def test_mixed_activations_share_one_stack_on_both_gradient_paths():
+    # relu/tanh/sigmoid: hand-written gradients; with gelu: autograd
+    for acts in (["relu", "tanh", "sigmoid"], ["relu", "gelu"]):
+        exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1], act=acts), epochs=2, seeds=1,
+                                  batch_size=32, data=DATA)(_mlp_recipe))
+        stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+        assert not why
+        assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {
+            2.0 * len(acts)}
+        _equal_alone(exp, stacked)
+
+
+def test_mixed_activation_gradients_equal_autograd():
+    from hpspec.engine.stacked import _Stacked
+
+    torch.manual_seed(0)
+    models = [hp.models.mlp(6, [5, 4], 3, activation=a)
+              for a in ("relu", "relu", "tanh", "sigmoid")]
+    manual, reference = _Stacked(models, "cpu"), _Stacked(models, "cpu")
+    assert manual.backward is not None
+    reference.backward = None
+    x, y = torch.randn(4, 7, 6), torch.randint(0, 3, (4, 7))
+    l1, g1 = manual.loss_and_grads(x, y, "ce")
+    l2, g2 = reference.loss_and_grads(x, y, "ce")
+    torch.testing.assert_close(l1, l2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+    # and each member's slice is its own model's gradient
+    for k, m in enumerate(models):
+        loss = nn.functional.cross_entropy(m(x[k]), y[k])
+        ref = torch.autograd.grad(loss, [m[0].weight])[0]
+        torch.testing.assert_close(g1[0][k], ref.t())
+
+
+class Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.inp, self.fc, self.out = nn.Linear(64, width), nn.Linear(width, width), nn.Linear(
+            width, 10)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x))
+        return self.out(h + torch.relu(self.fc(self.norm(h))))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: vmap cannot run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+MODELS = {
+    "cnn": lambda: nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1),
+                                 nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10)),
+    "residual-layernorm": lambda: Residual(16),
+    "batchnorm": lambda: nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                                       nn.Linear(16, 10)),
+    "dropout": lambda: hp.models.mlp(64, [16], 10, dropout=0.3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_beyond_mlps_stack_through_vmap_and_equal_their_runs(name):
+    def recipe(case):
+        model = MODELS[name]()
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1]), epochs=2, seeds=2, batch_size=32,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {4.0}
+    _equal_alone(exp, stacked)
+
+
+def test_batchnorm_members_keep_their_own_running_statistics():
+    from hpspec.engine.stacked import Member, _per_cell_loss, _stacked_optimizer
+    from hpspec.engine.vmapped import FuncEngine
+
+    torch.manual_seed(0)
+    models = [MODELS["batchnorm"]() for _ in range(2)]
+    members = [Member("c", i, m, torch.optim.SGD(m.parameters(), lr=0.1), None)
+               for i, m in enumerate(models)]
+    engine = FuncEngine(members, "cpu", lambda p, g: _stacked_optimizer("sgd", p, g),
+                        _per_cell_loss, "ce", "classification")
+    x = torch.randn(2, 8, 64)
+    x[1] += 3.0  # member 1's batch only
+    engine.step(x, torch.randint(0, 10, (2, 8)))
+    means = engine.buffers["1.running_mean"]
+    assert not torch.equal(means[0], means[1])
+    alone = MODELS["batchnorm"]()
+    alone.load_state_dict(models[0].state_dict())
+    alone(x[0])  # a training-mode forward moves its statistics as the stack moved member 0's
+    torch.testing.assert_close(alone[1].running_mean, means[0])
+
+
+def test_a_diverging_vmap_member_leaves_the_others_alone():
+    def recipe(case):
+        model = MODELS["cnn"]()
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 1e4], epochs=[2, 3]), seeds=1,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert stacked["lr=10000.0-epochs=3"].seeds[0].diverged is not None
+    _equal_alone(exp, stacked)  # the calm ones, short and long, equal their own runs
+
+
+def test_a_diverging_activation_slice_and_an_early_stop_leave_the_others_alone():
+    from hpspec.plan import stop_rule
+
+    exp = build(hp.experiment(
+        grid=hp.grid(lr=[0.1, 1e4], act=["relu", "tanh"]), epochs=3, seeds=1, batch_size=32,
+        data=DATA,
+        claims=[hp.where(lr=0.1, act="tanh").expect(
+            hp.metric("train_loss").below(10.0).within(epochs=3))])(_mlp_recipe))
+    rules = {c.id: stop_rule(exp, c.as_dict(), False) for c in exp.cells}
+    stacked, _ = run_stacked(exp, list(exp.cells), "cpu", stop_rules=rules)
+    assert len(stacked["lr=0.1-act=tanh"].seeds[0].curves["train_loss"]) == 1  # stopped early
+    for cid in ("lr=10000.0-act=relu", "lr=10000.0-act=tanh"):
+        assert stacked[cid].seeds[0].diverged is not None
+    for cell in exp.cells:
+        if cell.id == "lr=0.1-act=relu":
+            _close(run_cell(exp, cell, "cpu").seeds[0].curves,
+                   stacked[cell.id].seeds[0].curves)
+
+
+def test_a_model_vmap_cannot_run_trains_one_by_one_with_the_reason():
+    def recipe(case):
+        model = Branchy()
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=1, seeds=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert stacked == {}
+    assert all("vmap could not run the model" in w for w in why.values()), why
+
+
+def test_modules_with_different_settings_do_not_share_a_vmap_stack():
+    class Scaled(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.fc, self.scale = nn.Linear(64, 10), scale
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    def recipe(case):
+        model = Scaled(case.scale)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    exp = build(hp.experiment(grid=hp.grid(scale=[0.5, 2.0]), epochs=2, seeds=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {1.0}
+    _equal_alone(exp, stacked)
