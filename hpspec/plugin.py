@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import ExceptionInfo, TerminalRepr
 
+from hpspec._pytest_compat import FailureRepr, TerminalRepr, current_line
 from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
 from hpspec.cross import CrossClaim
 from hpspec.errors import CellError, HpspecError, SpecError
@@ -283,7 +283,9 @@ def _fn_location(fn: Any) -> tuple[int | None]:
         return (None,)
 
 
-class _HpspecItem(pytest.Item):
+# (mypy: FailureRepr's _repr_failure_py may return hpspec's message as a str, which pytest
+# renders; Node's is typed TerminalRepr only)
+class _HpspecItem(FailureRepr, pytest.Item):  # type: ignore[misc]
     fn: Any
     exp: Experiment
     key: str
@@ -296,40 +298,21 @@ class _HpspecItem(pytest.Item):
 
     # hpspec's own errors (false claims, spec and cell errors) carry a complete message; a
     # traceback would only show hpspec's insides. Anything else is the user's exception.
-    def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
-    def _repr_failure_py(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        # pytest renders errors raised in setup through this method, not repr_failure.
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super()._repr_failure_py(excinfo, style)
+    def failure_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+        return str(excinfo.value) if isinstance(excinfo.value, HpspecError) else None
 
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, _fn_location(self.fn)[0], self.name
 
-    def _traceback_filter(self, excinfo: ExceptionInfo[BaseException]) -> Any:
+    def keep_frame(self, path: str) -> bool:
         # Show the user's code, not hpspec's or pytest's: cut every frame that lives in
         # hpspec, pluggy or _pytest.
-        tb = excinfo.traceback
-
-        def keep(entry: Any) -> bool:
-            path = str(entry.path)
-            return not (
-                path.startswith(_HPSPEC_DIR)
-                or f"{os.sep}_pytest{os.sep}" in path
-                or f"{os.sep}pluggy{os.sep}" in path
-            )
-
-        filtered = tb.filter(keep)
-        return filtered if len(filtered) else tb
+        return not (
+            path.startswith(_HPSPEC_DIR)
+            or f"{os.sep}_pytest{os.sep}" in path
+            or f"{os.sep}pluggy{os.sep}" in path
+        )
 
 
 class SpecErrorItem(_HpspecItem):
@@ -347,9 +330,7 @@ class SpecErrorItem(_HpspecItem):
     def runtest(self) -> None:  # pragma: no cover - setup always raises
         raise self.error
 
-    def _repr_failure_py(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
+    def failure_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
         return f"hpspec spec error: {excinfo.value}"
 
 
@@ -364,7 +345,7 @@ class SpecErrorCollector(pytest.Collector):
         raise self.error
 
     def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException]
+        self, excinfo: pytest.ExceptionInfo[BaseException]
     ) -> str | TerminalRepr:
         return f"hpspec spec error: {excinfo.value}"
 
@@ -437,8 +418,9 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
     import contextlib
     import time
 
-    writer = getattr(reporter, "_tw", None)
-    saved = getattr(writer, "_current_line", "")
+    saved = current_line(reporter)
+    if saved is None:  # the line pytest wrote could not be read back: leave it alone
+        return None, lambda: None
     last = [time.monotonic()]  # cells shorter than the interval never show a line
     shown = [False]
     # The cell trains inside pytest's output capture, which would swallow the line: write it

@@ -38,8 +38,6 @@ __all__ = [
 #: Hyperparameter values must be plain scalars: they become test ids, keys in the store and
 #: JSON fields, and are compared with ``==`` by where-clauses.
 SCALAR_TYPES = (bool, int, float, str, type(None))
-#: Settings hpspec itself reads from a cell when they are given in the grid or in ``fixed``.
-RUN_SETTINGS = ("epochs", "batch_size")
 DEFAULT_BATCH_SIZE = 64
 
 

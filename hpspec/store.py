@@ -21,7 +21,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -451,10 +451,6 @@ class Store:
         if ids:
             self.conn.execute("VACUUM")
         return len(ids)
-
-    def iter_seed_keys(self) -> Iterator[str]:
-        for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
-            yield k
 
 
 def _alive(pid: int) -> bool:
