@@ -13,6 +13,7 @@ import time
 import pytest
 
 import hpspec as hp
+from hpspec.session import Session
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, SeedResult
 from hpspec.spec import build
@@ -136,11 +137,10 @@ def _grid(n: int):
 def _collect_and_stack(n: int, monkeypatch) -> float:
     """Build the grid (what collection does per experiment) and run the plugin's stacked
     bookkeeping over all its cells with training replaced by ready-made results."""
-    from hpspec import plugin
     from hpspec.engine import runner
 
     def fake_run_stacked(exp, cells, device, seeds=None, progress=None, stop_rules=None,
-                         threads="auto"):
+                         log=None, population=None, threads="auto"):
         seed = SeedResult(seed=0, curves={"train_loss": [1.0]}, measurements={"stacked": 8.0})
         return {c.id: CellResult(exp.name, c.id, c.as_dict(), device, (seed,))
                 for c in cells}, {}
@@ -148,7 +148,7 @@ def _collect_and_stack(n: int, monkeypatch) -> float:
     monkeypatch.setattr(runner, "run_stacked", fake_run_stacked)
     t0 = time.perf_counter()
     exp = build(_grid(n))
-    state = plugin.State(device_option="cpu", table="none", cache="off", device="cpu")
+    state = Session(device_option="cpu", table="none", cache="off", device="cpu")
     key = "exp_big.py::big"
     state.records[key] = {c.id: CellRecord(exp.name, c.id, c.as_dict(), order=i)
                           for i, c in enumerate(exp.cells)}
@@ -170,11 +170,18 @@ def test_collection_and_stacked_bookkeeping_grow_linearly(monkeypatch):
 def test_duplicate_grid_values_still_caught_by_type_and_value():
     from hpspec.errors import SpecError
 
-    @hp.experiment(grid=hp.grid(x=[1, 1.0, True, "one"]), epochs=1)
+    @hp.experiment(grid=hp.grid(x=[1, 2.5, True, "one"]), epochs=1)
     def distinct(case):
         yield {"loss": 1.0}
 
     assert len(build(distinct).cells) == 4
+
+    @hp.experiment(grid=hp.grid(x=[1, 1.0]), epochs=1)
+    def equal(case):
+        yield {"loss": 1.0}
+
+    with pytest.raises(SpecError, match="two cells with equal values"):
+        build(equal)
 
     @hp.experiment(grid=hp.grid(x=[0.5, 2, 0.5]), epochs=1)
     def twice(case):
@@ -200,14 +207,13 @@ def test_thread_rule():
 
 
 def test_cache_key_differs_by_thread_setting():
-    from hpspec import plugin
 
     @hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, data=hp.datasets.digits())
     def keyed(case):
         raise AssertionError
 
     exp = build(keyed)
-    keys = {str(t): plugin.State(device_option="cpu", table="none", threads=t, device="cpu")
+    keys = {str(t): Session(device_option="cpu", table="none", threads=t, device="cpu")
             .seed_key(exp, exp.cells[0], 0) for t in ("auto", 1, 2)}
     assert len(set(keys.values())) == 3
     assert threads_key("auto", 2) != threads_key("auto", 1) != threads_key(1, 1)

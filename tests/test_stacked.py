@@ -166,7 +166,7 @@ def test_stop_rule_only_for_within_claims_and_stops_when_decided():
     both = build(hp.experiment(grid=grid, epochs=10, data=DATA,
                                claims=[within, final])(recipe))
     assert stop_rule(both, {"lr": 0.1}, full_curves=False) is None
-    cross = build(hp.experiment(grid=grid, epochs=10, data=DATA, claims=[
+    cross = build(hp.experiment(grid=grid, epochs=10, data=DATA, seeds=3, claims=[
         within, hp.compare(hp.metric("val_loss"), lower={"lr": 0.1}, than={"lr": 0.2})])(recipe))
     assert stop_rule(cross, {"lr": 0.1}, full_curves=False) is None
 
