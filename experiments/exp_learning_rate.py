@@ -10,7 +10,7 @@ import hpspec as hp
     fixed=dict(layers=2, hidden=128),
     epochs=10,
     batch_size=64,
-    seeds=3,
+    seeds=5,
     data=hp.datasets.digits(),
     claims=[
         hp.where(lr=0.3).expect(hp.metric("val_acc").final() >= 0.95),

@@ -95,8 +95,8 @@ def _summary(values: Sequence[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     bad = len(values) - len(finite)
     if not finite:
-        text = "no finite value"
-    elif len(finite) == 1:
+        return f"all {len(values)} seeds diverged (no value to average)"
+    if len(finite) == 1:
         text = f"{_fmt(finite[0])}"
     else:
         text = f"{_fmt(statistics.fmean(finite))} ± {_fmt(statistics.stdev(finite))}"
