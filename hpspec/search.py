@@ -71,6 +71,7 @@ __all__ = [
     "rungs",
     "importance",
     "search_table",
+    "search_document",
     "PRUNED",
 ]
 
@@ -786,6 +787,18 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
         lines.append("  importance (share of the metric's variance between a hyperparameter's "
                      "values): " + ", ".join(f"{k} {v:.2f}" for k, v in imp))
     return "\n".join(lines)
+
+
+def search_document(exp: Any, results: Mapping[str, CellResult], top: int = 5) -> dict[str, Any]:
+    """What the JSON document (and so the HTML report) adds for a search: the metric and its
+    direction, the log-scaled dimensions, the ``top`` best trials and where trials were
+    pruned."""
+    s: Sampler = exp.search
+    got = {c.id: results[c.id] for c in exp.cells if c.id in results}
+    return {"kind": s.kind, "metric": s.order_metric(), "lower": s.lower_is_better(),
+            "log": [k for k, d in s.space.varying() if d.log],
+            "best": ranked(s, got)[:top] if got else [],
+            "pruned": {c: pruned_at(r) for c, r in got.items() if pruned_at(r) is not None}}
 
 
 # ------------------------------------------------------------------------- for the runners

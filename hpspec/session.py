@@ -668,7 +668,16 @@ class Session:
                 experiments.append(
                     (key, info.name, info.axes, ran, list(self.cross.get(key, {}).values()))
                 )
-        return run_document(experiments, environment(self.device))
+        from hpspec.search import search_document
+
+        extras = {}
+        for key, *_ in experiments:
+            exp = self.experiments.get(key)
+            if exp is not None and exp.search is not None:
+                got = {c.id: self.results[(key, c.id)] for c in exp.cells
+                       if (key, c.id) in self.results}
+                extras[key] = {"search": search_document(exp, got)}
+        return run_document(experiments, environment(self.device), extras)
 
     def grades(self, asked: bool) -> dict[str, Any] | None:
         """The run graded by its claims' points (see hpspec.grade), when a claim has points=

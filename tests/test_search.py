@@ -254,3 +254,35 @@ def test_halving_prunes_across_stacked_groups_and_survivors_equal_unpruned_runs(
     text = search_table(exp, got)
     assert "pruned at epoch 1" in text and "pruned at epoch 2" in text
     assert any("across all groups" in line for line in s.notes["k"])
+
+
+def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_curves():
+    from hpspec.html import render_html
+    from hpspec.report import CellRecord, run_document
+    from hpspec.search import search_document
+
+    def fn(case):
+        return None
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), width=hp.intrange(10, 20))
+    exp = build(hp.experiment(search=hp.random(space, trials=8, seed=0, metric="val_acc",
+                                               halving=hp.halving(metric="val_acc")),
+                              epochs=9, data=hp.datasets.digits())(fn))
+    results, records = {}, []
+    for i, c in enumerate(exp.cells):
+        pr = 1 if i >= 4 else None
+        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
+                                pruned=pr)
+        records.append(CellRecord(exp.name, c.id, c.as_dict(), "passed", results[c.id]))
+    info = search_document(exp, results, top=2)
+    assert info["log"] == ["lr"] and info["metric"] == "val_acc" and len(info["pruned"]) == 4
+    assert info["best"] == [exp.cells[3].id, exp.cells[2].id]
+    doc = run_document([("k", exp.name, exp.axes, records, [])], {}, {"k": {"search": info}})
+    html = render_html(doc)
+    assert "lr (log scale)" in html and "val_acc (final) by width" in html
+    assert "width (log scale)" not in html  # an int range sampled linearly stays linear
+    assert "best 2 of 8 trials by val_acc" in html
+    legend = html.split('class="legend-key">', 1)[1].split("</div>", 1)[0]
+    assert exp.cells[3].id in legend and exp.cells[0].id not in legend
+    plain = render_html(run_document([("k", exp.name, exp.axes, records, [])], {}))
+    assert "best 2 of 8" not in plain  # without the search field: the grid layout
