@@ -286,3 +286,43 @@ def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_cur
     assert exp.cells[3].id in legend and exp.cells[0].id not in legend
     plain = render_html(run_document([("k", exp.name, exp.axes, records, [])], {}))
     assert "best 2 of 8" not in plain  # without the search field: the grid layout
+
+
+def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_included(
+        tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    import hpspec.engine.runner as runner
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128])), trials=4,
+        seed=2, halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
+
+    def session():
+        s = Session(device_option="cpu", table="auto", store_path=tmp_path / "r.sqlite")
+        s.experiments["k"] = exp
+        s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+        return s
+
+    first = session()
+    first.result("k", exp, exp.cells[0])
+    before = {c.id: first.results[("k", c.id)] for c in exp.cells}
+    assert sum(pruned_at(r) is not None for r in before.values()) == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(runner, "run_stacked", no_training)
+    monkeypatch.setattr(runner, "run_cell", no_training)
+    again = session()
+    for c in exp.cells:
+        r = again.result("k", exp, c)
+        assert pruned_at(r) == pruned_at(before[c.id])
+        assert [list(x.curves["val_acc"]) for x in r.seeds] == [
+            list(x.curves["val_acc"]) for x in before[c.id].seeds]
