@@ -42,13 +42,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import torch
+from torch.nn import functional as F
 
-import hpspec as hp  # noqa: E402
-from hpspec.engine.runner import device_data  # noqa: E402
-from hpspec.report import CellRecord  # noqa: E402
-from hpspec.spec import build  # noqa: E402
+import hpspec as hp
+from hpspec.engine.runner import device_data
+from hpspec.report import CellRecord
+from hpspec.spec import build
 
 LR = (1e-2, 1.0)
 #: CPU seconds of this process (threads included), not wall time: this 2-core machine is
@@ -203,7 +203,7 @@ def main() -> None:
     # torch initialisation, allocator growth) that would otherwise land on whichever way
     # runs first
     run_hpspec(99, math.inf, a.target, 4, a.eta)
-    lean.train(dict(lr=0.1, layers=2, activation="relu", batch_size=32, epochs=2), 0)
+    lean.train({"lr": 0.1, "layers": 2, "activation": "relu", "batch_size": 32, "epochs": 2}, 0)
     runs: dict[str, list[dict]] = {"hpspec": [], "optuna": [], "random": []}
     for rep in range(a.reps):
         runs["hpspec"].append(run_hpspec(rep, a.budget, a.target, a.trials, a.eta))

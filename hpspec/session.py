@@ -439,8 +439,10 @@ class Session:
                     continue
                 try:
                     got[c.id] = run_cell(exp, c, self.resolve_device(), stop=rules[c.id])
-                except Exception:  # its own item trains it again and reports the error
-                    pass
+                except Exception as e:  # noqa: BLE001 - its own item trains it again and
+                    # reports the error with its traceback; the search goes on without it
+                    self.note(key, f"halving: {c.id} could not train ({type(e).__name__}); "
+                              "left out of the ranking")
             if stop_at is not None:  # a rung's result: cut to the rung, whatever served it
                 got = {cid: cut(r, stop_at) for cid, r in got.items()}
             return got

@@ -12,9 +12,9 @@ from hpspec.claims import FAIL, PASS
 from hpspec.results import CellResult, SeedResult
 from hpspec.search import (
     PRUNED,
-    pruned_at,
     halving_rule,
     importance,
+    pruned_at,
     ranked,
     rungs,
     search_table,
@@ -291,7 +291,7 @@ def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_cur
 def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_included(
         tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
-    import hpspec.engine.runner as runner
+    from hpspec.engine import runner
     from hpspec.report import CellRecord
     from hpspec.session import Session
 
