@@ -249,12 +249,12 @@ def _curves_chart(metric: str, series: Sequence[_Series], targets: Sequence[Mapp
 
 def _final_chart(metric: str, axis: str, cells: Sequence[Mapping[str, Any]],
                  others: Sequence[str], colors: Mapping[str, str],
-                 targets: Sequence[Mapping[str, Any]]) -> str:
-    """The final ``metric`` against the numeric grid ``axis`` (log scale when its values span
-    more than a decade): the mean over seeds with the seeds' range as an error bar, one series
+                 targets: Sequence[Mapping[str, Any]], log: bool | None = None) -> str:
+    """The final ``metric`` against the numeric grid ``axis`` (log scale when ``log``, or by
+    default when its values span more than a decade): the mean over seeds with the seeds' range as an error bar, one series
     per combination of the ``others`` axes; a cell with no finite final value is a cross."""
     xs = sorted({float(c["params"][axis]) for c in cells})
-    log_x = xs[0] > 0 and xs[-1] / xs[0] > 10
+    log_x = xs[0] > 0 and (xs[-1] / xs[0] > 10 if log is None else log)
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for c in cells:
         groups.setdefault(_params_text({k: c["params"].get(k) for k in others}), []).append(c)
@@ -502,6 +502,8 @@ def _comparison(exp: Mapping[str, Any], metrics: Sequence[str]) -> str:
     cells = [c for c in exp["cells"] if (c.get("result") or {}).get("seeds")]
     if not cells:
         return ""
+    if exp.get("search"):
+        return _search_charts(exp, cells, metrics, colors)
     series = [_Series(c["cell_id"], colors[c["cell_id"]], tuple(c["result"]["seeds"]))
               for c in cells]
     key = " ".join(f'<span class="key" style="color:{colors[c["cell_id"]]}">&#9644; '
@@ -518,6 +520,32 @@ def _comparison(exp: Mapping[str, Any], metrics: Sequence[str]) -> str:
             + '<div class="figs">' + "".join(f"<figure>{f}</figure>" for f in figs) + "</div>")
 
 
+def _search_charts(exp: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
+                   metrics: Sequence[str], colors: Mapping[str, str]) -> str:
+    """A search at a glance: the best trials' curves (not every trial's), then the search
+    metric at each trial's last epoch against each numeric hyperparameter, one point per
+    trial (log x where the space samples that dimension on a log scale)."""
+    info = exp["search"]
+    by_id = {c["cell_id"]: c for c in cells}
+    best = [by_id[cid] for cid in info.get("best", []) if cid in by_id]
+    series = [_Series(c["cell_id"], colors[c["cell_id"]], tuple(c["result"]["seeds"]))
+              for c in best]
+    key = " ".join(f'<span class="key" style="color:{colors[c["cell_id"]]}">&#9644; '
+                   f'<span style="color:#222">{_e(c["cell_id"])}</span></span>' for c in best)
+    figs = [_curves_chart(m, series, _targets(exp, m)) for m in metrics] if series else []
+    metric = info.get("metric")
+    shown = [metric] if metric in metrics else list(metrics[:1])
+    log = set(info.get("log", []))
+    for axis in _numeric_axes(exp):
+        figs += [_final_chart(m, axis, cells, [], colors, _targets(exp, m), log=axis in log)
+                 for m in shown]
+    pruned = len(info.get("pruned", {}))
+    return (f'<div class="legend-key">best {len(best)} of {len(cells)} trials by '
+            f'{_e(metric)}: {key} <small>by-hyperparameter charts: one point per trial at '
+            f"its last epoch ({pruned} trial(s) pruned early, so lower)</small></div>"
+            + '<div class="figs">' + "".join(f"<figure>{f}</figure>" for f in figs) + "</div>")
+
+
 # -------------------------------------------------------------------------------- document
 
 
@@ -528,7 +556,7 @@ def _experiment_section(exp: Mapping[str, Any]) -> str:
            _comparison(exp, metrics), _cross_table(exp), _claims_table(exp),
            "<h3>Cells</h3>", _cell_table(exp, records)]
     axes = list(exp["axes"])
-    if len(axes) >= 2 and metrics:
+    if len(axes) >= 2 and metrics and not exp.get("search"):  # a search's values are scattered
         metric = next((m for m in ("val_acc", "val_loss") if m in metrics), metrics[0])
         out.append('<h3>Heatmap</h3><div class="figs">'
                    + _heatmap(metric, axes[0], axes[1], exp["cells"], axes[2:]) + "</div>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -312,8 +312,10 @@ def _verdict_dict(v: Verdict) -> dict[str, Any]:
 def run_document(
     experiments: Sequence[tuple[str, str, Sequence[str], Sequence[CellRecord], Sequence[Verdict]]],
     environment: dict[str, Any],
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The whole run as one JSON-ready dict (schema ``hpspec-run``, version 1):
+    """The whole run as one JSON-ready dict (schema ``hpspec-run``, version 1); ``extras``
+    adds fields to an experiment by key (a search's ``"search"`` summary):
 
     ``{"schema", "version", "environment", "experiments": [{"key", "name", "axes",
     "cells": [{"cell_id", "params", "outcome", "verdicts", "result"}], "claims": [...]}]}``
@@ -340,6 +342,7 @@ def run_document(
                     for r in records
                 ],
                 "claims": [_verdict_dict(v) for v in claims],
+                **dict((extras or {}).get(key, {})),
             }
             for key, name, axes, records, claims in experiments
         ],

@@ -9,11 +9,12 @@ collection, deterministically from its seed, and every trial becomes a cell with
 trials that share an architecture train as one stacked model. Sampled floats are rounded to
 three significant digits *before* training: the value in the id is the value trained.
 
-Successive halving (:func:`halving`) is a rule over a stacked population: at each rung epoch
-the trials training together that are outside the best ``1/eta`` on the metric stop; the others
-go on in the same run, so a survivor's curve is exactly the curve it would have had unpruned.
-The population is the trials that stack together (same batch size, epochs and architecture);
-trials that train apart are ranked apart.
+Successive halving (:func:`halving`, run by :func:`successive_halving`) ranks ALL the trials
+of a search at each rung epoch, whichever stacked groups they train in: every trial still in is
+trained from scratch (same seed, same data order) to the rung, stacked where it can be, the best
+``1/eta`` go on to the next rung and the rest are reported as pruned there with their curve so
+far. A survivor's curve is therefore exactly the curve it has unpruned.
+(:func:`halving_rule` is the older within-one-group rule, kept for the engine's hook.)
 """
 
 from __future__ import annotations
@@ -64,9 +65,13 @@ __all__ = [
     "found",
     "trials",
     "halving_rule",
+    "successive_halving",
+    "mark_pruned",
+    "cut",
     "rungs",
     "importance",
     "search_table",
+    "search_document",
     "PRUNED",
 ]
 
@@ -403,6 +408,85 @@ def halving_rule(h: Halving, owners: Sequence[str], epochs: int) -> PopulationRu
     return decide
 
 
+def _rung_score(result: CellResult, metric: str, epoch: int, lower: bool) -> float:
+    """The trial's ``metric`` at ``epoch``, mean over seeds, signed so smaller is better
+    (inf when a seed has no finite value there: diverged or too short)."""
+    vals = []
+    for s in result.seeds:
+        curve = s.curves.get(metric) or ()
+        if s.diverged is not None or len(curve) < epoch or not math.isfinite(curve[epoch - 1]):
+            return math.inf
+        vals.append(float(curve[epoch - 1]))
+    v = statistics.fmean(vals)
+    return v if lower else -v
+
+
+def cut(result: CellResult, epoch: int) -> CellResult:
+    """``result`` as it stood after ``epoch`` epochs (curves cut there, no pruning mark)."""
+    seeds = tuple(attrs.evolve(
+        s, curves={k: list(v)[:epoch] for k, v in s.curves.items()},
+        epoch_seconds=tuple(s.epoch_seconds)[:epoch],
+        measurements={k: v for k, v in s.measurements.items() if k != PRUNED})
+        for s in result.seeds)
+    return attrs.evolve(result, seeds=seeds)
+
+
+def mark_pruned(result: CellResult, epoch: int) -> CellResult:
+    """``result`` cut to its first ``epoch`` epochs and marked as pruned there."""
+    seeds = tuple(attrs.evolve(s, measurements={**s.measurements, PRUNED: float(epoch)})
+                  for s in cut(result, epoch).seeds)
+    return attrs.evolve(result, seeds=seeds)
+
+
+#: ``train(trial ids, stop_at)``: those trials trained from scratch (their own seeds and data
+#: order) and stopped after ``stop_at`` epochs (None: their full epoch count); a trial it
+#: could not train is left out of the answer.
+TrainTo = Callable[[list[str], "int | None"], Mapping[str, CellResult]]
+
+
+def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
+                       log: list[str] | None = None) -> dict[str, CellResult]:
+    """Successive halving over ALL of a search's trials, whichever stacked groups they train
+    in, without checkpoints: at each rung ``e`` the trials still in are trained from scratch to
+    epoch ``e`` (``train`` stacks them where it can), those that run past ``e`` are ranked
+    together on ``h.metric`` at epoch ``e``, the best ``1/eta`` (at least one) go on and the
+    rest are pruned at ``e`` with their curve so far. Training is deterministic given the seed,
+    so a survivor's final curve is by construction the curve it has unpruned; the cost is the
+    sum over rungs of (trials in) x (rung epochs), not a full run per trial.
+
+    ``epochs`` maps each trial id to its own epoch count (a trial that ends at or before a
+    rung is finished there, not ranked). Returns every trained trial's result: pruned ones
+    marked with :data:`PRUNED`."""
+    lower = h.lower_is_better()
+    alive = list(epochs)
+    out: dict[str, CellResult] = {}
+    for e in rungs(h, max(epochs.values(), default=0)):
+        if len(alive) <= 1:
+            break
+        got = train(list(alive), e)
+        going = []
+        for cid in alive:
+            r = got.get(cid)
+            if r is None:  # failed to train: its own run reports the error
+                continue
+            if epochs[cid] <= e or any(s.diverged is not None for s in r.seeds):
+                out[cid] = r  # finished (or diverged) within this rung: final
+            else:
+                going.append(cid)
+        keep = max(1, len(going) // h.eta)
+        order = sorted(going, key=lambda c: (_rung_score(got[c], h.metric, e, lower), c))
+        for cid in order[keep:]:
+            out[cid] = mark_pruned(got[cid], e)
+        if log is not None and going:
+            log.append(f"halving at epoch {e}: {len(going)} trial(s) ranked on {h.metric} "
+                       f"across all groups, {min(keep, len(going))} kept, "
+                       f"{max(0, len(going) - keep)} pruned")
+        alive = order[:keep]
+    if alive:
+        out.update(train(list(alive), None))
+    return out
+
+
 def pruned_at(result: CellResult) -> int | None:
     """The epoch halving stopped this cell at (None: it was not pruned)."""
     marks = [s.measurements.get(PRUNED) for s in result.seeds]
@@ -703,6 +787,18 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
         lines.append("  importance (share of the metric's variance between a hyperparameter's "
                      "values): " + ", ".join(f"{k} {v:.2f}" for k, v in imp))
     return "\n".join(lines)
+
+
+def search_document(exp: Any, results: Mapping[str, CellResult], top: int = 5) -> dict[str, Any]:
+    """What the JSON document (and so the HTML report) adds for a search: the metric and its
+    direction, the log-scaled dimensions, the ``top`` best trials and where trials were
+    pruned."""
+    s: Sampler = exp.search
+    got = {c.id: results[c.id] for c in exp.cells if c.id in results}
+    return {"kind": s.kind, "metric": s.order_metric(), "lower": s.lower_is_better(),
+            "log": [k for k, d in s.space.varying() if d.log],
+            "best": ranked(s, got)[:top] if got else [],
+            "pruned": {c: pruned_at(r) for c, r in got.items() if pruned_at(r) is not None}}
 
 
 # ------------------------------------------------------------------------- for the runners

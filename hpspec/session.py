@@ -21,7 +21,7 @@ from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
-from hpspec.search import halving_population, search_key
+from hpspec.search import search_key
 from hpspec.spec import Cell, Experiment
 
 # ------------------------------------------------------------------------------------- state
@@ -119,6 +119,11 @@ class Session:
                 found = self._from_cache(key, exp, cell, cached)
         if found is None and not cached and (key, cell.id) in self.ray_jobs:
             found = self._from_ray(key, exp, cell)
+        if (found is None and not cached and exp.search is not None
+                and exp.search.halving is not None and exp.mode == "recipe"
+                and (key, cell.id) not in self.stack_tried):
+            self._train_search(key, exp, progress)
+            found = self.results.get((key, cell.id))
         if found is None and not cached and self.stack and (key, cell.id) not in self.stack_tried:
             self._train_stacked(key, exp, cell, progress)
             found = self.results.get((key, cell.id))
@@ -338,9 +343,6 @@ class Session:
                       f"claim {timing!r} times the training")
             return
         wanted = (self.wanted.get(key) or {c.id for c in exp.cells}) | {cell.id}  # once: linear
-        population = halving_population(exp)
-        if population is not None:  # a trial's pruning depends on all the trials beside it
-            wanted = {c.id for c in exp.cells}
         pending = [c for c in exp.cells
                    if c.id in wanted and (key, c.id) not in self.results
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
@@ -357,8 +359,7 @@ class Session:
         try:
             log: list[str] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules, log=log, population=population,
-                                       threads=self.threads)
+                                       stop_rules=rules, log=log, threads=self.threads)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -384,6 +385,97 @@ class Session:
             cells = sorted(c for c, r in why.items() if r == reason)
             self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
                       f"{reason}")
+
+    def _train_search(self, key: str, exp: Experiment, progress: Any) -> None:
+        """Successive halving over every trial of the search (across stacked groups): see
+        :func:`hpspec.search.successive_halving`. A trial whose seeds are all cached is served
+        from the cache at any rung it reached; the final results are stored and saved."""
+        __tracebackhide__ = True
+        from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
+        from hpspec.plan import stop_rule
+        from hpspec.search import PRUNED, cut, successive_halving
+
+        cells = {c.id: c for c in exp.cells}
+        self.stack_tried.update((key, cid) for cid in cells)
+        cached: dict[str, CellResult] = {}
+        if self.cache == "use":
+            for cid, c in cells.items():
+                hit = self.cached_seeds(exp, c, exp.seeds)
+                if len(hit) == len(exp.seeds):
+                    cached[cid] = CellResult(experiment=exp.name, cell_id=cid,
+                                             params=c.as_dict(), device=self.resolve_device(),
+                                             seeds=tuple(hit))
+        stack = (self.stack and exp.stack and not self.inference and exp.timeout is None
+                 and self.timeout is None)
+        report = None
+        if progress is not None:
+            def report(epoch: int, epochs: int, loss: float) -> None:
+                progress(1, 1, epoch, epochs, loss)
+        groups: list[str] = []
+
+        def reached(r: CellResult, stop_at: int | None) -> bool:
+            marks = [x.measurements.get(PRUNED) for x in r.seeds]
+            return all(m is None for m in marks) or (
+                stop_at is not None and all(m is not None and m >= stop_at for m in marks))
+
+        def train(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
+            got = {cid: cached[cid] for cid in ids if cid in cached
+                   and reached(cached[cid], stop_at)}
+            todo = [cells[cid] for cid in ids if cid not in got]
+
+            def rule(c: Cell) -> Any:
+                own = stop_rule(exp, c.as_dict(), self.full_curves)
+                if stop_at is None:
+                    return own
+                return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
+                                       or (own is not None and own(curves)))
+
+            rules = {c.id: rule(c) for c in todo}
+            if stack and todo:
+                for bucket in stackable_cells(exp, todo):
+                    log: list[str] = []
+                    try:
+                        done, _ = run_stacked(exp, bucket, self.resolve_device(),
+                                              progress=report, stop_rules=rules, log=log,
+                                              threads=self.threads)
+                    except Exception as e:  # those cells then train one by one
+                        self.note(key, f"stacked training failed ({type(e).__name__}: {e}); "
+                                  "trained one by one")
+                        done = {}
+                    got.update(done)
+                    groups.extend(line for line in log if "stacked group" in line)
+            for c in todo:
+                if c.id in got:
+                    continue
+                try:
+                    got[c.id] = run_cell(exp, c, self.resolve_device(), stop=rules[c.id],
+                                         threads=self.threads)
+                except Exception as e:  # noqa: BLE001 - its own item trains it again and
+                    # reports the error with its traceback; the search goes on without it
+                    self.note(key, f"halving: {c.id} could not train ({type(e).__name__}); "
+                              "left out of the ranking")
+            if stop_at is not None:  # a rung's result: cut to the rung, whatever served it
+                got = {cid: cut(r, stop_at) for cid, r in got.items()}
+            return got
+
+        log: list[str] = []
+        results = successive_halving(exp.search.halving,
+                                     {cid: exp.epochs_for(c) for cid, c in cells.items()},
+                                     train, log)
+        for cid, result in results.items():
+            if cid not in cached:
+                for r in result.seeds:
+                    self.save_seed(key, exp, cells[cid], r)
+            self._store(key, cells[cid], result)
+        trained = len([c for c in results if c not in cached])
+        self.note(key, f"successive halving over all {len(cells)} trials "
+                  f"({len(cached)} served from the cache, {trained} trained; "
+                  f"{'stacked per rung' if stack else 'one by one'})")
+        for line in log:
+            self.note(key, line)
+        if groups:
+            self.note(key, f"{len(groups)} stacked training run(s) over the rungs: "
+                      + "; ".join(groups[:3]) + (" ..." if len(groups) > 3 else ""))
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
@@ -590,7 +682,16 @@ class Session:
                 experiments.append(
                     (key, info.name, info.axes, ran, list(self.cross.get(key, {}).values()))
                 )
-        return run_document(experiments, environment(self.device, self.threads))
+        from hpspec.search import search_document
+
+        extras = {}
+        for key, *_ in experiments:
+            exp = self.experiments.get(key)
+            if exp is not None and exp.search is not None:
+                got = {c.id: self.results[(key, c.id)] for c in exp.cells
+                       if (key, c.id) in self.results}
+                extras[key] = {"search": search_document(exp, got)}
+        return run_document(experiments, environment(self.device, self.threads), extras)
 
     def grades(self, asked: bool) -> dict[str, Any] | None:
         """The run graded by its claims' points (see hpspec.grade), when a claim has points=

@@ -234,6 +234,10 @@ CASES = [
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
                            halving=hp.halving(metric="accuracy"))),
      "halving: metric = 'accuracy'", "val_acc"),
+    ("halving that never prunes",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
+                           halving=hp.halving(min_epochs=2, metric="val_loss"))),
+     "halving: min_epochs = 2 would never prune", "use min_epochs < 2"),
     ("optuna sampler", dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4)),
      "ask-and-tell", "hp.random"),
 ]

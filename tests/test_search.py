@@ -14,9 +14,11 @@ from hpspec.search import (
     PRUNED,
     halving_rule,
     importance,
+    pruned_at,
     ranked,
     rungs,
     search_table,
+    successive_halving,
     trials,
 )
 from hpspec.spec import build
@@ -184,3 +186,143 @@ def test_search_table_shows_top_trials_and_pruned_count():
     assert "sorted by val_acc (higher is better)" in lines[0]
     assert exp.cells[3].id in lines[2]  # best finished trial first, pruned ones after
     assert "... 5 more trial(s) not shown; 4 pruned in all" in text
+
+
+def test_successive_halving_ranks_all_trials_together_with_a_fake_trainer():
+    """Pure: trials ranked at each rung over the whole search; pruned ones cut and marked;
+    survivors' final results are the full runs; a trial that ends within a rung is finished."""
+    full = {c: [0.1 * i + 0.01 * e for e in range(1, 9)] for i, c in enumerate("abcdefgh")}
+    epochs = {c: 8 for c in full}
+    epochs["a"] = 2  # ends at the first rung: finished, never ranked
+    calls = []
+
+    def train(ids, stop_at):
+        calls.append((tuple(ids), stop_at))
+        n = stop_at or 8
+        return {c: _result(c, {}, [full[c][:min(n, epochs[c])]]) for c in ids}
+
+    log = []
+    out = successive_halving(hp.halving(min_epochs=2, eta=2, metric="val_acc"),
+                                       epochs, train, log)
+    assert calls[0] == (tuple("abcdefgh"), 2)
+    assert calls[1] == (("h", "g", "f"), 4)  # 7 ranked at epoch 2 -> 3 kept, best first
+    assert calls[2] == (("h",), None)
+    assert len(calls) == 3  # one survivor left: it trains to the end, no more rungs
+    assert {c: pruned_at(r) for c, r in out.items()} == {
+        "a": None, "b": 2, "c": 2, "d": 2, "e": 2, "f": 4, "g": 4, "h": None}
+    assert out["g"].seeds[0].curves["val_acc"] == full["g"][:4]
+    assert out["h"].seeds[0].curves["val_acc"] == full["h"]
+    assert log[0].startswith("halving at epoch 2: 7 trial(s) ranked on val_acc across all")
+
+
+def test_halving_prunes_across_stacked_groups_and_survivors_equal_unpruned_runs():
+    """Through the session: trials with different batch sizes train in different stacked
+    groups, yet are ranked together; a survivor's curves are bit for bit its unpruned run's,
+    a pruned trial keeps its curve so far and is shown as pruned at its rung."""
+    torch = pytest.importorskip("torch")
+    from hpspec.engine.runner import run_cell
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128]))
+    exp = build(hp.experiment(search=hp.random(
+        space, trials=6, seed=1, halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, seeds=2, data=hp.datasets.digits(n_train=300))(recipe))
+    assert len({c.get("batch_size") for c in exp.cells}) == 2  # two stacked groups at least
+    s = Session(device_option="cpu", table="auto", cache="off")
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    first = s.result("k", exp, exp.cells[0])
+    got = {c.id: s.results[("k", c.id)] for c in exp.cells}
+    assert got[exp.cells[0].id] is first
+    stopped = {cid: pruned_at(r) for cid, r in got.items()}
+    # rungs at epochs 1 and 2 over all 6 trials: 6 -> 3 -> 1
+    assert sorted(v for v in stopped.values() if v) == [1, 1, 1, 2, 2]
+    pruned_sizes = {got[c].params["batch_size"] for c, v in stopped.items() if v}
+    assert len(pruned_sizes) == 2  # pruning reached both groups
+    for c in exp.cells:
+        plain = run_cell(exp, c, "cpu")  # unpruned, one by one
+        for a, b in zip(got[c.id].seeds, plain.seeds, strict=True):
+            n = stopped[c.id] or 4
+            assert len(a.curves["val_loss"]) == n and a.seed == b.seed
+            for k in a.curves:
+                assert list(a.curves[k]) == pytest.approx(list(b.curves[k][:n]), abs=1e-6)
+    text = search_table(exp, got)
+    assert "pruned at epoch 1" in text and "pruned at epoch 2" in text
+    assert any("across all groups" in line for line in s.notes["k"])
+
+
+def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_curves():
+    from hpspec.html import render_html
+    from hpspec.report import CellRecord, run_document
+    from hpspec.search import search_document
+
+    def fn(case):
+        return None
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), width=hp.intrange(10, 20))
+    exp = build(hp.experiment(search=hp.random(space, trials=8, seed=0, metric="val_acc",
+                                               halving=hp.halving(metric="val_acc")),
+                              epochs=9, data=hp.datasets.digits())(fn))
+    results, records = {}, []
+    for i, c in enumerate(exp.cells):
+        pr = 1 if i >= 4 else None
+        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
+                                pruned=pr)
+        records.append(CellRecord(exp.name, c.id, c.as_dict(), "passed", results[c.id]))
+    info = search_document(exp, results, top=2)
+    assert info["log"] == ["lr"] and info["metric"] == "val_acc" and len(info["pruned"]) == 4
+    assert info["best"] == [exp.cells[3].id, exp.cells[2].id]
+    doc = run_document([("k", exp.name, exp.axes, records, [])], {}, {"k": {"search": info}})
+    html = render_html(doc)
+    assert "lr (log scale)" in html and "val_acc (final) by width" in html
+    assert "width (log scale)" not in html  # an int range sampled linearly stays linear
+    assert "best 2 of 8 trials by val_acc" in html
+    legend = html.split('class="legend-key">', 1)[1].split("</div>", 1)[0]
+    assert exp.cells[3].id in legend and exp.cells[0].id not in legend
+    plain = render_html(run_document([("k", exp.name, exp.axes, records, [])], {}))
+    assert "best 2 of 8" not in plain  # without the search field: the grid layout
+
+
+def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_included(
+        tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from hpspec.engine import runner
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128])), trials=4,
+        seed=2, halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
+
+    def session():
+        s = Session(device_option="cpu", table="auto", store_path=tmp_path / "r.sqlite")
+        s.experiments["k"] = exp
+        s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+        return s
+
+    first = session()
+    first.result("k", exp, exp.cells[0])
+    before = {c.id: first.results[("k", c.id)] for c in exp.cells}
+    assert sum(pruned_at(r) is not None for r in before.values()) == 2
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(runner, "run_stacked", no_training)
+    monkeypatch.setattr(runner, "run_cell", no_training)
+    again = session()
+    for c in exp.cells:
+        r = again.result("k", exp, c)
+        assert pruned_at(r) == pruned_at(before[c.id])
+        assert [list(x.curves["val_acc"]) for x in r.seeds] == [
+            list(x.curves["val_acc"]) for x in before[c.id].seeds]
