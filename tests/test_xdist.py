@@ -152,3 +152,62 @@ def test_adaptive_seeds_reported_in_full_with_workers(pytester):
     in_html = [sorted(html_seeds.findall((pytester.path / f).read_text()))
                for f in ("serial.html", "par.html")]
     assert f"seed {a['arm=a'] - 1}" in in_html[0] and in_html[0] == in_html[1]
+
+
+KILLED_ONCE = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.2, 0.1]), epochs=1, stack=False, seeds=5,
+               data=hp.datasets.digits(n_train=200),
+               claims=[hp.compare(hp.metric("val_loss").final(), lower={"lr": 0.3},
+                                  than={"lr": 0.2}, name="fast-beats-mid")])
+def killed(case):
+    if case.lr == 0.2:
+        with open(os.environ["HPSPEC_STARTS"], "a") as f:
+            f.write("start\\n")
+        if not os.path.exists(os.environ["HPSPEC_STARTS"] + ".killed"):
+            open(os.environ["HPSPEC_STARTS"] + ".killed", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # once: a retraining elsewhere would pass
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+@pytest.mark.slow
+def test_a_cell_whose_worker_died_is_recorded_and_not_retrained_for_a_claim(pytester,
+                                                                            monkeypatch):
+    import json
+
+    from hpspec.store import Store
+
+    starts = pytester.path / "starts.txt"
+    monkeypatch.setenv("HPSPEC_STARTS", str(starts))
+    pytester.makepyfile(exp_killed=KILLED_ONCE)
+    result = pytester.runpytest_subprocess("-n", "2", "--hpspec-json=run.json")
+    out = result.stdout.str()
+    import re
+
+    result.stdout.fnmatch_lines(["*killed[[]lr=0.2[]]*crashed*"])
+    # the claim was not judged on a retraining of the killed cell: it says the worker died
+    assert starts.read_text().count("start") == 1, out
+    assert re.search(r"(FAILED|ERROR) \S*killed\[fast-beats-mid\]", out), out
+    assert "its worker died while training it" in out, out
+    result.assert_outcomes(passed=2, failed=1, errors=1)
+    doc = json.loads((pytester.path / "run.json").read_text())
+    cells = {c["cell_id"]: c for c in doc["experiments"][0]["cells"]}
+    assert cells["lr=0.2"]["outcome"] == "crashed"
+    assert cells["lr=0.2"]["params"] == {"lr": "0.2"}
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    run = store.runs()[0]
+    got = {cell: entry["outcome"] for (_, cell), entry in store.run_cells(run.id).items()}
+    store.close()
+    assert got["lr=0.2"] == "crashed" and got["lr=0.3"] == "passed"
+    assert "fast-beats-mid" not in got  # a claim is never recorded as a cell
+    # item 3: the controller records torch and the device, taken from a worker's payload
+    import torch
+
+    assert doc["environment"]["torch"] == torch.__version__
+    assert doc["environment"]["device"] == "cpu"
+    assert run.environment["torch"] == torch.__version__ and run.environment["device"] == "cpu"
