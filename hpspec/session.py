@@ -694,11 +694,15 @@ class Session:
         or ``asked`` (--hpspec-grade was given); None otherwise."""
         from hpspec.grade import declared, grade
 
-        claims = [c for k in self.records for c in self.experiments[k].claims]
+        # (an xdist controller collects nothing: it knows no experiment's claims to grade)
+        claims = [c for k in self.records if k in self.experiments
+                  for c in self.experiments[k].claims]
         if not asked and all(getattr(c, "points", None) is None for c in claims):
             return None
         items = []
         for key, records in self.records.items():
+            if key not in self.experiments:
+                continue
             ran = {r.cell_id: r.params for r in records.values() if r.outcome != "not run"}
             selected = [slug for k, slug in self.selected_claims if k == key]
             items += declared(key, self.info[key].name, self.experiments[key].claims, ran,
