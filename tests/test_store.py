@@ -557,3 +557,16 @@ def test_an_xdist_run_row_is_completed_with_torch_and_device(tmp_path):
     assert row.environment["torch"] == "2.13.0" and row.environment["device"] == "cpu"
     assert "pid" in row.environment  # what begin_run recorded stays
     assert row.fingerprint == store.find_run(str(a)).fingerprint
+
+
+def test_a_seed_already_in_the_run_is_not_recorded_again_from_the_cache(tmp_path):
+    # Under -n a claim's worker reads from the cache the seeds the cell's own worker stored in
+    # this same run: recording them again doubled the run's seed count in `runs` and `show`.
+    store = Store.open(tmp_path / "s.sqlite")
+    run = store.begin_run({"device": "cpu"})
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0))
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
+    assert len(store.run_cells(run)[("e", "c")]["seeds"]) == 1
+    later = store.begin_run({"device": "cpu"})  # a later run's cache hit is recorded in it
+    store.put_seed(later, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
+    assert store.runs()[0].seeds == 1 and store.runs()[0].cached == 1

@@ -204,6 +204,10 @@ def test_a_cell_whose_worker_died_is_recorded_and_not_retrained_for_a_claim(pyte
     got = {cell: entry["outcome"] for (_, cell), entry in store.run_cells(run.id).items()}
     store.close()
     assert got["lr=0.2"] == "crashed" and got["lr=0.3"] == "passed"
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    counted = {cell: len(e["seeds"]) for (_, cell), e in store.run_cells(run.id).items()}
+    store.close()
+    assert counted["lr=0.3"] == 5 and counted["lr=0.1"] == 5  # each seed recorded once
     assert "fast-beats-mid" not in got  # a claim is never recorded as a cell
     # item 3: the controller records torch and the device, taken from a worker's payload
     import torch
@@ -211,3 +215,40 @@ def test_a_cell_whose_worker_died_is_recorded_and_not_retrained_for_a_claim(pyte
     assert doc["environment"]["torch"] == torch.__version__
     assert doc["environment"]["device"] == "cpu"
     assert run.environment["torch"] == torch.__version__ and run.environment["device"] == "cpu"
+
+
+def test_crashed_items_are_settled_into_records_and_claim_messages():
+    # The controller hears only a node id and xdist's reason; at the end a crashed cell is a
+    # record, a crashed claim a failed verdict, and a claim judged with a retraining of a
+    # crashed cell (no store to warn its worker: --hpspec-cache=off) says so.
+    from hpspec.claims import PASS, Verdict
+    from hpspec.crashes import is_crash_report, parse_cell_id, split_nodeid
+    from hpspec.distributed import ExpInfo
+    from hpspec.session import Session
+
+    assert is_crash_report("???", "worker 'gw0' crashed while running 'a.py::x[lr=1]'")
+    assert not is_crash_report("call", "worker 'gw0' crashed while running 'a.py::x[lr=1]'")
+    assert split_nodeid("d/exp_a.py::grid[lr=0.1-bs=8]") == ("d/exp_a.py::grid", "lr=0.1-bs=8")
+    assert split_nodeid("exp_a.py::g[1]x[lr=1]", ["exp_a.py::g[1]x"]) == ("exp_a.py::g[1]x",
+                                                                        "lr=1")
+    assert parse_cell_id("lr=1e-3-bs=8", ("lr", "bs")) == {"lr": "1e-3", "bs": "8"}
+    assert parse_cell_id("lower-than-lr=0.3", ("lr", "bs")) is None
+    s = Session(device_option="cpu", table="full", cache="off")
+    key = "exp_a.py::grid"
+    s.info[key] = ExpInfo("grid", ("lr",))
+    s.record_crash(f"{key}[lr=0.2]", "worker 'gw1' crashed while running it")
+    s.record_crash(f"{key}[mid-wins]", "worker 'gw0' crashed while running it")
+    s.cross[key] = {"fast-wins": Verdict("fast-wins", PASS, "lr=0.3 lower")}
+    s.claim_cells[(key, "fast-wins")] = {"lr=0.3", "lr=0.2"}
+    s.settle_crashes()
+    s.settle_crashes()  # idempotent: the summary and the record may both settle
+    record = s.records[key]["lr=0.2"]
+    assert record.outcome == "crashed" and "gw1" in record.note and record.params == {"lr": "0.2"}
+    assert s.cross[key]["mid-wins"].outcome == "fail" and "gw0" in s.cross[key]["mid-wins"].message
+    message = s.cross[key]["fast-wins"].message
+    assert s.cross[key]["fast-wins"].outcome == PASS
+    assert message.count("trained on another worker") == 1 and "lr=0.2" in message
+    assert any("trained on another worker" in line for line in s.notes[key])
+    doc = s.run_document()
+    cells = {c["cell_id"]: c["outcome"] for c in doc["experiments"][0]["cells"]}
+    assert cells == {"lr=0.2": "crashed"}
