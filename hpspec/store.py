@@ -354,10 +354,11 @@ class Store:
     def put_seed(self, run_id: int, key: str, experiment: str, cell_id: str,
                  params: Mapping[str, Any], device: str, result: SeedResult,
                  cached: bool = False) -> None:
-        """Record one seed in a run. A cached seed the run holds already (under xdist a
-        claim's worker reads from the cache the seeds another worker just stored for this
-        run) is not recorded twice: the run's record counts each seed once."""
-        if cached and self.conn.execute(
+        """Record one seed in a run. A seed the run holds already is not recorded twice (under
+        xdist a claim's worker reads from the cache the seeds another worker just stored for
+        this run, or, with --hpspec-cache=refresh, trains them again): the run's record
+        counts each seed once."""
+        if self.conn.execute(
                 "SELECT 1 FROM seeds WHERE run_id = ? AND cache_key = ? LIMIT 1",
                 (run_id, key)).fetchone():
             return

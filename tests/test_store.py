@@ -566,6 +566,7 @@ def test_a_seed_already_in_the_run_is_not_recorded_again_from_the_cache(tmp_path
     run = store.begin_run({"device": "cpu"})
     store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0))
     store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0))  # refresh, twice
     assert len(store.run_cells(run)[("e", "c")]["seeds"]) == 1
     later = store.begin_run({"device": "cpu"})  # a later run's cache hit is recorded in it
     store.put_seed(later, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
