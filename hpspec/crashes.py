@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["CRASH_MARK", "is_crash_report", "split_nodeid", "parse_cell_id", "retrained_line"]
+__all__ = ["CRASH_MARK", "is_crash_report", "parse_cell_id", "retrained_line", "split_nodeid"]
 
 #: The outcome a crashed cell gets in the records, the JSON and the store's ``cells`` table
 #: (written the moment the controller hears of it, so that claims on other workers see it).

@@ -364,8 +364,8 @@ class Session:
                 if self.store is not None and self.run_id is not None:
                     try:
                         self.store.drop_cell(self.run_id, key, text)
-                    except Exception:
-                        pass
+                    except Exception as e:
+                        self.store_error = f"store {self.store.path}: {type(e).__name__}: {e}"
                 continue
             if info is None:
                 info = self.info[key] = ExpInfo(key.rpartition("::")[2], ())
@@ -843,7 +843,6 @@ def environment(device: str | None) -> dict[str, Any]:
     """What produced the numbers: versions, device, CPU count, git commit when there is one."""
     import platform
     import subprocess
-    import sys
 
     from hpspec import __version__
 

@@ -252,3 +252,6 @@ def test_crashed_items_are_settled_into_records_and_claim_messages():
     doc = s.run_document()
     cells = {c["cell_id"]: c["outcome"] for c in doc["experiments"][0]["cells"]}
     assert cells == {"lr=0.2": "crashed"}
+    from hpspec.html import render_html
+
+    assert "crashed" in render_html(doc)  # the HTML report shows it as well
