@@ -58,7 +58,10 @@ def _unverdict(d: Mapping[str, Any]) -> Verdict:
                    None if d.get("effect") is None else Effect(**d["effect"]))
 
 
-def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[str]) -> str:
+def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[str],
+                 environment: Mapping[str, Any] | None = None) -> str:
+    """A cell's record; ``environment``: the worker's torch, CUDA and device, which the
+    controller (it never imports torch) records as the run's."""
     return json.dumps({
         "kind": "cell", "key": key, "info": info.to_dict(), "cell_id": record.cell_id,
         "params": {k: json_number(v) if isinstance(v, float) else v
@@ -66,7 +69,7 @@ def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[st
         "outcome": record.outcome, "note": record.note,
         "result": record.result.to_dict() if record.result else None,
         "verdicts": [_verdict(v) for v in record.verdicts], "notes": list(notes),
-        "order": record.order,
+        "order": record.order, "environment": dict(environment or {}),
     }, allow_nan=False, default=repr)
 
 

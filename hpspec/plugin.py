@@ -376,7 +376,8 @@ class CellItem(_HpspecItem):
                 from hpspec.distributed import PAYLOAD, cell_payload
 
                 self.user_properties.append((PAYLOAD, cell_payload(
-                    self.key, state.info[self.key], record, state.notes.get(self.key, []))))
+                    self.key, state.info[self.key], record, state.notes.get(self.key, []),
+                    state.worker_environment())))
 
     def _run(self, state: Session, record: CellRecord) -> None:
         __tracebackhide__ = True
@@ -583,6 +584,11 @@ class SessionPlugin:
         and merge it into this session's state."""
         if hasattr(self.config, "workerinput"):
             return  # a worker: the payload travels on with the report
+        from hpspec.crashes import is_crash_report
+
+        if is_crash_report(report.when, report.longrepr):
+            self.state.record_crash(report.nodeid, str(report.longrepr))
+            return
         props = getattr(report, "user_properties", None)
         if not props or not any(k == PAYLOAD_KEY for k, _ in props):
             return

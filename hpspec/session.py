@@ -92,6 +92,13 @@ class Session:
     stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
     #: Per search: fresh-seed results of the best trials and baselines (hp.found claims).
     found: dict[str, dict[str, CellResult]] = attrs.field(factory=dict)
+    #: Controller under xdist: (key, cell id or claim slug) -> why its worker died.
+    crashed: dict[tuple[str, str], str] = attrs.field(factory=dict)
+    #: Controller under xdist: (key, claim slug) -> the cells the claim was judged with.
+    claim_cells: dict[tuple[str, str], set[str]] = attrs.field(factory=dict)
+    #: Controller under xdist: torch, CUDA and device as the first worker payload gave them
+    #: (the controller itself never imports torch).
+    worker_env: dict[str, Any] | None = None
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -132,6 +139,9 @@ class Session:
             from hpspec.engine.runner import run_cell
 
             have = {s.seed for s in cached}
+            # The run's record lists every seed the verdicts use, the cached ones too.
+            for r in cached:
+                self.save_seed(key, exp, cell, r, cached=True)
             try:
                 fresh = run_cell(exp, cell, self.resolve_device(), progress=progress,
                                  inference=self.inference,
@@ -311,12 +321,99 @@ class Session:
             return
         last, seen = time.monotonic(), -1
         while time.monotonic() - last < patience:
+            if self.crashed_elsewhere(key, cell):
+                return
             have = len(self.cached_seeds(exp, cell, exp.seeds))
             if have == len(exp.seeds):
                 return
             if have != seen:
                 last, seen = time.monotonic(), have
             time.sleep(0.2)
+
+    def crashed_elsewhere(self, key: str, cell: Cell) -> str | None:
+        """On an xdist worker: why this cell's own item killed its worker in this run (the
+        controller marks it in the store the moment it hears), or None."""
+        store = self.open_store()
+        if store is None or self.run_id is None:
+            return None
+        from hpspec.crashes import CRASH_MARK
+
+        try:
+            outcome = store.cell_outcome(self.run_id, key, cell.id)
+        except Exception:
+            return None
+        return "its worker crashed" if outcome == CRASH_MARK else None
+
+    def record_crash(self, nodeid: str, reason: str) -> None:
+        """Controller: an item whose worker died. Marked in the store now (claims on other
+        workers then refuse to retrain the cell); its record is settled at the end."""
+        from hpspec.crashes import CRASH_MARK, split_nodeid
+
+        parts = split_nodeid(nodeid, self.info)
+        if parts is None:
+            return
+        self.crashed[parts] = reason
+        if self.store is not None and self.run_id is not None:
+            try:
+                self.store.put_cell(self.run_id, parts[0], parts[1], {}, CRASH_MARK)
+            except Exception as e:
+                self.store_error = f"store {self.store.path}: {type(e).__name__}: {e}"
+
+    def settle_crashes(self) -> None:
+        """Controller, at the end: each crashed cell becomes a record (outcome ``crashed``,
+        the reason as its note), a crashed claim a failed verdict, and a claim judged with a
+        crashed cell (trained again on another worker) says so in its message and the notes."""
+        from hpspec.claims import FAIL
+        from hpspec.crashes import CRASH_MARK, parse_cell_id, retrained_line
+        from hpspec.distributed import ExpInfo
+
+        for (key, text), reason in self.crashed.items():
+            info = self.info.get(key)
+            params = parse_cell_id(text, info.axes) if info is not None else None
+            if info is not None and params is None:  # not a cell id: the claim's own item
+                self.cross.setdefault(key, {})[text] = Verdict(
+                    text, FAIL, f"claim {text!r} was not judged: {reason}")
+                self.records.setdefault(key, {})
+                if self.store is not None and self.run_id is not None:
+                    try:
+                        self.store.drop_cell(self.run_id, key, text)
+                    except Exception as e:
+                        self.store_error = f"store {self.store.path}: {type(e).__name__}: {e}"
+                continue
+            if info is None:
+                info = self.info[key] = ExpInfo(key.rpartition("::")[2], ())
+            records = self.records.setdefault(key, {})
+            old = records.get(text)
+            if old is None or old.outcome in ("not run", "for claims", CRASH_MARK):
+                result = self.results.get((key, text))
+                note = reason + ("; numbers from its retraining for a claim" if result else "")
+                order = max((r.order for r in records.values()), default=-1) + 1
+                records[text] = CellRecord(info.name, text, params or {}, CRASH_MARK, result,
+                                           [], note, old.order if old else order)
+            self.failures[(key, text)] = reason
+        for (key, slug), cells in self.claim_cells.items():
+            used = {c: self.crashed[(key, c)] for c in cells if (key, c) in self.crashed}
+            verdict = self.cross.get(key, {}).get(slug)
+            if not used or verdict is None:
+                continue
+            line = retrained_line(slug, used)
+            if line not in verdict.message:
+                self.cross[key][slug] = attrs.evolve(verdict,
+                                                     message=f"{verdict.message}\n{line}")
+            self.note(key, line)
+
+    def run_environment(self) -> dict[str, Any]:
+        """The run's environment; under xdist the controller's, completed with torch, CUDA
+        and device from a worker (so a serial and a -n run can compare timings)."""
+        env = environment(self.device, self.threads)
+        for k, v in (self.worker_env or {}).items():
+            if env.get(k) is None:
+                env[k] = v
+        return env
+
+    def worker_environment(self) -> dict[str, Any]:
+        """On a worker: what the controller cannot know of the run's environment."""
+        return torch_environment(self.device) if self.device else {}
 
     def note(self, key: str, line: str) -> None:
         lines = self.notes.setdefault(key, [])
@@ -518,10 +615,16 @@ class Session:
             if not claim.selects(cell.as_dict()):
                 continue
             failed = self.failures.get((key, cell.id))
+            if failed is None and self.worker is not None and (key, cell.id) not in self.results:
+                if not n:
+                    self._wait_for_peers(key, exp, cell)
+                # Its own item killed its worker: training it again here would pass the claim
+                # on a run the records say crashed (and may kill this worker too).
+                died = self.crashed_elsewhere(key, cell)
+                if died:
+                    failed = f"its worker died while training it ({died}); not retrained"
             if failed is None:
                 try:
-                    if self.worker is not None and not n:
-                        self._wait_for_peers(key, exp, cell)
                     out[cell.id] = (self.with_seeds(key, exp, cell, n) if n
                                     else self.result(key, exp, cell))
                     continue
@@ -592,6 +695,8 @@ class Session:
                 fresh[cell.id] = CellResult(experiment=exp.name, cell_id=cell.id,
                                             params=cell.as_dict(), device=self.resolve_device(),
                                             seeds=tuple(hit))
+                for r in hit:  # the run's record lists the seeds this claim used
+                    self.save_seed(key, exp, cell, r, cached=True)
         left = [c for c in todo if c.id not in fresh]
         if left and self.stack and exp.stack:
             for bucket in stackable_cells(exp, left):
@@ -615,6 +720,8 @@ class Session:
 
         key = d["key"]
         self.info[key] = d["info"]
+        if self.worker_env is None and d.get("environment"):
+            self.worker_env = dict(d["environment"])
         if d["kind"] == "cell":
             # a claim on another worker may have reported this cell grown already
             result = more_seeds(d["result"], self.results.get((key, d["cell_id"])))
@@ -636,6 +743,7 @@ class Session:
                 record = self.records.get(key, {}).get(cell_id)
                 if record is not None:
                     record.result = kept
+            self.claim_cells[(key, d["slug"])] = set(d["results"])
             if d["verdict"] is not None:
                 self.records.setdefault(key, {})
                 self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
@@ -691,18 +799,22 @@ class Session:
                 got = {c.id: self.results[(key, c.id)] for c in exp.cells
                        if (key, c.id) in self.results}
                 extras[key] = {"search": search_document(exp, got)}
-        return run_document(experiments, environment(self.device, self.threads), extras)
+        return run_document(experiments, self.run_environment(), extras)
 
     def grades(self, asked: bool) -> dict[str, Any] | None:
         """The run graded by its claims' points (see hpspec.grade), when a claim has points=
         or ``asked`` (--hpspec-grade was given); None otherwise."""
         from hpspec.grade import declared, grade
 
-        claims = [c for k in self.records for c in self.experiments[k].claims]
+        # (an xdist controller collects nothing: it knows no experiment's claims to grade)
+        claims = [c for k in self.records if k in self.experiments
+                  for c in self.experiments[k].claims]
         if not asked and all(getattr(c, "points", None) is None for c in claims):
             return None
         items = []
         for key, records in self.records.items():
+            if key not in self.experiments:
+                continue
             ran = {r.cell_id: r.params for r in records.values() if r.outcome != "not run"}
             selected = [slug for k, slug in self.selected_claims if k == key]
             items += declared(key, self.info[key].name, self.experiments[key].claims, ran,
@@ -711,10 +823,13 @@ class Session:
 
     def record_run(self, exitstatus: int) -> None:
         """Cells' outcomes and verdicts into the store, and the run marked finished."""
+        self.settle_crashes()
         store = self.store
         if store is None or self.run_id is None:
             return
         try:
+            # begun before anything trained (under xdist, before torch was ever imported)
+            store.update_environment(self.run_id, self.run_environment())
             for key, records in self.records.items():
                 for r in records.values():
                     if r.outcome == "not run":
@@ -776,7 +891,7 @@ class Session:
             from hpspec.gate import parse_limits
 
             shown = parse_limits("val_loss:+0,val_acc:-0,samples_per_s:-0%")
-        same = base_fp == fingerprint(environment(self.device, self.threads))
+        same = base_fp == fingerprint(self.run_environment())
         rows, warnings = compare_runs(self.current_numbers(), baseline, shown, same, force)
         if not limits:
             rows = [attrs.evolve(r, failed=False) for r in rows]
@@ -822,6 +937,20 @@ def experiment_info(exp: Experiment) -> Any:
     return ExpInfo(exp.name, exp.axes, targets)
 
 
+def torch_environment(device: str | None) -> dict[str, Any]:
+    """The device, and torch's version, CUDA and device name when torch is loaded."""
+    import sys
+
+    env: dict[str, Any] = {"device": device}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch"] = torch.__version__
+        env["cuda"] = torch.version.cuda
+        if device and device.startswith("cuda"):
+            env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
 def environment(device: str | None, threads: Any = "auto") -> dict[str, Any]:
     """What produced the numbers: versions, device, CPU count, threads, git commit when there
     is one."""
@@ -839,13 +968,10 @@ def environment(device: str | None, threads: Any = "auto") -> dict[str, Any]:
         # the setting; each seed's measurements say the count it trained with ("threads")
         "threads": str(threads),
     }
+    env.update(torch_environment(device))
     torch = sys.modules.get("torch")
     if torch is not None:
         env["intra_op_threads"] = torch.get_num_threads()  # what "auto" starts from
-        env["torch"] = torch.__version__
-        env["cuda"] = torch.version.cuda
-        if device and device.startswith("cuda"):
-            env["device_name"] = torch.cuda.get_device_name(device)
     env["git_commit"] = git_commit()
     return env
 

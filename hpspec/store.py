@@ -360,6 +360,14 @@ class Store:
     def put_seed(self, run_id: int, key: str, experiment: str, cell_id: str,
                  params: Mapping[str, Any], device: str, result: SeedResult,
                  cached: bool = False) -> None:
+        """Record one seed in a run. A seed the run holds already is not recorded twice (under
+        xdist a claim's worker reads from the cache the seeds another worker just stored for
+        this run, or, with --hpspec-cache=refresh, trains them again): the run's record
+        counts each seed once."""
+        if self.conn.execute(
+                "SELECT 1 FROM seeds WHERE run_id = ? AND cache_key = ? LIMIT 1",
+                (run_id, key)).fetchone():
+            return
         self._write(
             "INSERT INTO seeds (run_id, cache_key, experiment, cell_id, params, seed, device, "
             "result, cached, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -375,6 +383,25 @@ class Store:
             "VALUES (?, ?, ?, ?, ?)",
             (run_id, experiment, cell_id, json.dumps(dict(params), default=repr), outcome),
         )
+
+    def drop_cell(self, run_id: int, experiment: str, cell_id: str) -> None:
+        self._write("DELETE FROM cells WHERE run_id = ? AND experiment = ? AND cell_id = ?",
+                    (run_id, experiment, cell_id))
+
+    def update_environment(self, run_id: int, environment: Mapping[str, Any]) -> None:
+        """Complete a run's environment (and so its fingerprint) once it is known: a run is
+        begun before anything trained, and under xdist its controller never loads torch."""
+        row = self.conn.execute("SELECT environment FROM runs WHERE id = ?",
+                                (run_id,)).fetchone()
+        if row is None:
+            return
+        try:
+            env = dict(json.loads(row[0]))
+        except (TypeError, ValueError):
+            env = {}
+        env.update({k: v for k, v in environment.items() if v is not None})
+        self._write("UPDATE runs SET environment = ?, fingerprint = ? WHERE id = ?",
+                    (json.dumps(env, default=str), fingerprint(env), run_id))
 
     def put_verdict(self, run_id: int, experiment: str, cell_id: str | None, claim: str,
                     outcome: str, p_pass: float | None, p_fail: float | None,
@@ -435,6 +462,12 @@ class Store:
                                                  "outcome": "?", "seeds": []})
             entry["seeds"].append(_loads(result, self.path, what))
         return out
+
+    def cell_outcome(self, run_id: int, experiment: str, cell_id: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT outcome FROM cells WHERE run_id = ? AND experiment = ? AND cell_id = ?",
+            (run_id, experiment, cell_id)).fetchone()
+        return None if row is None else str(row[0])
 
     def verdicts(self, run_id: int) -> list[dict[str, Any]]:
         cols = ("experiment", "cell_id", "claim", "outcome", "p_pass", "p_fail", "message")

@@ -511,3 +511,63 @@ def test_prune_with_a_negative_count_is_a_usage_error_and_deletes_nothing(tmp_pa
     assert len(Store.open_readonly(path).runs()) == 4
     with pytest.raises(ValueError, match="keep = -3"):
         Store.open(path).prune(-3)
+
+
+def _run_seeds(path: Path) -> dict[str, list[int]]:
+    """Per cell, the seeds the newest run's record lists (what `hpspec show` counts)."""
+    store = Store.open_readonly(path)
+    try:
+        run = store.runs()[0].id
+        return {cell: sorted(s["seed"] for s in entry["seeds"])
+                for (_, cell), entry in store.run_cells(run).items()}
+    finally:
+        store.close()
+
+
+def test_a_partly_cached_cell_records_every_seed_its_verdicts_used(pytester, counted):
+    # Seed 1 of lr=0.03 is lost (a run stopped mid-cell): the next run trains only it, and
+    # its record must still list both seeds the cell's verdicts used, the cached one too.
+    calls = counted()
+    pytester.runpytest("--hpspec-stack=off").assert_outcomes(passed=3)
+    db = pytester.path / ".hpspec" / "results.sqlite"
+    store = Store.open(db)
+    store.conn.execute("DELETE FROM seeds WHERE cell_id = 'lr=0.03' AND seed = 1")
+    store.close()
+    before = len(_calls(calls))
+    pytester.runpytest("--hpspec-stack=off").assert_outcomes(passed=3)
+    assert _calls(calls)[before:] == ["lr=0.03 1"]  # resumed: only the missing seed trained
+    assert _run_seeds(db) == {"lr=0.3": [0, 1], "lr=0.03": [0, 1], "lr=0.003": [0, 1]}
+    show = subprocess.run([sys.executable, "-m", "hpspec", "show", "latest"], cwd=pytester.path,
+                          capture_output=True, text=True, timeout=60)
+    row = next(line for line in show.stdout.splitlines() if "lr=0.03 " in line)
+    assert " 2 " in row, show.stdout
+
+
+def test_an_xdist_run_row_is_completed_with_torch_and_device(tmp_path):
+    # A run row begun before torch was loaded (the xdist controller) gets torch, device and a
+    # fingerprint that matches a serial run's once they are known.
+    store = Store.open(tmp_path / "s.sqlite")
+    serial = {"hpspec": "1", "python": "3", "cpu_count": 2, "device": "cpu", "torch": "2.13.0",
+              "cuda": None}
+    a = store.begin_run(serial)
+    b = store.begin_run({**serial, "device": None, "torch": None})
+    assert store.find_run(str(a)).fingerprint != store.find_run(str(b)).fingerprint
+    store.update_environment(b, {"device": "cpu", "torch": "2.13.0"})
+    row = store.find_run(str(b))
+    assert row.environment["torch"] == "2.13.0" and row.environment["device"] == "cpu"
+    assert "pid" in row.environment  # what begin_run recorded stays
+    assert row.fingerprint == store.find_run(str(a)).fingerprint
+
+
+def test_a_seed_already_in_the_run_is_not_recorded_again_from_the_cache(tmp_path):
+    # Under -n a claim's worker reads from the cache the seeds the cell's own worker stored in
+    # this same run: recording them again doubled the run's seed count in `runs` and `show`.
+    store = Store.open(tmp_path / "s.sqlite")
+    run = store.begin_run({"device": "cpu"})
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0))
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
+    store.put_seed(run, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0))  # refresh, twice
+    assert len(store.run_cells(run)[("e", "c")]["seeds"]) == 1
+    later = store.begin_run({"device": "cpu"})  # a later run's cache hit is recorded in it
+    store.put_seed(later, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
+    assert store.runs()[0].seeds == 1 and store.runs()[0].cached == 1

@@ -152,3 +152,106 @@ def test_adaptive_seeds_reported_in_full_with_workers(pytester):
     in_html = [sorted(html_seeds.findall((pytester.path / f).read_text()))
                for f in ("serial.html", "par.html")]
     assert f"seed {a['arm=a'] - 1}" in in_html[0] and in_html[0] == in_html[1]
+
+
+KILLED_ONCE = """
+import os, signal
+import torch
+import hpspec as hp
+
+@hp.experiment(grid=hp.grid(lr=[0.3, 0.2, 0.1]), epochs=1, stack=False, seeds=5,
+               data=hp.datasets.digits(n_train=200),
+               claims=[hp.compare(hp.metric("val_loss").final(), lower={"lr": 0.3},
+                                  than={"lr": 0.2}, name="fast-beats-mid")])
+def killed(case):
+    if case.lr == 0.2:
+        with open(os.environ["HPSPEC_STARTS"], "a") as f:
+            f.write("start\\n")
+        if not os.path.exists(os.environ["HPSPEC_STARTS"] + ".killed"):
+            open(os.environ["HPSPEC_STARTS"] + ".killed", "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)  # once: a retraining elsewhere would pass
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+@pytest.mark.slow
+def test_a_cell_whose_worker_died_is_recorded_and_not_retrained_for_a_claim(pytester,
+                                                                            monkeypatch):
+    import json
+
+    from hpspec.store import Store
+
+    starts = pytester.path / "starts.txt"
+    monkeypatch.setenv("HPSPEC_STARTS", str(starts))
+    pytester.makepyfile(exp_killed=KILLED_ONCE)
+    result = pytester.runpytest_subprocess("-n", "2", "--hpspec-json=run.json")
+    out = result.stdout.str()
+    import re
+
+    result.stdout.fnmatch_lines(["*killed[[]lr=0.2[]]*crashed*"])
+    # the claim was not judged on a retraining of the killed cell: it says the worker died
+    assert starts.read_text().count("start") == 1, out
+    assert re.search(r"(FAILED|ERROR) \S*killed\[fast-beats-mid\]", out), out
+    assert "its worker died while training it" in out, out
+    result.assert_outcomes(passed=2, failed=1, errors=1)
+    doc = json.loads((pytester.path / "run.json").read_text())
+    cells = {c["cell_id"]: c for c in doc["experiments"][0]["cells"]}
+    assert cells["lr=0.2"]["outcome"] == "crashed"
+    assert cells["lr=0.2"]["params"] == {"lr": "0.2"}
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    run = store.runs()[0]
+    got = {cell: entry["outcome"] for (_, cell), entry in store.run_cells(run.id).items()}
+    store.close()
+    assert got["lr=0.2"] == "crashed" and got["lr=0.3"] == "passed"
+    store = Store.open_readonly(pytester.path / ".hpspec" / "results.sqlite")
+    counted = {cell: len(e["seeds"]) for (_, cell), e in store.run_cells(run.id).items()}
+    store.close()
+    assert counted["lr=0.3"] == 5 and counted["lr=0.1"] == 5  # each seed recorded once
+    assert "fast-beats-mid" not in got  # a claim is never recorded as a cell
+    # item 3: the controller records torch and the device, taken from a worker's payload
+    import torch
+
+    assert doc["environment"]["torch"] == torch.__version__
+    assert doc["environment"]["device"] == "cpu"
+    assert run.environment["torch"] == torch.__version__ and run.environment["device"] == "cpu"
+
+
+def test_crashed_items_are_settled_into_records_and_claim_messages():
+    # The controller hears only a node id and xdist's reason; at the end a crashed cell is a
+    # record, a crashed claim a failed verdict, and a claim judged with a retraining of a
+    # crashed cell (no store to warn its worker: --hpspec-cache=off) says so.
+    from hpspec.claims import PASS, Verdict
+    from hpspec.crashes import is_crash_report, parse_cell_id, split_nodeid
+    from hpspec.distributed import ExpInfo
+    from hpspec.session import Session
+
+    assert is_crash_report("???", "worker 'gw0' crashed while running 'a.py::x[lr=1]'")
+    assert not is_crash_report("call", "worker 'gw0' crashed while running 'a.py::x[lr=1]'")
+    assert split_nodeid("d/exp_a.py::grid[lr=0.1-bs=8]") == ("d/exp_a.py::grid", "lr=0.1-bs=8")
+    assert split_nodeid("exp_a.py::g[1]x[lr=1]", ["exp_a.py::g[1]x"]) == ("exp_a.py::g[1]x",
+                                                                        "lr=1")
+    assert parse_cell_id("lr=1e-3-bs=8", ("lr", "bs")) == {"lr": "1e-3", "bs": "8"}
+    assert parse_cell_id("lower-than-lr=0.3", ("lr", "bs")) is None
+    s = Session(device_option="cpu", table="full", cache="off")
+    key = "exp_a.py::grid"
+    s.info[key] = ExpInfo("grid", ("lr",))
+    s.record_crash(f"{key}[lr=0.2]", "worker 'gw1' crashed while running it")
+    s.record_crash(f"{key}[mid-wins]", "worker 'gw0' crashed while running it")
+    s.cross[key] = {"fast-wins": Verdict("fast-wins", PASS, "lr=0.3 lower")}
+    s.claim_cells[(key, "fast-wins")] = {"lr=0.3", "lr=0.2"}
+    s.settle_crashes()
+    s.settle_crashes()  # idempotent: the summary and the record may both settle
+    record = s.records[key]["lr=0.2"]
+    assert record.outcome == "crashed" and "gw1" in record.note and record.params == {"lr": "0.2"}
+    assert s.cross[key]["mid-wins"].outcome == "fail" and "gw0" in s.cross[key]["mid-wins"].message
+    message = s.cross[key]["fast-wins"].message
+    assert s.cross[key]["fast-wins"].outcome == PASS
+    assert message.count("trained on another worker") == 1 and "lr=0.2" in message
+    assert any("trained on another worker" in line for line in s.notes[key])
+    doc = s.run_document()
+    cells = {c["cell_id"]: c["outcome"] for c in doc["experiments"][0]["cells"]}
+    assert cells == {"lr=0.2": "crashed"}
+    from hpspec.html import render_html
+
+    assert "crashed" in render_html(doc)  # the HTML report shows it as well
