@@ -115,8 +115,9 @@ MEANS = {"a": 1.0, "b": 2.0, "c": 1.4}
     epochs=1,
     seeds=hp.adaptive(min=2, max=30),
     claims=[
+        # every arm draws the same noise per seed, so a paired test would decide at once
         hp.compare(hp.metric("loss").final(), lower={"arm": "a"}, than={"arm": "c"},
-                   name="a-vs-c"),
+                   name="a-vs-c", paired=False),
     ],
 )
 def arms(case):
