@@ -906,7 +906,7 @@ def _judge_seeds(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     needed = claim.condition.needed() if isinstance(claim.condition, Reaches) else (
         f"needed {claim.condition.describe()}"
     )
-    for run, c in zip(runs, checks):
+    for run, c in zip(runs, checks, strict=True):
         mark = "ok  " if c.ok else "FAIL"
         parts = [f"  {mark} seed {run.seed}:"]
         if not isinstance(claim.condition, (Reaches, Diverges)) and c.value is not None:

@@ -251,8 +251,9 @@ def _final_chart(metric: str, axis: str, cells: Sequence[Mapping[str, Any]],
                  others: Sequence[str], colors: Mapping[str, str],
                  targets: Sequence[Mapping[str, Any]], log: bool | None = None) -> str:
     """The final ``metric`` against the numeric grid ``axis`` (log scale when ``log``, or by
-    default when its values span more than a decade): the mean over seeds with the seeds' range as an error bar, one series
-    per combination of the ``others`` axes; a cell with no finite final value is a cross."""
+    default when its values span more than a decade): the mean over seeds with the seeds' range
+    as an error bar, one series per combination of the ``others`` axes; a cell with no finite
+    final value is a cross."""
     xs = sorted({float(c["params"][axis]) for c in cells})
     log_x = xs[0] > 0 and (xs[-1] / xs[0] > 10 if log is None else log)
     groups: dict[str, list[Mapping[str, Any]]] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import functools
 import inspect
 import os
 from collections.abc import Iterator

@@ -212,7 +212,8 @@ def benchmark_module() -> Any:
     return module
 
 
-def inference_profile(model: torch.nn.Module, sample: torch.Tensor, runs: int = 50) -> dict[str, float]:
+def inference_profile(model: torch.nn.Module, sample: torch.Tensor,
+                      runs: int = 50) -> dict[str, float]:
     """pytorch-benchmark's inference profile of a trained model, as flat numbers: latency at
     batch 1 and at the training batch size, its MAC count, and CUDA inference memory."""
     module = benchmark_module()

@@ -41,7 +41,7 @@ from hpspec.engine.common import (
     sync,
     train_step,
 )
-from hpspec.engine.probes import count_flops, device_peak_flops, model_size
+from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
 __all__ = ["Member", "plan", "split", "chunk_size", "train_group", "ELEMENTWISE"]
