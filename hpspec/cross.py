@@ -379,7 +379,9 @@ class Trend(CrossClaim):
         lines = [f"claim: {self.describe()} (a test per step: paired t-test when the cells "
                  "share seeds, else Welch's; exact rank test, diverged seeds worst, when any "
                  f"diverged; {1 - alpha:.0%} confidence)"]
-        p_pass, p_fails, undecided = 0.0, [], []
+        p_pass = 0.0
+        p_fails: list[float] = []
+        undecided: list[str] = []
         for group in self.groups(results):
             for prev, nxt in itertools.pairwise(group):
                 # "rises": the next cell's value is higher, i.e. prev is lower than next.

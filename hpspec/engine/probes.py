@@ -65,7 +65,7 @@ class LiveMemory(TorchDispatchMode):
         if self._used:
             raise RuntimeError("a LiveMemory counts one block; make a new one for another")
         self._used = True
-        return super().__enter__()  # type: ignore[return-value]
+        return super().__enter__()
 
     def add(self, tensors: Iterable[Any]) -> None:
         for storage in _storages(tensors):

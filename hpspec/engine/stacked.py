@@ -276,7 +276,8 @@ _INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _leaky_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    slope = float(layer.negative_slope)  # type: ignore[attr-defined]
+    assert isinstance(layer, nn.LeakyReLU)  # _BACKWARD maps nn.LeakyReLU here
+    slope = float(layer.negative_slope)
     return lambda g, out: torch.ops.aten.leaky_relu_backward(g, out, slope, True)
 
 
