@@ -239,11 +239,11 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], final: bool)
     """The table (at the end) and the JSON (after every rep, so a stopped run keeps its
     finished reps)."""
     med = {w: statistics.median(v) for w, v in times.items()}
-    per_rep = {w: [o / h for o, h in zip(times[w], times["hpspec"])]
+    per_rep = {w: [o / h for o, h in zip(times[w], times["hpspec"], strict=True)]
                for w in ("script", "parametrize")}
     if not args.skip_collect:
         per_rep["collect"] = [h / p for h, p in zip(times["collect_hpspec"],
-                                                    times["collect_parametrize"])]
+                                                    times["collect_parametrize"], strict=True)]
     rows = [
         ("64-cell grid: hpspec (pytest, cache off)", med["hpspec"], 1.0),
         ("64-cell grid: plain for-loop script", med["script"], med["script"] / med["hpspec"]),

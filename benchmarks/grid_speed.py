@@ -47,8 +47,8 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 import hpspec as hp  # noqa: E402
 from hpspec.claims import CellClaim, judge_cell_claim  # noqa: E402
-from hpspec.report import CellRecord  # noqa: E402
 from hpspec.engine.runner import device_data, select_device  # noqa: E402
+from hpspec.report import CellRecord  # noqa: E402
 from hpspec.spec import build  # noqa: E402
 
 LRS = (0.03, 0.01, 0.1, 0.003)
@@ -153,8 +153,8 @@ def hpspec_experiment(grid):
 
 
 def run_hpspec(exp, device: str):
-    from hpspec.session import Session as State
     from hpspec.engine.runner import PROBE_CACHE
+    from hpspec.session import Session as State
 
     PROBE_CACHE.clear()  # every run pays for its probes, as a fresh pytest session does
 

@@ -17,6 +17,7 @@ Agreement means a ratio within 0.9 .. 1.1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -120,7 +121,7 @@ def main() -> None:
         ours.append(res.seeds[0].measurements)
         theirs.append(hand_throughput(data.x_train, data.y_train, args.epochs, device, r))
     m = ours[0]
-    macs = sum(a * b for a, b in zip(SIZES, SIZES[1:]))
+    macs = sum(a * b for a, b in itertools.pairwise(SIZES))
     flops_hand = 3 * 2 * macs - 2 * SIZES[0] * SIZES[1]
     rows = [
         ("samples/s (median)", statistics.median(o["samples_per_s"] for o in ours),
@@ -129,7 +130,8 @@ def main() -> None:
          hand_peak_memory(data, device)),
         ("FLOPs per training sample", m["flops_per_sample"], float(flops_hand)),
     ]
-    table = [(name, f"{a:,.0f}", f"{b:,.0f}", f"{a / b:.3f}", "yes" if 0.9 <= a / b <= 1.1 else "NO")
+    table = [(name, f"{a:,.0f}", f"{b:,.0f}", f"{a / b:.3f}",
+              "yes" if 0.9 <= a / b <= 1.1 else "NO")
              for name, a, b in rows]
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print(f"device: {device} ({name}), torch {torch.__version__}")

@@ -76,7 +76,7 @@ def train(seeds: list[int], lrs: list[float], epochs: int = 3, batch: int = 64,
                                                      reduction="sum") / batch
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
-                for p, gr in zip(params, grads):
+                for p, gr in zip(params, grads, strict=True):
                     p -= lr.view(k, *([1] * (p.dim() - 1))) * gr
     with torch.no_grad():
         xs = xv.unsqueeze(0).expand(k, -1, -1)
@@ -90,7 +90,7 @@ def train(seeds: list[int], lrs: list[float], epochs: int = 3, batch: int = 64,
 def _cell(arm: str, values: list[float], seeds: list[int]) -> CellResult:
     return CellResult("aa", f"name={arm}", {"name": arm}, "cpu",
                       tuple(SeedResult(seed=s, curves={"val_loss": [v]})
-                            for s, v in zip(seeds, values)))
+                            for s, v in zip(seeds, values, strict=True)))
 
 
 def main() -> None:
@@ -108,7 +108,7 @@ def main() -> None:
     both = train(seeds + seeds, [0.1] * n + [0.11] * n)
     lo, hi = both[:n], both[n:]
     rho = statistics.correlation(lo, hi)
-    diffs = [a - b for a, b in zip(hi, lo)]
+    diffs = [a - b for a, b in zip(hi, lo, strict=True)]
     same_sign = max(sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)) / n
 
     k = args.seeds

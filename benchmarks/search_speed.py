@@ -22,8 +22,9 @@ Three ways, one after the other in one process, each repetition with a new sampl
 
 Per way: CPU seconds of this process (time.process_time, --threads torch threads, 1 by
 default; wall time on a shared 2-core machine measures the neighbours) until some trial's final
-val_acc first reaches --target (from the start of that way; for Optuna and random, the end of that trial's training), and the best
-final val_acc within --budget seconds (Optuna and random stop starting trials at the budget;
+val_acc first reaches --target (from the start of that way; for Optuna and random, the end of
+that trial's training), and the best final val_acc within --budget seconds (Optuna and random
+stop starting trials at the budget;
 hpspec runs its fixed number of trials, and a search that overruns the budget counts as
 not within it). Median over --reps repetitions. This is a 2-core CPU shared with other work:
 compare the ways within one run, not across machines.
@@ -217,9 +218,11 @@ def main() -> None:
                      "reached": f"{sum(h is not None for h in hits)}/{len(rs)}",
                      "best_in_budget_median": median([r["best_in_budget"] for r in rs]),
                      "trials_median": median([r["trials"] for r in rs])})
-    print(f"\nsearch speed on digits (CPU seconds), target val_acc {a.target}, budget {a.budget:g} CPU s, "
+    print(f"\nsearch speed on digits (CPU seconds), target val_acc {a.target}, "
+          f"budget {a.budget:g} CPU s, "
           f"median of {a.reps} rep(s) (time to target: reps that reached it)")
-    print(f"{'way':<8} {'to target (CPU s)':>17} {'reached':>8} {'best in budget':>15} {'trials':>7}")
+    print(f"{'way':<8} {'to target (CPU s)':>17} {'reached':>8} {'best in budget':>15} "
+          f"{'trials':>7}")
     for r in rows:
         t = r["to_target_s_median"]
         b = r["best_in_budget_median"]

@@ -2,10 +2,10 @@
 
     python benchmarks/stats_validation.py [--trials 2000] [--json PATH]
 
-A/A (effect 0): two cells with the same distribution (independent seeds, unpaired tests); a "pass" of "a is lower than b" is a
-false positive and must stay at or below alpha (0.05). A/B (effect d, in units of the
-per-seed standard deviation): the pass rate is the power. Adaptive rows use
-seeds=hp.adaptive(min=3, max=20, step=2) and report the mean number of seeds per cell used.
+A/A (effect 0): two cells with the same distribution (independent seeds, unpaired tests); a
+"pass" of "a is lower than b" is a false positive and must stay at or below alpha (0.05). A/B
+(effect d, in units of the per-seed standard deviation): the pass rate is the power. Adaptive
+rows use seeds=hp.adaptive(min=3, max=20, step=2) and report the mean number of seeds per cell used.
 
 Paired vs unpaired: the two sides share seed ids and their values for one seed correlate by
 ``--rho`` (default 0.5, a deliberately modest value: ``benchmarks/real_aa.py`` measures 0.999

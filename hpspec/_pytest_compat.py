@@ -43,7 +43,7 @@ class FailureRepr:
         """Whether a traceback frame in the file ``path`` is shown."""
         return True
 
-    def repr_failure(  # type: ignore[override]
+    def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
     ) -> str | TerminalRepr:
         text = self.failure_text(excinfo)
@@ -68,7 +68,7 @@ class FailureRepr:
                 return excinfo.getrepr(style=style, tbfilter=self._traceback_filter)
             except TypeError:
                 return excinfo.getrepr(style=style)
-        return parent(excinfo, style)  # type: ignore[no-any-return]
+        return parent(excinfo, style)
 
     def _traceback_filter(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:
         return filter_traceback(excinfo, self.keep_frame)

@@ -133,14 +133,14 @@ class Quantity:
     # one too (``measure("params") == 26122``); between two quantities they stay structural
     # equality, which claims' own equality (attrs) relies on. Subclasses are attrs classes
     # with eq=False so these are not replaced.
-    def __eq__(self, other: Any) -> Any:  # type: ignore[override]
+    def __eq__(self, other: Any) -> Any:
         if isinstance(other, Quantity):
             return type(self) is type(other) and _fields(self) == _fields(other)
         if _is_number(other) or isinstance(other, str):
             return Threshold(self, "==", self._operand(other))
         return NotImplemented
 
-    def __ne__(self, other: Any) -> Any:  # type: ignore[override]
+    def __ne__(self, other: Any) -> Any:
         if isinstance(other, Quantity):
             return not self.__eq__(other)
         if _is_number(other) or isinstance(other, str):
@@ -906,7 +906,7 @@ def _judge_seeds(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     needed = claim.condition.needed() if isinstance(claim.condition, Reaches) else (
         f"needed {claim.condition.describe()}"
     )
-    for run, c in zip(runs, checks):
+    for run, c in zip(runs, checks, strict=True):
         mark = "ok  " if c.ok else "FAIL"
         parts = [f"  {mark} seed {run.seed}:"]
         if not isinstance(claim.condition, (Reaches, Diverges)) and c.value is not None:

@@ -2,12 +2,14 @@
 :mod:`hpspec.stats`.
 
 Every cross-cell claim is decided over seeds by the tests :mod:`hpspec.stats` chooses and
-justifies (paired or Welch t-tests; exact rank tests with diverged seeds ranked worst), giving pass, fail or inconclusive, and becomes a pytest item of its own that runs after
-the cells it needs (training them when it was selected alone).
+justifies (paired or Welch t-tests; exact rank tests with diverged seeds ranked worst), giving
+pass, fail or inconclusive, and becomes a pytest item of its own that runs after the cells it
+needs (training them when it was selected alone).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +23,7 @@ from hpspec.claims import (
     INCONCLUSIVE,
     PASS,
     Claim,
+    Effect,
     Measure,
     Quantity,
     SpecContext,
@@ -29,7 +32,6 @@ from hpspec.claims import (
     _fmt,
     _validate_measure,
     _validate_where,
-    Effect,
     validate_points,
 )
 from hpspec.errors import SpecError
@@ -257,8 +259,8 @@ class Compare(CrossClaim):
             lines.append(f"  refuted: the data contradict the claim at {conf:.0%} confidence")
         return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=t.p_below,
                        p_fail=t.p_above, points=self.points,
-                       effect=Effect(t.estimate, iv[0] if iv else math.nan, iv[1] if iv else math.nan,
-                                     1 - 2 * alpha,
+                       effect=Effect(t.estimate, iv[0] if iv else math.nan,
+                                     iv[1] if iv else math.nan, 1 - 2 * alpha,
                                      _cohen_d(va, vb) if self.lower else _cohen_d(vb, va)))
 
 
@@ -377,9 +379,11 @@ class Trend(CrossClaim):
         lines = [f"claim: {self.describe()} (a test per step: paired t-test when the cells "
                  "share seeds, else Welch's; exact rank test, diverged seeds worst, when any "
                  f"diverged; {1 - alpha:.0%} confidence)"]
-        p_pass, p_fails, undecided = 0.0, [], []
+        p_pass = 0.0
+        p_fails: list[float] = []
+        undecided: list[str] = []
         for group in self.groups(results):
-            for prev, nxt in zip(group, group[1:]):
+            for prev, nxt in itertools.pairwise(group):
                 # "rises": the next cell's value is higher, i.e. prev is lower than next.
                 t, vp, vn = _pair_test(self.quantity, [prev], [nxt], self.increasing, 0.0)
                 step = (f"{self.over}={format_value(prev.params[self.over])} -> "
@@ -564,7 +568,8 @@ class Equivalent(CrossClaim):
             lines.append(f"  diverged seeds: {da} of {len(va)} vs {db} of {len(vb)}; p = "
                          f"{p:.3g} that they diverge at different rates; a diverged seed is "
                          "never equivalent, so this claim cannot pass")
-            return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=1.0, p_fail=p, points=self.points)
+            return Verdict(self.describe(), outcome, "\n".join(lines), p_pass=1.0, p_fail=p,
+                           points=self.points)
         # upper: a < b + m (or (1 + m) b); lower: a > b - m (or (1 - m) b).
         up, _, _ = _pair_test(self.quantity, ra, rb, True, 0.0, self.paired,
                               shift=0.0 if rel else m, scale=(1 + m) if rel else 1.0)

@@ -140,7 +140,7 @@ def _split_indices(y: Any, stratify: bool, val_fraction: float, seed: int) -> tu
     n_val_of = _share(counts - n_train_of, n_val, rng)
     train: list[Any] = []
     val: list[Any] = []
-    for rows, a, b in zip(rows_of, n_train_of, n_val_of):
+    for rows, a, b in zip(rows_of, n_train_of, n_val_of, strict=True):
         shuffled = rows[rng.permutation(len(rows))]
         train.extend(shuffled[:a])
         val.extend(shuffled[a : a + b])
@@ -277,7 +277,8 @@ def breast_cancer(
     return _builtin("breast_cancer", val_fraction, split_seed, n_train)
 
 
-def diabetes(val_fraction: float = 0.2, split_seed: int = 0, n_train: int | None = None) -> DataSpec:
+def diabetes(val_fraction: float = 0.2, split_seed: int = 0,
+             n_train: int | None = None) -> DataSpec:
     """scikit-learn's diabetes regression set: 442 samples, 10 features; the target is
     standardized with the training split's mean and deviation, shaped (n, 1)."""
     return _builtin("diabetes", val_fraction, split_seed, n_train)

@@ -251,8 +251,9 @@ def _final_chart(metric: str, axis: str, cells: Sequence[Mapping[str, Any]],
                  others: Sequence[str], colors: Mapping[str, str],
                  targets: Sequence[Mapping[str, Any]], log: bool | None = None) -> str:
     """The final ``metric`` against the numeric grid ``axis`` (log scale when ``log``, or by
-    default when its values span more than a decade): the mean over seeds with the seeds' range as an error bar, one series
-    per combination of the ``others`` axes; a cell with no finite final value is a cross."""
+    default when its values span more than a decade): the mean over seeds with the seeds' range
+    as an error bar, one series per combination of the ``others`` axes; a cell with no finite
+    final value is a cross."""
     xs = sorted({float(c["params"][axis]) for c in cells})
     log_x = xs[0] > 0 and (xs[-1] / xs[0] > 10 if log is None else log)
     groups: dict[str, list[Mapping[str, Any]]] = {}
@@ -277,7 +278,7 @@ def _final_chart(metric: str, axis: str, cells: Sequence[Mapping[str, Any]],
                    f"{axis} (log scale)" if log_x else axis, f"{metric} (final)")
     for k, label in enumerate(groups):
         line_color = "#555" if len(groups) == 1 else _PALETTE[k % len(_PALETTE)]
-        run = []
+        run: list[str | None] = []
         for lab, c, fs in points:
             if lab != label:
                 continue
@@ -297,7 +298,8 @@ def _final_chart(metric: str, axis: str, cells: Sequence[Mapping[str, Any]],
                          f'<circle class="point" cx="{x:.1f}" cy="{f.y(m):.1f}" r="4" '
                          f'fill="{color}"><title>{_e(tip)}{m:.4g} (mean of {len(fs)} seeds, '
                          f"range {min(fs):.4g} to {max(fs):.4g})</title></circle>")
-        segs, cur = [], []
+        segs: list[list[str]] = []
+        cur: list[str] = []
         for p in [*run, None]:
             if p is None:
                 if len(cur) > 1:

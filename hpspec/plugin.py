@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import functools
 import inspect
 import os
 from collections.abc import Iterator
@@ -207,7 +206,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class ExperimentFile(pytest.Module):
     """An experiment file: imported like a test module, it yields one item per grid cell."""
 
-    def collect(self) -> Iterator[pytest.Item]:  # type: ignore[override]
+    def collect(self) -> Iterator[pytest.Item]:
         module = self.obj
         state = self.config.stash[STATE]
         seen: set[int] = set()
@@ -341,7 +340,7 @@ class SpecErrorCollector(pytest.Collector):
         super().__init__(**kwargs)
         self.error = error
 
-    def collect(self) -> Iterator[pytest.Item]:  # type: ignore[override]
+    def collect(self) -> Iterator[pytest.Item]:
         raise self.error
 
     def repr_failure(  # type: ignore[override]

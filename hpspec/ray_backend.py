@@ -74,8 +74,8 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     import traceback
 
     from hpspec import spec as spec_mod
-    from hpspec.plan import stop_rule
     from hpspec.engine.runner import run_cell, run_stacked, select_device
+    from hpspec.plan import stop_rule
 
     file = path if os.path.exists(path) else rel
     name = f"hpspec_ray_{abs(hash(file))}"

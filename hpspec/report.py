@@ -14,7 +14,9 @@ from hpspec.claims import Reaches, Verdict, _fmt
 from hpspec.results import CellResult, json_number
 from hpspec.spec import format_value
 
-__all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_gate", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
+__all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_gate",
+           "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes",
+           "human_seconds"]
 
 
 @attrs.define

@@ -28,9 +28,7 @@ from typing import Any
 import attrs
 
 from hpspec.claims import (
-    FAIL,
     INCONCLUSIVE,
-    PASS,
     CellClaim,
     Condition,
     Quantity,
@@ -42,9 +40,9 @@ from hpspec.claims import (
     validate_claim,
 )
 from hpspec.cross import Compare, CrossClaim
-from hpspec.spec import Cell, cell_id
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
+from hpspec.spec import Cell, cell_id
 
 __all__ = [
     "Dim",
@@ -354,7 +352,7 @@ def trials(s: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     width = max(2, len(str(s.trials - 1)))
     out: list[tuple[str, dict[str, Any]]] = []
     for i, u in enumerate(_unit_points(s, len(dims))):
-        out.append((f"t{i:0{width}d}", {k: d.at(x) for (k, d), x in zip(dims, u)}))
+        out.append((f"t{i:0{width}d}", {k: d.at(x) for (k, d), x in zip(dims, u, strict=True)}))
     return out
 
 

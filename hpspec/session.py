@@ -135,8 +135,8 @@ class Session:
             self._train_stacked(key, exp, cell, progress)
             found = self.results.get((key, cell.id))
         if found is None:
-            from hpspec.plan import stop_rule
             from hpspec.engine.runner import run_cell
+            from hpspec.plan import stop_rule
 
             have = {s.seed for s in cached}
             # The run's record lists every seed the verdicts use, the cached ones too.
@@ -178,13 +178,12 @@ class Session:
         return self.store
 
     def seed_key(self, exp: Experiment, cell: Cell, seed: int) -> str:
-        from hpspec.plan import stop_rule
+        import hpspec
         from hpspec.engine.runner import data_digest
+        from hpspec.plan import stop_rule
         from hpspec.spec import source_digest
         from hpspec.store import cache_key
         from hpspec.threads import threads_key
-
-        import hpspec
 
         torch = __import__("torch")
         return cache_key({
@@ -277,9 +276,9 @@ class Session:
     def submit_to_ray(self, address: str, root: Path, cpus: Any, gpus: Any) -> None:
         """Submit every wanted, uncached cell as Ray tasks, up front (``root``: the
         directory paths are sent relative to)."""
+        from hpspec.engine.runner import stackable_cells
         from hpspec.plan import timing_claim
         from hpspec.ray_backend import connect, submit
-        from hpspec.engine.runner import stackable_cells
         from hpspec.spec import PROFILES
 
         self.ray = connect(address, root, cpus)
@@ -423,8 +422,8 @@ class Session:
     def _train_stacked(self, key: str, exp: Experiment, cell: Cell, progress: Any) -> None:
         """Train ``cell`` with every pending cell it can share a stacked model with."""
         __tracebackhide__ = True
-        from hpspec.plan import stop_rule, timing_claim
         from hpspec.engine.runner import run_stacked, stackable_cells
+        from hpspec.plan import stop_rule, timing_claim
 
         if exp.mode != "recipe" or self.inference:
             return
@@ -910,7 +909,7 @@ def holm_family(
     adj_pass = holm([v.p_pass if v.p_pass is not None else 1.0 for v in ps])
     adj_fail = holm([v.p_fail if v.p_fail is not None else 1.0 for v in ps])
     out = {}
-    for n, pp, pf in zip(names, adj_pass, adj_fail):
+    for n, pp, pf in zip(names, adj_pass, adj_fail, strict=True):
         claim, v = judged[n]
         alpha = claim.alpha(1 - confidence)
         out[n] = claim, attrs.evolve(

@@ -98,7 +98,8 @@ def grid(**axes: Any) -> Grid:
 
 def cells(*listed: Any) -> Grid:
     """Cells listed explicitly, for grids that are not products:
-    ``cells(dict(lr=0.1, layers=1), dict(lr=0.01, layers=4))``. Grids add: ``grid(...) + cells(...)``.
+    ``cells(dict(lr=0.1, layers=1), dict(lr=0.01, layers=4))``. Grids add:
+    ``grid(...) + cells(...)``.
     """
     if len(listed) == 1 and isinstance(listed[0], (list, tuple)):
         listed = tuple(listed[0])
@@ -207,7 +208,7 @@ def _expand_product(axes: tuple[tuple[str, Any], ...], where: str) -> list[dict[
             seen.add((type(v), v))
         names.append(name)
         value_lists.append(values)
-    return [dict(zip(names, combo)) for combo in itertools.product(*value_lists)]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*value_lists)]
 
 
 def _expand_listed(listed: tuple[Any, ...], where: str) -> list[dict[str, Any]]:
@@ -272,7 +273,8 @@ class Case:
     attributes too.
     """
 
-    __slots__ = ("_params", "seed", "device", "epochs", "batch_size", "data", "experiment", "cell_id")
+    __slots__ = ("_params", "seed", "device", "epochs", "batch_size", "data", "experiment",
+                 "cell_id")
 
     def __init__(
         self,
@@ -655,8 +657,10 @@ def build(fn: Callable[..., Any]) -> Experiment:
             if value is not None:
                 src = "grid" if setting in axes else "fixed" if setting in fixed else setting
                 arg = setting if src == setting else f"{src}[{setting!r}]"
-                _positive_int(value, where, arg, f"e.g. {setting}={10 if setting == 'epochs' else 64}")
-    if mode == "recipe" and batch_size is None and "batch_size" not in axes and "batch_size" not in fixed:
+                example = 10 if setting == "epochs" else 64
+                _positive_int(value, where, arg, f"e.g. {setting}={example}")
+    if (mode == "recipe" and batch_size is None and "batch_size" not in axes
+            and "batch_size" not in fixed):
         batch_size = DEFAULT_BATCH_SIZE
 
     seeds = _normalize_seeds(kw["seeds"], where)

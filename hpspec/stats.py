@@ -168,7 +168,7 @@ def paired_t(a: Sequence[float], b: Sequence[float], scale_b: float = 1.0,
     in the same seed order, all finite, at least two pairs)."""
     if len(a) != len(b):
         raise ValueError("a paired test needs the same seeds on both sides")
-    d = [x - scale_b * y - shift for x, y in zip(a, b)]
+    d = [x - scale_b * y - shift for x, y in zip(a, b, strict=True)]
     t = one_sample(d, 0.0)
     return attrs.evolve(t, name="paired t-test", sd=(math.sqrt(_var(d)),))
 
@@ -247,14 +247,14 @@ def signed_rank(d: Sequence[float]) -> tuple[float, float, bool]:
     if not nz:
         return 1.0, 1.0, True
     ranks = _midranks([abs(x) for x in nz])
-    signed = [r if x > 0 else -r for r, x in zip(ranks, nz)]
+    signed = [r if x > 0 else -r for r, x in zip(ranks, nz, strict=True)]
     observed = sum(signed)
     eps = 1e-9 * max(1.0, abs(observed))
     n = len(signed)
     if 2**n <= EXACT_LIMIT:
         low = high = 0
         for flips in itertools.product((1, -1), repeat=n):
-            s = sum(f * abs(r) for f, r in zip(flips, signed))
+            s = sum(f * abs(r) for f, r in zip(flips, signed, strict=True))
             low += s <= observed + eps
             high += s >= observed - eps
         return low / 2**n, high / 2**n, True
@@ -305,7 +305,7 @@ def better(
                  and set(seeds_a) == set(seeds_b))
     if is_paired:
         assert seeds_a is not None and seeds_b is not None
-        by_b = dict(zip(seeds_b, xb))
+        by_b = dict(zip(seeds_b, xb, strict=True))
         xb = [by_b[s] for s in seeds_a]
     if not any(div):
         t = paired_t(xa, xb, scale, c) if is_paired else welch(xa, xb, scale, c)
@@ -315,7 +315,7 @@ def better(
     yb = [scale * y + c if math.isfinite(y) else math.inf for y in xb]
     if is_paired:
         d = []
-        for x, y in zip(xa, yb):
+        for x, y in zip(xa, yb, strict=True):
             if math.isinf(x) and math.isinf(y):
                 d.append(0.0)  # both diverged: a tie, no information
             else:

@@ -17,15 +17,13 @@ and torch's default count are part of the cache key.
 
 from __future__ import annotations
 
-from typing import Union
-
 __all__ = ["SMALL_WORK", "Threads", "parse_threads", "choose_threads", "threads_key"]
 
 #: parameters x batch size under which a CPU run takes one thread (2**23, about 8.4 million:
 #: the digits MLP 64-128-128-10 at batch 64 is 1.7 million, at batch 256 6.7 million).
 SMALL_WORK = 2**23
 
-Threads = Union[str, int]  # "auto" or a positive count
+Threads = str | int  # "auto" or a positive count
 
 
 def parse_threads(value: object) -> Threads:

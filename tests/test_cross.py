@@ -124,7 +124,7 @@ def test_mean_with_confidence_claim(run):
 
 
 def seeded(values, seeds, name="val_acc", **params):
-    ss = tuple(SeedResult(seed=s, curves={name: [v]}) for s, v in zip(seeds, values))
+    ss = tuple(SeedResult(seed=s, curves={name: [v]}) for s, v in zip(seeds, values, strict=True))
     cid = "-".join(f"{k}={v}" for k, v in params.items())
     return cid, CellResult("e", cid, params, "cpu", ss)
 

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
+import hpspec as hp
 from hpspec.claims import SpecContext, validate_claim
 from hpspec.errors import SpecError
 from hpspec.export import seed_rows
 from hpspec.grade import GradeItem, grade
-
-import hpspec as hp
 
 ASSIGNMENT = Path(__file__).resolve().parents[1] / "examples" / "assignment"
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import hpspec as hp
-from hpspec.errors import BudgetExceeded, CellError
 from hpspec.engine.runner import run_cell
+from hpspec.errors import BudgetExceeded, CellError
 from hpspec.spec import build
 
 FAULTS = """

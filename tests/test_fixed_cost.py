@@ -13,9 +13,9 @@ import time
 import pytest
 
 import hpspec as hp
-from hpspec.session import Session
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, SeedResult
+from hpspec.session import Session
 from hpspec.spec import build
 from hpspec.threads import SMALL_WORK, choose_threads, parse_threads, threads_key
 

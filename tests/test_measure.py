@@ -10,9 +10,9 @@ import torch
 
 import hpspec as hp
 from hpspec.claims import FAIL, PASS, judge_cell_claim, parse_size
-from hpspec.errors import SpecError
 from hpspec.engine.probes import LiveMemory, count_flops, model_size, peak_flops
 from hpspec.engine.runner import run_cell
+from hpspec.errors import SpecError
 from hpspec.spec import build
 
 

@@ -219,7 +219,8 @@ def test_bad_ini_value_is_a_usage_error(pytester):
     pytester.makepyfile(exp_loop=LOOP)
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--hpspec-table: 'wide' is not one of full, short, none*hpspec_table*"])
+    result.stderr.fnmatch_lines(
+        ["*--hpspec-table: 'wide' is not one of full, short, none*hpspec_table*"])
 
 
 def test_import_error_in_experiment_file_is_reported_like_pytest(pytester):

@@ -123,7 +123,7 @@ def _result(cid, params, accs, seeds=(0,), pruned=None):
     return CellResult("e", cid, params, "cpu", tuple(
         SeedResult(seed=s, curves={"val_acc": list(a), "val_loss": [1 - x for x in a]},
                    measurements={PRUNED: float(pruned)} if pruned else {})
-        for s, a in zip(seeds, accs)))
+        for s, a in zip(seeds, accs, strict=True)))
 
 
 def test_importance_finds_the_hyperparameter_that_matters():

@@ -97,4 +97,4 @@ def test_case_reads_params_by_attribute_and_key():
     assert case.lr == case["lr"] == 0.1
     assert case.seed == 3 and case.device == "cpu"
     with pytest.raises(AttributeError, match="no hyperparameter 'layers'.*'lr'"):
-        case.layers
+        _ = case.layers

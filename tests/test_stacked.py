@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import hpspec as hp
-from hpspec.plan import stop_rule, timing_claim
 from hpspec.engine.runner import run_cell, run_stacked
+from hpspec.plan import stop_rule, timing_claim
 from hpspec.spec import build
 
 DATA = hp.datasets.digits(n_train=400)
@@ -215,7 +215,8 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     pytester.makepyfile(exp_grid=GRID.replace("STACK", "True"))
     on, on_finals = _finals(pytester)
     on.assert_outcomes(passed=3)
-    on.stdout.fnmatch_lines(["*stacked: 2 cell(s) trained in groups of 4 (cells x seeds as one model)*"])
+    on.stdout.fnmatch_lines(
+        ["*stacked: 2 cell(s) trained in groups of 4 (cells x seeds as one model)*"])
     off, off_finals = _finals(pytester, "--hpspec-stack=off")
     off.assert_outcomes(passed=3)
     assert "stacked:" not in off.stdout.str()

@@ -62,8 +62,10 @@ def test_second_identical_run_trains_nothing_and_gives_the_same_verdicts(pyteste
     assert len(_calls(calls)) == trained  # no training call at all
     second.stdout.fnmatch_lines(["*3 cell(s) from the cache*", "*passed (cached)*"])
     a, b = (json.loads((pytester.path / f).read_text()) for f in ("a.json", "b.json"))
-    va = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]]) for c in a["experiments"][0]["cells"]]
-    vb = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]]) for c in b["experiments"][0]["cells"]]
+    va = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]])
+          for c in a["experiments"][0]["cells"]]
+    vb = [(c["cell_id"], [v["outcome"] for v in c["verdicts"]])
+          for c in b["experiments"][0]["cells"]]
     assert va == vb
     refresh = pytester.runpytest("--hpspec-cache=refresh")
     refresh.assert_outcomes(passed=3)

@@ -4,9 +4,9 @@ only its cell, CPU threads shared out, GPUs lent from a pool."""
 from __future__ import annotations
 
 import pytest
+from scenarios import CRASH, GRID, _outcomes, assert_same_runs
 
 from hpspec.distributed import GpuPool
-from scenarios import CRASH, GRID, _outcomes, assert_same_runs
 
 pytest.importorskip("xdist")
 

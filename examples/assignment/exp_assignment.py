@@ -5,8 +5,9 @@ Grade a submission: ``pytest examples/assignment --hpspec-grade=results.json`` (
 format; the terminal summary shows the score too).
 """
 
-import hpspec as hp
 from student import build
+
+import hpspec as hp
 
 
 @hp.experiment(

@@ -65,7 +65,7 @@ class LiveMemory(TorchDispatchMode):
         if self._used:
             raise RuntimeError("a LiveMemory counts one block; make a new one for another")
         self._used = True
-        return super().__enter__()  # type: ignore[return-value]
+        return super().__enter__()
 
     def add(self, tensors: Iterable[Any]) -> None:
         for storage in _storages(tensors):
@@ -212,7 +212,8 @@ def benchmark_module() -> Any:
     return module
 
 
-def inference_profile(model: torch.nn.Module, sample: torch.Tensor, runs: int = 50) -> dict[str, float]:
+def inference_profile(model: torch.nn.Module, sample: torch.Tensor,
+                      runs: int = 50) -> dict[str, float]:
     """pytorch-benchmark's inference profile of a trained model, as flat numbers: latency at
     batch 1 and at the training batch size, its MAC count, and CUDA inference memory."""
     module = benchmark_module()

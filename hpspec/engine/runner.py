@@ -1,8 +1,9 @@
 """Training: device choice, seeding, the recipe-mode loop and the loop-mode driver.
 
 With :mod:`hpspec.engine.stacked` (and the primitives both share, in
-:mod:`hpspec.engine.common`), the part of hpspec that needs torch. It turns an :class:`~hpspec.spec.Experiment`
-and a :class:`~hpspec.spec.Cell` into a :class:`~hpspec.results.CellResult` (plain data).
+:mod:`hpspec.engine.common`), the part of hpspec that needs torch. It turns an
+:class:`~hpspec.spec.Experiment` and a :class:`~hpspec.spec.Cell` into a
+:class:`~hpspec.results.CellResult` (plain data).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import attrs
 import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
-from hpspec.errors import BudgetExceeded, CellError
-from hpspec.watchdog import FAR_PAST, watchdog
 from hpspec.engine.common import (
     DIVERGENCE_FACTOR,
     WARMUP_STEPS,
+    NoGradPath,
     Progress,
     StopRule,
     TimedSteps,
     default_loss,
     divergence,
     divergence_limit,
-    NoGradPath,
     probe_memory,
     sync,
     train_step,
@@ -46,9 +45,11 @@ from hpspec.engine.probes import (
     inference_profile,
     model_size,
 )
+from hpspec.errors import BudgetExceeded, CellError
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 from hpspec.threads import Threads, choose_threads
+from hpspec.watchdog import FAR_PAST, watchdog
 
 __all__ = ["select_device", "run_cell", "run_seed", "torch_state", "DIVERGENCE_FACTOR"]
 
@@ -1066,7 +1067,7 @@ def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mappin
 _DIGESTS: dict[int, str] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_version(name: str) -> str:
     """An installed package's version, read once per process: ``importlib.metadata`` scans
     every distribution on the path per call (1.8 of 1.9 s of cache-key time over 1,024

@@ -41,7 +41,7 @@ from hpspec.engine.common import (
     sync,
     train_step,
 )
-from hpspec.engine.probes import count_flops, device_peak_flops, model_size
+from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
 __all__ = ["Member", "plan", "split", "chunk_size", "train_group", "ELEMENTWISE"]
@@ -276,7 +276,8 @@ _INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 
 
 def _leaky_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    slope = float(layer.negative_slope)  # type: ignore[attr-defined]
+    assert isinstance(layer, nn.LeakyReLU)  # _BACKWARD maps nn.LeakyReLU here
+    slope = float(layer.negative_slope)
     return lambda g, out: torch.ops.aten.leaky_relu_backward(g, out, slope, True)
 
 

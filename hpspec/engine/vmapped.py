@@ -81,6 +81,7 @@ class _Noise(nn.Module):
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
+        self.noise: torch.Tensor  # declared for the type checker; register_buffer sets it
         self.register_buffer("noise", torch.empty(0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
