@@ -26,12 +26,12 @@ from hpspec.claims import (
     SpecContext,
     Verdict,
     Where,
-    _fmt,
-    _validate_measure,
-    _validate_where,
+    validate_measure,
+    validate_where,
     Effect,
     validate_points,
 )
+from hpspec.claims import format_number as _fmt
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
 from hpspec.spec import cell_id, format_value
@@ -138,9 +138,9 @@ class CrossClaim(Claim):
                                 argument=f"{arg}: metric", value=unknown[0],
                                 fix=f"use one of: {', '.join(sorted(ctx.metrics))}")
         if isinstance(q, Measure):
-            _validate_measure(q, ctx, f"{arg}: quantity")
+            validate_measure(q, ctx, f"{arg}: quantity")
         for w in selectors:
-            _validate_where(w, ctx, arg)
+            validate_where(w, ctx, arg)
             if not any(w.matches(c) for c in ctx.cells):
                 raise SpecError("selects no cell of the grid", where=ctx.where, argument=arg,
                                 value=dict(w.params), fix="pick values that occur together")

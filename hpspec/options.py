@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hpspec.measures import COLUMNS as MEASURE_COLUMNS
+
 TABLE_CHOICES = ("full", "short", "none")
 INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
 HOLM_CHOICES = ("off", "experiment", "run")
@@ -137,8 +139,7 @@ def add_options(parser: Any) -> None:
         metavar="NAMES",
         help="comma-separated columns of the summary table (the grid's axes always come "
         "first): verdict, a metric name (val_loss, ...), diverged, time_to_<metric><op><target>, "
-        "time_per_epoch, samples_per_s, steps_per_s, peak_memory, params, flops_per_sample, "
-        "mfu. ini: hpspec_columns.",
+        f"{', '.join(m.name for m in MEASURE_COLUMNS)}. ini: hpspec_columns.",
     )
     group.addoption(
         "--hpspec-confidence",

@@ -18,6 +18,7 @@ import attrs
 from hpspec.claims import CellClaim, Reaches, Verdict
 from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError
+from hpspec.measures import is_probed
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
 from hpspec.search import halving_population, search_key
@@ -388,11 +389,10 @@ class Session:
         have = self.result(key, exp, cell)
         if len(have.seeds) >= n:
             return have
-        from hpspec.engine.runner import PROBED, run_cell
+        from hpspec.engine.runner import run_cell
 
         start = max(s.seed for s in have.seeds) + 1
-        probed = {m: v for m, v in have.seeds[0].measurements.items()
-                  if m in PROBED or m.startswith("inference_")}
+        probed = {m: v for m, v in have.seeds[0].measurements.items() if is_probed(m)}
         extra = tuple(range(start, start + n - len(have.seeds)))
         cached = self.cached_seeds(exp, cell, extra) if self.cache == "use" else []
         for r in cached:
