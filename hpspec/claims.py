@@ -27,6 +27,7 @@ from hpspec.errors import SpecError
 from hpspec.measures import BY_NAME, CLAIMABLE
 from hpspec.measures import get as measure_named
 from hpspec.results import SeedResult
+from hpspec.vocabulary import Direction, Mode, Outcome
 
 __all__ = [
     "Quantity",
@@ -54,7 +55,9 @@ __all__ = [
     "format_curve",
 ]
 
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+PASS: Outcome = "pass"
+FAIL: Outcome = "fail"
+INCONCLUSIVE: Outcome = "inconclusive"
 
 
 def recipe_metrics(task: str | None) -> frozenset[str]:
@@ -515,7 +518,7 @@ class Reaches(Condition):
     """The metric goes below/above a target at some epoch (within N epochs when given)."""
 
     metric: str
-    direction: str  # "below" | "above"
+    direction: Direction
     target: Any
     epochs: int | None = None
     seconds: float | None = None
@@ -709,7 +712,7 @@ class SpecContext:
     hyperparameters: Mapping[str, Sequence[Any]]
     metrics: frozenset[str] | None
     seeds: int
-    mode: str = "recipe"
+    mode: Mode = "recipe"
     cells: tuple[Mapping[str, Any], ...] = ()
     #: The searched hyperparameters' names when the experiment is a search.
     searched: tuple[str, ...] = ()
@@ -869,7 +872,7 @@ class Verdict:
     """The judgement of one claim on one cell (or, later, on several): plain data."""
 
     claim: str
-    outcome: str  # PASS | FAIL | INCONCLUSIVE
+    outcome: Outcome
     message: str
     checks: tuple[SeedCheck, ...] = ()
     #: For statistical verdicts: p-values of "the claim is false" and "the claim is true".

@@ -32,6 +32,7 @@ from hpspec.claims import (
     validate_points,
 )
 from hpspec.claims import format_number as _fmt
+from hpspec.vocabulary import Outcome
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
 from hpspec.spec import cell_id, format_value
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 
-def decide(p_pass: float, p_fail: float, alpha: float) -> str:
+def decide(p_pass: float, p_fail: float, alpha: float) -> Outcome:
     if p_pass < alpha:
         return PASS
     if p_fail < alpha:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from hpspec.measures import COLUMNS as MEASURE_COLUMNS
+from hpspec.vocabulary import CACHE_MODES, HOLM_SCOPES, INCONCLUSIVE_AS, TABLE_STYLES
 
-TABLE_CHOICES = ("full", "short", "none")
-INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
-HOLM_CHOICES = ("off", "experiment", "run")
+TABLE_CHOICES = TABLE_STYLES
+INCONCLUSIVE_CHOICES = INCONCLUSIVE_AS
+HOLM_CHOICES = HOLM_SCOPES
 
 
 def parse_device(value: str) -> str:
@@ -58,7 +59,7 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Any:
     return parse
 
 
-parse_cache = _choice("--hpspec-cache", ("use", "refresh", "off"))
+parse_cache = _choice("--hpspec-cache", CACHE_MODES)
 parse_stack = _choice("--hpspec-stack", ("on", "off"))
 parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)

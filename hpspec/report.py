@@ -22,6 +22,7 @@ from hpspec.measures import (
 )
 from hpspec.results import CellResult, json_number
 from hpspec.spec import format_value
+from hpspec.vocabulary import CellOutcome
 
 __all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_gate", "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes", "human_seconds"]
 
@@ -33,7 +34,7 @@ class CellRecord:
     experiment: str
     cell_id: str
     params: dict[str, Any]
-    outcome: str = "not run"  # passed | failed | error | not run
+    outcome: CellOutcome = "not run"
     result: CellResult | None = None
     verdicts: list[Verdict] = attrs.field(factory=list)
     note: str = ""

@@ -23,6 +23,7 @@ from hpspec.report import CellRecord
 from hpspec.results import CellResult
 from hpspec.search import halving_population, search_key
 from hpspec.spec import Cell, Experiment
+from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
 
 # ------------------------------------------------------------------------------------- state
 
@@ -34,12 +35,12 @@ class Session:
     makes its own."""
 
     device_option: str
-    table: str
+    table: TableStyle
     columns: tuple[str, ...] | None = None
     inference: bool = False
     stack: bool = True
     full_curves: bool = False
-    cache: str = "use"
+    cache: CacheMode = "use"
     timeout: float | None = None
     store_path: Path | None = None
     save_name: str | None = None
@@ -70,8 +71,8 @@ class Session:
     ray_refs: list[Any] = attrs.field(factory=list)
     ray_answers: dict[int, Any] = attrs.field(factory=dict)
     confidence: float = 0.95
-    inconclusive: str = "fail"
-    holm: str = "off"
+    inconclusive: InconclusiveAs = "fail"
+    holm: HolmScope = "off"
     device: str | None = None
     experiments: dict[str, Experiment] = attrs.field(factory=dict)
     records: dict[str, dict[str, CellRecord]] = attrs.field(factory=dict)
