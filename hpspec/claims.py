@@ -26,7 +26,7 @@ import attrs
 from hpspec.errors import SpecError
 from hpspec.measures import BY_NAME, CLAIMABLE
 from hpspec.measures import get as measure_named
-from hpspec.results import SeedResult
+from hpspec.results import SeedResult, from_json_number, json_number
 from hpspec.vocabulary import Direction, Mode, Outcome
 
 __all__ = [
@@ -888,6 +888,39 @@ class Verdict:
     @property
     def passed(self) -> bool:
         return self.outcome == PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready data: the one form it takes in the ``--hpspec-json``
+        document, the xdist payloads and ``hp.load`` (NaN and infinities kept as text)."""
+        return {
+            "claim": self.claim,
+            "outcome": self.outcome,
+            "message": self.message,
+            "p_pass": self.p_pass,
+            "p_fail": self.p_fail,
+            "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in self.checks],
+            "points": self.points,
+            "target": (None if self.target is None else {
+                "metric": self.target[0], "op": self.target[1],
+                "value": json_number(self.target[2])}),
+            "effect": None if self.effect is None else {
+                k: json_number(x) if isinstance(x, float) else x
+                for k, x in attrs.asdict(self.effect).items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        checks = tuple(SeedCheck(int(c["seed"]), bool(c["ok"]), from_json_number(c["value"]),
+                                 c.get("note", "")) for c in d.get("seeds", ()))
+        t = d.get("target")
+        e = d.get("effect")
+        return cls(
+            d["claim"], d["outcome"], d["message"], checks, d.get("p_pass"), d.get("p_fail"),
+            d.get("points"),
+            None if t is None else (t["metric"], t["op"], float(t["value"])),
+            None if e is None else Effect(**{k: from_json_number(x) if isinstance(x, str)
+                                             else x for k, x in e.items()}),
+        )
 
 
 def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
-from hpspec.claims import Effect, Reaches, SeedCheck, Verdict
+from hpspec.claims import Reaches, Verdict
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, json_number
+from hpspec.vocabulary import CellOutcome
 
-__all__ = ["PAYLOAD", "ExpInfo", "cell_payload", "claim_payload", "read_payload", "more_seeds",
-           "GpuPool"]
+__all__ = ["PAYLOAD", "ExpInfo", "CellPayload", "ClaimPayload", "Payload", "encode_payload",
+           "cell_payload", "claim_payload", "read_payload", "more_seeds", "GpuPool"]
 
 #: The user_properties key of the payload (removed on the controller before junit sees it).
 PAYLOAD = "hpspec._payload"
@@ -42,43 +43,99 @@ class ExpInfo:
         return cls(d["name"], tuple(d["axes"]), tuple(Reaches(**t) for t in d["targets"]))
 
 
-def _verdict(v: Verdict) -> dict[str, Any]:
-    return {"claim": v.claim, "outcome": v.outcome, "message": v.message,
-            "checks": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
-            "p_pass": v.p_pass, "p_fail": v.p_fail, "points": v.points,
-            "target": None if v.target is None else list(v.target),
-            "effect": None if v.effect is None else attrs.asdict(v.effect)}
+def _number_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: json_number(v) if isinstance(v, float) else v for k, v in params.items()}
 
 
-def _unverdict(d: Mapping[str, Any]) -> Verdict:
-    checks = tuple(SeedCheck(c["seed"], c["ok"], None if c["value"] is None else
-                             float(c["value"]), c["note"]) for c in d["checks"])
-    return Verdict(d["claim"], d["outcome"], d["message"], checks, d["p_pass"], d["p_fail"],
-                   d.get("points"), None if d.get("target") is None else tuple(d["target"]),
-                   None if d.get("effect") is None else Effect(**d["effect"]))
+def _unnumber_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+            for k, v in params.items()}
+
+
+@attrs.frozen
+class CellPayload:
+    """A cell item's report from a worker: its record, with the result and verdicts."""
+
+    key: str
+    info: ExpInfo
+    cell_id: str
+    params: Mapping[str, Any]
+    outcome: CellOutcome
+    note: str
+    result: CellResult | None
+    verdicts: tuple[Verdict, ...]
+    notes: tuple[str, ...] = ()
+    order: int = 0
+
+    kind: ClassVar[str] = "cell"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "info": self.info.to_dict(),
+                "cell_id": self.cell_id, "params": _number_params(self.params),
+                "outcome": self.outcome, "note": self.note,
+                "result": self.result.to_dict() if self.result else None,
+                "verdicts": [v.to_dict() for v in self.verdicts], "notes": list(self.notes),
+                "order": self.order}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CellPayload:
+        return cls(d["key"], ExpInfo.from_dict(d["info"]), d["cell_id"],
+                   _unnumber_params(d["params"]), d["outcome"], d["note"] or "",
+                   CellResult.from_dict(d["result"]) if d["result"] else None,
+                   tuple(Verdict.from_dict(v) for v in d["verdicts"]), tuple(d["notes"]),
+                   int(d["order"]))
+
+
+@attrs.frozen
+class ClaimPayload:
+    """A cross-cell claim item's report: its verdict, with the results of the cells it
+    judged (adaptive seeding may have grown them on this worker after their own items
+    reported, and the controller's tables must show every seed the claim used)."""
+
+    key: str
+    info: ExpInfo
+    slug: str
+    verdict: Verdict | None
+    results: Mapping[str, CellResult] = attrs.field(factory=dict)
+
+    kind: ClassVar[str] = "claim"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "info": self.info.to_dict(),
+                "slug": self.slug,
+                "verdict": self.verdict.to_dict() if self.verdict else None,
+                "results": {c: r.to_dict() for c, r in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClaimPayload:
+        return cls(d["key"], ExpInfo.from_dict(d["info"]), d["slug"],
+                   Verdict.from_dict(d["verdict"]) if d["verdict"] is not None else None,
+                   {c: CellResult.from_dict(r) for c, r in d.get("results", {}).items()})
+
+
+Payload = CellPayload | ClaimPayload
+
+
+def encode_payload(payload: Payload) -> str:
+    """The one serialiser of a payload: JSON of its ``to_dict`` (plain types only)."""
+    return json.dumps(payload.to_dict(), allow_nan=False, default=repr)
+
+
+def read_payload(text: str) -> Payload:
+    d = json.loads(text)
+    return CellPayload.from_dict(d) if d["kind"] == CellPayload.kind else (
+        ClaimPayload.from_dict(d))
 
 
 def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[str]) -> str:
-    return json.dumps({
-        "kind": "cell", "key": key, "info": info.to_dict(), "cell_id": record.cell_id,
-        "params": {k: json_number(v) if isinstance(v, float) else v
-                   for k, v in record.params.items()},
-        "outcome": record.outcome, "note": record.note,
-        "result": record.result.to_dict() if record.result else None,
-        "verdicts": [_verdict(v) for v in record.verdicts], "notes": list(notes),
-        "order": record.order,
-    }, allow_nan=False, default=repr)
+    return encode_payload(CellPayload(
+        key, info, record.cell_id, record.params, record.outcome, record.note, record.result,
+        tuple(record.verdicts), tuple(notes), record.order))
 
 
 def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None,
                   results: Mapping[str, CellResult] | None = None) -> str:
-    """A claim's verdict, with the results of the cells it judged: adaptive seeding may have
-    grown them on this worker after their own items reported, and the controller's tables
-    must show every seed the claim used."""
-    return json.dumps({"kind": "claim", "key": key, "info": info.to_dict(), "slug": slug,
-                       "verdict": _verdict(verdict) if verdict else None,
-                       "results": {c: r.to_dict() for c, r in (results or {}).items()}},
-                      allow_nan=False, default=repr)
+    return encode_payload(ClaimPayload(key, info, slug, verdict, dict(results or {})))
 
 
 def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None:
@@ -89,21 +146,6 @@ def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | 
     if have is None or len(new.seeds) > len(have.seeds):
         return new
     return have
-
-
-def read_payload(text: str) -> dict[str, Any]:
-    d = json.loads(text)
-    d["info"] = ExpInfo.from_dict(d["info"])
-    if d["kind"] == "cell":
-        d["params"] = {k: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
-                       for k, v in d["params"].items()}
-        d["result"] = CellResult.from_dict(d["result"]) if d["result"] else None
-        d["verdicts"] = [_unverdict(v) for v in d["verdicts"]]
-    else:
-        if d["verdict"] is not None:
-            d["verdict"] = _unverdict(d["verdict"])
-        d["results"] = {c: CellResult.from_dict(r) for c, r in d.get("results", {}).items()}
-    return d
 
 
 class GpuPool:

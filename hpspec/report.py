@@ -20,7 +20,7 @@ from hpspec.measures import (
     human_rate,
     human_seconds,
 )
-from hpspec.results import CellResult, json_number
+from hpspec.results import CellResult
 from hpspec.spec import format_value
 from hpspec.vocabulary import CellOutcome
 
@@ -245,24 +245,6 @@ def render_claims(verdicts: Sequence[Verdict]) -> str:
 JSON_SCHEMA_VERSION = 1
 
 
-def _verdict_dict(v: Verdict) -> dict[str, Any]:
-    return {
-        "claim": v.claim,
-        "outcome": v.outcome,
-        "message": v.message,
-        "p_pass": v.p_pass,
-        "p_fail": v.p_fail,
-        "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
-        "points": v.points,
-        "target": (None if v.target is None else
-                   {"metric": v.target[0], "op": v.target[1], "value": json_number(v.target[2])}),
-        "effect": None if v.effect is None else {
-            k: json_number(x) if isinstance(x, float) else x
-            for k, x in attrs.asdict(v.effect).items()},
-    }
-
-
-
 def run_document(
     experiments: Sequence[tuple[str, str, Sequence[str], Sequence[CellRecord], Sequence[Verdict]]],
     environment: dict[str, Any],
@@ -288,12 +270,12 @@ def run_document(
                         "cell_id": r.cell_id,
                         "params": dict(r.params),
                         "outcome": r.outcome,
-                        "verdicts": [_verdict_dict(v) for v in r.verdicts],
+                        "verdicts": [v.to_dict() for v in r.verdicts],
                         "result": r.result.to_dict() if r.result else None,
                     }
                     for r in records
                 ],
-                "claims": [_verdict_dict(v) for v in claims],
+                "claims": [v.to_dict() for v in claims],
             }
             for key, name, axes, records, claims in experiments
         ],

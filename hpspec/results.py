@@ -14,7 +14,8 @@ import attrs
 
 from hpspec.measures import DESCRIPTIONS
 
-__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_number"]
+__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_number",
+           "from_json_number"]
 
 #: Measurements the runner takes per seed, with the unit each is in (from the registry).
 MEASUREMENTS = DESCRIPTIONS
@@ -122,7 +123,11 @@ def json_number(x: float | None) -> float | str | None:
     return x if math.isfinite(x) else repr(x)
 
 
-def _unnum(x: float | str | None) -> float | None:
+def from_json_number(x: float | str | None) -> float | None:
+    """The inverse of :func:`json_number`."""
     if x is None:
         return None
     return float(x)
+
+
+_unnum = from_json_number

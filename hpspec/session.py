@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -24,6 +24,10 @@ from hpspec.results import CellResult
 from hpspec.search import halving_population, search_key
 from hpspec.spec import Cell, Experiment
 from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
+
+if TYPE_CHECKING:
+    from hpspec.distributed import Payload
+    from hpspec.ray_backend import RayAnswer
 
 # ------------------------------------------------------------------------------------- state
 
@@ -69,7 +73,7 @@ class Session:
     #: (key, cell id) -> index of its Ray task; answers by task index once fetched.
     ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
     ray_refs: list[Any] = attrs.field(factory=list)
-    ray_answers: dict[int, Any] = attrs.field(factory=dict)
+    ray_answers: dict[int, RayAnswer] = attrs.field(factory=dict)
     confidence: float = 0.95
     inconclusive: InconclusiveAs = "fail"
     holm: HolmScope = "off"
@@ -223,7 +227,7 @@ class Session:
         """This cell's result from its Ray task (waiting for it), storing every cell the
         task trained; a cell the task could not train raises its error here."""
         __tracebackhide__ = True
-        from hpspec.ray_backend import collect
+        from hpspec.ray_backend import RayAnswer, collect
 
         index = self.ray_jobs[(key, cell.id)]
         if index not in self.ray_answers:
@@ -231,24 +235,22 @@ class Session:
                 self.ray_answers[index] = collect(self.ray, self.ray_refs[index],
                                                   f"{exp.where}[{cell.id}]")
             except CellError as e:
-                self.ray_answers[index] = {"results": {}, "errors": {
-                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index},
-                    "notes": []}
+                self.ray_answers[index] = RayAnswer(errors={
+                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index})
             answer = self.ray_answers[index]
-            for line in answer["notes"]:
+            for line in answer.notes:
                 self.note(key, line)
-            for cid, data in answer["results"].items():
+            for cid, result in answer.results.items():
                 target = next(c for c in exp.cells if c.id == cid)
-                result = CellResult.from_dict(data)
                 self.device = self.device or result.device
                 for r in result.seeds:
                     self.save_seed(key, exp, target, r)
                 self._store(key, target, result)
-            for cid, text in answer["errors"].items():
+            for cid, text in answer.errors.items():
                 self.failures[(key, cid)] = text
         found = self.results.get((key, cell.id))
         if found is None:
-            error = self.ray_answers[index]["errors"].get(cell.id, "no result came back")
+            error = self.ray_answers[index].errors.get(cell.id, "no result came back")
             raise CellError(error if error.startswith(exp.where) else
                             f"{exp.where}[{cell.id}] (on Ray): {error}")
         return found
@@ -257,12 +259,12 @@ class Session:
         """Submit every wanted, uncached cell as Ray tasks, up front (``root``: the
         directory paths are sent relative to)."""
         from hpspec.plan import timing_claim
-        from hpspec.ray_backend import connect, submit
+        from hpspec.ray_backend import RayJob, connect, submit
         from hpspec.engine.runner import stackable_cells
         from hpspec.spec import PROFILES
 
         self.ray = connect(address, root, cpus)
-        jobs: list[dict[str, Any]] = []
+        jobs: list[RayJob] = []
         for key, wanted in self.wanted.items():
             exp = self.experiments[key]
             cells = [c for c in exp.cells if c.id in wanted and not (
@@ -280,12 +282,11 @@ class Session:
             for bucket in buckets:
                 for c in bucket:
                     self.ray_jobs[(key, c.id)] = len(jobs)
-                jobs.append({"path": path, "rel": rel, "attr": attr,
-                             "cell_ids": [c.id for c in bucket], "seeds": None,
-                             "device": self.device_option,
-                             "options": {"stack": stack, "full_curves": self.full_curves,
-                                         "timeout": self.timeout, "profile": self.profile,
-                                         "profiles": dict(PROFILES)}})
+                jobs.append(RayJob(path, rel, attr, tuple(c.id for c in bucket), None,
+                                   self.device_option,
+                                   {"stack": stack, "full_curves": self.full_curves,
+                                    "timeout": self.timeout, "profile": self.profile,
+                                    "profiles": dict(PROFILES)}))
         self.ray_refs = submit(self.ray, jobs, gpus,
                                retries=1)
 
@@ -506,37 +507,38 @@ class Session:
         self.found.setdefault(key, {}).update(fresh)
         return claim.judge_fresh(exp, results, fresh, alpha)
 
-    def merge_payload(self, d: dict[str, Any]) -> None:
+    def merge_payload(self, p: Payload) -> None:
         """Merge one xdist worker's payload (a cell's record or a claim's verdict, as
         :func:`hpspec.distributed.read_payload` returns it) into this, the controller's state."""
-        from hpspec.distributed import more_seeds
+        from hpspec.distributed import CellPayload, more_seeds
 
-        key = d["key"]
-        self.info[key] = d["info"]
-        if d["kind"] == "cell":
+        key = p.key
+        self.info[key] = p.info
+        if isinstance(p, CellPayload):
             # a claim on another worker may have reported this cell grown already
-            result = more_seeds(d["result"], self.results.get((key, d["cell_id"])))
-            record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
-                                result, d["verdicts"], d["note"] or "", d["order"])
-            self.records.setdefault(key, {})[d["cell_id"]] = record
+            result = more_seeds(p.result, self.results.get((key, p.cell_id)))
+            record = CellRecord(p.info.name, p.cell_id, dict(p.params), p.outcome,
+                                result, list(p.verdicts), p.note, p.order)
+            self.records.setdefault(key, {})[p.cell_id] = record
             if result is not None:
-                self.results[(key, d["cell_id"])] = result
+                self.results[(key, p.cell_id)] = result
                 self.device = self.device or result.device
-            if d["note"] == "cached":
-                self.cached_cells.add((key, d["cell_id"]))
-            for line in d["notes"]:
+            if p.note == "cached":
+                self.cached_cells.add((key, p.cell_id))
+            for line in p.notes:
                 self.note(key, line)
         else:
             # Cells the claim grew with adaptive seeds: the tables show every seed it used.
-            for cell_id, grown in d["results"].items():
+            for cell_id, grown in p.results.items():
                 kept = more_seeds(self.results.get((key, cell_id)), grown)
+                assert kept is not None  # grown is a result
                 self.results[(key, cell_id)] = kept
                 record = self.records.get(key, {}).get(cell_id)
                 if record is not None:
                     record.result = kept
-            if d["verdict"] is not None:
+            if p.verdict is not None:
                 self.records.setdefault(key, {})
-                self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+                self.cross.setdefault(key, {})[p.slug] = p.verdict
 
     def tables(self) -> list[tuple[str, str, list[str], str]]:
         """Per experiment that ran: (key, its cell table, its notes, its claims' text or
