@@ -9,8 +9,9 @@ from it, so the summary tables and the JSON are written once, by the controller,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -19,8 +20,12 @@ from hpspec.report import CellRecord
 from hpspec.results import CellResult, json_number
 from hpspec.vocabulary import CellOutcome
 
+if TYPE_CHECKING:
+    from hpspec.session import Session
+
 __all__ = ["PAYLOAD", "ExpInfo", "CellPayload", "ClaimPayload", "Payload", "encode_payload",
-           "cell_payload", "claim_payload", "read_payload", "more_seeds", "GpuPool"]
+           "cell_payload", "claim_payload", "read_payload", "more_seeds", "GpuPool", "gpu_ids",
+           "configure_worker"]
 
 #: The user_properties key of the payload (removed on the controller before junit sees it).
 PAYLOAD = "hpspec._payload"
@@ -146,6 +151,38 @@ def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | 
     if have is None or len(new.seeds) > len(have.seeds):
         return new
     return have
+
+
+def gpu_ids() -> list[int]:
+    """The GPUs this process may lend to workers: CUDA_VISIBLE_DEVICES when set, else every
+    card torch sees (torch imported only here, and only on the xdist controller)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    except Exception:
+        return []
+
+
+def configure_worker(state: Session, workerinput: Mapping[str, Any]) -> None:
+    """On an xdist worker: take the run id, the stacking rule and the GPU the controller
+    sent (``pytest_configure_node``)."""
+    state.worker = workerinput.get("workerid")
+    state.workers = int(workerinput.get("workercount", 1))
+    state.run_id = workerinput.get("hpspec_run_id")
+    if not workerinput.get("hpspec_stack_ok", True) and state.stack:
+        # Items of one stacked group would be spread over workers, and each would
+        # train the whole group: each cell stacks only its own seeds instead.
+        state.stack_alone = True
+        state.stack_off_reason = ("each cell stacked with its own seeds only: under -n, "
+                                  "stacked groups need --dist loadgroup to stay on one "
+                                  "worker")
+    gpu = workerinput.get("hpspec_gpu")
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
 class GpuPool:

@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from hpspec.measures import COLUMNS as MEASURE_COLUMNS
@@ -113,6 +114,25 @@ def _dir_path(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} must be a directory (it names a file or "
                                          "nothing), e.g. runs/tb")
     return text
+
+
+def run_options_problem(cache: str, save: str | None, compare: str | None,
+                        compare_fail: bool, outputs: Mapping[str, str | None]) -> str | None:
+    """What is wrong with this combination of run options, as a usage error's text; None
+    when nothing is. ``outputs``: report flag -> path."""
+    if cache == "off" and (save or compare):
+        if save or not (compare and compare.endswith(".json")):
+            return ("--hpspec-cache=off turns the store off, so there is nothing to save to or "
+                    "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
+    from hpspec.outputs import output_path_problem
+
+    for flag, value in outputs.items():
+        problem = output_path_problem(flag, value) if value is not None else None
+        if problem:
+            return problem
+    if compare_fail and not compare:
+        return "--hpspec-compare-fail needs a baseline: add --hpspec-compare NAME|latest|FILE.json"
+    return None
 
 
 def add_options(parser: Any) -> None:

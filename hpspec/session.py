@@ -540,6 +540,29 @@ class Session:
                 self.records.setdefault(key, {})
                 self.cross.setdefault(key, {})[p.slug] = p.verdict
 
+    def register(self, key: str, exp: Experiment, path: str, attr: str) -> Experiment:
+        """Add an experiment collected as ``key`` (``path``: its file, ``attr``: the name it
+        is bound to there), with the active profile applied and an empty record per cell.
+        Raises SpecError for a second experiment of that name or a profile that does not
+        fit."""
+        if key in self.experiments:
+            from hpspec.spec import duplicate_name_error
+
+            raise duplicate_name_error(exp, self.experiments[key])
+        if self.profile:
+            from hpspec.spec import apply_profile
+
+            exp, notes = apply_profile(exp, self.profile)
+            for line in notes:
+                self.note(key, line)
+        self.experiments[key] = exp
+        self.info[key] = experiment_info(exp)
+        self.attrs_of[key] = (path, attr)
+        records = self.records.setdefault(key, {})
+        for i, cell in enumerate(exp.cells):
+            records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
+        return exp
+
     def tables(self) -> list[tuple[str, str, list[str], str]]:
         """Per experiment that ran: (key, its cell table, its notes, its claims' text or
         ""), as the terminal summary shows them."""
