@@ -34,8 +34,12 @@ class Line:
 
     def markup(self) -> dict[str, bool]:
         """Keyword arguments of pytest's ``TerminalReporter.write_line``."""
-        out = {self.color: True} if self.color else {}
-        return {**out, "bold": True} if self.bold else out
+        out: dict[str, bool] = {}
+        if self.color:
+            out[self.color] = True
+        if self.bold:
+            out["bold"] = True
+        return out
 
 
 def store_lines(state: Session) -> list[Line]:

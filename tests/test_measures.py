@@ -35,6 +35,10 @@ def test_the_gate_aliases_and_claim_helpers_agree():
     assert gate.parse_limits("throughput:-10%")[0].metric == hp.throughput().name
     assert gate.parse_limits("memory:+0")[0].metric == hp.peak_memory().name
     assert gate.parse_limits("epoch_time:+0")[0].metric == hp.epoch_time().name
+    # The gate's names work in claims too (Measure's == builds a claim: compare the fields).
+    by_alias, helper = hp.measure("throughput"), hp.throughput()
+    assert (by_alias.name, by_alias.label, by_alias.unit) == (
+        helper.name, helper.label, helper.unit) == ("samples_per_s", "samples/s", "")
     # A name measure() does not take keeps itself as label, and validation refuses it.
     assert hp.measure("inference_macs").label == "inference_macs"
 
