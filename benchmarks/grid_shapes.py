@@ -92,7 +92,7 @@ def experiment(name: str, g: dict):
 
 def run_hpspec(exp, stack: bool) -> int:
     from hpspec.engine.runner import PROBE_CACHE
-    from hpspec.plugin import State
+    from hpspec.session import Session as State
 
     PROBE_CACHE.clear()
     state = State(device_option="cpu", table="full", cache="off", stack=stack)

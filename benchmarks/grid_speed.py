@@ -153,7 +153,7 @@ def hpspec_experiment(grid):
 
 
 def run_hpspec(exp, device: str):
-    from hpspec.plugin import State
+    from hpspec.session import Session as State
     from hpspec.engine.runner import PROBE_CACHE
 
     PROBE_CACHE.clear()  # every run pays for its probes, as a fresh pytest session does

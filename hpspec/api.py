@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import io
 import os
+import sys
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -92,8 +93,9 @@ class Run:
         return out
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per cell and seed (see :func:`hpspec.rows.seed_rows`)."""
-        from hpspec.rows import seed_rows
+        """One dict per cell and seed, the rows ``--hpspec-csv`` writes (see
+        :func:`hpspec.export.seed_rows`)."""
+        from hpspec.export import seed_rows
 
         return seed_rows(self.document)
 
@@ -191,6 +193,21 @@ class _Grab:
         self.state = session.config.stash.get(STATE, None)
 
 
+def _forget_collected(before: set[str], path: Path) -> None:
+    """Drop the modules this run imported from the experiment files (and conftest.py) under
+    ``path``: pytest imports them under their bare file name, so a later ``hp.run`` of another
+    folder's ``exp_x.py`` would hit pytest's "import file mismatch", and of the same file after
+    an edit would run the old code (a notebook does both)."""
+    root = (path.parent if path.is_file() else path).resolve()
+    for name in set(sys.modules) - before:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if (not file or name.split(".")[0] == "hpspec"  # hp.run(".") in hpspec's checkout
+                or "site-packages" in file or "dist-packages" in file):
+            continue
+        if Path(file).resolve().is_relative_to(root):
+            del sys.modules[name]
+
+
 def run(target: Any, *, quiet: bool = True, pytest_args: Sequence[str] = (),
         **options: Any) -> Run:
     """Run ``target`` (an experiment file or folder, a module, or an ``@hp.experiment``
@@ -206,8 +223,12 @@ def run(target: Any, *, quiet: bool = True, pytest_args: Sequence[str] = (),
             *pytest_args]
     grab = _Grab()
     out = io.StringIO()
-    with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-        code = pytest.main(args, plugins=[grab])
+    before = set(sys.modules)
+    try:
+        with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
+            code = pytest.main(args, plugins=[grab])
+    finally:
+        _forget_collected(before, Path(args[0].split("::")[0]))
     state = grab.state
     if state is None or int(code) in (2, 3, 4):  # interrupted, internal or usage error
         raise HpspecError(f"hp.run({target!r}): pytest stopped (exit status {int(code)}): "

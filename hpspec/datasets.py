@@ -8,9 +8,13 @@ ship inside scikit-learn.
 
 from __future__ import annotations
 
+import csv
 import functools
+import gzip
+import importlib.util
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -85,33 +89,99 @@ class DataSpec:
         return f"{self.name}({opts})"
 
 
-def _split(x: Any, y: Any, stratify: bool, val_fraction: float, seed: int) -> tuple[Any, ...]:
-    from sklearn.model_selection import train_test_split
+def _val_size(n: int, val_fraction: float) -> int:
+    return math.ceil(val_fraction * n)
 
-    return train_test_split(
-        x, y, test_size=val_fraction, random_state=seed, stratify=y if stratify else None
-    )
+
+def _share(counts: Any, draws: int, rng: Any) -> Any:
+    """How many of ``draws`` samples each class gets: its proportional share rounded down,
+    then one more for the classes with the largest remainders (ties drawn at random)."""
+    import numpy as np
+
+    exact = counts / counts.sum() * draws
+    out = np.floor(exact)
+    missing = int(draws - out.sum())
+    if missing > 0:
+        remainder = exact - out
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            k = min(len(tied), missing)
+            out[rng.choice(tied, size=k, replace=False)] += 1
+            missing -= k
+            if missing == 0:
+                break
+    return out.astype(int)
+
+
+def _split_indices(y: Any, stratify: bool, val_fraction: float, seed: int) -> tuple[Any, Any]:
+    """Train and validation row indices: a seeded shuffle split, stratified by class for
+    classification.
+
+    The same indices, in the same order, as scikit-learn's ``train_test_split(...,
+    test_size=val_fraction, random_state=seed, stratify=y or None)``, which hpspec used until
+    importing ``sklearn.model_selection`` (over a second, most of a small run's fixed cost)
+    was found to be the price; tests/test_datasets.py checks the equality for every bundled
+    set.
+    """
+    import numpy as np
+
+    n = len(y)
+    n_val = _val_size(n, val_fraction)
+    rng = np.random.RandomState(seed)
+    if not stratify:
+        order = rng.permutation(n)
+        return order[n_val:], order[:n_val]
+    _, label, counts = np.unique(y, return_inverse=True, return_counts=True)
+    if counts.min() < 2 or n - n_val < len(counts) or n_val < len(counts):
+        raise ValueError(f"cannot split {n} samples of {len(counts)} classes (smallest has "
+                         f"{counts.min()}) with val_fraction={val_fraction}")
+    rows_of = np.split(np.argsort(label, kind="stable"), np.cumsum(counts)[:-1])
+    n_train_of = _share(counts, n - n_val, rng)
+    n_val_of = _share(counts - n_train_of, n_val, rng)
+    train: list[Any] = []
+    val: list[Any] = []
+    for rows, a, b in zip(rows_of, n_train_of, n_val_of):
+        shuffled = rows[rng.permutation(len(rows))]
+        train.extend(shuffled[:a])
+        val.extend(shuffled[a : a + b])
+    return rng.permutation(train), rng.permutation(val)
+
+
+def _standardize(x_tr: Any, x_va: Any) -> tuple[Any, Any]:
+    """Centre and scale both parts by the training part's mean and deviation; features that
+    are (numerically) constant keep a scale of 1. The same floats as scikit-learn's
+    ``StandardScaler().fit(x_tr)`` transform (same sums in the same order)."""
+    import numpy as np
+
+    n = x_tr.shape[0]
+    mean = x_tr.sum(axis=0) / n
+    centred = x_tr - mean
+    correction = centred.sum(axis=0)
+    var = ((centred**2).sum(axis=0) - correction**2 / n) / n
+    eps = np.finfo(np.float64).eps
+    constant = var <= n * eps * var + (n * mean * eps) ** 2
+    scale = np.sqrt(var)
+    scale[constant] = 1.0
+    return (x_tr - mean) / scale, (x_va - mean) / scale
 
 
 @functools.lru_cache(maxsize=16)
 def _load_builtin(name: str, options: tuple[tuple[str, Any], ...]) -> Data:
     import numpy as np
     import torch
-    from sklearn.preprocessing import StandardScaler
 
     opts = dict(options)
-    loader: Callable[..., Any] = _BUILTINS[name][0]
+    loader: Callable[[], tuple[Any, Any]] = _BUILTINS[name][0]
     task = _BUILTINS[name][1]
-    bunch = loader()
-    x, y = bunch.data.astype(np.float64), bunch.target
-    x_tr, x_va, y_tr, y_va = _split(
-        x, y, task == CLASSIFICATION, opts.get("val_fraction", 0.2), opts.get("split_seed", 0)
-    )
+    x, y = loader()
+    x = x.astype(np.float64)
+    train, val = _split_indices(y, task == CLASSIFICATION, opts.get("val_fraction", 0.2),
+                                opts.get("split_seed", 0))
+    x_tr, x_va, y_tr, y_va = x[train], x[val], y[train], y[val]
     n_train = opts.get("n_train")
     if n_train is not None:
         x_tr, y_tr = x_tr[:n_train], y_tr[:n_train]
-    scaler = StandardScaler().fit(x_tr)
-    x_tr, x_va = scaler.transform(x_tr), scaler.transform(x_va)
+    x_tr, x_va = _standardize(x_tr, x_va)
     if task == CLASSIFICATION:
         yt, yv = torch.as_tensor(y_tr, dtype=torch.long), torch.as_tensor(y_va, dtype=torch.long)
         n_classes = int(max(yt.max(), yv.max())) + 1
@@ -130,21 +200,56 @@ def _load_builtin(name: str, options: tuple[tuple[str, Any], ...]) -> Data:
     )
 
 
-def _sk(name: str) -> Callable[[], Any]:
-    def load() -> Any:
-        from sklearn import datasets as skd
+def _bundled(file: str) -> Path:
+    """A data file shipped inside scikit-learn, found without importing scikit-learn
+    (``import sklearn`` alone loads over a thousand modules)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("hpspec's bundled data sets come with scikit-learn: "
+                                  "pip install scikit-learn")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / file
 
-        return getattr(skd, name)()
+
+def _csv_set(file: str) -> Callable[[], tuple[Any, Any]]:
+    """A bundled CSV whose first row is ``n_samples,n_features,names...`` and whose last
+    column is the integer class (iris, wine, breast cancer)."""
+
+    def load() -> tuple[Any, Any]:
+        import numpy as np
+
+        with _bundled(file).open(encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        n, d = int(rows[0][0]), int(rows[0][1])
+        table = rows[1 : n + 1]
+        x = np.array([r[:d] for r in table], dtype=np.float64)
+        y = np.array([int(r[-1]) for r in table], dtype=int)
+        return x, y
 
     return load
 
 
-_BUILTINS: dict[str, tuple[Callable[[], Any], str]] = {
-    "digits": (_sk("load_digits"), CLASSIFICATION),
-    "breast_cancer": (_sk("load_breast_cancer"), CLASSIFICATION),
-    "diabetes": (_sk("load_diabetes"), REGRESSION),
-    "wine": (_sk("load_wine"), CLASSIFICATION),
-    "iris": (_sk("load_iris"), CLASSIFICATION),
+def _digits() -> tuple[Any, Any]:
+    import numpy as np
+
+    with gzip.open(_bundled("digits.csv.gz"), mode="rt", encoding="utf-8") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
+def _diabetes() -> tuple[Any, Any]:
+    # Its features are rescaled by scikit-learn's own loader: kept as it is.
+    from sklearn import datasets as skd
+
+    bunch = skd.load_diabetes()
+    return bunch.data, bunch.target
+
+
+_BUILTINS: dict[str, tuple[Callable[[], tuple[Any, Any]], str]] = {
+    "digits": (_digits, CLASSIFICATION),
+    "breast_cancer": (_csv_set("breast_cancer.csv"), CLASSIFICATION),
+    "diabetes": (_diabetes, REGRESSION),
+    "wine": (_csv_set("wine_data.csv"), CLASSIFICATION),
+    "iris": (_csv_set("iris.csv"), CLASSIFICATION),
 }
 
 

@@ -1,5 +1,5 @@
-"""A run as rows and files other tools read: one row per cell and seed (CSV, and later
-``Run.to_pandas()``), and TensorBoard event files.
+"""A run as rows and files other tools read: one row per cell and seed (the CSV, and
+``Run.rows()`` / ``Run.to_pandas()``), and TensorBoard event files.
 
 Built from the ``--hpspec-json`` document (plain data), like the HTML report, so a stored or
 exported run can be written again later. :func:`seed_rows` is pure; :func:`write_tensorboard`
@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["csv_text", "seed_rows", "write_csv", "write_tensorboard"]
+from hpspec.results import MEASUREMENTS
+
+__all__ = ["FIXED_COLUMNS", "csv_text", "seed_rows", "write_csv", "write_tensorboard"]
 
 
 def _number(x: Any) -> Any:
@@ -29,12 +31,26 @@ def _final(curve: list[Any]) -> Any:
     return _number(curve[-1]) if curve else None
 
 
+#: The columns every row has; a hyperparameter of the same name is written ``param_<name>``
+#: (a grid over ``epochs`` or ``seed`` must not overwrite, or be overwritten by, these).
+FIXED_COLUMNS = ("experiment", "cell_id", "seed", "outcome", "diverged_epoch", "epochs")
+
+
+def _param_column(name: str) -> str:
+    clash = name in FIXED_COLUMNS or name in MEASUREMENTS or name.endswith("_final")
+    return f"param_{name}" if clash else name
+
+
 def seed_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One dict per cell and seed, in the run's order: ``experiment``, ``cell_id``, ``seed``,
-    ``outcome``, each hyperparameter by its name, ``<metric>_final`` for each curve,
+    ``outcome``, each hyperparameter by its name (``param_<name>`` where the name is one of
+    these columns, a measurement or ends in ``_final``), ``<metric>_final`` for each curve,
     ``diverged_epoch`` (None when it did not diverge), ``epochs`` (epochs trained) and each
     measurement by its name (``samples_per_s``, ``peak_memory``, ...). Cells without a result
-    (a recipe that raised) give one row with the seed None, so nothing that ran is missing."""
+    (a recipe that raised) give one row with the seed None, so nothing that ran is missing.
+
+    The one row builder: ``--hpspec-csv`` writes these rows and ``Run.rows()`` /
+    ``Run.to_pandas()`` return them."""
     rows: list[dict[str, Any]] = []
     for exp in document.get("experiments", []):
         for cell in exp.get("cells", []):
@@ -43,12 +59,15 @@ def seed_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             for s in seeds:
                 row: dict[str, Any] = {**base, "seed": None if s is None else s["seed"],
                                        "outcome": cell["outcome"]}
-                row.update({k: _number(v) for k, v in cell["params"].items()})
+                row.update({_param_column(k): _number(v) for k, v in cell["params"].items()})
                 if s is not None:
-                    for metric, curve in s["curves"].items():
+                    curves = s.get("curves") or {}
+                    for metric, curve in curves.items():
                         row[f"{metric}_final"] = _final(curve)
-                    row["diverged_epoch"] = (s["diverged"] or {}).get("epoch")
-                    row["epochs"] = len(s.get("epoch_seconds") or [])
+                    row["diverged_epoch"] = (s.get("diverged") or {}).get("epoch")
+                    # as SeedResult.epochs_run: the longest curve (a loaded run may carry no
+                    # per-epoch timings)
+                    row["epochs"] = max((len(c) for c in curves.values()), default=0)
                     row.update({k: _number(v) for k, v in s.get("measurements", {}).items()})
                 rows.append(row)
     return rows

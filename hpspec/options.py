@@ -66,6 +66,15 @@ parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
 
 
+def parse_threads_option(value: str) -> Any:
+    from hpspec.threads import parse_threads
+
+    try:
+        return parse_threads(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_timeout(value: str) -> float | None:
     if value.strip().lower() in ("", "none", "0"):
         return None
@@ -192,6 +201,15 @@ def add_options(parser: Any) -> None:
         "by one. An experiment can say stack=False. ini: hpspec_stack. Default on.",
     )
     group.addoption(
+        "--hpspec-threads",
+        type=parse_threads_option,
+        default=None,
+        metavar="auto|N",
+        help="torch intra-op threads per run on the CPU: auto (one thread when the model's "
+        "parameters x batch size is under 2**23, else torch's default) or N. Recorded in "
+        "the environment and part of the cache key. ini: hpspec_threads. Default auto.",
+    )
+    group.addoption(
         "--hpspec-full-curves",
         action="store_true",
         default=None,
@@ -310,6 +328,7 @@ def add_options(parser: Any) -> None:
     parser.addini("hpspec_table", "default for --hpspec-table", default="full")
     parser.addini("hpspec_columns", "default for --hpspec-columns", default="")
     parser.addini("hpspec_stack", "default for --hpspec-stack", default="on")
+    parser.addini("hpspec_threads", "default for --hpspec-threads", default="auto")
     parser.addini("hpspec_store", "default for --hpspec-store", default="")
     parser.addini("hpspec_timeout", "default for --hpspec-timeout", default="")
     parser.addini("hpspec_ray", "default for --hpspec-ray", default="")

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest._code.code import ExceptionInfo, TerminalRepr
 
+from hpspec._pytest_compat import FailureRepr, TerminalRepr, current_line
 from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
 from hpspec.cross import CrossClaim
 from hpspec.distributed import PAYLOAD, read_payload
@@ -39,6 +39,7 @@ from hpspec.options import (  # noqa: F401  (the parsers stay importable from he
     parse_limits_option,
     parse_stack,
     parse_table,
+    parse_threads_option,
     parse_timeout,
     run_options_problem,
 )
@@ -138,6 +139,7 @@ def pytest_configure(config: pytest.Config) -> None:
         full_curves=bool(config.getoption("--hpspec-full-curves")),
         cache=_option(config, "cache", parse_cache),
         timeout=_option(config, "timeout", parse_timeout),
+        threads=_option(config, "threads", parse_threads_option),
         store_path=_store_path(config),
         save_name=config.getoption("--hpspec-save"),
         profile=config.getoption("--hpspec-profile") or config.getini("hpspec_profile") or None,
@@ -196,7 +198,7 @@ class ExperimentFile(pytest.Module):
                 yield self._spec_error(attr, e, fn)
                 continue
             for cell in exp.cells:
-                name = f"{exp.name}[{cell.id}]"
+                name = f"{exp.name}[{cell.id}]"  # (cell.id formats the params: read once)
                 # The id is given as text so pytest parses its "[params]" part the way it
                 # does for parametrized tests (--lf and the cache compare parsed ids).
                 item = CellItem.from_parent(
@@ -232,7 +234,9 @@ def _fn_location(fn: Any) -> tuple[int | None]:
         return (None,)
 
 
-class _HpspecItem(pytest.Item):
+# (mypy: FailureRepr's _repr_failure_py may return hpspec's message as a str, which pytest
+# renders; Node's is typed TerminalRepr only)
+class _HpspecItem(FailureRepr, pytest.Item):  # type: ignore[misc]
     fn: Any
     exp: Experiment
     key: str
@@ -245,40 +249,21 @@ class _HpspecItem(pytest.Item):
 
     # hpspec's own errors (false claims, spec and cell errors) carry a complete message; a
     # traceback would only show hpspec's insides. Anything else is the user's exception.
-    def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo, style=style)
-
-    def _repr_failure_py(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
-        # pytest renders errors raised in setup through this method, not repr_failure.
-        if isinstance(excinfo.value, HpspecError):
-            return str(excinfo.value)
-        return super()._repr_failure_py(excinfo, style)
+    def failure_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+        return str(excinfo.value) if isinstance(excinfo.value, HpspecError) else None
 
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, _fn_location(self.fn)[0], self.name
 
-    def _traceback_filter(self, excinfo: ExceptionInfo[BaseException]) -> Any:
+    def keep_frame(self, path: str) -> bool:
         # Show the user's code, not hpspec's or pytest's: cut every frame that lives in
         # hpspec, pluggy or _pytest.
-        tb = excinfo.traceback
-
-        def keep(entry: Any) -> bool:
-            path = str(entry.path)
-            return not (
-                path.startswith(_HPSPEC_DIR)
-                or f"{os.sep}_pytest{os.sep}" in path
-                or f"{os.sep}pluggy{os.sep}" in path
-            )
-
-        filtered = tb.filter(keep)
-        return filtered if len(filtered) else tb
+        return not (
+            path.startswith(_HPSPEC_DIR)
+            or f"{os.sep}_pytest{os.sep}" in path
+            or f"{os.sep}pluggy{os.sep}" in path
+        )
 
 
 class SpecErrorItem(_HpspecItem):
@@ -296,9 +281,7 @@ class SpecErrorItem(_HpspecItem):
     def runtest(self) -> None:  # pragma: no cover - setup always raises
         raise self.error
 
-    def _repr_failure_py(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException], style: Any = None
-    ) -> str | TerminalRepr:
+    def failure_text(self, excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
         return f"hpspec spec error: {excinfo.value}"
 
 
@@ -313,7 +296,7 @@ class SpecErrorCollector(pytest.Collector):
         raise self.error
 
     def repr_failure(  # type: ignore[override]
-        self, excinfo: ExceptionInfo[BaseException]
+        self, excinfo: pytest.ExceptionInfo[BaseException]
     ) -> str | TerminalRepr:
         return f"hpspec spec error: {excinfo.value}"
 
@@ -386,8 +369,9 @@ def _live_progress(config: pytest.Config, name: str) -> tuple[Any, Any]:
     import contextlib
     import time
 
-    writer = getattr(reporter, "_tw", None)
-    saved = getattr(writer, "_current_line", "")
+    saved = current_line(reporter)
+    if saved is None:  # the line pytest wrote could not be read back: leave it alone
+        return None, lambda: None
     last = [time.monotonic()]  # cells shorter than the interval never show a line
     shown = [False]
     # The cell trains inside pytest's output capture, which would swallow the line: write it
@@ -570,6 +554,13 @@ class SessionPlugin:
                 terminalreporter.write_sep("-", line.text)
             else:
                 terminalreporter.write_line(line.text, **line.markup())
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        """The store closed once the summary is written, its WAL folded into the file."""
+        state = self.state
+        if state.store is not None:
+            store, state.store = state.store, None
+            store.close()
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:

@@ -9,6 +9,7 @@ correction over a family of claims. The pytest plugin (:mod:`hpspec.plugin`) and
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,8 @@ class Session:
     stack_tried: set[tuple[str, str]] = attrs.field(factory=set)
     #: One line per experiment about how it was trained (stacked, or why not).
     notes: dict[str, list[str]] = attrs.field(factory=dict)
+    #: Intra-op threads: "auto" (the rule in hpspec.threads) or a count.
+    threads: Any = "auto"
     #: Per experiment, each stacked cell's group size (cells x seeds in its model): the
     #: "stacked:" note counts every bucket, not the last one.
     stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
@@ -136,7 +139,7 @@ class Session:
                                  seeds=tuple(x for x in exp.seeds if x not in have),
                                  stop=stop_rule(exp, cell.as_dict(), self.full_curves),
                                  on_seed=lambda r: self.save_seed(key, exp, cell, r),
-                                 timeout=self.timeout)
+                                 timeout=self.timeout, threads=self.threads)
                 found = attrs.evolve(fresh, seeds=tuple(sorted(
                     (*cached, *fresh.seeds), key=lambda r: exp.seeds.index(r.seed))))
             except BaseException as e:
@@ -158,7 +161,8 @@ class Session:
             self.store = Store.open(self.store_path or Path(".hpspec/results.sqlite"))
             if self.run_id is None and self.worker is None:
                 self.store.mark_interrupted()
-                self.run_id = self.store.begin_run(environment(self.device), self.save_name)
+                self.run_id = self.store.begin_run(environment(self.device, self.threads),
+                                                   self.save_name)
         except Exception as e:  # a read-only disk, say: results still reach the report
             self.store_error = f"store {self.store_path}: {type(e).__name__}: {e}"
             self.store = None
@@ -169,6 +173,7 @@ class Session:
         from hpspec.engine.runner import data_digest
         from hpspec.spec import source_digest
         from hpspec.store import cache_key
+        from hpspec.threads import threads_key
 
         import hpspec
 
@@ -184,6 +189,9 @@ class Session:
             "mode": exp.mode,
             "versions": {"hpspec": hpspec.__version__, "torch": torch.__version__},
             "device": self.resolve_device(),
+            # curves differ between thread counts in the last digits: the setting, and the
+            # count "auto" starts from, are part of what produced a result
+            "threads": threads_key(self.threads, torch.get_num_threads()),
             # a seed that may stop early has a shorter curve: part of what it is
             "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
                                    "targets", None),
@@ -332,12 +340,12 @@ class Session:
             self.note(key, f"trained one by one, so that each cell's timing is its own: "
                       f"claim {timing!r} times the training")
             return
-        wanted = self.wanted.get(key) or {c.id for c in exp.cells}
+        wanted = (self.wanted.get(key) or {c.id for c in exp.cells}) | {cell.id}  # once: linear
         population = halving_population(exp)
         if population is not None:  # a trial's pruning depends on all the trials beside it
             wanted = {c.id for c in exp.cells}
         pending = [c for c in exp.cells
-                   if c.id in wanted | {cell.id} and (key, c.id) not in self.results
+                   if c.id in wanted and (key, c.id) not in self.results
                    and (key, c.id) not in self.failures and (key, c.id) not in self.stack_tried
                    and (c.id == cell.id or self.cache != "use"
                         or not self.cached_seeds(exp, c, exp.seeds))]
@@ -352,13 +360,15 @@ class Session:
         try:
             log: list[str] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules, log=log, population=population)
+                                       stop_rules=rules, log=log, population=population,
+                                       threads=self.threads)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
             return
+        by_id = {c.id: c for c in bucket}  # a dict, not a search per result: linear in K
         for cell_id, result in results.items():
-            target = next(c for c in bucket if c.id == cell_id)
+            target = by_id[cell_id]
             for r in result.seeds:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
@@ -403,7 +413,7 @@ class Session:
         todo = tuple(x for x in extra if x not in done)
         more = run_cell(exp, cell, self.resolve_device(), seeds=todo, probed=probed,
                         on_seed=lambda r: self.save_seed(key, exp, cell, r),
-                        timeout=self.timeout).seeds if todo else ()
+                        timeout=self.timeout, threads=self.threads).seeds if todo else ()
         grown = attrs.evolve(have, seeds=tuple(sorted((*have.seeds, *cached, *more),
                                                       key=lambda r: r.seed)))
         self._store(key, cell, grown)
@@ -495,12 +505,13 @@ class Session:
         left = [c for c in todo if c.id not in fresh]
         if left and self.stack and exp.stack:
             for bucket in stackable_cells(exp, left):
-                got, _ = run_stacked(exp, bucket, self.resolve_device(), seeds=seeds)
+                got, _ = run_stacked(exp, bucket, self.resolve_device(), seeds=seeds,
+                                     threads=self.threads)
                 fresh.update(got)
         for cell in todo:
             if cell.id not in fresh:
                 fresh[cell.id] = run_cell(exp, cell, self.resolve_device(), seeds=seeds,
-                                          timeout=self.timeout)
+                                          timeout=self.timeout, threads=self.threads)
             if cell in left:
                 for r in fresh[cell.id].seeds:
                     self.save_seed(key, exp, cell, r)
@@ -560,7 +571,8 @@ class Session:
         self.attrs_of[key] = (path, attr)
         records = self.records.setdefault(key, {})
         for i, cell in enumerate(exp.cells):
-            records[cell.id] = CellRecord(exp.name, cell.id, cell.as_dict(), order=i)
+            cid = cell.id  # formatted from the params on each access: once per cell
+            records[cid] = CellRecord(exp.name, cid, cell.as_dict(), order=i)
         return exp
 
     def tables(self) -> list[tuple[str, str, list[str], str]]:
@@ -605,7 +617,7 @@ class Session:
                 experiments.append(
                     (key, info.name, info.axes, ran, list(self.cross.get(key, {}).values()))
                 )
-        return run_document(experiments, environment(self.device))
+        return run_document(experiments, environment(self.device, self.threads))
 
     def grades(self, asked: bool) -> dict[str, Any] | None:
         """The run graded by its claims' points (see hpspec.grade), when a claim has points=
@@ -690,7 +702,7 @@ class Session:
             from hpspec.gate import parse_limits
 
             shown = parse_limits("val_loss:+0,val_acc:-0,samples_per_s:-0%")
-        same = base_fp == fingerprint(environment(self.device))
+        same = base_fp == fingerprint(environment(self.device, self.threads))
         rows, warnings = compare_runs(self.current_numbers(), baseline, shown, same, force)
         if not limits:
             rows = [attrs.evolve(r, failed=False) for r in rows]
@@ -736,10 +748,10 @@ def experiment_info(exp: Experiment) -> Any:
     return ExpInfo(exp.name, exp.axes, targets)
 
 
-def environment(device: str | None) -> dict[str, Any]:
-    """What produced the numbers: versions, device, CPU count, git commit when there is one."""
+def environment(device: str | None, threads: Any = "auto") -> dict[str, Any]:
+    """What produced the numbers: versions, device, CPU count, threads, git commit when there
+    is one."""
     import platform
-    import subprocess
     import sys
 
     from hpspec import __version__
@@ -750,18 +762,30 @@ def environment(device: str | None) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "device": device,
+        # the setting; each seed's measurements say the count it trained with ("threads")
+        "threads": str(threads),
     }
     torch = sys.modules.get("torch")
     if torch is not None:
+        env["intra_op_threads"] = torch.get_num_threads()  # what "auto" starts from
         env["torch"] = torch.__version__
         env["cuda"] = torch.version.cuda
         if device and device.startswith("cuda"):
             env["device_name"] = torch.cuda.get_device_name(device)
+    env["git_commit"] = git_commit()
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The checkout's commit, asked of git once per session (environment() is built at the
+    run's start and again for its documents)."""
+    import subprocess
+
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=False)
-        env["git_commit"] = out.stdout.strip() or None
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    return env
+        return None
 

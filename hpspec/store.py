@@ -21,7 +21,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +306,12 @@ class Store:
             raise
 
     def close(self) -> None:
+        """Fold the write-ahead log into the database file, then close: the session's
+        results then live in one file, and the next open does not replay a long WAL."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # another process holds the file; the last to close folds the log in
         self.conn.close()
 
     def mark_interrupted(self) -> list[int]:
@@ -452,10 +458,6 @@ class Store:
         if ids:
             self.conn.execute("VACUUM")
         return len(ids)
-
-    def iter_seed_keys(self) -> Iterator[str]:
-        for (k,) in self.conn.execute("SELECT DISTINCT cache_key FROM seeds"):
-            yield k
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -11,7 +12,6 @@ import pytest
 
 import hpspec as hp
 from hpspec.errors import HpspecError
-from hpspec.rows import seed_rows
 
 SMALL = textwrap.dedent("""
     import torch
@@ -53,7 +53,7 @@ def test_hp_run_gives_the_curves_and_verdicts_pytest_gives(tmp_path, monkeypatch
     by_pytest = json.loads(out.read_text())
     assert all(c["result"] for e in by_pytest["experiments"] for c in e["cells"])
     monkeypatch.chdir(tmp_path)
-    run = hp.run(exp, cache="off")
+    run = hp.run(exp, cache="off", csv=tmp_path / "rows.csv")
     assert run.exitstatus in (0, 1), run.output  # 1: a claim may fail; it must fail alike
     curves, verdicts, claims = _by_cell(run.document)
     assert (curves, verdicts, claims) == _by_cell(by_pytest)
@@ -67,8 +67,14 @@ def test_hp_run_gives_the_curves_and_verdicts_pytest_gives(tmp_path, monkeypatch
     assert "<html" in run._repr_html_().lower()
     frame = run.to_pandas()
     assert frame.shape[0] == 4  # 2 cells x 2 seeds
-    assert set(frame["param_lr"]) == {0.3, 0.01}
-    assert "final_val_loss" in frame.columns
+    assert set(frame["lr"]) == {0.3, 0.01}
+    assert "val_loss_final" in frame.columns
+    # one row builder: the CSV the same run wrote holds the same rows, column for column
+    with open(tmp_path / "rows.csv", newline="") as f:
+        written = list(csv.DictReader(f))
+    assert written == [{k: "" if v is None else str(v) for k, v in r.items()}
+                       for r in run.rows()]
+    assert list(frame.columns) == list(written[0])
 
 
 def test_hp_load_reads_the_run_back_from_the_store(tmp_path, monkeypatch):
@@ -95,15 +101,28 @@ def test_bad_targets_are_named():
         hp.run(42)
 
 
-def test_seed_rows_keep_failed_cells_and_one_row_per_seed():
-    doc = {"experiments": [{"key": "f::e", "name": "e", "cells": [
-        {"cell_id": "a", "params": {"lr": 1}, "outcome": "error", "result": None},
-        {"cell_id": "b", "params": {"lr": 2}, "outcome": "passed", "result": {
-            "device": "cpu", "seeds": [
-                {"seed": s, "curves": {"loss": [2.0, 1.0 + s]}, "measurements": {"mfu": 0.1},
-                 "diverged": None} for s in (0, 1)]}},
-    ]}]}
-    rows = seed_rows(doc)
-    assert [(r["cell_id"], r["seed"]) for r in rows] == [("a", None), ("b", 0), ("b", 1)]
-    assert rows[2]["final_loss"] == 2.0 and rows[2]["curve_loss"] == [2.0, 2.0]
-    assert rows[1]["epochs"] == 2 and rows[1]["mfu"] == 0.1 and rows[1]["param_lr"] == 2
+def test_hp_run_twice_in_one_process_sees_each_file_as_it_is_now(tmp_path, monkeypatch):
+    # a notebook: the same file name in two folders, then one file edited and run again.
+    # pytest imports an experiment file under its bare name; hp.run used to leave it in
+    # sys.modules, so the second folder failed with "import file mismatch" and the edit
+    # was never seen.
+    loop = textwrap.dedent("""
+        import hpspec as hp
+
+        @hp.experiment(grid=hp.grid(lr=[0.5]), epochs=2)
+        def loop(case):
+            loss = 1.0
+            for _ in range(2):
+                loss *= STEP
+                yield {"loss": loss}
+    """)
+    monkeypatch.chdir(tmp_path)
+    finals = []
+    for folder, step in (("a", 0.5), ("b", 0.25), ("b", 0.1)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        exp = tmp_path / folder / "exp_loop.py"
+        exp.write_text(f"STEP = {step}\n" + loop)
+        run = hp.run(exp, cache="off")
+        assert run.exitstatus == 0, run.output
+        finals.append(run.rows()[0]["loss_final"])
+    assert finals == pytest.approx([0.25, 0.0625, 0.01])

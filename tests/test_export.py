@@ -123,6 +123,21 @@ def test_seed_rows_keep_a_cell_without_result_and_nan_as_float():
     assert rows[1]["samples_per_s"] == 5.0 and rows[1]["epochs"] == 2
 
 
+def test_seed_rows_one_row_per_seed_and_hyperparameters_never_clash_with_columns():
+    # a grid over epochs and seed: the hyperparameters keep their values beside the
+    # epochs trained and the seed (the old builder let one overwrite the other)
+    doc = {"experiments": [{"key": "k", "name": "e", "cells": [
+        {"cell_id": "c", "params": {"epochs": 10, "seed": 7, "lr": 0.1}, "outcome": "passed",
+         "result": {"seeds": [{"seed": s, "curves": {"loss": [2.0, 1.0 + s]},
+                               "diverged": None, "measurements": {"mfu": 0.1}}
+                              for s in (0, 1)]}}]}]}
+    rows = seed_rows(doc)
+    assert [(r["seed"], r["param_seed"], r["param_epochs"], r["epochs"]) for r in rows] == [
+        (0, 7, 10, 2), (1, 7, 10, 2)]
+    assert rows[1]["lr"] == 0.1 and rows[1]["loss_final"] == 2.0 and rows[1]["mfu"] == 0.1
+    assert "seed" in doc["experiments"][0]["cells"][0]["params"]  # the document is untouched
+
+
 @pytest.mark.parametrize("points", [-1, True, "2", math.inf])
 def test_points_must_be_a_number_at_least_zero(points):
     ctx = SpecContext("exp_x.py::f", {"lr": [0.1, 0.2]}, None, 2,

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import gc
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import attrs
 import torch
 
 from hpspec.datasets import CLASSIFICATION, Data, DataSpec
@@ -47,6 +50,7 @@ from hpspec.measures import PROBED as MEASURE_PROBED
 from hpspec.measures import is_probed
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
+from hpspec.threads import Threads, choose_threads
 
 __all__ = ["select_device", "run_cell", "run_seed", "torch_state", "DIVERGENCE_FACTOR"]
 
@@ -118,13 +122,41 @@ def torch_state(seed: int) -> Iterator[None]:
         np.random.set_state(saved_np)
         torch.set_num_threads(threads)
         torch.set_default_dtype(dtype)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        _restore_deterministic(deterministic, warn_only)
         torch.set_grad_enabled(grad)
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
         if fractions is not None:
             for i, f in enumerate(fractions):
                 torch.cuda.set_per_process_memory_fraction(f, i)
+
+
+def _restore_deterministic(mode: bool, warn_only: bool) -> None:
+    """Put torch's deterministic-algorithms flags back, without importing torch._inductor.
+
+    ``torch.use_deterministic_algorithms`` imports ``torch._inductor.config`` (and with it
+    torch._dynamo: over a second on a quiet CPU) to mirror the flag into the compiler's
+    config. A run that did not touch the flags needs nothing put back; one that did, through
+    the public call, has imported the compiler's config already, and the public call keeps
+    the two in step. Only when the flags changed and the compiler was never imported is the
+    flag set in torch's core directly (the compiler's config reads its own default when it is
+    first imported, as it would have without this run).
+    """
+    if (torch.are_deterministic_algorithms_enabled() == mode
+            and torch.is_deterministic_algorithms_warn_only_enabled() == warn_only):
+        return
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
+
+
+def _model_work(model: Any, batch_size: int | None) -> float | None:
+    """Parameters x batch size: the size measure of the thread rule (hpspec.threads)."""
+    try:
+        return float(sum(p.numel() for p in model.parameters()) * (batch_size or 1))
+    except Exception:  # an exotic model: the rule keeps torch's own count
+        return None
 
 
 # ---------------------------------------------------------------------------------- data
@@ -397,6 +429,7 @@ def _train_recipe(
     exp: Experiment, cell: Cell, case: Case, data: Data,
     probed: Mapping[str, float] | None = None, progress: Progress | None = None,
     inference: bool = False, stop: StopRule | None = None, deadline: Deadline | None = None,
+    threads: Threads = "auto",
 ) -> SeedResult:
     __tracebackhide__ = True
     where = f"{exp.where}[{cell.id}]"
@@ -409,6 +442,11 @@ def _train_recipe(
     loss_fn = recipe.loss or default_loss(data.task)
     batch_size = case.batch_size
     assert batch_size is not None
+    # The caller's torch_state puts the count back afterwards.
+    n_threads = choose_threads(threads, device, _model_work(model, batch_size),
+                               torch.get_num_threads())
+    if n_threads != torch.get_num_threads():
+        torch.set_num_threads(n_threads)
     x, y = data.x_train, data.y_train
     n = x.shape[0]
     steps = math.ceil(n / batch_size)
@@ -516,6 +554,7 @@ def _train_recipe(
             break  # every claim on this cell is decided (early stop)
 
     measurements.update(timed.measurements())
+    measurements["threads"] = float(n_threads)
     if cuda and probe:
         measurements["peak_memory"] = float(torch.cuda.max_memory_allocated(device))
     elif memory is not None:
@@ -653,9 +692,11 @@ def run_seed(
     inference: bool = False,
     stop: StopRule | None = None,
     deadline: Deadline | None = None,
+    threads: Threads = "auto",
 ) -> SeedResult:
     """Train one seed of one cell, in its own seeded, restored torch state. ``probed`` carries
-    the model's size, FLOPs and memory from an earlier seed of the cell (else they are probed)."""
+    the model's size, FLOPs and memory from an earlier seed of the cell (else they are probed);
+    ``threads`` is the intra-op thread setting (see :mod:`hpspec.threads`)."""
     __tracebackhide__ = True
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
@@ -670,7 +711,7 @@ def run_seed(
                 return _run_loop(exp, cell, case, deadline)
             assert data is not None
             return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
-                                 deadline)
+                                 deadline, threads)
         except NoGradPath:
             raise CellError(
                 f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
@@ -722,6 +763,7 @@ def run_cell(
     stop: StopRule | None = None,
     on_seed: Callable[[SeedResult], None] | None = None,
     timeout: float | None = None,
+    threads: Threads = "auto",
 ) -> CellResult:
     """Train every seed of a cell, one after the other; the first probes size, FLOPs and
     memory (unless ``probed`` has them from earlier seeds) and the others reuse them."""
@@ -735,7 +777,8 @@ def run_cell(
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float, k: int = k) -> None:
                 progress(k + 1, len(todo), epoch, epochs, loss)
-        run = run_seed(exp, cell, seed, device, probed, report, inference, stop, deadline)
+        run = run_seed(exp, cell, seed, device, probed, report, inference, stop, deadline,
+                       threads)
         if probed is None:
             probed = {m: v for m, v in run.measurements.items()
                       if is_probed(m)}
@@ -831,6 +874,7 @@ def run_stacked(
     stop_rules: Mapping[str, Any] | None = None,
     log: list[str] | None = None,
     population: Callable[[list[str], int], Any] | None = None,
+    threads: Threads = "auto",
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
 
@@ -902,7 +946,16 @@ def run_stacked(
                                        "by its own run)")
             return
         rules = [stop_rules.get(m.cell_id) if stop_rules else None for m in group]
+        # The thread rule looks at one member (the largest), as if it trained alone: a cell
+        # then gets the same count stacked or not (hpspec.threads).
+        works = [_model_work(m.model, batch_size) for m in group]
+        before = torch.get_num_threads()
+        n_threads = choose_threads(threads, device,
+                                   None if None in works else max(works),  # type: ignore[type-var]
+                                   before)
         try:
+            if n_threads != before:
+                torch.set_num_threads(n_threads)
             epochs = max(m.epochs for m in group)
             runs = train_group(group, data, batch_size, epochs, device, DIVERGENCE_FACTOR,
                                rules, chunk_progress,
@@ -918,10 +971,14 @@ def run_stacked(
                 why_by_cell.setdefault(m.cell_id, f"torch.func.vmap could not run the model "
                                        f"({type(e).__name__}: {first_line})")
             return
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
         chunks[0] += 1
         chunks[1] = max(chunks[1], chunks[0] + 1)
         trained.append(group)
         for m, r in zip(group, runs, strict=True):
+            r = attrs.evolve(r, measurements={**r.measurements, "threads": float(n_threads)})
             results.setdefault(m.cell_id, []).append(r)
 
     for cell in cells:
@@ -1011,13 +1068,21 @@ def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mappin
 _DIGESTS: dict[int, str] = {}
 
 
+@functools.lru_cache(maxsize=None)
+def package_version(name: str) -> str:
+    """An installed package's version, read once per process: ``importlib.metadata`` scans
+    every distribution on the path per call (1.8 of 1.9 s of cache-key time over 1,024
+    seeds when it was read per seed)."""
+    from importlib.metadata import version
+
+    return version(name)
+
+
 def data_digest(spec: DataSpec) -> str:
     """What identifies a data set in cache keys: a bundled set's name and options, or a
     digest of the bytes of user-supplied tensors."""
     if spec.preloaded is None:
-        from importlib.metadata import version
-
-        return f"{spec.key} scikit-learn={version('scikit-learn')}"
+        return f"{spec.key} scikit-learn={package_version('scikit-learn')}"
     found = _DIGESTS.get(id(spec.preloaded))
     if found is None:
         import hashlib
