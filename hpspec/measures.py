@@ -164,6 +164,9 @@ REGISTRY: tuple[Measurement, ...] = (
     Measurement(
         "stacked", "cells trained together in this cell's stack (1: trained alone)",
         "cells stacked", claimable=False),
+    Measurement(
+        "threads", "torch intra-op threads the seed trained with (--hpspec-threads)",
+        "threads", claimable=False),
 )
 
 BY_NAME: dict[str, Measurement] = {m.name: m for m in REGISTRY}
