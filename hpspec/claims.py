@@ -24,7 +24,10 @@ from typing import Any
 import attrs
 
 from hpspec.errors import SpecError
-from hpspec.results import SeedResult
+from hpspec.measures import BY_NAME, CLAIMABLE
+from hpspec.measures import get as measure_named
+from hpspec.results import SeedResult, from_json_number, json_number
+from hpspec.vocabulary import Direction, Mode, Outcome
 
 __all__ = [
     "Quantity",
@@ -52,7 +55,9 @@ __all__ = [
     "format_curve",
 ]
 
-PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
+PASS: Outcome = "pass"
+FAIL: Outcome = "fail"
+INCONCLUSIVE: Outcome = "inconclusive"
 
 
 def recipe_metrics(task: str | None) -> frozenset[str]:
@@ -67,7 +72,7 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _fmt(x: float | None) -> str:
+def format_number(x: float | None) -> str:
     if x is None:
         return "n/a"
     if isinstance(x, int):
@@ -82,7 +87,7 @@ def _fmt(x: float | None) -> str:
 
 def format_curve(values: Sequence[float], limit: int = 12) -> str:
     """``2.3 1.1 0.61 ... 0.45`` with at most ``limit`` numbers; long curves keep both ends."""
-    shown = [_fmt(v) for v in values]
+    shown = [format_number(v) for v in values]
     if len(shown) <= limit:
         return " ".join(shown)
     head = limit // 2
@@ -196,7 +201,7 @@ def _evaluate(x: Any, run: SeedResult) -> float | None:
 
 
 def _describe(x: Any) -> str:
-    return x.describe() if isinstance(x, Quantity) else _fmt(x)
+    return x.describe() if isinstance(x, Quantity) else format_number(x)
 
 
 _HOW = ("final", "min", "max", "first", "mean", "at", "argmin", "argmax")
@@ -297,7 +302,7 @@ def parse_size(text: str) -> float:
 
 @attrs.frozen(eq=False)
 class Measure(Quantity):
-    """A measurement of a seed's run (see ``hpspec.results.MEASUREMENTS``). Sizes compare
+    """A measurement of a seed's run (see ``hpspec.measures.REGISTRY``). Sizes compare
     with numbers of bytes or with text such as ``"2 GiB"``."""
 
     name: str
@@ -357,40 +362,35 @@ def metric(name: str) -> Metric:
     return Metric(name)
 
 
+def _registered(name: str) -> Measure:
+    m = measure_named(name)
+    # A name hpspec does not take keeps itself as its label; validation names it, with the fix.
+    if m is None or not m.claimable:
+        return Measure(name, name)
+    return Measure(m.name, m.label, m.unit)
+
+
 def throughput() -> Measure:
     """Training samples per second over the timed epochs (the first is warm-up when there
     are several)."""
-    return Measure("samples_per_s", "samples/s")
+    return _registered("throughput")  # the gate's names: one vocabulary
 
 
 def epoch_time() -> Measure:
     """Seconds of training per epoch, evaluation excluded."""
-    return Measure("time_per_epoch", "s/epoch")
+    return _registered("epoch_time")
 
 
 def peak_memory() -> Measure:
     """Peak live tensor memory while training, in bytes; compare with ``"2 GiB"`` and such."""
-    return Measure("peak_memory", "peak memory", "bytes")
-
-
-#: Measurements that ``measure()`` names, with the unit comparisons take.
-_MEASURES = {
-    "samples_per_s": ("samples/s", ""),
-    "steps_per_s": ("steps/s", ""),
-    "time_per_epoch": ("s/epoch", ""),
-    "peak_memory": ("peak memory", "bytes"),
-    "params": ("parameters", ""),
-    "param_bytes": ("parameter bytes", "bytes"),
-    "flops_per_sample": ("FLOPs per training sample", ""),
-    "mfu": ("MFU", ""),
-}
+    return _registered("memory")
 
 
 def measure(name: str) -> Measure:
     """Any measurement by name: samples_per_s, steps_per_s, time_per_epoch, peak_memory,
-    params, param_bytes, flops_per_sample, mfu (CUDA cards hpspec knows)."""
-    label, unit = _MEASURES.get(name, (name, ""))
-    return Measure(name, label, unit)
+    params, param_bytes, flops_per_sample, mfu (CUDA cards hpspec knows); the registry
+    ``hpspec.measures`` lists them."""
+    return _registered(name)
 
 
 # ------------------------------------------------------------------------------- conditions
@@ -471,7 +471,7 @@ class Threshold(Condition):
         if a is None or b is None:
             return SeedCheck(run.seed, False, a, "not measured")
         ok = _OPS[self.op](a, b)
-        note = "" if isinstance(self.right, (int, float)) else f"vs {_fmt(b)}"
+        note = "" if isinstance(self.right, (int, float)) else f"vs {format_number(b)}"
         return SeedCheck(run.seed, bool(ok), a, note)
 
     def describe(self) -> str:
@@ -501,7 +501,7 @@ class Threshold(Condition):
                             "quantities such as .argmin()")
         for q in (self.left, self.right):
             if isinstance(q, Measure):
-                _validate_measure(q, ctx, arg)
+                validate_measure(q, ctx, arg)
         if isinstance(self.left, Metric) and not isinstance(self.right, Quantity):
             _check_possible(self.left.name, self.op, float(self.right), ctx, arg,
                             self.describe())
@@ -518,7 +518,7 @@ class Reaches(Condition):
     """The metric goes below/above a target at some epoch (within N epochs when given)."""
 
     metric: str
-    direction: str  # "below" | "above"
+    direction: Direction
     target: Any
     epochs: int | None = None
     seconds: float | None = None
@@ -549,7 +549,7 @@ class Reaches(Condition):
         hit = self.reached(run)
         if hit is None:
             return SeedCheck(run.seed, False, None,
-                             f"never {self.direction} {_fmt(self.target)}")
+                             f"never {self.direction} {format_number(self.target)}")
         epoch, step, seconds = hit
         ok = self.epochs is None or epoch <= self.epochs
         if self.seconds is not None:
@@ -566,21 +566,21 @@ class Reaches(Condition):
         if self.epochs is not None:
             out.append(f"{self.epochs} epochs")
         if self.seconds is not None:
-            out.append(f"{_fmt(self.seconds)} s")
+            out.append(f"{format_number(self.seconds)} s")
         return out
 
     def describe(self) -> str:
         sym = "<" if self.direction == "below" else ">"
         limits = self._limits()
         within = f" within {' and '.join(limits)}" if limits else ""
-        return f"{self.metric} {self.direction} {_fmt(self.target)} ({sym}){within}"
+        return f"{self.metric} {self.direction} {format_number(self.target)} ({sym}){within}"
 
     def needed(self) -> str:
         sym = "<" if self.direction == "below" else ">"
         by = f" by epoch {self.epochs}" if self.epochs is not None else ""
         if self.seconds is not None:
-            by += f" within {_fmt(self.seconds)} s"
-        return f"needed {sym} {_fmt(self.target)}{by}"
+            by += f" within {format_number(self.seconds)} s"
+        return f"needed {sym} {format_number(self.target)}{by}"
 
     def metrics(self) -> frozenset[str]:
         return frozenset({self.metric})
@@ -648,10 +648,10 @@ class Converges(Condition):
             return SeedCheck(run.seed, False, None, "not measured")
         end = curve[-1]
         ok = math.isfinite(end) and end <= self.fraction * start
-        return SeedCheck(run.seed, ok, end, f"from {_fmt(start)} to {_fmt(end)}")
+        return SeedCheck(run.seed, ok, end, f"from {format_number(start)} to {format_number(end)}")
 
     def describe(self) -> str:
-        return f"converges ({self.metric} ends <= {_fmt(self.fraction)} x its start)"
+        return f"converges ({self.metric} ends <= {format_number(self.fraction)} x its start)"
 
     def metrics(self) -> frozenset[str]:
         return frozenset({self.metric})
@@ -712,7 +712,7 @@ class SpecContext:
     hyperparameters: Mapping[str, Sequence[Any]]
     metrics: frozenset[str] | None
     seeds: int
-    mode: str = "recipe"
+    mode: Mode = "recipe"
     cells: tuple[Mapping[str, Any], ...] = ()
     #: The searched hyperparameters' names when the experiment is a search.
     searched: tuple[str, ...] = ()
@@ -872,7 +872,7 @@ class Verdict:
     """The judgement of one claim on one cell (or, later, on several): plain data."""
 
     claim: str
-    outcome: str  # PASS | FAIL | INCONCLUSIVE
+    outcome: Outcome
     message: str
     checks: tuple[SeedCheck, ...] = ()
     #: For statistical verdicts: p-values of "the claim is false" and "the claim is true".
@@ -888,6 +888,39 @@ class Verdict:
     @property
     def passed(self) -> bool:
         return self.outcome == PASS
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-ready data: the one form it takes in the ``--hpspec-json``
+        document, the xdist payloads and ``hp.load`` (NaN and infinities kept as text)."""
+        return {
+            "claim": self.claim,
+            "outcome": self.outcome,
+            "message": self.message,
+            "p_pass": self.p_pass,
+            "p_fail": self.p_fail,
+            "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in self.checks],
+            "points": self.points,
+            "target": (None if self.target is None else {
+                "metric": self.target[0], "op": self.target[1],
+                "value": json_number(self.target[2])}),
+            "effect": None if self.effect is None else {
+                k: json_number(x) if isinstance(x, float) else x
+                for k, x in attrs.asdict(self.effect).items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
+        checks = tuple(SeedCheck(int(c["seed"]), bool(c["ok"]), from_json_number(c["value"]),
+                                 c.get("note", "")) for c in d.get("seeds", ()))
+        t = d.get("target")
+        e = d.get("effect")
+        return cls(
+            d["claim"], d["outcome"], d["message"], checks, d.get("p_pass"), d.get("p_fail"),
+            d.get("points"),
+            None if t is None else (t["metric"], t["op"], float(t["value"])),
+            None if e is None else Effect(**{k: from_json_number(x) if isinstance(x, str)
+                                             else x for k, x in e.items()}),
+        )
 
 
 def judge_cell_claim(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
@@ -910,7 +943,7 @@ def _judge_seeds(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
         mark = "ok  " if c.ok else "FAIL"
         parts = [f"  {mark} seed {run.seed}:"]
         if not isinstance(claim.condition, (Reaches, Diverges)) and c.value is not None:
-            parts.append(f"{claim.value_label()} = {_fmt(c.value)}")
+            parts.append(f"{claim.value_label()} = {format_number(c.value)}")
         if c.note:
             parts.append(c.note)
         lines.append(" ".join(parts))
@@ -946,8 +979,9 @@ def _judge_mean(claim: CellClaim, runs: Sequence[SeedResult]) -> Verdict:
     assert iv is not None  # a t-test always has an interval
     lo, hi = iv
     shift = float(cond.right)
-    lines.append(f"  mean {_fmt(t.estimate + shift)}, {1 - 2 * alpha:.0%} interval "
-                 f"[{_fmt(lo + shift)}, {_fmt(hi + shift)}], threshold {_fmt(shift)}")
+    lines.append(f"  mean {format_number(t.estimate + shift)}, {1 - 2 * alpha:.0%} interval "
+                 f"[{format_number(lo + shift)}, {format_number(hi + shift)}], "
+                 f"threshold {format_number(shift)}")
     outcome = PASS if p_pass < alpha else FAIL if p_fail < alpha else INCONCLUSIVE
     lines.append(f"  p = {p_pass:.3g} for, {p_fail:.3g} against: {outcome}")
     return Verdict(claim.describe(), outcome, "\n".join(lines), p_pass=p_pass, p_fail=p_fail)
@@ -999,21 +1033,21 @@ def _check_possible(metric: str, op: str, x: float, ctx: SpecContext, arg: str,
                         fix="check the threshold (accuracy is a fraction: 0.95, not 95)")
 
 
-def _validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
-    if q.name not in _MEASURES:
+def validate_measure(q: Measure, ctx: SpecContext, arg: str) -> None:
+    if q.name not in CLAIMABLE:
         raise SpecError("is not a measurement hpspec takes", where=ctx.where,
                         argument=f"{arg}: measure(...)", value=q.name,
-                        fix=f"use one of: {', '.join(_MEASURES)}")
-    if ctx.mode == "loop" and q.name != "time_per_epoch":
+                        fix=f"use one of: {', '.join(CLAIMABLE)}")
+    if ctx.mode == "loop" and not BY_NAME[q.name].in_loop_mode:
         raise SpecError("is measured in recipe mode only", where=ctx.where,
                         argument=f"{arg}: measure(...)", value=q.name,
                         fix="a loop-mode generator can yield the number as a metric and "
                         "claim it with metric(...); epoch_time() works in both modes")
 
 
-def _validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
+def validate_where(w: Where, ctx: SpecContext, arg: str) -> None:
     for i, c in enumerate(w.cells if w.cells is not None else ()):
-        _validate_where(Where(c), ctx, f"{arg}: where(cells[{i}])")
+        validate_where(Where(c), ctx, f"{arg}: where(cells[{i}])")
         if ctx.cells and not any(Where(c).matches(x) for x in ctx.cells):
             raise SpecError("selects no cell of the grid", where=ctx.where,
                             argument=f"{arg}: where(cells[{i}])", value=dict(c),
@@ -1047,7 +1081,7 @@ def validate_points(points: Any, ctx: SpecContext, arg: str) -> None:
 
 def _validate_cell_claim(claim: CellClaim, ctx: SpecContext, arg: str) -> None:
     validate_points(claim.points, ctx, arg)
-    _validate_where(claim.where, ctx, arg)
+    validate_where(claim.where, ctx, arg)
     cond = claim.condition
     if isinstance(cond, bool):
         # `1 < 2`, or a comparison of two quantities (== between quantities is structural

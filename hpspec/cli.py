@@ -25,6 +25,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from hpspec.gate import cell_numbers, compare_runs, parse_limits
+from hpspec.measures import SHORT, is_measurement
 from hpspec.report import render_gate
 from hpspec.store import Store, StoreDamaged
 
@@ -55,9 +56,9 @@ def cmd_show(store: Store, args: argparse.Namespace) -> str:
     rows = []
     for (exp, cell), entry in sorted(cells.items()):
         nums = cell_numbers(entry["seeds"])
+        # Every metric, and of the measurements those the short table shows.
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(nums.items())
-                            if k in ("train_loss", "val_loss", "val_acc", "samples_per_s",
-                                     "peak_memory") or k not in _MEASURES)
+                            if k in SHORT or not is_measurement(k))
         rows.append([exp.split("::")[-1], cell, entry["outcome"], len(entry["seeds"]), metrics])
     out = [f"run {run_id} in {store.path}",
            tabulate(rows, headers=["experiment", "cell", "outcome", "seeds", "means"],
@@ -69,10 +70,6 @@ def cmd_show(store: Store, args: argparse.Namespace) -> str:
                             headers=["experiment", "cell", "claim", "verdict"],
                             disable_numparse=True))
     return "\n\n".join(out)
-
-
-_MEASURES = {"steps_per_s", "time_per_epoch", "params", "param_bytes", "flops_per_sample",
-             "stacked", "mfu"}
 
 
 def cmd_diff(store: Store, args: argparse.Namespace) -> str:
@@ -149,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prune":
             # Check it is ours before writing to it, and never move it aside (Store.open would).
             Store.open_readonly(args.store).close()
-            store = Store(args.store, Store._connect(args.store, 60.0))
+            store = Store.open_for_writing(args.store, 60.0)
         else:
             store = Store.open_readonly(args.store)
         try:

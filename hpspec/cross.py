@@ -29,14 +29,15 @@ from hpspec.claims import (
     SpecContext,
     Verdict,
     Where,
-    _fmt,
-    _validate_measure,
-    _validate_where,
+    validate_measure,
     validate_points,
+    validate_where,
 )
+from hpspec.claims import format_number as _fmt
 from hpspec.errors import SpecError
 from hpspec.results import CellResult
 from hpspec.spec import cell_id, format_value
+from hpspec.vocabulary import Outcome
 
 __all__ = [
     "Compare",
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-def decide(p_pass: float, p_fail: float, alpha: float) -> str:
+def decide(p_pass: float, p_fail: float, alpha: float) -> Outcome:
     if p_pass < alpha:
         return PASS
     if p_fail < alpha:
@@ -140,9 +141,9 @@ class CrossClaim(Claim):
                                 argument=f"{arg}: metric", value=unknown[0],
                                 fix=f"use one of: {', '.join(sorted(ctx.metrics))}")
         if isinstance(q, Measure):
-            _validate_measure(q, ctx, f"{arg}: quantity")
+            validate_measure(q, ctx, f"{arg}: quantity")
         for w in selectors:
-            _validate_where(w, ctx, arg)
+            validate_where(w, ctx, arg)
             if not any(w.matches(c) for c in ctx.cells):
                 raise SpecError("selects no cell of the grid", where=ctx.where, argument=arg,
                                 value=dict(w.params), fix="pick values that occur together")

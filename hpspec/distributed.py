@@ -9,17 +9,23 @@ from it, so the summary tables and the JSON are written once, by the controller,
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
-from hpspec.claims import Effect, Reaches, SeedCheck, Verdict
+from hpspec.claims import Reaches, Verdict
 from hpspec.report import CellRecord
 from hpspec.results import CellResult, json_number
+from hpspec.vocabulary import CellOutcome
 
-__all__ = ["PAYLOAD", "ExpInfo", "cell_payload", "claim_payload", "read_payload", "more_seeds",
-           "GpuPool"]
+if TYPE_CHECKING:
+    from hpspec.session import Session
+
+__all__ = ["PAYLOAD", "ExpInfo", "CellPayload", "ClaimPayload", "Payload", "encode_payload",
+           "cell_payload", "claim_payload", "read_payload", "more_seeds", "GpuPool", "gpu_ids",
+           "configure_worker"]
 
 #: The user_properties key of the payload (removed on the controller before junit sees it).
 PAYLOAD = "hpspec._payload"
@@ -42,46 +48,104 @@ class ExpInfo:
         return cls(d["name"], tuple(d["axes"]), tuple(Reaches(**t) for t in d["targets"]))
 
 
-def _verdict(v: Verdict) -> dict[str, Any]:
-    return {"claim": v.claim, "outcome": v.outcome, "message": v.message,
-            "checks": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
-            "p_pass": v.p_pass, "p_fail": v.p_fail, "points": v.points,
-            "target": None if v.target is None else list(v.target),
-            "effect": None if v.effect is None else attrs.asdict(v.effect)}
+def _number_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: json_number(v) if isinstance(v, float) else v for k, v in params.items()}
 
 
-def _unverdict(d: Mapping[str, Any]) -> Verdict:
-    checks = tuple(SeedCheck(c["seed"], c["ok"], None if c["value"] is None else
-                             float(c["value"]), c["note"]) for c in d["checks"])
-    return Verdict(d["claim"], d["outcome"], d["message"], checks, d["p_pass"], d["p_fail"],
-                   d.get("points"), None if d.get("target") is None else tuple(d["target"]),
-                   None if d.get("effect") is None else Effect(**d["effect"]))
+def _unnumber_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+            for k, v in params.items()}
+
+
+@attrs.frozen
+class CellPayload:
+    """A cell item's report from a worker: its record, with the result and verdicts."""
+
+    key: str
+    info: ExpInfo
+    cell_id: str
+    params: Mapping[str, Any]
+    outcome: CellOutcome
+    note: str
+    result: CellResult | None
+    verdicts: tuple[Verdict, ...]
+    notes: tuple[str, ...] = ()
+    order: int = 0
+    #: The worker's torch, CUDA and device (the controller records them as the run's).
+    environment: Mapping[str, Any] = attrs.field(factory=dict)
+
+    kind: ClassVar[str] = "cell"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "info": self.info.to_dict(),
+                "cell_id": self.cell_id, "params": _number_params(self.params),
+                "outcome": self.outcome, "note": self.note,
+                "result": self.result.to_dict() if self.result else None,
+                "verdicts": [v.to_dict() for v in self.verdicts], "notes": list(self.notes),
+                "order": self.order, "environment": dict(self.environment)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CellPayload:
+        return cls(d["key"], ExpInfo.from_dict(d["info"]), d["cell_id"],
+                   _unnumber_params(d["params"]), d["outcome"], d["note"] or "",
+                   CellResult.from_dict(d["result"]) if d["result"] else None,
+                   tuple(Verdict.from_dict(v) for v in d["verdicts"]), tuple(d["notes"]),
+                   int(d["order"]), dict(d.get("environment") or {}))
+
+
+@attrs.frozen
+class ClaimPayload:
+    """A cross-cell claim item's report: its verdict, with the results of the cells it
+    judged (adaptive seeding may have grown them on this worker after their own items
+    reported, and the controller's tables must show every seed the claim used)."""
+
+    key: str
+    info: ExpInfo
+    slug: str
+    verdict: Verdict | None
+    results: Mapping[str, CellResult] = attrs.field(factory=dict)
+
+    kind: ClassVar[str] = "claim"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "info": self.info.to_dict(),
+                "slug": self.slug,
+                "verdict": self.verdict.to_dict() if self.verdict else None,
+                "results": {c: r.to_dict() for c, r in self.results.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClaimPayload:
+        return cls(d["key"], ExpInfo.from_dict(d["info"]), d["slug"],
+                   Verdict.from_dict(d["verdict"]) if d["verdict"] is not None else None,
+                   {c: CellResult.from_dict(r) for c, r in d.get("results", {}).items()})
+
+
+Payload = CellPayload | ClaimPayload
+
+
+def encode_payload(payload: Payload) -> str:
+    """The one serialiser of a payload: JSON of its ``to_dict`` (plain types only)."""
+    return json.dumps(payload.to_dict(), allow_nan=False, default=repr)
+
+
+def read_payload(text: str) -> Payload:
+    d = json.loads(text)
+    return CellPayload.from_dict(d) if d["kind"] == CellPayload.kind else (
+        ClaimPayload.from_dict(d))
 
 
 def cell_payload(key: str, info: ExpInfo, record: CellRecord, notes: Sequence[str],
                  environment: Mapping[str, Any] | None = None) -> str:
     """A cell's record; ``environment``: the worker's torch, CUDA and device, which the
     controller (it never imports torch) records as the run's."""
-    return json.dumps({
-        "kind": "cell", "key": key, "info": info.to_dict(), "cell_id": record.cell_id,
-        "params": {k: json_number(v) if isinstance(v, float) else v
-                   for k, v in record.params.items()},
-        "outcome": record.outcome, "note": record.note,
-        "result": record.result.to_dict() if record.result else None,
-        "verdicts": [_verdict(v) for v in record.verdicts], "notes": list(notes),
-        "order": record.order, "environment": dict(environment or {}),
-    }, allow_nan=False, default=repr)
+    return encode_payload(CellPayload(
+        key, info, record.cell_id, record.params, record.outcome, record.note, record.result,
+        tuple(record.verdicts), tuple(notes), record.order, dict(environment or {})))
 
 
 def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None,
                   results: Mapping[str, CellResult] | None = None) -> str:
-    """A claim's verdict, with the results of the cells it judged: adaptive seeding may have
-    grown them on this worker after their own items reported, and the controller's tables
-    must show every seed the claim used."""
-    return json.dumps({"kind": "claim", "key": key, "info": info.to_dict(), "slug": slug,
-                       "verdict": _verdict(verdict) if verdict else None,
-                       "results": {c: r.to_dict() for c, r in (results or {}).items()}},
-                      allow_nan=False, default=repr)
+    return encode_payload(ClaimPayload(key, info, slug, verdict, dict(results or {})))
 
 
 def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None:
@@ -94,19 +158,36 @@ def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | 
     return have
 
 
-def read_payload(text: str) -> dict[str, Any]:
-    d = json.loads(text)
-    d["info"] = ExpInfo.from_dict(d["info"])
-    if d["kind"] == "cell":
-        d["params"] = {k: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
-                       for k, v in d["params"].items()}
-        d["result"] = CellResult.from_dict(d["result"]) if d["result"] else None
-        d["verdicts"] = [_unverdict(v) for v in d["verdicts"]]
-    else:
-        if d["verdict"] is not None:
-            d["verdict"] = _unverdict(d["verdict"])
-        d["results"] = {c: CellResult.from_dict(r) for c, r in d.get("results", {}).items()}
-    return d
+def gpu_ids() -> list[int]:
+    """The GPUs this process may lend to workers: CUDA_VISIBLE_DEVICES when set, else every
+    card torch sees (torch imported only here, and only on the xdist controller)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    except Exception:
+        return []
+
+
+def configure_worker(state: Session, workerinput: Mapping[str, Any]) -> None:
+    """On an xdist worker: take the run id, the stacking rule and the GPU the controller
+    sent (``pytest_configure_node``)."""
+    state.worker = workerinput.get("workerid")
+    state.workers = int(workerinput.get("workercount", 1))
+    state.run_id = workerinput.get("hpspec_run_id")
+    if not workerinput.get("hpspec_stack_ok", True) and state.stack:
+        # Items of one stacked group would be spread over workers, and each would
+        # train the whole group: each cell stacks only its own seeds instead.
+        state.stack_alone = True
+        state.stack_off_reason = ("each cell stacked with its own seeds only: under -n, "
+                                  "stacked groups need --dist loadgroup to stay on one "
+                                  "worker")
+    gpu = workerinput.get("hpspec_gpu")
+    if gpu is not None:  # before anything initialises CUDA in this process
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
 class GpuPool:

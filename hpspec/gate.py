@@ -16,14 +16,13 @@ from typing import Any
 
 import attrs
 
+from hpspec.measures import ALIASES, TIMING
+
 __all__ = ["Limit", "parse_limits", "cell_numbers", "GateRow", "compare_runs", "ALIASES",
            "TIMING"]
 
-#: Friendly names for measurements.
-ALIASES = {"throughput": "samples_per_s", "memory": "peak_memory", "epoch_time": "time_per_epoch"}
-#: Numbers that depend on the machine: compared only between equal environment fingerprints.
-TIMING = frozenset({"samples_per_s", "steps_per_s", "time_per_epoch", "mfu",
-                    "inference_latency_b1"})
+# Friendly names for measurements, and the numbers that depend on the machine (compared
+# only between equal environment fingerprints): both read from the registry.
 
 
 @attrs.frozen

@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from hpspec.report import CellRecord, _metrics_of, columns_for, printable
+from hpspec.report import CellRecord, columns_for, metrics_of, printable
 from hpspec.results import CellResult
 
 __all__ = ["render_html"]
@@ -69,7 +69,7 @@ def _num(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _fmt(x: float | None) -> str:
+def format_number(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
@@ -429,7 +429,7 @@ def _claims_table(exp: Mapping[str, Any]) -> str:
     rows = "".join(
         f'<tr><td class="l">{_e(where)}</td><td class="l">{_e(v["claim"])}</td>'
         f'<td class="l {_e(v["outcome"])}">{_e(v["outcome"])}</td>'
-        f'<td>{_fmt(_num(v.get("p_pass")))}</td></tr>'
+        f'<td>{format_number(_num(v.get("p_pass")))}</td></tr>'
         for where, v in verdicts
     )
     failed = [v for _, v in verdicts if v["outcome"] != "pass"]
@@ -448,14 +448,15 @@ def _cross_table(exp: Mapping[str, Any]) -> str:
     for v in claims:
         eff = v.get("effect") or {}
         diff = _num(eff.get("difference"))
-        interval = (f"[{_fmt(_num(eff.get('low')))}, {_fmt(_num(eff.get('high')))}] "
+        low, high = _num(eff.get("low")), _num(eff.get("high"))
+        interval = (f"[{format_number(low)}, {format_number(high)}] "
                     f"({100 * float(eff['level']):.0f}%)" if eff else "-")
         rows.append(
             f'<tr><td class="l">{_e(v["claim"])}</td>'
             f'<td class="l {_e(v["outcome"])}">{_e(v["outcome"])}</td>'
-            f"<td>{_fmt(diff)}</td><td>{_e(interval)}</td>"
-            f"<td>{_fmt(_num(eff.get('effect_size')))}</td>"
-            f'<td>{_fmt(_num(v.get("p_pass")))}</td><td>{_fmt(_num(v.get("p_fail")))}</td></tr>')
+            f"<td>{format_number(diff)}</td><td>{_e(interval)}</td>"
+            f"<td>{format_number(_num(eff.get('effect_size')))}</td>"
+            f'<td>{format_number(_num(v.get("p_pass")))}</td><td>{format_number(_num(v.get("p_fail")))}</td></tr>')
     details = "".join(f"<pre>{_e(v['message'])}</pre>" for v in claims)
     return ('<h3>Claims across cells</h3><table class="cross"><tr><th class="l">claim</th>'
             '<th class="l">verdict</th><th>difference</th><th>interval</th>'
@@ -553,7 +554,7 @@ def _search_charts(exp: Mapping[str, Any], cells: Sequence[Mapping[str, Any]],
 
 def _experiment_section(exp: Mapping[str, Any]) -> str:
     records = records_from_document(exp)
-    metrics = _metrics_of(records)
+    metrics = metrics_of(records)
     out = [f'<section class="experiment"><h2>{_e(exp["key"])}</h2>',
            _comparison(exp, metrics), _cross_table(exp), _claims_table(exp),
            "<h3>Cells</h3>", _cell_table(exp, records)]

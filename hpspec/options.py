@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-TABLE_CHOICES = ("full", "short", "none")
-INCONCLUSIVE_CHOICES = ("fail", "skip", "xfail")
-HOLM_CHOICES = ("off", "experiment", "run")
+from hpspec.measures import COLUMNS as MEASURE_COLUMNS
+from hpspec.vocabulary import CACHE_MODES, HOLM_SCOPES, INCONCLUSIVE_AS, TABLE_STYLES
+
+TABLE_CHOICES = TABLE_STYLES
+INCONCLUSIVE_CHOICES = INCONCLUSIVE_AS
+HOLM_CHOICES = HOLM_SCOPES
 
 
 def parse_device(value: str) -> str:
@@ -56,7 +60,7 @@ def _choice(flag: str, choices: tuple[str, ...]) -> Any:
     return parse
 
 
-parse_cache = _choice("--hpspec-cache", ("use", "refresh", "off"))
+parse_cache = _choice("--hpspec-cache", CACHE_MODES)
 parse_stack = _choice("--hpspec-stack", ("on", "off"))
 parse_inconclusive = _choice("--hpspec-inconclusive", INCONCLUSIVE_CHOICES)
 parse_holm = _choice("--hpspec-holm", HOLM_CHOICES)
@@ -121,6 +125,25 @@ def _dir_path(text: str) -> str:
     return text
 
 
+def run_options_problem(cache: str, save: str | None, compare: str | None,
+                        compare_fail: bool, outputs: Mapping[str, str | None]) -> str | None:
+    """What is wrong with this combination of run options, as a usage error's text; None
+    when nothing is. ``outputs``: report flag -> path."""
+    if cache == "off" and (save or compare):
+        if save or not (compare and compare.endswith(".json")):
+            return ("--hpspec-cache=off turns the store off, so there is nothing to save to or "
+                    "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
+    from hpspec.outputs import output_path_problem
+
+    for flag, value in outputs.items():
+        problem = output_path_problem(flag, value) if value is not None else None
+        if problem:
+            return problem
+    if compare_fail and not compare:
+        return "--hpspec-compare-fail needs a baseline: add --hpspec-compare NAME|latest|FILE.json"
+    return None
+
+
 def add_options(parser: Any) -> None:
     """Register every --hpspec-* option and hpspec_* ini value with pytest's ``parser``."""
     group = parser.getgroup("hpspec", "hpspec: hyperparameter experiments")
@@ -146,8 +169,7 @@ def add_options(parser: Any) -> None:
         metavar="NAMES",
         help="comma-separated columns of the summary table (the grid's axes always come "
         "first): verdict, a metric name (val_loss, ...), diverged, time_to_<metric><op><target>, "
-        "time_per_epoch, samples_per_s, steps_per_s, peak_memory, params, flops_per_sample, "
-        "mfu. ini: hpspec_columns.",
+        f"{', '.join(m.name for m in MEASURE_COLUMNS)}. ini: hpspec_columns.",
     )
     group.addoption(
         "--hpspec-confidence",

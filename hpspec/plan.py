@@ -10,12 +10,13 @@ from typing import Any
 import attrs
 
 from hpspec.claims import CellClaim, Measure, Reaches
+from hpspec.measures import TIMES_TRAINING
 from hpspec.spec import Experiment
 
 __all__ = ["TIMING_MEASURES", "timing_claim", "stop_rule"]
 
 #: Measurements that time the training: stacking cells would change what they mean.
-TIMING_MEASURES = frozenset({"samples_per_s", "steps_per_s", "time_per_epoch", "mfu"})
+TIMING_MEASURES = TIMES_TRAINING
 
 
 def _walk(obj: Any) -> Any:

@@ -23,6 +23,7 @@ import pytest
 from hpspec._pytest_compat import FailureRepr, TerminalRepr, current_line
 from hpspec.claims import INCONCLUSIVE, CellClaim, Verdict, judge_cell_claim
 from hpspec.cross import CrossClaim
+from hpspec.distributed import PAYLOAD, read_payload
 from hpspec.errors import CellError, HpspecError, SpecError
 from hpspec.options import (  # noqa: F401  (the parsers stay importable from here)
     HOLM_CHOICES,
@@ -40,11 +41,12 @@ from hpspec.options import (  # noqa: F401  (the parsers stay importable from he
     parse_table,
     parse_threads_option,
     parse_timeout,
+    run_options_problem,
 )
 from hpspec.report import CellRecord
-from hpspec.results import CellResult
-from hpspec.session import Session, experiment_info
+from hpspec.session import Session
 from hpspec.spec import Cell, Experiment, RawSpec, build
+from hpspec.summary import key_numbers
 
 _HPSPEC_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -73,19 +75,9 @@ STATE = pytest.StashKey[Session]()
 def _configure_xdist(config: pytest.Config, state: Session) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:  # a worker
-        state.worker = workerinput.get("workerid")
-        state.workers = int(workerinput.get("workercount", 1))
-        state.run_id = workerinput.get("hpspec_run_id")
-        if not workerinput.get("hpspec_stack_ok", True) and state.stack:
-            # Items of one stacked group would be spread over workers, and each would
-            # train the whole group: each cell stacks only its own seeds instead.
-            state.stack_alone = True
-            state.stack_off_reason = ("each cell stacked with its own seeds only: under -n, "
-                                      "stacked groups need --dist loadgroup to stay on one "
-                                      "worker")
-        gpu = workerinput.get("hpspec_gpu")
-        if gpu is not None:  # before anything initialises CUDA in this process
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        from hpspec.distributed import configure_worker
+
+        configure_worker(state, workerinput)
         return
     dist = getattr(config.option, "dist", "no")
     n = getattr(config.option, "numprocesses", None)
@@ -96,23 +88,13 @@ def _configure_xdist(config: pytest.Config, state: Session) -> None:
             "--dist loadgroup to keep stacked cells together"), stacklevel=2)
 
 
-def _gpu_ids() -> list[int]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [int(x) for x in visible.split(",") if x.strip().isdigit()]
-    try:
-        import torch
-
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    except Exception:
-        return []
-
-
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None  # the user's explicit choice, which xdist reads
-    gpus = _gpu_ids()
+    from hpspec.distributed import gpu_ids
+
+    gpus = gpu_ids()
     if not gpus:
         return None  # xdist's own choice: the CPU count
     return len(gpus) * max(1, config.getoption("--hpspec-workers-per-gpu"))
@@ -166,22 +148,13 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_store_option(config, state)
     config.pluginmanager.register(SessionPlugin(config, state), "hpspec-session")
     _configure_xdist(config, state)
-    if state.cache == "off" and (state.save_name or config.getoption("--hpspec-compare")):
-        ref = config.getoption("--hpspec-compare")
-        if state.save_name or not (ref and ref.endswith(".json")):
-            raise pytest.UsageError(
-                "--hpspec-cache=off turns the store off, so there is nothing to save to or "
-                "compare with; drop --hpspec-cache=off (or compare with an exported .json)")
-    from hpspec.outputs import output_path_problem
-
-    for flag in ("--hpspec-json", "--hpspec-html", "--hpspec-export"):
-        value = config.getoption(flag, None)
-        problem = output_path_problem(flag, value) if value is not None else None
-        if problem:
-            raise pytest.UsageError(problem)
-    if config.getoption("--hpspec-compare-fail") and not config.getoption("--hpspec-compare"):
-        raise pytest.UsageError("--hpspec-compare-fail needs a baseline: add "
-                                "--hpspec-compare NAME|latest|FILE.json")
+    problem = run_options_problem(
+        state.cache, state.save_name, config.getoption("--hpspec-compare"),
+        bool(config.getoption("--hpspec-compare-fail")),
+        {f: config.getoption(f, None) for f in ("--hpspec-json", "--hpspec-html",
+                                                 "--hpspec-export")})
+    if problem:
+        raise pytest.UsageError(problem)
     if config.stash[STATE].inference:
         from hpspec.engine.probes import InferenceUnavailable, benchmark_module
 
@@ -219,34 +192,13 @@ class ExperimentFile(pytest.Module):
             seen.add(id(fn))
             try:
                 exp = build(fn)
+                key = f"{self.nodeid}::{exp.name}"
+                exp = state.register(key, exp, str(self.path), attr)
             except SpecError as e:
                 yield self._spec_error(attr, e, fn)
                 continue
-            key = f"{self.nodeid}::{exp.name}"
-            if key in state.experiments:
-                from hpspec.spec import duplicate_name_error
-
-                e = duplicate_name_error(exp, state.experiments[key])
-                yield self._spec_error(attr, e, fn)
-                continue
-            if state.profile:
-                from hpspec.spec import apply_profile
-
-                try:
-                    exp, notes = apply_profile(exp, state.profile)
-                except SpecError as e:
-                    yield self._spec_error(attr, e, fn)
-                    continue
-                for line in notes:
-                    state.note(key, line)
-            state.experiments[key] = exp
-            state.info[key] = experiment_info(exp)
-            state.attrs_of[key] = (str(self.path), attr)
-            records = state.records.setdefault(key, {})
-            for i, cell in enumerate(exp.cells):
-                cid = cell.id  # formatted from the params on each access: once per cell
-                records[cid] = CellRecord(exp.name, cid, cell.as_dict(), order=i)
-                name = f"{exp.name}[{cid}]"
+            for cell in exp.cells:
+                name = f"{exp.name}[{cell.id}]"  # (cell.id formats the params: read once)
                 # The id is given as text so pytest parses its "[params]" part the way it
                 # does for parametrized tests (--lf and the cache compare parsed ids).
                 item = CellItem.from_parent(
@@ -372,7 +324,7 @@ class CellItem(_HpspecItem):
             self._run(state, record)
         finally:
             if state.worker is not None:
-                from hpspec.distributed import PAYLOAD, cell_payload
+                from hpspec.distributed import cell_payload
 
                 self.user_properties.append((PAYLOAD, cell_payload(
                     self.key, state.info[self.key], record, state.notes.get(self.key, []),
@@ -393,7 +345,7 @@ class CellItem(_HpspecItem):
             if isinstance(c, CellClaim) and c.applies_to(params)
         ]
         record.verdicts = verdicts
-        for name, value in _key_numbers(result).items():
+        for name, value in key_numbers(result).items():
             self.user_properties.append((f"hpspec.{name}", value))
         failed = [v for v in verdicts if not v.passed]
         record.outcome = "FAILED" if failed else "passed"
@@ -481,7 +433,7 @@ class ClaimItem(_HpspecItem):
             self._run(state)
         finally:
             if state.worker is not None:
-                from hpspec.distributed import PAYLOAD, claim_payload
+                from hpspec.distributed import claim_payload
 
                 verdict = state.cross.get(self.key, {}).get(self.claim.slug())
                 judged = {c.id: state.results[(self.key, c.id)] for c in self.exp.cells
@@ -502,47 +454,7 @@ class ClaimItem(_HpspecItem):
             raise ClaimsFailed([verdict])
 
 
-def _key_numbers(result: CellResult) -> dict[str, float]:
-    """Means over seeds of the final metrics and measurements, as plain floats (junit-safe)."""
-    out: dict[str, list[float]] = {}
-    for s in result.seeds:
-        for name, curve in s.curves.items():
-            if curve:
-                out.setdefault(f"{name}", []).append(float(curve[-1]))
-        for name, value in s.measurements.items():
-            out.setdefault(name, []).append(float(value))
-    return {k: sum(v) / len(v) for k, v in out.items()}
-
-
-def _summary_store(terminalreporter: Any, state: Session) -> None:
-    from hpspec.report import render_gate
-
-    if state.store_error:
-        terminalreporter.write_line(f"hpspec: {state.store_error}; results were not stored",
-                                    yellow=True)
-    for line in state.report_warnings:
-        terminalreporter.write_line(f"hpspec: {line}", yellow=True)
-    if state.gate_rows or state.gate_warnings:
-        terminalreporter.write_sep("-", f"hpspec: compared with {state.gate_baseline}")
-        for w in state.gate_warnings:
-            terminalreporter.write_line(f"warning: {w}", yellow=True)
-        if state.gate_rows:
-            terminalreporter.write_line(render_gate(state.gate_rows))
-        failed = [r for r in state.gate_rows if r.failed]
-        if failed:
-            terminalreporter.write_line(
-                f"hpspec: {len(failed)} number(s) moved past --hpspec-compare-fail: the run "
-                "fails", red=True, bold=True)
-    if state.cached_cells:
-        terminalreporter.write_line(
-            f"hpspec: {len(state.cached_cells)} cell(s) from the cache in {state.store_path} "
-            "(--hpspec-cache=refresh retrains them)")
-
-
 # ------------------------------------------------------------------------ the session plugin
-
-
-PAYLOAD_KEY = "hpspec._payload"
 
 
 class SessionPlugin:
@@ -565,9 +477,9 @@ class SessionPlugin:
         node.workerinput["hpspec_run_id"] = state.run_id
         node.workerinput["hpspec_stack_ok"] = getattr(config.option, "dist", "no") == "loadgroup"
         if self.gpu_pool is None:
-            from hpspec.distributed import GpuPool
+            from hpspec.distributed import GpuPool, gpu_ids
 
-            self.gpu_pool = GpuPool(_gpu_ids(), config.getoption("--hpspec-workers-per-gpu"))
+            self.gpu_pool = GpuPool(gpu_ids(), config.getoption("--hpspec-workers-per-gpu"))
         gpu = self.gpu_pool.lend(node.gateway.id)
         if gpu is not None:
             node.workerinput["hpspec_gpu"] = gpu
@@ -589,11 +501,10 @@ class SessionPlugin:
             self.state.record_crash(report.nodeid, str(report.longrepr))
             return
         props = getattr(report, "user_properties", None)
-        if not props or not any(k == PAYLOAD_KEY for k, _ in props):
+        if not props or not any(k == PAYLOAD for k, _ in props):
             return
-        texts = [v for k, v in props if k == PAYLOAD_KEY]
-        report.user_properties = [(k, v) for k, v in props if k != PAYLOAD_KEY]
-        from hpspec.distributed import read_payload
+        texts = [v for k, v in props if k == PAYLOAD]
+        report.user_properties = [(k, v) for k, v in props if k != PAYLOAD]
 
         for text in texts:
             self.state.merge_payload(read_payload(text))
@@ -642,27 +553,13 @@ class SessionPlugin:
             terminalreporter.write_line("hpspec: summary interrupted", yellow=True)
 
     def _summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        from hpspec.grade import score_line
+        from hpspec.summary import summary_lines
 
-        state = self.state
-        _summary_store(terminalreporter, state)
-        if state.table == "none":
-            return
-        grades = state.grades(bool(config.getoption("--hpspec-grade", None)))
-        for key, table, notes, claims in state.tables():
-            terminalreporter.write_sep("-", f"hpspec: {key}")
-            terminalreporter.write_line(table)
-            for line in notes:
-                terminalreporter.write_line(f"  {line}")
-            if claims:
-                terminalreporter.write_line(claims)
-            for e in grades["experiments"] if grades is not None else ():
-                if e["key"] == key:
-                    terminalreporter.write_line(
-                        f"{state.info[key].name}: {score_line(e['score'], e['max_score'])}")
-        if grades is not None:
-            terminalreporter.write_line(
-                f"hpspec: run {score_line(grades['score'], grades['max_score'])}", bold=True)
+        for line in summary_lines(self.state, bool(config.getoption("--hpspec-grade", None))):
+            if line.sep:
+                terminalreporter.write_sep("-", line.text)
+            else:
+                terminalreporter.write_line(line.text, **line.markup())
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         """The store closed once the summary is written, its WAL folded into the file."""
@@ -690,60 +587,10 @@ class SessionPlugin:
                 state.gate_warnings.append(
                     f"--hpspec-compare: not compared ({type(e).__name__}: {e})")
             state.record_run(session.exitstatus)
-            _write_reports(state, config)
+            from hpspec.summary import REPORT_FLAGS, write_reports
+
+            write_reports(state, {f: config.getoption(f, None) for f in REPORT_FLAGS},
+                          config.getoption("--hpspec-tensorboard", None))
         except KeyboardInterrupt:  # Ctrl-C at the very end: every seed is stored already
             state.report_warnings.append("interrupted while finishing the run; every finished "
                                          "seed is in the store, reports not yet written are not")
-
-
-REPORT_FLAGS = ("--hpspec-json", "--hpspec-export", "--hpspec-html", "--hpspec-csv",
-                "--hpspec-grade")
-
-
-def _write_reports(state: Session, config: pytest.Config) -> None:
-    """Every report the options ask for, each written atomically and on its own: one that
-    cannot be written is a warning line, never the table or the other reports."""
-    import json
-
-    from hpspec.outputs import Report, write_reports
-    from hpspec.store import fingerprint
-
-    paths = {f: config.getoption(f, None) for f in REPORT_FLAGS}
-    tb_dir = config.getoption("--hpspec-tensorboard", None)
-    if not (any(paths.values()) or tb_dir):
-        return
-    doc: dict[str, Any] = {}
-
-    def document() -> dict[str, Any]:
-        if not doc:
-            doc.update(state.run_document())
-        return doc
-
-    def html() -> str:
-        from hpspec.html import render_html
-
-        return render_html(document())
-
-    def csv() -> str:
-        from hpspec.export import csv_text
-
-        return csv_text(document())
-
-    render = {
-        "--hpspec-json": lambda: json.dumps(document(), indent=1, allow_nan=False),
-        "--hpspec-export": lambda: json.dumps(
-            {**document(), "fingerprint": fingerprint(document()["environment"])}, indent=1,
-            allow_nan=False),
-        "--hpspec-html": html,
-        "--hpspec-csv": csv,
-        "--hpspec-grade": lambda: json.dumps(state.grades(True), indent=1, allow_nan=False),
-    }
-    state.report_warnings += write_reports(
-        [Report(f, p, render[f]) for f, p in paths.items() if p])
-    if tb_dir:
-        from hpspec.export import write_tensorboard
-
-        try:
-            write_tensorboard(document(), tb_dir)
-        except (RuntimeError, OSError) as e:  # tensorboard missing: the rest of the run stands
-            state.report_warnings.append(f"--hpspec-tensorboard={tb_dir}: not written ({e})")

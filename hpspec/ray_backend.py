@@ -24,9 +24,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hpspec.errors import CellError, HpspecError
+import attrs
 
-__all__ = ["RayUnavailable", "connect", "submit", "collect", "shutdown"]
+from hpspec.errors import CellError, HpspecError
+from hpspec.results import CellResult
+
+__all__ = ["RayUnavailable", "RayJob", "RayAnswer", "connect", "submit", "collect", "shutdown"]
 
 #: Paths a remote node does not need (the working directory is uploaded to it).
 EXCLUDES = [".git", ".hpspec", ".ci-venv", ".venv", "__pycache__", "*.sqlite*", "*.whl"]
@@ -34,6 +37,51 @@ EXCLUDES = [".git", ".hpspec", ".ci-venv", ".venv", "__pycache__", "*.sqlite*", 
 
 class RayUnavailable(HpspecError):
     """``--hpspec-ray`` was asked for without Ray installed, or the cluster is unreachable."""
+
+
+@attrs.frozen
+class RayJob:
+    """One task: the cells of one experiment (a stack, or one cell) and how to train them.
+    ``rel`` is ``path`` relative to the working directory a remote node receives."""
+
+    path: str
+    rel: str
+    attr: str
+    cell_ids: tuple[str, ...]
+    seeds: tuple[int, ...] | None
+    device: str
+    options: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rel": self.rel, "attr": self.attr,
+                "cell_ids": list(self.cell_ids),
+                "seeds": None if self.seeds is None else list(self.seeds),
+                "device": self.device, "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RayJob:
+        return cls(d["path"], d["rel"], d["attr"], tuple(d["cell_ids"]),
+                   None if d["seeds"] is None else tuple(d["seeds"]), d["device"],
+                   dict(d["options"]))
+
+
+@attrs.frozen
+class RayAnswer:
+    """What a task sends back: a result per cell it trained, the error text per cell it
+    could not, and notes for the summary. Crosses Ray as ``to_dict`` (plain data)."""
+
+    results: Mapping[str, CellResult] = attrs.field(factory=dict)
+    errors: Mapping[str, str] = attrs.field(factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": {c: r.to_dict() for c, r in self.results.items()},
+                "errors": dict(self.errors), "notes": list(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RayAnswer:
+        return cls({c: CellResult.from_dict(r) for c, r in d["results"].items()},
+                   dict(d["errors"]), tuple(d["notes"]))
 
 
 def connect(address: str, root: Path, num_cpus: int | None = None) -> Any:
@@ -93,20 +141,21 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     cells = [c for c in exp.cells if c.id in set(cell_ids)]
     dev = select_device(device)
     full = bool(options.get("full_curves"))
-    out: dict[str, Any] = {"results": {}, "errors": {}, "notes": []}
+    results: dict[str, CellResult] = {}
+    errors: dict[str, str] = {}
+    notes: list[str] = []
     todo = list(cells)
     if options.get("stack"):  # a lone cell too: the stacked engine trains it faster
         try:
             stacked, why = run_stacked(exp, cells, dev, tuple(seeds) if seeds else None,
                                        stop_rules={c.id: stop_rule(exp, c.as_dict(), full)
                                                    for c in cells})
-            for cid, res in stacked.items():
-                out["results"][cid] = res.to_dict()
+            results.update(stacked)
             todo = [c for c in cells if c.id not in stacked]
             if stacked:
-                out["notes"].append(f"stacked on Ray: {len(stacked)} cell(s) in one task")
+                notes.append(f"stacked on Ray: {len(stacked)} cell(s) in one task")
             if why:
-                out["notes"].append(f"trained one by one ({len(why)} cells): "
+                notes.append(f"trained one by one ({len(why)} cells): "
                                     f"{next(iter(why.values()))}")
         except Exception:
             todo = list(cells)
@@ -115,25 +164,26 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
             res = run_cell(exp, cell, dev, seeds=tuple(seeds) if seeds else None,
                            stop=stop_rule(exp, cell.as_dict(), full),
                            timeout=options.get("timeout"))
-            out["results"][cell.id] = res.to_dict()
+            results[cell.id] = res
         except Exception as e:
             text = str(e) if isinstance(e, HpspecError) else "".join(
                 traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-            out["errors"][cell.id] = text
-    return out
+            errors[cell.id] = text
+    return RayAnswer(results, errors, tuple(notes)).to_dict()
 
 
-def submit(ray: Any, jobs: Sequence[dict[str, Any]], num_gpus: float, retries: int) -> list[Any]:
+def submit(ray: Any, jobs: Sequence[RayJob], num_gpus: float, retries: int) -> list[Any]:
     """One Ray task per job; returns their object refs, in order."""
     task = ray.remote(num_gpus=num_gpus, max_retries=retries)(_train)
-    return [task.remote(j["path"], j["rel"], j["attr"], j["cell_ids"], j["seeds"],
-                        j["device"], j["options"]) for j in jobs]
+    return [task.remote(j.path, j.rel, j.attr, list(j.cell_ids),
+                        None if j.seeds is None else list(j.seeds), j.device, dict(j.options))
+            for j in jobs]
 
 
-def collect(ray: Any, ref: Any, what: str) -> dict[str, Any]:
+def collect(ray: Any, ref: Any, what: str) -> RayAnswer:
     """The task's answer, or a CellError that says what happened to it."""
     try:
-        return ray.get(ref)
+        return RayAnswer.from_dict(ray.get(ref))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CellError(

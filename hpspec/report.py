@@ -10,9 +10,19 @@ from typing import Any
 import attrs
 from tabulate import tabulate
 
-from hpspec.claims import Reaches, Verdict, _fmt
-from hpspec.results import CellResult, json_number
+from hpspec.claims import Reaches, Verdict
+from hpspec.claims import format_number as _fmt
+from hpspec.measures import COLUMNS as MEASURE_REGISTRY_COLUMNS
+from hpspec.measures import (
+    FORMATTERS,
+    SHORT,
+    human_bytes,
+    human_rate,
+    human_seconds,
+)
+from hpspec.results import CellResult
 from hpspec.spec import format_value
+from hpspec.vocabulary import CellOutcome
 
 __all__ = ["CellRecord", "Column", "columns_for", "render_experiment", "render_gate",
            "render_claims", "run_document", "JSON_SCHEMA_VERSION", "human_rate", "human_bytes",
@@ -26,7 +36,7 @@ class CellRecord:
     experiment: str
     cell_id: str
     params: dict[str, Any]
-    outcome: str = "not run"  # passed | failed | error | not run
+    outcome: CellOutcome = "not run"
     result: CellResult | None = None
     verdicts: list[Verdict] = attrs.field(factory=list)
     note: str = ""
@@ -50,34 +60,6 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[Any]) -> str:
                     disable_numparse=True)
 
 
-def human_rate(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f}{unit}"
-    return f"{x:.1f}"
-
-
-def human_bytes(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(x) >= scale:
-            return f"{x / scale:.1f} {unit}"
-    return f"{int(x)} B"
-
-
-def human_seconds(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return "-"
-    if x < 1e-3:
-        return f"{x * 1e6:.0f} us"
-    if x < 1:
-        return f"{x * 1e3:.1f} ms"
-    return f"{x:.2f} s"
-
-
 def _mean_sd(values: Sequence[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not values:
@@ -97,7 +79,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def _metrics_of(records: Sequence[CellRecord]) -> list[str]:
+def metrics_of(records: Sequence[CellRecord]) -> list[str]:
     order = ["train_loss", "val_loss", "val_acc"]
     seen: list[str] = []
     for r in records:
@@ -129,14 +111,6 @@ def _measure_column(name: str, header: str, fmt: Callable[[float | None], str],
                   in_full)
 
 
-def _fmt_int(x: float | None) -> str:
-    return "-" if x is None else human_rate(x).replace(".0", "") if x >= 1e3 else f"{x:.0f}"
-
-
-def _fmt_pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2g}%"
-
-
 def _diverged(res: CellResult) -> str:
     div = [s.diverged for s in res.seeds if s.diverged is not None]
     if not div:
@@ -165,33 +139,13 @@ def _time_to(claim: Reaches) -> Callable[[CellResult], str]:
     return value
 
 
-MEASURE_COLUMNS: tuple[Column, ...] = (
-    _measure_column("time_per_epoch", "time/epoch", human_seconds,
-                    "time/epoch: training seconds per epoch, evaluation excluded"),
-    _measure_column("samples_per_s", "samples/s", human_rate,
-                    "samples/s: training samples per second over the timed steps (the first "
-                    "steps are warm-up, left out; the device is synchronised before each "
-                    "clock read)"),
-    _measure_column("steps_per_s", "steps/s", human_rate, "steps/s: optimizer steps per second",
-                    in_full=False),
-    _measure_column("peak_memory", "peak mem", human_bytes,
-                    "peak mem: peak bytes of live tensors while training (parameters, "
-                    "gradients, optimizer state, activations, data on the device); on CUDA "
-                    "torch.cuda.max_memory_allocated"),
-    _measure_column("params", "params", _fmt_int, "params: trainable and frozen parameters"),
-    _measure_column("flops_per_sample", "FLOPs/sample", human_rate,
-                    "FLOPs/sample: forward plus backward FLOPs per training sample "
-                    "(torch.utils.flop_counter)"),
-    _measure_column("mfu", "MFU", _fmt_pct,
-                    "MFU: FLOPs/sample x samples/s over the card's float32 peak"),
-    _measure_column("inference_latency_b1", "infer b=1", human_seconds,
-                    "infer b=1: inference latency at batch 1 (pytorch-benchmark)"),
-    _measure_column("inference_macs", "MACs", human_rate,
-                    "MACs: multiply-adds per inference sample (pytorch-benchmark, ptflops)"),
-)
+#: A column per measurement that has one, in the registry's order.
+MEASURE_COLUMNS: tuple[Column, ...] = tuple(
+    _measure_column(m.name, m.header or m.name, FORMATTERS[m.format], m.legend, m.in_full)
+    for m in MEASURE_REGISTRY_COLUMNS)
 
 #: Columns of ``--hpspec-table=short`` (with the grid's axes and final validation metrics).
-SHORT_COLUMNS = ("verdict", "samples_per_s", "peak_memory")
+SHORT_COLUMNS = ("verdict", *SHORT)
 
 
 def columns_for(
@@ -203,7 +157,7 @@ def columns_for(
     """The columns to show (besides the grid's axes) and the names asked for that have no
     data in this experiment. ``pick`` (``--hpspec-columns``) wins over ``table``."""
     results = [r.result for r in records if r.result is not None]
-    metrics = _metrics_of(records)
+    metrics = metrics_of(records)
     available: dict[str, Column] = {
         "verdict": Column("verdict", "verdict", lambda res: "")  # filled from the record
     }
@@ -293,24 +247,6 @@ def render_claims(verdicts: Sequence[Verdict]) -> str:
 JSON_SCHEMA_VERSION = 1
 
 
-def _verdict_dict(v: Verdict) -> dict[str, Any]:
-    return {
-        "claim": v.claim,
-        "outcome": v.outcome,
-        "message": v.message,
-        "p_pass": v.p_pass,
-        "p_fail": v.p_fail,
-        "seeds": [{**attrs.asdict(c), "value": json_number(c.value)} for c in v.checks],
-        "points": v.points,
-        "target": (None if v.target is None else
-                   {"metric": v.target[0], "op": v.target[1], "value": json_number(v.target[2])}),
-        "effect": None if v.effect is None else {
-            k: json_number(x) if isinstance(x, float) else x
-            for k, x in attrs.asdict(v.effect).items()},
-    }
-
-
-
 def run_document(
     experiments: Sequence[tuple[str, str, Sequence[str], Sequence[CellRecord], Sequence[Verdict]]],
     environment: dict[str, Any],
@@ -338,12 +274,12 @@ def run_document(
                         "cell_id": r.cell_id,
                         "params": dict(r.params),
                         "outcome": r.outcome,
-                        "verdicts": [_verdict_dict(v) for v in r.verdicts],
+                        "verdicts": [v.to_dict() for v in r.verdicts],
                         "result": r.result.to_dict() if r.result else None,
                     }
                     for r in records
                 ],
-                "claims": [_verdict_dict(v) for v in claims],
+                "claims": [v.to_dict() for v in claims],
                 **dict((extras or {}).get(key, {})),
             }
             for key, name, axes, records, claims in experiments

@@ -12,23 +12,13 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_number"]
+from hpspec.measures import DESCRIPTIONS
 
-#: Measurements the runner takes per seed, with the unit each is in.
-MEASUREMENTS = {
-    "samples_per_s": "training samples per second over the timed steps (warm-up excluded)",
-    "steps_per_s": "optimizer steps per second over the timed steps",
-    "time_per_epoch": "seconds of training per epoch (evaluation excluded)",
-    "peak_memory": "bytes: peak of live tensor memory while training (parameters, gradients, "
-    "optimizer state, activations, data on the device); CUDA: max_memory_allocated",
-    "params": "number of model parameters",
-    "param_bytes": "bytes of the model's parameters and buffers",
-    "flops_per_sample": "FLOPs of one training sample, forward plus backward "
-    "(torch.utils.flop_counter)",
-    "mfu": "model FLOPs utilisation: flops_per_sample x samples/s over the card's peak (CUDA)",
-    "inference_macs": "multiply-adds of one inference sample (pytorch-benchmark, ptflops)",
-    "inference_latency_b1": "seconds per inference batch of 1 (pytorch-benchmark)",
-}
+__all__ = ["Divergence", "SeedResult", "CellResult", "MEASUREMENTS", "json_number",
+           "from_json_number"]
+
+#: Measurements the runner takes per seed, with the unit each is in (from the registry).
+MEASUREMENTS = DESCRIPTIONS
 
 
 @attrs.frozen
@@ -133,7 +123,11 @@ def json_number(x: float | None) -> float | str | None:
     return x if math.isfinite(x) else repr(x)
 
 
-def _unnum(x: float | str | None) -> float | None:
+def from_json_number(x: float | str | None) -> float | None:
+    """The inverse of :func:`json_number`."""
     if x is None:
         return None
     return float(x)
+
+
+_unnum = from_json_number

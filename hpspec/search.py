@@ -35,10 +35,10 @@ from hpspec.claims import (
     SpecContext,
     Verdict,
     Where,
-    _fmt,
     judge_cell_claim,
     validate_claim,
 )
+from hpspec.claims import format_number as _fmt
 from hpspec.cross import Compare, CrossClaim
 from hpspec.errors import SpecError
 from hpspec.results import CellResult

@@ -12,17 +12,23 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from hpspec.claims import CellClaim, Reaches, Verdict
 from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError
+from hpspec.measures import is_probed
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
 from hpspec.search import search_key
 from hpspec.spec import Cell, Experiment
+from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
+
+if TYPE_CHECKING:
+    from hpspec.distributed import Payload
+    from hpspec.ray_backend import RayAnswer
 
 # ------------------------------------------------------------------------------------- state
 
@@ -34,12 +40,12 @@ class Session:
     makes its own."""
 
     device_option: str
-    table: str
+    table: TableStyle
     columns: tuple[str, ...] | None = None
     inference: bool = False
     stack: bool = True
     full_curves: bool = False
-    cache: str = "use"
+    cache: CacheMode = "use"
     timeout: float | None = None
     store_path: Path | None = None
     save_name: str | None = None
@@ -68,10 +74,10 @@ class Session:
     #: (key, cell id) -> index of its Ray task; answers by task index once fetched.
     ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
     ray_refs: list[Any] = attrs.field(factory=list)
-    ray_answers: dict[int, Any] = attrs.field(factory=dict)
+    ray_answers: dict[int, RayAnswer] = attrs.field(factory=dict)
     confidence: float = 0.95
-    inconclusive: str = "fail"
-    holm: str = "off"
+    inconclusive: InconclusiveAs = "fail"
+    holm: HolmScope = "off"
     device: str | None = None
     experiments: dict[str, Experiment] = attrs.field(factory=dict)
     records: dict[str, dict[str, CellRecord]] = attrs.field(factory=dict)
@@ -243,7 +249,7 @@ class Session:
         """This cell's result from its Ray task (waiting for it), storing every cell the
         task trained; a cell the task could not train raises its error here."""
         __tracebackhide__ = True
-        from hpspec.ray_backend import collect
+        from hpspec.ray_backend import RayAnswer, collect
 
         index = self.ray_jobs[(key, cell.id)]
         if index not in self.ray_answers:
@@ -251,24 +257,22 @@ class Session:
                 self.ray_answers[index] = collect(self.ray, self.ray_refs[index],
                                                   f"{exp.where}[{cell.id}]")
             except CellError as e:
-                self.ray_answers[index] = {"results": {}, "errors": {
-                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index},
-                    "notes": []}
+                self.ray_answers[index] = RayAnswer(errors={
+                    cid: str(e) for (k, cid), i in self.ray_jobs.items() if i == index})
             answer = self.ray_answers[index]
-            for line in answer["notes"]:
+            for line in answer.notes:
                 self.note(key, line)
-            for cid, data in answer["results"].items():
+            for cid, result in answer.results.items():
                 target = next(c for c in exp.cells if c.id == cid)
-                result = CellResult.from_dict(data)
                 self.device = self.device or result.device
                 for r in result.seeds:
                     self.save_seed(key, exp, target, r)
                 self._store(key, target, result)
-            for cid, text in answer["errors"].items():
+            for cid, text in answer.errors.items():
                 self.failures[(key, cid)] = text
         found = self.results.get((key, cell.id))
         if found is None:
-            error = self.ray_answers[index]["errors"].get(cell.id, "no result came back")
+            error = self.ray_answers[index].errors.get(cell.id, "no result came back")
             raise CellError(error if error.startswith(exp.where) else
                             f"{exp.where}[{cell.id}] (on Ray): {error}")
         return found
@@ -278,11 +282,11 @@ class Session:
         directory paths are sent relative to)."""
         from hpspec.engine.runner import stackable_cells
         from hpspec.plan import timing_claim
-        from hpspec.ray_backend import connect, submit
+        from hpspec.ray_backend import RayJob, connect, submit
         from hpspec.spec import PROFILES
 
         self.ray = connect(address, root, cpus)
-        jobs: list[dict[str, Any]] = []
+        jobs: list[RayJob] = []
         for key, wanted in self.wanted.items():
             exp = self.experiments[key]
             cells = [c for c in exp.cells if c.id in wanted and not (
@@ -300,12 +304,11 @@ class Session:
             for bucket in buckets:
                 for c in bucket:
                     self.ray_jobs[(key, c.id)] = len(jobs)
-                jobs.append({"path": path, "rel": rel, "attr": attr,
-                             "cell_ids": [c.id for c in bucket], "seeds": None,
-                             "device": self.device_option,
-                             "options": {"stack": stack, "full_curves": self.full_curves,
-                                         "timeout": self.timeout, "profile": self.profile,
-                                         "profiles": dict(PROFILES)}})
+                jobs.append(RayJob(path, rel, attr, tuple(c.id for c in bucket), None,
+                                   self.device_option,
+                                   {"stack": stack, "full_curves": self.full_curves,
+                                    "timeout": self.timeout, "profile": self.profile,
+                                    "profiles": dict(PROFILES)}))
         self.ray_refs = submit(self.ray, jobs, gpus,
                                retries=1)
 
@@ -586,11 +589,10 @@ class Session:
         have = self.result(key, exp, cell)
         if len(have.seeds) >= n:
             return have
-        from hpspec.engine.runner import PROBED, run_cell
+        from hpspec.engine.runner import run_cell
 
         start = max(s.seed for s in have.seeds) + 1
-        probed = {m: v for m, v in have.seeds[0].measurements.items()
-                  if m in PROBED or m.startswith("inference_")}
+        probed = {m: v for m, v in have.seeds[0].measurements.items() if is_probed(m)}
         extra = tuple(range(start, start + n - len(have.seeds)))
         cached = self.cached_seeds(exp, cell, extra) if self.cache == "use" else []
         for r in cached:
@@ -712,40 +714,65 @@ class Session:
         self.found.setdefault(key, {}).update(fresh)
         return claim.judge_fresh(exp, results, fresh, alpha)
 
-    def merge_payload(self, d: dict[str, Any]) -> None:
+    def merge_payload(self, p: Payload) -> None:
         """Merge one xdist worker's payload (a cell's record or a claim's verdict, as
         :func:`hpspec.distributed.read_payload` returns it) into this, the controller's state."""
-        from hpspec.distributed import more_seeds
+        from hpspec.distributed import CellPayload, more_seeds
 
-        key = d["key"]
-        self.info[key] = d["info"]
-        if self.worker_env is None and d.get("environment"):
-            self.worker_env = dict(d["environment"])
-        if d["kind"] == "cell":
+        key = p.key
+        self.info[key] = p.info
+        if isinstance(p, CellPayload):
+            if self.worker_env is None and p.environment:
+                self.worker_env = dict(p.environment)
             # a claim on another worker may have reported this cell grown already
-            result = more_seeds(d["result"], self.results.get((key, d["cell_id"])))
-            record = CellRecord(d["info"].name, d["cell_id"], d["params"], d["outcome"],
-                                result, d["verdicts"], d["note"] or "", d["order"])
-            self.records.setdefault(key, {})[d["cell_id"]] = record
+            result = more_seeds(p.result, self.results.get((key, p.cell_id)))
+            record = CellRecord(p.info.name, p.cell_id, dict(p.params), p.outcome,
+                                result, list(p.verdicts), p.note, p.order)
+            self.records.setdefault(key, {})[p.cell_id] = record
             if result is not None:
-                self.results[(key, d["cell_id"])] = result
+                self.results[(key, p.cell_id)] = result
                 self.device = self.device or result.device
-            if d["note"] == "cached":
-                self.cached_cells.add((key, d["cell_id"]))
-            for line in d["notes"]:
+            if p.note == "cached":
+                self.cached_cells.add((key, p.cell_id))
+            for line in p.notes:
                 self.note(key, line)
         else:
             # Cells the claim grew with adaptive seeds: the tables show every seed it used.
-            for cell_id, grown in d["results"].items():
+            for cell_id, grown in p.results.items():
                 kept = more_seeds(self.results.get((key, cell_id)), grown)
+                assert kept is not None  # grown is a result
                 self.results[(key, cell_id)] = kept
                 record = self.records.get(key, {}).get(cell_id)
                 if record is not None:
                     record.result = kept
-            self.claim_cells[(key, d["slug"])] = set(d["results"])
-            if d["verdict"] is not None:
+            self.claim_cells[(key, p.slug)] = set(p.results)
+            if p.verdict is not None:
                 self.records.setdefault(key, {})
-                self.cross.setdefault(key, {})[d["slug"]] = d["verdict"]
+                self.cross.setdefault(key, {})[p.slug] = p.verdict
+
+    def register(self, key: str, exp: Experiment, path: str, attr: str) -> Experiment:
+        """Add an experiment collected as ``key`` (``path``: its file, ``attr``: the name it
+        is bound to there), with the active profile applied and an empty record per cell.
+        Raises SpecError for a second experiment of that name or a profile that does not
+        fit."""
+        if key in self.experiments:
+            from hpspec.spec import duplicate_name_error
+
+            raise duplicate_name_error(exp, self.experiments[key])
+        if self.profile:
+            from hpspec.spec import apply_profile
+
+            exp, notes = apply_profile(exp, self.profile)
+            for line in notes:
+                self.note(key, line)
+        self.experiments[key] = exp
+        self.info[key] = experiment_info(exp)
+        self.attrs_of[key] = (path, attr)
+        records = self.records.setdefault(key, {})
+        for i, cell in enumerate(exp.cells):
+            cid = cell.id  # formatted from the params on each access: once per cell
+            records[cid] = CellRecord(exp.name, cid, cell.as_dict(), order=i)
+        return exp
 
     def tables(self) -> list[tuple[str, str, list[str], str]]:
         """Per experiment that ran: (key, its cell table, its notes, its claims' text or

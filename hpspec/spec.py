@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from hpspec.errors import SpecError
+from hpspec.vocabulary import Mode
 
 __all__ = [
     "Grid",
@@ -396,7 +397,7 @@ class Experiment:
     name: str
     where: str
     fn: Callable[..., Any] = attrs.field(eq=False, repr=False)
-    mode: str  # "recipe" | "loop"
+    mode: Mode
     cells: tuple[Cell, ...]
     axes: tuple[str, ...]
     fixed: tuple[tuple[str, Any], ...]
@@ -549,7 +550,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         raise SpecError("@hpspec.experiment must decorate a function", where=where,
                         argument="target", value=fn)
     _check_signature(fn, where)
-    mode = "loop" if inspect.isgeneratorfunction(fn) else "recipe"
+    mode: Mode = "loop" if inspect.isgeneratorfunction(fn) else "recipe"
 
     g = kw["grid"]
     sampler = kw.get("search")

@@ -210,6 +210,13 @@ class Store:
         return cls(path, conn, moved)
 
     @classmethod
+    def open_for_writing(cls, path: str | os.PathLike[str], timeout: float = 60.0) -> Store:
+        """Open an existing store to write to it, never moving it aside (``open`` would when
+        it is damaged): for ``hpspec prune``, after ``open_readonly`` checked it is ours."""
+        path = Path(path)
+        return cls(path, cls._connect(path, timeout))
+
+    @classmethod
     def open_readonly(cls, path: str | os.PathLike[str]) -> Store:
         """Open for looking only: nothing is created, migrated, moved or written.
 

@@ -46,6 +46,8 @@ from hpspec.engine.probes import (
     model_size,
 )
 from hpspec.errors import BudgetExceeded, CellError
+from hpspec.measures import PROBED as MEASURE_PROBED
+from hpspec.measures import is_probed
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 from hpspec.threads import Threads, choose_threads
@@ -387,7 +389,7 @@ class Deadline:
 
 #: Measurements that depend on the model and batch, not on the seed: probed on a cell's first
 #: seed and copied to the others.
-PROBED = ("params", "param_bytes", "flops_per_sample", "peak_memory")
+PROBED = MEASURE_PROBED
 
 
 #: Size, FLOPs and memory by (architecture, optimizer state, batch, data): equal for every
@@ -562,7 +564,7 @@ def _train_recipe(
         measurements.update(inference_profile(model, data.x_val[:batch_size]))
     if probe and cache_key is not None:
         PROBE_CACHE[cache_key] = {m: v for m, v in measurements.items()
-                                  if m in PROBED or m.startswith("inference_")}
+                                  if is_probed(m)}
     peak = device_peak_flops(device)
     if peak and "flops_per_sample" in measurements and "samples_per_s" in measurements:
         measurements["mfu"] = (measurements["flops_per_sample"] * measurements["samples_per_s"]
@@ -780,7 +782,7 @@ def run_cell(
                        threads)
         if probed is None:
             probed = {m: v for m, v in run.measurements.items()
-                      if m in PROBED or m.startswith("inference_")}
+                      if is_probed(m)}
         runs.append(run)
         if on_seed is not None:
             on_seed(run)  # committed before the next seed starts

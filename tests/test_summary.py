@@ -1,0 +1,23 @@
+"""The end-of-run summary as lines, without pytest: what the plugin prints line by line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hpspec.session import Session
+from hpspec.summary import Line, summary_lines
+
+
+def test_summary_lines_say_store_problems_and_cache_hits_in_order():
+    state = Session(device_option="cpu", table="none", store_path=Path("s.sqlite"))
+    state.store_error = "disk is read-only"
+    state.report_warnings.append("--hpspec-json=x.json: not written (OSError: nope)")
+    state.cached_cells.add(("k", "lr=1"))
+    lines = summary_lines(state, grade=False)
+    assert [line.text for line in lines] == [
+        "hpspec: disk is read-only; results were not stored",
+        "hpspec: --hpspec-json=x.json: not written (OSError: nope)",
+        "hpspec: 1 cell(s) from the cache in s.sqlite (--hpspec-cache=refresh retrains them)",
+    ]
+    assert lines[0].markup() == {"yellow": True} and lines[2].markup() == {}
+    assert Line("x", color="red", bold=True).markup() == {"red": True, "bold": True}
