@@ -254,7 +254,8 @@ def _width_recipe(case):
 def test_mixed_widths_share_one_padded_stack_and_equal_their_runs(opt):
     # sigmoid(0) = 0.5 and softplus(0) = log 2: a padded unit's activation is not 0, so this
     # fails unless the weights out of padded units stay exactly zero (gradient masks)
-    exp = build(hp.experiment(grid=hp.grid(hidden=[8, 16, 24], lr=[0.05, 0.2],
+    # (narrow enough that padding pays on a CPU too, see PAD_SLACK)
+    exp = build(hp.experiment(grid=hp.grid(hidden=[4, 8, 12], lr=[0.05, 0.2],
                                            act=["sigmoid", "softplus"]),
                               fixed=dict(layers=2, opt=opt), epochs=2, seeds=1,
                               batch_size=32, data=DATA)(_width_recipe))
@@ -263,9 +264,9 @@ def test_mixed_widths_share_one_padded_stack_and_equal_their_runs(opt):
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {12.0}
     # each member's size is its own, not the group's first member's
     params = {c.id: stacked[c.id].seeds[0].measurements["params"] for c in exp.cells}
-    assert params["hidden=8-lr=0.05-act=sigmoid"] == 64 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10
-    assert params["hidden=24-lr=0.05-act=sigmoid"] == (64 * 24 + 24 + 24 * 24 + 24
-                                                      + 24 * 10 + 10)
+    assert params["hidden=4-lr=0.05-act=sigmoid"] == 64 * 4 + 4 + 4 * 4 + 4 + 4 * 10 + 10
+    assert params["hidden=12-lr=0.05-act=sigmoid"] == (64 * 12 + 12 + 12 * 12 + 12
+                                                      + 12 * 10 + 10)
     _equal_alone(exp, stacked)
 
 
@@ -303,3 +304,27 @@ def test_padded_weights_gradients_and_optimizer_state_stay_exactly_zero(kind):
         ref = torch.autograd.grad(loss, [m[2].weight])[0]
         torch.testing.assert_close(losses[k], loss.detach())
         torch.testing.assert_close(grads[2][k, : widths[k], : widths[k]], ref.t())
+
+
+def test_widths_pad_together_only_where_the_padding_pays():
+    from hpspec.engine.stacked import Member, plan
+
+    members = []
+    for h in (256, 32, 128, 64, 32, 30):
+        model = hp.models.mlp(64, [h], 10)
+        members.append(Member(f"h{h}", 0, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                              None))
+    def widths(groups):
+        return sorted(sorted(members[i].model[0].out_features for i in g) for g in groups)
+
+    # a CPU is compute-bound here: 30 and 32 pad together (6% more work), the rest apart
+    groups, why = plan(members, "classification", False, 64, "cpu")
+    assert not why
+    assert widths(groups) == [[30, 32, 32], [64], [128], [256]]
+    # a GPU's step is launch-bound: one padded stack
+    assert widths(plan(members, "classification", False, 64, "cuda")[0]) == [
+        [30, 32, 32, 64, 128, 256]]
+    # depths never share a stack (grouping by depth measured faster than identity padding)
+    deep = hp.models.mlp(64, [32, 32], 10)
+    members.append(Member("deep", 0, deep, torch.optim.SGD(deep.parameters(), lr=0.1), None))
+    assert len(plan(members, "classification", False, 64, "cuda")[0]) == 2
