@@ -5,7 +5,7 @@
 
 Each row is one grid, timed three ways interleaved in one process (median of --reps):
 
-  stacked  hpspec.plugin.State as its pytest items call it, --hpspec-stack=on (default)
+  stacked  hpspec.session.Session as its pytest items call it, --hpspec-stack=on (default)
   off      the same with --hpspec-stack=off: every cell one by one on the recipe runner
   naive    a DataLoader(shuffle=True) loop with loss.item() every step, cell after cell
 
@@ -92,7 +92,7 @@ def experiment(name: str, g: dict):
 
 def run_hpspec(exp, stack: bool) -> int:
     from hpspec.engine.runner import PROBE_CACHE
-    from hpspec.plugin import State
+    from hpspec.session import Session as State
 
     PROBE_CACHE.clear()
     state = State(device_option="cpu", table="full", cache="off", stack=stack)
