@@ -31,10 +31,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-import hpspec as hp  # noqa: E402
-from hpspec.engine.stacked import _Stacked, _StackedSGD  # noqa: E402
+import hpspec as hp
+from hpspec.engine.stacked import _Stacked, _StackedSGD
 
 N, F, C = 1437, 64, 10
 

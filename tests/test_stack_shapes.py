@@ -257,7 +257,7 @@ def test_mixed_widths_share_one_padded_stack_and_equal_their_runs(opt):
     # (narrow enough that padding pays on a CPU too, see PAD_SLACK)
     exp = build(hp.experiment(grid=hp.grid(hidden=[4, 8, 12], lr=[0.05, 0.2],
                                            act=["sigmoid", "softplus"]),
-                              fixed=dict(layers=2, opt=opt), epochs=2, seeds=1,
+                              fixed={"layers": 2, "opt": opt}, epochs=2, seeds=1,
                               batch_size=32, data=DATA)(_width_recipe))
     stacked, why = run_stacked(exp, list(exp.cells), "cpu")
     assert not why

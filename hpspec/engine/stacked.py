@@ -13,8 +13,9 @@ stacked cell's curve equals its sequential run within float tolerance (tests che
 What stacks: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations (what
 ``hp.models.mlp`` builds, and what most grids of small models are) with torch's own forwards
 (no overriding subclass, hook, parametrization or frozen parameter), the default loss or
-``CrossEntropyLoss`` / ``MSELoss`` with mean reduction, and ``SGD`` (momentum, dampening,
-nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter group and no scheduler.
+``CrossEntropyLoss`` / ``MSELoss`` with mean reduction (members of different hidden widths
+zero-padded into one stack where that pays, :func:`width_buckets`), and ``SGD``
+(momentum, dampening, nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter group and no scheduler.
 Anything else trains sequentially; :func:`plan` says why.
 """
 
@@ -44,7 +45,8 @@ from hpspec.engine.common import (
 from hpspec.engine.probes import count_flops, device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
-__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "ELEMENTWISE"]
+__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "width_buckets",
+           "ELEMENTWISE"]
 
 #: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
