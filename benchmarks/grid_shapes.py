@@ -5,7 +5,7 @@
 
 Each row is one grid, timed three ways interleaved in one process (median of --reps):
 
-  stacked  hpspec.plugin.State as its pytest items call it, --hpspec-stack=on (default)
+  stacked  hpspec.session.Session as its pytest items call it, --hpspec-stack=on (default)
   off      the same with --hpspec-stack=off: every cell one by one on the recipe runner
   naive    a DataLoader(shuffle=True) loop with loss.item() every step, cell after cell
 

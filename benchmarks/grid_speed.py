@@ -13,7 +13,7 @@ loss, 5 epochs, validation loss and accuracy after every epoch):
           after the other (how most students write it)
   lean    data on the device, randperm batches, losses summed on the device and read once per
           epoch, torch.optim(foreach=True), one cell after the other
-  hpspec  the plugin's own path (hpspec.plugin.State, as its pytest items call it): cells
+  hpspec  the plugin's own path (hpspec.session.Session, as its pytest items call it): cells
           stacked where they can be, every measurement taken (FLOPs, memory probes), and the
           experiment's claim judged for every cell
 

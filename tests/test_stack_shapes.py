@@ -235,3 +235,96 @@ def test_modules_with_different_settings_do_not_share_a_vmap_stack():
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {1.0}
     _equal_alone(exp, stacked)
+
+
+# ------------------------------------------------------------------------- mixed widths
+
+
+def _width_recipe(case):
+    model = hp.models.mlp(64, [case.hidden] * case.get("layers", 1), 10,
+                          activation=case.get("act", "relu"))
+    if case.get("opt") == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=case.lr / 10, weight_decay=0.1)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9, weight_decay=1e-3)
+    return model, opt
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_mixed_widths_share_one_padded_stack_and_equal_their_runs(opt):
+    # sigmoid(0) = 0.5 and softplus(0) = log 2: a padded unit's activation is not 0, so this
+    # fails unless the weights out of padded units stay exactly zero (gradient masks)
+    # (narrow enough that padding pays on a CPU too, see PAD_SLACK)
+    exp = build(hp.experiment(grid=hp.grid(hidden=[4, 8, 12], lr=[0.05, 0.2],
+                                           act=["sigmoid", "softplus"]),
+                              fixed={"layers": 2, "opt": opt}, epochs=2, seeds=1,
+                              batch_size=32, data=DATA)(_width_recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {12.0}
+    # each member's size is its own, not the group's first member's
+    params = {c.id: stacked[c.id].seeds[0].measurements["params"] for c in exp.cells}
+    assert params["hidden=4-lr=0.05-act=sigmoid"] == 64 * 4 + 4 + 4 * 4 + 4 + 4 * 10 + 10
+    assert params["hidden=12-lr=0.05-act=sigmoid"] == (64 * 12 + 12 + 12 * 12 + 12
+                                                      + 12 * 10 + 10)
+    _equal_alone(exp, stacked)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_padded_weights_gradients_and_optimizer_state_stay_exactly_zero(kind):
+    from hpspec.engine.stacked import _Stacked, _stacked_optimizer
+
+    torch.manual_seed(0)
+    widths = [3, 7, 5]
+    models = [hp.models.mlp(6, [h, h], 4, activation="sigmoid") for h in widths]
+    model = _Stacked(models, "cpu")
+    assert model.masks is not None
+    group = ({"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.01,
+              "nesterov": False} if kind == "sgd" else
+             {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01})
+    opt = _stacked_optimizer(kind, model.params, [group] * 3)
+    x, y = torch.randn(3, 9, 6), torch.randint(0, 4, (3, 9))
+    for _ in range(3):
+        opt.train_step(model, x, y, "ce")
+    state = [opt.bufs] if kind == "sgd" else [opt.m, opt.v]
+    for tensors in (model.params, *state):
+        for t, mask in zip(tensors, model.masks, strict=True):
+            assert torch.count_nonzero(t.detach()[mask == 0]) == 0
+    # and a member's gradient is its own model's, on its own (unpadded) entries
+    losses, grads = model.loss_and_grads(x, y, "ce")
+    for k, m in enumerate(models):
+        m.load_state_dict({  # the stacked member's current weights, unpadded
+            "0.weight": model.params[0][k, :, : widths[k]].t().detach(),
+            "0.bias": model.params[1][k, 0, : widths[k]].detach(),
+            "2.weight": model.params[2][k, : widths[k], : widths[k]].t().detach(),
+            "2.bias": model.params[3][k, 0, : widths[k]].detach(),
+            "4.weight": model.params[4][k, : widths[k]].t().detach(),
+            "4.bias": model.params[5][k, 0].detach()})
+        loss = nn.functional.cross_entropy(m(x[k]), y[k])
+        ref = torch.autograd.grad(loss, [m[2].weight])[0]
+        torch.testing.assert_close(losses[k], loss.detach())
+        torch.testing.assert_close(grads[2][k, : widths[k], : widths[k]], ref.t())
+
+
+def test_widths_pad_together_only_where_the_padding_pays():
+    from hpspec.engine.stacked import Member, plan
+
+    members = []
+    for h in (256, 32, 128, 64, 32, 30):
+        model = hp.models.mlp(64, [h], 10)
+        members.append(Member(f"h{h}", 0, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                              None))
+    def widths(groups):
+        return sorted(sorted(members[i].model[0].out_features for i in g) for g in groups)
+
+    # a CPU is compute-bound here: 30 and 32 pad together (6% more work), the rest apart
+    groups, why = plan(members, "classification", False, 64, "cpu")
+    assert not why
+    assert widths(groups) == [[30, 32, 32], [64], [128], [256]]
+    # a GPU's step is launch-bound: one padded stack
+    assert widths(plan(members, "classification", False, 64, "cuda")[0]) == [
+        [30, 32, 32, 64, 128, 256]]
+    # depths never share a stack (grouping by depth measured faster than identity padding)
+    deep = hp.models.mlp(64, [32, 32], 10)
+    members.append(Member("deep", 0, deep, torch.optim.SGD(deep.parameters(), lr=0.1), None))
+    assert len(plan(members, "classification", False, 64, "cuda")[0]) == 2

@@ -916,7 +916,8 @@ def run_stacked(
             progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
 
     def train_buffered() -> None:
-        groups, why = plan(members, data.task, False)
+        groups, why = plan(members, data.task, False,
+                           exp.batch_size_for(owner[0]) if owner else None, device)
         for i, reason in why.items():
             why_by_cell.setdefault(members[i].cell_id, reason)
         # A group larger than memory and the step budget allow trains in chunks (a cell's

@@ -13,8 +13,10 @@ stacked cell's curve equals its sequential run within float tolerance (tests che
 What stacks: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations (what
 ``hp.models.mlp`` builds, and what most grids of small models are) with torch's own forwards
 (no overriding subclass, hook, parametrization or frozen parameter), the default loss or
-``CrossEntropyLoss`` / ``MSELoss`` with mean reduction, and ``SGD`` (momentum, dampening,
-nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter group and no scheduler.
+``CrossEntropyLoss`` / ``MSELoss`` with mean reduction (members of different hidden widths
+zero-padded into one stack where that pays, :func:`width_buckets`), and ``SGD``
+(momentum, dampening, nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter
+group and no scheduler.
 Anything else trains sequentially; :func:`plan` says why.
 """
 
@@ -44,7 +46,8 @@ from hpspec.engine.common import (
 from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
-__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "ELEMENTWISE"]
+__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "width_buckets",
+           "ELEMENTWISE"]
 
 #: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
@@ -165,11 +168,15 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     elif not any(isinstance(layer, nn.Linear) for layer in layers):
         return "the model has no Linear layer"
     else:
+        # Hidden widths are not part of it: members of different widths share a stack,
+        # zero-padded to the widest (see _Stacked); the data's width and the output's are.
+        linear = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Linear)]
         engine = ("mlp",) + tuple(
-            ("linear", layer.in_features, layer.out_features, layer.bias is not None,
+            ("linear", layer.in_features if i == linear[0] else None,
+             layer.out_features if i == linear[-1] else None, layer.bias is not None,
              layer.weight.dtype)
             if isinstance(layer, nn.Linear) else ("act",)
-            for layer in layers
+            for i, layer in enumerate(layers)
         )
     kind = _optimizer_kind(m.optimizer, m.model)
     if kind is None:
@@ -189,10 +196,54 @@ def _activations(m: Member) -> tuple[str, ...]:
                  if not isinstance(layer, nn.Linear))
 
 
-def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
+#: Padding members of different widths into one stack costs the padded units' arithmetic and
+#: saves a group's per-step overhead (kernel launches, Python). A width joins a padded group
+#: while the padding adds at most this share of the members' own work, or at most
+#: :data:`PAD_SLACK` floating-point operations a step, whichever is more. Measured on a
+#: 2-core CPU (``benchmarks/stack_layouts.py``): widths {32, 64, 128, 256} x 8 members,
+#: batch 64, one epoch took 975 ms padded into one group and 501 ms as four groups, so a
+#: CPU, compute-bound at these sizes, pads only where it is nearly free.
+PAD_WASTE = 0.25
+PAD_SLACK = {"cpu": 1e6, "mps": 1e9, "cuda": 1e10}
+
+
+def _padded_size(members: Sequence[Member]) -> int:
+    """Weights of one member of a stack padded to the widest of ``members``."""
+    shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in members]
+    return sum(math.prod(max(dims) for dims in zip(*column, strict=True))
+               for column in zip(*shapes, strict=True))
+
+
+def width_buckets(group: Sequence[int], members: Sequence[Member], batch_size: int,
+                  device: str) -> list[list[int]]:
+    """``group`` (members of one MLP signature, any widths) as padded stacks that pay: from
+    the narrowest up, a member joins the current stack while the padded work per step stays
+    within :data:`PAD_WASTE` / :data:`PAD_SLACK` of the members' own (6 x weights x batch)."""
+    def size(i: int) -> int:
+        return sum(p.numel() for p in members[i].model.parameters())
+
+    slack = PAD_SLACK.get(device.split(":")[0], PAD_SLACK["cpu"])
+    out: list[list[int]] = []
+    for i in sorted(group, key=size):
+        if out:
+            bucket = out[-1] + [i]
+            own = 6.0 * batch_size * sum(size(j) for j in bucket)
+            padded = 6.0 * batch_size * len(bucket) * _padded_size(
+                [members[j] for j in bucket])
+            if padded - own <= max(PAD_WASTE * own, slack):
+                out[-1] = bucket
+                continue
+        out.append([i])
+    return out
+
+
+def plan(members: Sequence[Member], task: str, has_scheduler: bool,
+         batch_size: int | None = None, device: str | None = None) -> tuple[
         list[list[int]], dict[int, str]]:
     """Groups of member indices that share a stacked model and, for the rest, why not.
 
+    With ``batch_size`` and ``device``, MLP members of different widths are padded into one
+    group only where that pays (:func:`width_buckets`); without, every width pads together.
     A group may hold one member: the stacked engine (hand-written gradients, no
     ``nn.Module`` or ``torch.optim`` overhead per step) trains a lone cell faster too."""
     groups: dict[Any, list[int]] = {}
@@ -203,7 +254,12 @@ def plan(members: Sequence[Member], task: str, has_scheduler: bool) -> tuple[
             why[i] = sig
         else:
             groups.setdefault(sig, []).append(i)
-    return [sorted(g, key=lambda i: _activations(members[i])) for g in groups.values()], why
+    out: list[list[int]] = []
+    for sig, g in groups.items():
+        parts = ([g] if batch_size is None or device is None or sig[0][0] != "mlp"
+                 else width_buckets(g, members, batch_size, device))
+        out += [sorted(part, key=lambda i: _activations(members[i])) for part in parts]
+    return out, why
 
 
 #: Share of the device's free memory one stacked group may plan to use.
@@ -243,7 +299,9 @@ def split(group: Sequence[int], members: Sequence[Member], batch_size: int, rows
     free = _free_memory(device)
     if free is None or not group:
         return [list(group)]
-    most = max(1, int(MEMORY_SHARE * free // member_bytes(members[group[0]], batch_size, rows)))
+    # padded to the widest member: each costs what the widest costs
+    widest = max(member_bytes(members[i], batch_size, rows) for i in group)
+    most = max(1, int(MEMORY_SHARE * free // widest))
     return [list(group[i : i + most]) for i in range(0, len(group), most)]
 
 
@@ -352,26 +410,53 @@ class _Stacked:
     def __init__(self, models: Sequence[nn.Module], device: str) -> None:
         self.layers: list[tuple[str, Any]] = []
         self.params: list[torch.Tensor] = []
+        #: per parameter, 1 where a member has a weight and 0 where it is padding (members of
+        #: different hidden widths); None when no member is padded
+        self.masks: list[torch.Tensor] | None = None
         per_model = [_layers(m) for m in models]
         first = per_model[0]
         assert first is not None
         backward: list[list[tuple[int, int, Any]]] = []
+        masks: list[torch.Tensor] = []
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
-                # is bmm(x, w) on contiguous operands
-                w = torch.stack([pm[j].weight.detach().t() for pm in per_model])  # type: ignore[index]
-                w = w.contiguous().to(device).requires_grad_(True)
+                # is bmm(x, w) on contiguous operands; a narrower member's weights sit in the
+                # top-left corner and the rest is zero
+                ws = [pm[j].weight.detach().t() for pm in per_model]  # type: ignore[index]
+                rows = max(t.shape[0] for t in ws)
+                cols = max(t.shape[1] for t in ws)
+                w = torch.zeros(len(ws), rows, cols, dtype=ws[0].dtype)
+                wm = torch.zeros(len(ws), rows, cols, dtype=ws[0].dtype)
+                for k, t in enumerate(ws):
+                    w[k, : t.shape[0], : t.shape[1]] = t
+                    wm[k, : t.shape[0], : t.shape[1]] = 1
+                w = w.to(device).requires_grad_(True)
+                masks.append(wm.to(device))
                 b = None
                 if layer.bias is not None:
-                    b = torch.stack([pm[j].bias.detach() for pm in per_model])  # type: ignore[index]
-                    b = b.unsqueeze(1).to(device).requires_grad_(True)
+                    bs = [pm[j].bias.detach() for pm in per_model]  # type: ignore[index]
+                    b = torch.zeros(len(bs), 1, cols, dtype=bs[0].dtype)
+                    bm = torch.zeros(len(bs), 1, cols, dtype=bs[0].dtype)
+                    for k, t in enumerate(bs):
+                        b[k, 0, : t.shape[0]] = t
+                        bm[k, 0, : t.shape[0]] = 1
+                    b = b.to(device).requires_grad_(True)
+                    masks.append(bm.to(device))
                 self.layers.append(("linear", (w, b)))
                 self.params += [w] if b is None else [w, b]
             else:
                 runs = _runs([pm[j] for pm in per_model])  # type: ignore[index]
                 self.layers.append(("act", runs))
                 backward.append([(a, b, _manual_backward(act)) for a, b, act in runs])
+        if any(not bool(m.all()) for m in masks):
+            # A padded hidden unit's input weights and bias are zero, so its pre-activation
+            # is 0, but its activation need not be (sigmoid(0) = 0.5, softplus(0) = log 2):
+            # the next layer's weights from it are zero, and stay zero because their
+            # gradients are masked. With a zero gradient and a zero weight, weight decay,
+            # momentum and Adam's moments stay zero too, so the update of a padded entry is
+            # exactly 0 and each member trains as its own narrower model.
+            self.masks = masks
         self.width = max(p.shape[-1] for p in self.params)
         self.first_linear = next(i for i, (kind, _) in enumerate(self.layers) if kind == "linear")
         #: the activations' gradients, when all of them are hand-written (else autograd)
@@ -415,6 +500,8 @@ class _Stacked:
             # (an MSE target that broadcasts against the output: autograd keeps torch's meaning)
             losses = _per_cell_loss(self._forward(x), y, loss_kind)
             grads = list(torch.autograd.grad(losses.sum(), self.params))
+            if self.masks is not None:
+                torch._foreach_mul_(grads, self.masks)
             if into is None:
                 return losses.detach(), grads
             torch._foreach_mul_(into, beta)
@@ -463,6 +550,10 @@ class _Stacked:
                            into[slot].baddbmm_(saved.transpose(1, 2), g, beta=beta))
             if i > first_linear:
                 g = torch.bmm(g, w.transpose(1, 2))
+        if self.masks is not None:
+            # (with ``into``, the buffers were zero at padded entries, so masking the sum
+            # masks this step's gradient)
+            torch._foreach_mul_(grads, self.masks)
         return losses, grads
 
 
@@ -761,7 +852,15 @@ def train_group(
     k = len(members)
     own_epochs = [m.epochs or epochs for m in members]
     epochs = max(own_epochs)
-    probed = _probe(members[0], data, batch_size, device)
+    # Size, FLOPs and memory are each member's own: probed once per architecture (members of
+    # different widths share a stack but not these figures)
+    by_shape: dict[tuple[Any, ...], dict[str, float]] = {}
+    probes: list[dict[str, float]] = []
+    for m in members:
+        shape = tuple(tuple(p.shape) for p in m.model.parameters())
+        if shape not in by_shape:
+            by_shape[shape] = _probe(m, data, batch_size, device)
+        probes.append(by_shape[shape])
     engine = _engine(members, data, device, batch_size)
     x, y = data.x_train, data.y_train
     n = x.shape[0]
@@ -835,13 +934,12 @@ def train_group(
         if all(stopped):
             break
 
-    measurements: dict[str, float] = dict(probed)
-    measurements["stacked"] = float(k)
-    measurements.update(timed.measurements())
+    shared: dict[str, float] = {"stacked": float(k), **timed.measurements()}
     peak = device_peak_flops(device)
-    if peak and "samples_per_s" in measurements:
-        measurements["mfu"] = (k * measurements["flops_per_sample"]
-                               * measurements["samples_per_s"] / peak)
+    if peak and "samples_per_s" in shared:
+        shared["mfu"] = (sum(p["flops_per_sample"] for p in probes)
+                         * shared["samples_per_s"] / peak)
+    own = [{**probes[j], **shared} for j in range(k)]
     return [
         SeedResult(
             seed=m.seed,
@@ -849,8 +947,8 @@ def train_group(
             epoch_seconds=seconds[: len(curves[j]["train_loss"])],
             initial=initial[j],
             diverged=diverged[j],
-            measurements=(measurements if pruned[j] is None
-                          else {**measurements, "pruned_at_epoch": float(pruned[j])}),
+            measurements=(own[j] if pruned[j] is None
+                          else {**own[j], "pruned_at_epoch": float(pruned[j])}),
             epochs_planned=own_epochs[j],
             steps_per_epoch=steps,
         )
