@@ -122,7 +122,13 @@ class Run:
         for c in self.cells:
             outcomes[c.outcome] = outcomes.get(c.outcome, 0) + 1
         counts = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
-        return f"<hpspec.Run: {len(self.cells)} cells ({counts}), {len(self.verdicts)} verdicts>"
+        verdicts: dict[str, int] = {}
+        for v in self.verdicts:
+            verdicts[v.outcome] = verdicts.get(v.outcome, 0) + 1
+        vcounts = ", ".join(f"{n} {k}" for k, n in sorted(verdicts.items()))
+        status = "" if self.exitstatus in (None, 0) else f", pytest exit status {self.exitstatus}"
+        return (f"<hpspec.Run: {len(self.cells)} cells ({counts}), {len(self.verdicts)} verdicts"
+                f"{f' ({vcounts})' if vcounts else ''}{status}>")
 
 
 def _verdict(key: str, cell_id: str | None, v: Mapping[str, Any]) -> RunVerdict:

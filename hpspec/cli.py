@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -157,5 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = str(e) if isinstance(e, StoreDamaged) else f"{args.store}: {type(e).__name__}: {e}"
         print(f"hpspec {args.command}: {what}", file=sys.stderr)
         return 1
-    print(text)
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `hpspec runs | head`: the reader has what it wanted
+        # stdout's pipe is gone: point it at devnull so the interpreter's final flush is quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -474,3 +474,16 @@ def test_write_reports_leaves_no_half_file_and_goes_on_after_a_failure(tmp_path)
                         "float values are not JSON compliant)"]
     assert (tmp_path / "b.json").read_text() == "old"  # the old file is not half-overwritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
+
+
+def test_reports_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    # A report is a CI artifact or a page others read: mkstemp's private mode must not leak.
+    from hpspec.outputs import Report, write_reports
+
+    old = os.umask(0o022)
+    try:
+        made = write_reports([Report("--hpspec-json", str(tmp_path / "run.json"), lambda: "{}")])
+        assert made == []
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o644

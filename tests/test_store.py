@@ -341,6 +341,13 @@ def test_command_line_lists_shows_and_diffs_runs(pytester):
     diff = cli("diff", "main", "latest")
     assert "val_loss" in diff.stdout and "lr=0.1" in diff.stdout
     assert cli("show", "nope").returncode != 0
+    # a reader that stops early (`hpspec runs | head -1`) gets no BrokenPipeError traceback
+    # (stdout is a pipe whose reader is gone: the first write raises BrokenPipeError)
+    piped = subprocess.run(
+        [sys.executable, "-c", "import os, sys; r, w = os.pipe(); os.close(r); os.dup2(w, 1); "
+         "from hpspec.cli import main; sys.exit(main(['show', 'main']))"],
+        cwd=pytester.path, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
     prune = cli("prune", "--keep", "0")
     assert "deleted 1 run(s)" in prune.stdout
     assert "main" in cli("runs").stdout

@@ -1055,8 +1055,9 @@ def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mappin
     lines = []
     sizes = sorted(len(group) for group in trained)
     shared = sum(1 for group in trained if len({m.epochs for m in group}) > 1)
-    text = (f"{len(trained)} stacked group(s) of {', '.join(map(str, sizes))} member(s) "
-            f"(cells x seeds) for batch size {batch_size}")
+    # the "stacked:" line says which cells stacked; this one how they were grouped
+    text = (f"batch size {batch_size}: {len(trained)} stacked group(s) of "
+            f"{', '.join(map(str, sizes))} member(s) each")
     if shared:
         text += (f"; {shared} group(s) shared one run between epoch counts "
                  f"{sorted(counts)} (each cell reads its own prefix)")
