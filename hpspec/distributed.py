@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import attrs
 
@@ -84,6 +84,10 @@ def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None,
                       allow_nan=False, default=repr)
 
 
+@overload
+def more_seeds(have: CellResult | None, new: CellResult) -> CellResult: ...
+@overload
+def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None: ...
 def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None:
     """Of two results of one cell (from different workers), the one with more seeds: seeds
     are deterministic, so the longer list holds the shorter one."""

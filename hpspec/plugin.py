@@ -131,7 +131,8 @@ def _check_store_option(config: pytest.Config, state: Session) -> None:
         return
     from hpspec.store import check_store_path
 
-    problem = check_store_path(state.store_path)
+    # The session's path is None only when built outside pytest; here it is always set.
+    problem = check_store_path(state.store_path or _store_path(config))
     if problem:
         opt = config.getoption("--hpspec-store")
         name = (f"--hpspec-store={opt}" if opt else
@@ -206,7 +207,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class ExperimentFile(pytest.Module):
     """An experiment file: imported like a test module, it yields one item per grid cell."""
 
-    def collect(self) -> Iterator[pytest.Item]:
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         module = self.obj
         state = self.config.stash[STATE]
         seen: set[int] = set()
@@ -226,8 +227,8 @@ class ExperimentFile(pytest.Module):
             if key in state.experiments:
                 from hpspec.spec import duplicate_name_error
 
-                e = duplicate_name_error(exp, state.experiments[key])
-                yield self._spec_error(attr, e, fn)
+                dup = duplicate_name_error(exp, state.experiments[key])
+                yield self._spec_error(attr, dup, fn)
                 continue
             if state.profile:
                 from hpspec.spec import apply_profile

@@ -133,7 +133,10 @@ def json_number(x: float | None) -> float | str | None:
     return x if math.isfinite(x) else repr(x)
 
 
-def _unnum(x: float | str | None) -> float | None:
+def _unnum(x: float | str | None) -> float:
+    """Read back what :func:`json_number` wrote. hpspec never stores a missing number
+    (its curves mark a missing epoch with NaN), so a null from a hand-edited file is
+    read as that same NaN rather than as a None no reader of a result expects."""
     if x is None:
-        return None
+        return math.nan
     return float(x)

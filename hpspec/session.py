@@ -739,9 +739,9 @@ class Session:
             for cell_id, grown in d["results"].items():
                 kept = more_seeds(self.results.get((key, cell_id)), grown)
                 self.results[(key, cell_id)] = kept
-                record = self.records.get(key, {}).get(cell_id)
-                if record is not None:
-                    record.result = kept
+                grown_record = self.records.get(key, {}).get(cell_id)
+                if grown_record is not None:
+                    grown_record.result = kept
             self.claim_cells[(key, d["slug"])] = set(d["results"])
             if d["verdict"] is not None:
                 self.records.setdefault(key, {})

@@ -24,7 +24,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard, TypeVar, cast
 
 import attrs
 import torch
@@ -69,7 +69,10 @@ class Member:
     rng_state: Any = None
 
 
-def _plain(m: nn.Module, base: type[nn.Module]) -> bool:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _plain(m: nn.Module, base: type[_M]) -> TypeGuard[_M]:
     """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
     methods), and no hook or parametrization changes it."""
     from torch.nn.utils import parametrize
@@ -311,7 +314,9 @@ def _runs(acts: Sequence[nn.Module]) -> list[tuple[int, int, nn.Module]]:
             continue
         act = copy.deepcopy(layer)
         if getattr(act, "inplace", False):
-            act.inplace = False  # in place only where _activate says it is safe
+            # in place only where _activate says it is safe (ignore: torch types every
+            # Module attribute as Tensor | Module; only some activations have this flag)
+            act.inplace = False  # type: ignore[assignment]
         out.append((k, k + 1, act))
     return out
 
@@ -352,24 +357,27 @@ class _Stacked:
     def __init__(self, models: Sequence[nn.Module], device: str) -> None:
         self.layers: list[tuple[str, Any]] = []
         self.params: list[torch.Tensor] = []
-        per_model = [_layers(m) for m in models]
+        # every member passed the stackability check, so each is a plain list of layers
+        per_model = [layers for m in models if (layers := _layers(m)) is not None]
+        assert len(per_model) == len(models)
         first = per_model[0]
-        assert first is not None
         backward: list[list[tuple[int, int, Any]]] = []
         for j, layer in enumerate(first):
             if isinstance(layer, nn.Linear):
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
                 # is bmm(x, w) on contiguous operands
-                w = torch.stack([pm[j].weight.detach().t() for pm in per_model])  # type: ignore[index]
+                # members of one group share the structure: layer j is a Linear in each
+                linears = [cast(nn.Linear, pm[j]) for pm in per_model]
+                w = torch.stack([lin.weight.detach().t() for lin in linears])
                 w = w.contiguous().to(device).requires_grad_(True)
                 b = None
                 if layer.bias is not None:
-                    b = torch.stack([pm[j].bias.detach() for pm in per_model])  # type: ignore[index]
+                    b = torch.stack([lin.bias.detach() for lin in linears])
                     b = b.unsqueeze(1).to(device).requires_grad_(True)
                 self.layers.append(("linear", (w, b)))
                 self.params += [w] if b is None else [w, b]
             else:
-                runs = _runs([pm[j] for pm in per_model])  # type: ignore[index]
+                runs = _runs([pm[j] for pm in per_model])
                 self.layers.append(("act", runs))
                 backward.append([(a, b, _manual_backward(act)) for a, b, act in runs])
         self.width = max(p.shape[-1] for p in self.params)
@@ -552,7 +560,8 @@ class _StackedSGD(_StackedOptimizer):
             self._finish_plain()
             return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
-        bufs = self.bufs if self.bufs is not None else [None] * len(self.params)
+        bufs: list[torch.Tensor | None] = ([*self.bufs] if self.bufs is not None
+                                           else [None] * len(self.params))
         for i, p in enumerate(self.params):
             g = grads[i]
             h = self.h[i]
@@ -572,7 +581,7 @@ class _StackedSGD(_StackedOptimizer):
                     g = buf
             p.addcmul_(h["neg_lr"], g)
         if self.use_mom:
-            self.bufs = bufs  # type: ignore[assignment]
+            self.bufs = cast("list[torch.Tensor]", bufs)  # the loop above set every one
 
 
 class _StackedAdam(_StackedOptimizer):
@@ -849,8 +858,8 @@ def train_group(
             epoch_seconds=seconds[: len(curves[j]["train_loss"])],
             initial=initial[j],
             diverged=diverged[j],
-            measurements=(measurements if pruned[j] is None
-                          else {**measurements, "pruned_at_epoch": float(pruned[j])}),
+            measurements=(measurements if (at := pruned[j]) is None
+                          else {**measurements, "pruned_at_epoch": float(at)}),
             epochs_planned=own_epochs[j],
             steps_per_epoch=steps,
         )
