@@ -918,8 +918,10 @@ class Verdict:
             d["claim"], d["outcome"], d["message"], checks, d.get("p_pass"), d.get("p_fail"),
             d.get("points"),
             None if t is None else (t["metric"], t["op"], float(t["value"])),
-            None if e is None else Effect(**{k: from_json_number(x) if isinstance(x, str)
-                                             else x for k, x in e.items()}),
+            None if e is None else Effect(
+                from_json_number(e["difference"]), from_json_number(e["low"]),
+                from_json_number(e["high"]), float(e["level"]),
+                None if e.get("effect_size") is None else from_json_number(e["effect_size"])),
         )
 
 

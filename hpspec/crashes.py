@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["CRASH_MARK", "is_crash_report", "parse_cell_id", "retrained_line", "split_nodeid"]
 
 #: The outcome a crashed cell gets in the records, the JSON and the store's ``cells`` table
 #: (written the moment the controller hears of it, so that claims on other workers see it).
-CRASH_MARK = "crashed"
+CRASH_MARK: Final = "crashed"
 
 
 def is_crash_report(when: str, longrepr: Any) -> bool:

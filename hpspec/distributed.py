@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import attrs
 
@@ -148,6 +148,10 @@ def claim_payload(key: str, info: ExpInfo, slug: str, verdict: Verdict | None,
     return encode_payload(ClaimPayload(key, info, slug, verdict, dict(results or {})))
 
 
+@overload
+def more_seeds(have: CellResult | None, new: CellResult) -> CellResult: ...
+@overload
+def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None: ...
 def more_seeds(have: CellResult | None, new: CellResult | None) -> CellResult | None:
     """Of two results of one cell (from different workers), the one with more seeds: seeds
     are deterministic, so the longer list holds the shorter one."""

@@ -203,12 +203,13 @@ def _curves_chart(metric: str, series: Sequence[_Series], targets: Sequence[Mapp
     for s in series:
         curves = [_seed_curve(seed, metric) for seed in s.seeds]
         n = max((len(c) for c in curves), default=0)
-        cols = [[c[i] for c in curves if i < len(c) and c[i] is not None] for i in range(n)]
-        mean = [statistics.fmean(c) if c else None for c in cols]
-        rng = [(min(c), max(c)) if c else None for c in cols]
+        cols: list[list[float]] = [
+            [v for c in curves if i < len(c) and (v := c[i]) is not None] for i in range(n)]
+        mean: list[float | None] = [statistics.fmean(c) if c else None for c in cols]
+        rng: list[tuple[float, float] | None] = [(min(c), max(c)) if c else None for c in cols]
         data.append((s, mean, rng))
-    values = [v for _, m, r in data for i, x in enumerate(m) if x is not None
-              for v in ((x, *r[i]) if band and r[i] else (x,))]
+    values = [v for _, m, r in data for x, xr in zip(m, r, strict=True) if x is not None
+              for v in ((x, *xr) if band and xr else (x,))]
     values += [t["value"] for t in targets]
     epochs = max((len(m) - 1 for _, m, _ in data), default=1) or 1
     lo, hi = _y_domain(metric, values)
@@ -217,10 +218,10 @@ def _curves_chart(metric: str, series: Sequence[_Series], targets: Sequence[Mapp
     parts = f.open("chart compare", xt, "epoch (0: before training)", metric)
     for s, mean, rng in data:
         if band and len(s.seeds) > 1:
-            idx = [i for i, r in enumerate(rng) if r is not None]
-            if len(idx) > 1:
-                up = " ".join(f"{f.x(i):.1f},{f.y(rng[i][1]):.1f}" for i in idx)
-                down = " ".join(f"{f.x(i):.1f},{f.y(rng[i][0]):.1f}" for i in reversed(idx))
+            known = [(i, r) for i, r in enumerate(rng) if r is not None]
+            if len(known) > 1:
+                up = " ".join(f"{f.x(i):.1f},{f.y(r[1]):.1f}" for i, r in known)
+                down = " ".join(f"{f.x(i):.1f},{f.y(r[0]):.1f}" for i, r in reversed(known))
                 parts.append(f'<polygon class="band" points="{up} {down}" fill="{s.color}" '
                              'fill-opacity="0.18" stroke="none"/>')
         run: list[str] = []

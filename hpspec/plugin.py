@@ -113,7 +113,8 @@ def _check_store_option(config: pytest.Config, state: Session) -> None:
         return
     from hpspec.store import check_store_path
 
-    problem = check_store_path(state.store_path)
+    # The session's path is None only when built outside pytest; here it is always set.
+    problem = check_store_path(state.store_path or _store_path(config))
     if problem:
         opt = config.getoption("--hpspec-store")
         name = (f"--hpspec-store={opt}" if opt else
@@ -179,7 +180,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 class ExperimentFile(pytest.Module):
     """An experiment file: imported like a test module, it yields one item per grid cell."""
 
-    def collect(self) -> Iterator[pytest.Item]:
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         module = self.obj
         state = self.config.stash[STATE]
         seen: set[int] = set()

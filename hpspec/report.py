@@ -60,6 +60,16 @@ def _table(rows: Sequence[Sequence[Any]], headers: Sequence[Any]) -> str:
                     disable_numparse=True)
 
 
+def _final_value(metric: str) -> Callable[[CellResult], str]:
+    """A column's filler: ``metric``'s last epoch, mean and sd over the seeds that have it
+    (a named closure rather than a lambda, so the metric is bound once and typed)."""
+
+    def value(res: CellResult) -> str:
+        return _mean_sd([s.curves[metric][-1] for s in res.seeds if s.curves.get(metric)])
+
+    return value
+
+
 def _mean_sd(values: Sequence[float]) -> str:
     finite = [v for v in values if math.isfinite(v)]
     if not values:
@@ -162,10 +172,7 @@ def columns_for(
         "verdict": Column("verdict", "verdict", lambda res: "")  # filled from the record
     }
     for m in metrics:
-        available[m] = Column(
-            m, f"{m} (final)",
-            lambda res, m=m: _mean_sd([s.curves[m][-1] for s in res.seeds if s.curves.get(m)]),
-        )
+        available[m] = Column(m, f"{m} (final)", _final_value(m))
     available["diverged"] = Column("diverged", "diverged", _diverged)
     if any(s.diverged is None and 0 < s.epochs_run < s.epochs_planned
            for res in results for s in res.seeds):

@@ -123,10 +123,11 @@ def json_number(x: float | None) -> float | str | None:
     return x if math.isfinite(x) else repr(x)
 
 
-def from_json_number(x: float | str | None) -> float | None:
-    """The inverse of :func:`json_number`."""
+def from_json_number(x: float | str | None) -> float:
+    """The inverse of :func:`json_number`. hpspec never stores a missing number (its curves
+    mark a missing epoch with NaN), so a null from a hand-edited file reads as that NaN."""
     if x is None:
-        return None
+        return math.nan
     return float(x)
 
 

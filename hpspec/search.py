@@ -488,8 +488,8 @@ def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
 def pruned_at(result: CellResult) -> int | None:
     """The epoch halving stopped this cell at (None: it was not pruned)."""
     marks = [s.measurements.get(PRUNED) for s in result.seeds]
-    marks = [int(m) for m in marks if m is not None]
-    return min(marks) if marks else None
+    epochs = [int(m) for m in marks if m is not None]
+    return min(epochs) if epochs else None
 
 
 # ------------------------------------------------------------------------------ best / claims

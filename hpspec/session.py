@@ -742,9 +742,9 @@ class Session:
                 kept = more_seeds(self.results.get((key, cell_id)), grown)
                 assert kept is not None  # grown is a result
                 self.results[(key, cell_id)] = kept
-                record = self.records.get(key, {}).get(cell_id)
-                if record is not None:
-                    record.result = kept
+                grown_record = self.records.get(key, {}).get(cell_id)
+                if grown_record is not None:
+                    grown_record.result = kept
             self.claim_cells[(key, p.slug)] = set(p.results)
             if p.verdict is not None:
                 self.records.setdefault(key, {})

@@ -17,7 +17,8 @@ __all__ = ["Outcome", "CellOutcome", "Mode", "Direction", "CacheMode", "TableSty
 Outcome = Literal["pass", "fail", "inconclusive"]
 #: A cell's pytest outcome as the summary shows it.
 #: ("for claims": not selected itself, trained because a claim on other cells needed it.)
-CellOutcome = Literal["passed", "FAILED", "inconclusive", "error", "not run", "for claims"]
+CellOutcome = Literal["passed", "FAILED", "inconclusive", "error", "not run", "for claims",
+                      "crashed"]
 #: Recipe mode: hpspec owns the loop; loop mode: a generator yields metrics per epoch.
 Mode = Literal["recipe", "loop"]
 #: Which way a metric must cross its target.

@@ -580,3 +580,19 @@ def test_a_seed_already_in_the_run_is_not_recorded_again_from_the_cache(tmp_path
     later = store.begin_run({"device": "cpu"})  # a later run's cache hit is recorded in it
     store.put_seed(later, "k0", "e", "c", {"lr": 0.1}, "cpu", _seed(0), cached=True)
     assert store.runs()[0].seeds == 1 and store.runs()[0].cached == 1
+
+
+def test_a_null_number_in_stored_json_reads_back_as_nan_not_none():
+    """hpspec marks a missing value with NaN (a curve's missing epoch); a null in a stored
+    or hand-edited result reads back as that NaN, so every reader gets a float."""
+    import math
+
+    seed = SeedResult.from_dict({
+        "seed": 0, "curves": {"val_loss": [1.0, None, "inf"]}, "initial": {"val_loss": None},
+        "measurements": {"samples_per_s": None, "params": 10},
+    })
+    loss = seed.curve("val_loss")
+    assert loss is not None and loss[0] == 1.0 and math.isnan(loss[1]) and loss[2] == math.inf
+    assert math.isnan(seed.initial["val_loss"])
+    assert math.isnan(seed.measurements["samples_per_s"]) and seed.measurements["params"] == 10.0
+    assert SeedResult.from_dict(seed.to_dict()).to_dict() == seed.to_dict()

@@ -78,7 +78,10 @@ class LiveMemory(TorchDispatchMode):
         n = storage.nbytes()
         # A bare weak reference with a callback: several times cheaper than weakref.finalize
         # on this path, which runs for every operator's output.
-        self._seen[key] = (weakref.ref(storage, lambda _, key=key: self._freed(key)), n)
+        def on_free(_: object, key: int = key) -> None:
+            self._freed(key)
+
+        self._seen[key] = (weakref.ref(storage, on_free), n)
         self.live += n
         if self.live > self.peak:
             self.peak = self.live
@@ -206,7 +209,7 @@ def benchmark_module() -> Any:
             "--hpspec-inference needs pytorch-benchmark; fix: pip install 'hpspec[inference]' "
             "(or pip install pytorch-benchmark)"
         ) from None
-    module = sys.modules["pytorch_benchmark.benchmark"]
+    module: Any = sys.modules["pytorch_benchmark.benchmark"]  # untyped package (no stubs)
     # It reads the machine's details on every call (about a second); once is enough.
     module.get_machine_info = functools.lru_cache(maxsize=1)(module.get_machine_info)
     return module

@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard, TypeVar, cast
 
 import attrs
 import torch
@@ -72,7 +72,10 @@ class Member:
     rng_state: Any = None
 
 
-def _plain(m: nn.Module, base: type[nn.Module]) -> bool:
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _plain(m: nn.Module, base: type[_M]) -> TypeGuard[_M]:
     """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
     methods), and no hook or parametrization changes it."""
     from torch.nn.utils import parametrize
@@ -369,7 +372,9 @@ def _runs(acts: Sequence[nn.Module]) -> list[tuple[int, int, nn.Module]]:
             continue
         act = copy.deepcopy(layer)
         if getattr(act, "inplace", False):
-            act.inplace = False  # in place only where _activate says it is safe
+            # in place only where _activate says it is safe (ignore: torch types every
+            # Module attribute as Tensor | Module; only some activations have this flag)
+            act.inplace = False  # type: ignore[assignment]
         out.append((k, k + 1, act))
     return out
 
@@ -413,9 +418,10 @@ class _Stacked:
         #: per parameter, 1 where a member has a weight and 0 where it is padding (members of
         #: different hidden widths); None when no member is padded
         self.masks: list[torch.Tensor] | None = None
-        per_model = [_layers(m) for m in models]
+        # every member passed the stackability check, so each is a plain list of layers
+        per_model = [layers for m in models if (layers := _layers(m)) is not None]
+        assert len(per_model) == len(models)
         first = per_model[0]
-        assert first is not None
         backward: list[list[tuple[int, int, Any]]] = []
         masks: list[torch.Tensor] = []
         for j, layer in enumerate(first):
@@ -423,7 +429,9 @@ class _Stacked:
                 # stored as [K, in, out] (each weight transposed once, here), so the forward
                 # is bmm(x, w) on contiguous operands; a narrower member's weights sit in the
                 # top-left corner and the rest is zero
-                ws = [pm[j].weight.detach().t() for pm in per_model]  # type: ignore[index]
+                # members of one group share the structure: layer j is a Linear in each
+                linears = [cast(nn.Linear, pm[j]) for pm in per_model]
+                ws = [lin.weight.detach().t() for lin in linears]
                 rows = max(t.shape[0] for t in ws)
                 cols = max(t.shape[1] for t in ws)
                 w = torch.zeros(len(ws), rows, cols, dtype=ws[0].dtype)
@@ -435,7 +443,7 @@ class _Stacked:
                 masks.append(wm.to(device))
                 b = None
                 if layer.bias is not None:
-                    bs = [pm[j].bias.detach() for pm in per_model]  # type: ignore[index]
+                    bs = [lin.bias.detach() for lin in linears]
                     b = torch.zeros(len(bs), 1, cols, dtype=bs[0].dtype)
                     bm = torch.zeros(len(bs), 1, cols, dtype=bs[0].dtype)
                     for k, t in enumerate(bs):
@@ -446,7 +454,7 @@ class _Stacked:
                 self.layers.append(("linear", (w, b)))
                 self.params += [w] if b is None else [w, b]
             else:
-                runs = _runs([pm[j] for pm in per_model])  # type: ignore[index]
+                runs = _runs([pm[j] for pm in per_model])
                 self.layers.append(("act", runs))
                 backward.append([(a, b, _manual_backward(act)) for a, b, act in runs])
         if any(not bool(m.all()) for m in masks):
@@ -643,7 +651,8 @@ class _StackedSGD(_StackedOptimizer):
             self._finish_plain()
             return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
-        bufs = self.bufs if self.bufs is not None else [None] * len(self.params)
+        bufs: list[torch.Tensor | None] = ([*self.bufs] if self.bufs is not None
+                                           else [None] * len(self.params))
         for i, p in enumerate(self.params):
             g = grads[i]
             h = self.h[i]
@@ -663,7 +672,7 @@ class _StackedSGD(_StackedOptimizer):
                     g = buf
             p.addcmul_(h["neg_lr"], g)
         if self.use_mom:
-            self.bufs = bufs  # type: ignore[assignment]
+            self.bufs = cast("list[torch.Tensor]", bufs)  # the loop above set every one
 
 
 class _StackedAdam(_StackedOptimizer):
@@ -947,8 +956,8 @@ def train_group(
             epoch_seconds=seconds[: len(curves[j]["train_loss"])],
             initial=initial[j],
             diverged=diverged[j],
-            measurements=(own[j] if pruned[j] is None
-                          else {**own[j], "pruned_at_epoch": float(pruned[j])}),
+            measurements=(own[j] if (at := pruned[j]) is None
+                          else {**own[j], "pruned_at_epoch": float(at)}),
             epochs_planned=own_epochs[j],
             steps_per_epoch=steps,
         )

@@ -98,7 +98,7 @@ def _dropout_order(model: nn.Module, x: torch.Tensor) -> list[tuple[str, float, 
     handles = []
     for name, mod in probe.named_modules():
         if type(mod) is nn.Dropout and mod.p > 0:
-            def hook(m: nn.Module, args: Any, name: str = name) -> None:
+            def hook(m: nn.Dropout, args: Any, name: str = name) -> None:
                 seen.append((name, float(m.p), tuple(args[0].shape[1:])))
             handles.append(mod.register_forward_pre_hook(hook))
     if handles:
