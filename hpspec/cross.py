@@ -177,6 +177,17 @@ def _diverged_text(t: stats.Test) -> str:
     return f"; diverged seeds: {da} vs {db}, ranked worst" if da or db else ""
 
 
+def _check_sides(claim: CrossClaim, ctx: SpecContext, arg: str, a: Where, b: Where,
+                 what: str) -> None:
+    """The two sides of a two-sided claim (compare, equivalent, noninferior): disjoint, and
+    each with enough seeds to be judged."""
+    if any(a.matches(c) and b.matches(c) for c in ctx.cells):
+        raise SpecError("selects the same cell on both sides", where=ctx.where,
+                        argument=arg, value=claim.describe(),
+                        fix="make the two selections disjoint")
+    _too_few_seeds(ctx, arg, [a, b], what)
+
+
 def _too_few_seeds(ctx: SpecContext, arg: str, sides: Sequence[Where], what: str) -> None:
     """One seed per side leaves no spread to judge a difference by: refuse at collection."""
     if ctx.seeds > 1:
@@ -225,11 +236,7 @@ class Compare(CrossClaim):
             raise SpecError("must be a fraction in [0, 1)", where=ctx.where,
                             argument=f"{arg}: margin", value=self.margin,
                             fix="margin=0.1 means at least 10% better")
-        if any(self.better.matches(c) and self.than.matches(c) for c in ctx.cells):
-            raise SpecError("selects the same cell on both sides", where=ctx.where,
-                            argument=arg, value=self.describe(),
-                            fix="make the two selections disjoint")
-        _too_few_seeds(ctx, arg, [self.better, self.than], "the comparison")
+        _check_sides(self, ctx, arg, self.better, self.than, "the comparison")
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
         a = [r for r in results.values() if self.better.matches(r.params)]
@@ -543,11 +550,7 @@ class Equivalent(CrossClaim):
     def validate(self, ctx: SpecContext, arg: str) -> None:
         self._validate_common(ctx, arg, [self.a, self.b])
         _validate_margin(self.margin, ctx, arg)
-        if any(self.a.matches(c) and self.b.matches(c) for c in ctx.cells):
-            raise SpecError("selects the same cell on both sides", where=ctx.where,
-                            argument=arg, value=self.describe(),
-                            fix="make the two selections disjoint")
-        _too_few_seeds(ctx, arg, [self.a, self.b], "equivalence")
+        _check_sides(self, ctx, arg, self.a, self.b, "equivalence")
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
         ra = [r for r in results.values() if self.a.matches(r.params)]
@@ -637,11 +640,7 @@ class Noninferior(CrossClaim):
             raise SpecError("does not say whether lower or higher is better", where=ctx.where,
                             argument=f"{arg}: better", value=self.better,
                             fix="pass better='lower' or better='higher'")
-        if any(self.a.matches(c) and self.than.matches(c) for c in ctx.cells):
-            raise SpecError("selects the same cell on both sides", where=ctx.where,
-                            argument=arg, value=self.describe(),
-                            fix="make the two selections disjoint")
-        _too_few_seeds(ctx, arg, [self.a, self.than], "non-inferiority")
+        _check_sides(self, ctx, arg, self.a, self.than, "non-inferiority")
 
     def judge(self, results: Mapping[str, CellResult], alpha: float) -> Verdict:
         ra = [r for r in results.values() if self.a.matches(r.params)]
