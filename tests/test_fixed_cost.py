@@ -3,6 +3,7 @@ closed with its log folded in, linear bookkeeping, and a recorded, keyed thread 
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import subprocess
@@ -49,6 +50,91 @@ def test_hpspecs_own_seeding_imports_no_compiler():
     out = subprocess.run([sys.executable, "-c", LOOP_CELL], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "3 []", out.stdout
+
+
+RECIPE_CELLS = textwrap.dedent("""
+    import sys, torch
+    import hpspec as hp
+    from hpspec.spec import build
+    from hpspec.engine.runner import run_cell, run_stacked
+
+    @hp.experiment(grid=hp.grid(lr=[0.05, 0.1], opt=["sgd", "adam"]), epochs=2,
+                   data=hp.datasets.iris())
+    def recipe(case):
+        model = hp.models.mlp(4, [8], 3)
+        make = torch.optim.SGD if case.opt == "sgd" else torch.optim.Adam
+        return model, make(model.parameters(), lr=case.lr)
+
+    exp = build(recipe)
+    alone = run_cell(exp, exp.cells[0], "cpu", seeds=(0,))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    print(len(alone.seeds), len(stacked), "torch._dynamo" in sys.modules)
+    opt = torch.optim.SGD(hp.models.mlp(4, [8], 3).parameters(), lr=0.1)
+    print("torch._dynamo" in sys.modules)
+""")
+
+
+def test_recipe_runs_import_no_compiler_and_leave_torch_as_it_was():
+    # Building and stepping torch.optim optimizers imports torch._dynamo (about 1.3 s) through
+    # torch's _disable_dynamo wrappers; hpspec's recipe runs, alone and stacked, skip that
+    # import. Afterwards torch is as before: the next optimizer built outside a run imports
+    # the compiler as torch always does.
+    out = subprocess.run([sys.executable, "-c", RECIPE_CELLS], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "4", "False", "True"], out.stdout
+
+
+def _twin_models(kind):
+    import torch
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    b = copy.deepcopy(a)
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True),
+            "adam": lambda p: torch.optim.Adam(p, lr=0.01),
+            "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+            "rmsprop": lambda p: torch.optim.RMSprop(p, lr=0.01)}[kind]
+    return a, make(a.parameters()), b, make(b.parameters())
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw", "rmsprop"])
+def test_the_plain_optimizer_step_equals_step(kind):
+    # hpspec steps torch's optimizers through their inner step (engine.compiler): the same
+    # parameters, bit for bit, and the grad mode put back.
+    import torch
+
+    from hpspec.engine.compiler import plain_step, step_plainly
+
+    a, opt_a, b, opt_b = _twin_models(kind)
+    inner = plain_step(opt_b)
+    assert inner is not None
+    x, y = torch.randn(16, 5), torch.randn(16, 2)
+    for _ in range(3):
+        for model, opt, step in ((a, opt_a, lambda o: o.step()),
+                                 (b, opt_b, lambda o: step_plainly(o, inner))):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            step(opt)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert opt_a.state_dict()["state"].keys() == opt_b.state_dict()["state"].keys()
+    assert torch.is_grad_enabled()
+
+
+def test_an_optimizer_with_step_hooks_steps_as_it_is():
+    import torch
+
+    from hpspec.engine.compiler import optimizer_step, plain_step
+
+    _, _, model, opt = _twin_models("sgd")
+    assert plain_step(opt) is not None
+    calls = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, args, kwargs: calls.append("post"))
+    assert plain_step(opt) is None
+    torch.nn.functional.mse_loss(model(torch.randn(4, 5)), torch.randn(4, 2)).backward()
+    optimizer_step(opt)
+    assert calls == ["pre", "post"]
 
 
 def test_deterministic_flags_changed_by_a_run_are_put_back():

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hpspec.datasets import CLASSIFICATION, Data
+from hpspec.engine.compiler import optimizer_step
 from hpspec.engine.probes import LiveMemory, optimizer_tensors
 from hpspec.results import Divergence
 
@@ -54,7 +55,7 @@ def train_step(model: Any, opt: Any, loss_fn: Any, xb: Any, yb: Any) -> torch.Te
     if not loss.requires_grad:  # a flag read, no device sync
         raise NoGradPath()
     loss.backward()
-    opt.step()
+    optimizer_step(opt)  # opt.step(), without importing torch's compiler (engine.compiler)
     return loss.detach()
 
 

@@ -38,6 +38,7 @@ from hpspec.engine.common import (
     sync,
     train_step,
 )
+from hpspec.engine.compiler import compiler_import_deferred
 from hpspec.engine.probes import (
     LiveMemory,
     count_flops,
@@ -711,8 +712,10 @@ def run_seed(
             if exp.mode == "loop":
                 return _run_loop(exp, cell, case, deadline)
             assert data is not None
-            return _train_recipe(exp, cell, case, data, probed, progress, inference, stop,
-                                 deadline, threads)
+            # hpspec builds the recipe and steps its optimizer: no compiler needed for that
+            with compiler_import_deferred():
+                return _train_recipe(exp, cell, case, data, probed, progress, inference,
+                                     stop, deadline, threads)
         except NoGradPath:
             raise CellError(
                 f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
@@ -890,10 +893,29 @@ def run_stacked(
     apart.
     """
     __tracebackhide__ = True
-    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
-
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
+    # hpspec builds the recipes and steps the optimizers itself here: torch's compiler,
+    # which building an optimizer would import, is not needed (hpspec.engine.compiler)
+    with compiler_import_deferred():
+        return _run_stacked(exp, cells, device, seeds, progress, stop_rules, log, population,
+                            threads)
+
+
+def _run_stacked(
+    exp: Experiment,
+    cells: list[Cell],
+    device: str,
+    seeds: tuple[int, ...] | None,
+    progress: Progress | None,
+    stop_rules: Mapping[str, Any] | None,
+    log: list[str] | None,
+    population: Callable[[list[str], int], Any] | None,
+    threads: Threads,
+) -> tuple[dict[str, CellResult], dict[str, str]]:
+    __tracebackhide__ = True
+    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
+
     data = device_data(exp.data, device)
     run_seeds = tuple(seeds or exp.seeds)
     counts = {exp.epochs_for(c) for c in cells}
