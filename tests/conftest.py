@@ -30,10 +30,14 @@ def _warm_torch():
     """Train one tiny cell in this process before any test runs.
 
     In-process pytester runs delete, afterwards, every module first imported inside them;
-    torch imports some of its modules lazily on the first optimizer step, and importing those
-    a second time fails (they register operator namespaces). Importing them here, once,
-    keeps them out of every snapshot.
+    torch imports some of its modules lazily (the compiler, on a meta-device forward or a
+    deterministic-algorithms call; hpspec's recipe runs no longer import it, see
+    hpspec/engine/compiler.py), and importing those a second time fails (they register
+    operator namespaces). Importing them here, once, keeps them out of every snapshot.
     """
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.config  # noqa: F401
+
     import hpspec as hp
     from hpspec.engine.runner import run_cell
     from hpspec.spec import build
