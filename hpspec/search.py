@@ -14,7 +14,6 @@ of a search at each rung epoch, whichever stacked groups they train in: every tr
 trained from scratch (same seed, same data order) to the rung, stacked where it can be, the best
 ``1/eta`` go on to the next rung and the rest are reported as pruned there with their curve so
 far. A survivor's curve is therefore exactly the curve it has unpruned.
-(:func:`halving_rule` is the older within-one-group rule, kept for the engine's hook.)
 """
 
 from __future__ import annotations
@@ -62,7 +61,6 @@ __all__ = [
     "halving",
     "found",
     "trials",
-    "halving_rule",
     "successive_halving",
     "mark_pruned",
     "cut",
@@ -366,44 +364,6 @@ def rungs(h: Halving, epochs: int) -> list[int]:
         out.append(e)
         e *= h.eta
     return out
-
-
-PopulationRule = Callable[[int, Sequence[Mapping[str, Sequence[float]]], Sequence[bool]],
-                          list[int]]
-
-
-def halving_rule(h: Halving, owners: Sequence[str], epochs: int) -> PopulationRule:
-    """The cross-member stop rule for one stacked group: member ``j`` belongs to cell
-    ``owners[j]`` (a cell's seeds are ranked together by their mean). Called at each epoch's
-    end with every member's curves and which have stopped; returns the members to stop."""
-    at = set(rungs(h, epochs))
-    lower = h.lower_is_better()
-
-    def decide(epoch: int, curves: Sequence[Mapping[str, Sequence[float]]],
-               stopped: Sequence[bool]) -> list[int]:
-        if epoch not in at:
-            return []
-        members: dict[str, list[int]] = {}
-        for j, cid in enumerate(owners):
-            members.setdefault(cid, []).append(j)
-        alive = [c for c, js in members.items() if not any(stopped[j] for j in js)]
-        keep = max(1, len(alive) // h.eta)
-        if len(alive) <= keep:
-            return []
-
-        def score(cid: str) -> float:
-            vals = [curves[j][h.metric][-1] for j in members[cid]
-                    if len(curves[j].get(h.metric, ())) >= epoch]
-            v = statistics.fmean(vals) if vals else math.nan
-            if not math.isfinite(v):
-                return math.inf
-            return v if lower else -v
-
-        # ties go to the earlier trial, so the decision never depends on member order alone
-        ranked = sorted(alive, key=lambda c: (score(c), c))
-        return [j for c in ranked[keep:] for j in members[c]]
-
-    return decide
 
 
 def _rung_score(result: CellResult, metric: str, epoch: int, lower: bool) -> float:
@@ -800,15 +760,6 @@ def search_document(exp: Any, results: Mapping[str, CellResult], top: int = 5) -
 
 
 # ------------------------------------------------------------------------- for the runners
-
-
-def halving_population(exp: Any) -> Callable[[list[str], int], PopulationRule] | None:
-    """For ``run_stacked``: each stacked group's halving rule, or None without halving."""
-    s = getattr(exp, "search", None)
-    if s is None or s.halving is None:
-        return None
-    h = s.halving
-    return lambda owners, epochs: halving_rule(h, owners, epochs)
 
 
 def search_key(exp: Any, seed: int) -> dict[str, Any]:

@@ -3,8 +3,6 @@ fresh seeds, importance."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 import hpspec as hp
@@ -12,11 +10,8 @@ from hpspec.claims import FAIL, PASS
 from hpspec.results import CellResult, SeedResult
 from hpspec.search import (
     PRUNED,
-    halving_rule,
     importance,
     pruned_at,
-    ranked,
-    rungs,
     search_table,
     successive_halving,
     trials,
@@ -55,68 +50,6 @@ def test_search_cells_have_readable_stable_ids_and_fixed_values():
     assert c.id.startswith("t07-lr=") and "-layers=" in c.id and "hidden" not in c.id
     assert c.get("hidden") == 16
     assert len({c.id for c in exp.cells}) == 12
-
-
-def _curves(vals):
-    return {"val_loss": list(vals)}
-
-
-def test_halving_rule_keeps_the_best_fraction_and_ranks_a_cell_by_its_seeds():
-    h = hp.halving(min_epochs=1, eta=3, metric="val_loss")
-    assert rungs(h, 9) == [1, 3] and rungs(h, 3) == [1] and rungs(h, 1) == []
-    owners = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
-    # cell b's mean is best, then d; e has a NaN seed: worst
-    last = {"a": (0.9, 0.9), "b": (0.1, 0.3), "c": (0.5, 0.6), "d": (0.2, 0.4),
-            "e": (math.nan, 0.0), "f": (0.7, 0.7)}
-    curves = [_curves([last[o][i % 2]]) for i, o in enumerate(owners)]
-    rule = halving_rule(h, owners, 9)
-    stop = rule(1, curves, [False] * 12)
-    kept = {owners[j] for j in range(12)} - {owners[j] for j in stop}
-    assert kept == {"b", "d"}  # 6 alive, keep 6 // 3 = 2
-    assert rule(2, curves, [False] * 12) == []  # not a rung
-    # a stopped cell (diverged or early stop) is no longer ranked
-    stopped = [o not in ("b", "d") for o in owners]
-    assert rule(3, curves, stopped) == [owners.index("d"), owners.index("d") + 1]
-
-
-def test_halving_accuracy_ranks_higher_first():
-    h = hp.halving(min_epochs=2, eta=2, metric="val_acc")
-    rule = halving_rule(h, ["a", "b"], 8)
-    assert rule(2, [{"val_acc": [0.5, 0.6]}, {"val_acc": [0.5, 0.9]}], [False, False]) == [0]
-
-
-def test_survivors_curves_equal_unpruned_runs_and_pruned_curves_are_prefixes():
-    torch = pytest.importorskip("torch")
-    from hpspec.engine.runner import run_stacked
-    from hpspec.search import halving_population
-
-    def recipe(case):
-        model = hp.models.mlp(64, [16], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
-
-    space = hp.space(lr=hp.loguniform(1e-3, 1.0))
-    kw = dict(epochs=4, seeds=2, batch_size=64, data=hp.datasets.digits(n_train=300))
-    exp = build(hp.experiment(search=hp.random(
-        space, trials=6, seed=1, halving=hp.halving(min_epochs=1, eta=2)), **kw)(recipe))
-    plain, _ = run_stacked(exp, list(exp.cells), "cpu")
-    pruned, why = run_stacked(exp, list(exp.cells), "cpu",
-                              population=halving_population(exp))
-    assert not why and set(pruned) == {c.id for c in exp.cells}
-    marks = {cid: [s.measurements.get(PRUNED) for s in r.seeds] for cid, r in pruned.items()}
-    stopped_at = {cid: m[0] for cid, m in marks.items() if m[0] is not None}
-    # rungs at epochs 1 and 2: 6 trials -> 3 -> 1 (seeds of a trial stop together)
-    assert sorted(stopped_at.values()) == [1.0, 1.0, 1.0, 2.0, 2.0]
-    assert all(len(set(m)) == 1 for m in marks.values())
-    for cid, r in pruned.items():
-        for a, b in zip(r.seeds, plain[cid].seeds, strict=True):
-            n = len(a.curves["val_loss"])
-            assert n == (int(stopped_at[cid]) if cid in stopped_at else 4)
-            assert a.seed == b.seed
-            for k in a.curves:  # the same math: bit for bit what the unpruned run had
-                assert list(a.curves[k]) == list(b.curves[k][:n]), (cid, k)
-    # the survivor is the best at epoch 2 among those left after epoch 1
-    survivor = next(c for c in pruned if c not in stopped_at)
-    assert ranked(exp.search, pruned)[0] == survivor
 
 
 def _result(cid, params, accs, seeds=(0,), pruned=None):
