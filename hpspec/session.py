@@ -486,13 +486,14 @@ class Session:
                       f"{reason}")
 
     def _train_search(self, key: str, exp: Experiment, progress: Any) -> None:
-        """Successive halving over every trial of the search (across stacked groups): see
-        :func:`hpspec.search.successive_halving`. A trial whose seeds are all cached is served
-        from the cache at any rung it reached; the final results are stored and saved."""
+        """Successive halving over every trial of the search (across stacked groups), in each
+        Hyperband bracket: see :func:`hpspec.search.run_brackets`. A trial whose seeds are all
+        cached is served from the cache at any rung it reached; the final results are stored
+        and saved."""
         __tracebackhide__ = True
         from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
         from hpspec.plan import stop_rule
-        from hpspec.search import PRUNED, cut, successive_halving
+        from hpspec.search import PRUNED, cut, run_brackets, search_brackets
 
         cells = {c.id: c for c in exp.cells}
         self.stack_tried.update((key, cid) for cid in cells)
@@ -558,18 +559,24 @@ class Session:
             return got
 
         log: list[str] = []
-        results = successive_halving(exp.search.halving,
-                                     {cid: exp.epochs_for(c) for cid, c in cells.items()},
-                                     train, log)
+        halving = exp.search.halving
+        results = run_brackets(halving, {cid: exp.epochs_for(c) for cid, c in cells.items()},
+                               train, log)
         for cid, result in results.items():
             if cid not in cached:
                 for r in result.seeds:
                     self.save_seed(key, exp, cells[cid], r)
             self._store(key, cells[cid], result)
         trained = len([c for c in results if c not in cached])
-        self.note(key, f"successive halving over all {len(cells)} trials "
-                  f"({len(cached)} served from the cache, {trained} trained; "
+        plan = search_brackets(exp)
+        self.note(key, f"{halving.name()} over all {len(cells)} trials"
+                  + (f" in {len(plan)} brackets" if len(plan) > 1 else "")
+                  + f" ({len(cached)} served from the cache, {trained} trained; "
                   f"{'stacked per rung' if stack else 'one by one'})")
+        if len(plan) > 1:  # which trial is in which bracket: the summary says it, under -n too
+            labels = {cid: c.label or cid for cid, c in cells.items()}
+            for b in plan:
+                self.note(key, f"Hyperband {b.describe(labels)}")
         for line in log:
             self.note(key, line)
         if groups:
