@@ -285,10 +285,11 @@ class Halving:
         ladder = rungs(self, epochs)
         most = len(ladder) + 1
         if self.brackets is not None and self.brackets > most:
-            starts = ", ".join(str(e) for e in [*ladder, epochs])
+            starts = ", ".join(str(e) for e in ladder)
             raise SpecError(f"asks for more brackets than there are starting rungs: with "
                             f"min_epochs={self.min_epochs}, eta={self.eta} and {epochs} epochs "
-                            f"a bracket can start at epoch {starts} ({most} brackets)",
+                            f"a bracket first ranks at epoch {starts} or never ({most} "
+                            "brackets)",
                             where=where, argument="halving: brackets", value=self.brackets,
                             fix=f"use brackets <= {most}, or brackets=None for all {most}")
         wanted = most if self.brackets is None else self.brackets
