@@ -856,14 +856,17 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
     got = {c: results[c] for c in trial_ids}
     order = ranked(s, got)
     width = max([len(c) for c in order[:top]] + [5])
-    plan = search_brackets(exp) if s.halving is not None else []
+    h = s.halving
+    plan = search_brackets(exp) if h is not None else []
     bracket_of = {t: b.index for b in plan for t in b.trials} if len(plan) > 1 else {}
+    schedule = ""
+    if h is not None and bracket_of:
+        schedule = f"; Hyperband eta={h.eta}, {len(plan)} brackets"
+    elif h is not None:
+        schedule = (f"; successive halving eta={h.eta} at epochs "
+                    f"{rungs(h, max(exp.epochs_for(c) for c in exp.cells))}")
     lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}), sorted by "
-             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better)"
-             + (f"; successive halving eta={s.halving.eta} at epochs "
-                f"{rungs(s.halving, max(exp.epochs_for(c) for c in exp.cells))}"
-                if s.halving and not bracket_of else "")
-             + (f"; Hyperband eta={s.halving.eta}, {len(plan)} brackets" if bracket_of else "")]
+             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better){schedule}"]
     labels = {c.id: c.label or c.id for c in exp.cells}
     lines += [f"  {b.describe(labels)}" for b in plan if bracket_of]
     lines.append(f"  {'#':>3}  {'trial':<{width}}  {metric:>10}  epochs  "
