@@ -1,4 +1,5 @@
-"""Running under pytest-xdist: what crosses from a worker to the controller, and the GPU pool.
+"""Running under pytest-xdist: what crosses from a worker to the controller, the GPU pool, and
+work that one worker does for all (a halving search, :func:`run_once`).
 
 Pure and torch-free. A worker attaches one JSON payload per hpspec item (plain types only:
 xdist's serializer refuses numpy and torch scalars); the controller takes it off the report
@@ -8,9 +9,11 @@ from it, so the summary tables and the JSON are written once, by the controller,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, overload
 
 import attrs
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PAYLOAD", "ExpInfo", "CellPayload", "ClaimPayload", "Payload", "encode_payload",
            "cell_payload", "claim_payload", "read_payload", "more_seeds", "GpuPool", "gpu_ids",
-           "configure_worker"]
+           "configure_worker", "run_once", "encode_results", "decode_results"]
 
 #: The user_properties key of the payload (removed on the controller before junit sees it).
 PAYLOAD = "hpspec._payload"
@@ -192,6 +195,56 @@ def configure_worker(state: Session, workerinput: Mapping[str, Any]) -> None:
     gpu = workerinput.get("hpspec_gpu")
     if gpu is not None:  # before anything initialises CUDA in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    state.shared = workerinput.get("hpspec_shared")
+
+
+# ------------------------------------------------------------------ work done once per run
+
+
+def run_once(shared: str | os.PathLike[str], name: str, work: Callable[[], str]) -> str | None:
+    """Under xdist: ``work()`` runs on the first worker that asks for ``name`` in this run; a
+    worker asking while it runs waits, and every later one gets its answer (the text
+    ``work`` returned, kept in ``shared``, a folder all the run's workers see). Returns None
+    on the worker that did the work, else that text. A worker that dies while working
+    releases its lock with its process, and the next worker that asks does the work.
+
+    For a halving search: ranking trials against each other is one computation over all of
+    them, whichever worker their items land on; run twice, it would cost twice and could
+    rank differently (threads, a crash on one worker)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no coordination, each worker does the work (as it did)
+        work()
+        return None
+    base = Path(shared) / hashlib.sha256(name.encode()).hexdigest()[:24]
+    done = base.with_suffix(".json")
+    fd = os.open(base.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another worker works
+        if done.exists():
+            return done.read_text()
+        text = work()
+        part = base.with_suffix(f".{os.getpid()}.part")
+        part.write_text(text)
+        os.replace(part, done)  # whole or absent: never read half written
+        return None
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def encode_results(results: Mapping[str, CellResult], notes: Sequence[str],
+                   cached: Sequence[str] = ()) -> str:
+    """Cells' results, the summary's notes about them and which were served from the cache,
+    as :func:`run_once` keeps them."""
+    return json.dumps({"results": {c: r.to_dict() for c, r in results.items()},
+                       "notes": list(notes), "cached": list(cached)},
+                      allow_nan=False, default=repr)
+
+
+def decode_results(text: str) -> tuple[dict[str, CellResult], list[str], set[str]]:
+    d = json.loads(text)
+    return ({c: CellResult.from_dict(r) for c, r in d["results"].items()}, list(d["notes"]),
+            set(d["cached"]))
 
 
 class GpuPool:

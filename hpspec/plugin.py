@@ -205,7 +205,11 @@ class ExperimentFile(pytest.Module):
                 item = CellItem.from_parent(
                     self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, cell=cell, key=key
                 )
-                if exp.mode == "recipe" and exp.stack:
+                if exp.search is not None and exp.search.halving is not None:
+                    # A halving search trains once, all its trials ranked together: under
+                    # --dist loadgroup all its cells go to one worker.
+                    item.add_marker(pytest.mark.xdist_group(f"hpspec:{key}"))
+                elif exp.mode == "recipe" and exp.stack:
                     # Cells that may train as one stacked model stay on one xdist worker
                     # under --dist loadgroup.
                     item.add_marker(pytest.mark.xdist_group(
@@ -466,16 +470,24 @@ class SessionPlugin:
         self.config = config
         self.state = state
         self.gpu_pool: Any = None
+        #: Controller under xdist: the workers' shared folder (made here, removed at the end).
+        self.shared: str | None = None
 
     # -- pytest-xdist, on the controller
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        """For each worker the controller starts: the run id, and a GPU from the pool."""
+        """For each worker the controller starts: the run id, a GPU from the pool, and the
+        folder where work done once for all workers is kept (a halving search's results)."""
         state, config = self.state, self.config
         if state.cache != "off":
             state.open_store()
         node.workerinput["hpspec_run_id"] = state.run_id
+        if self.shared is None:
+            import tempfile
+
+            self.shared = tempfile.mkdtemp(prefix="hpspec-xdist-")
+        node.workerinput["hpspec_shared"] = self.shared
         node.workerinput["hpspec_stack_ok"] = getattr(config.option, "dist", "no") == "loadgroup"
         if self.gpu_pool is None:
             from hpspec.distributed import GpuPool, gpu_ids
@@ -563,8 +575,14 @@ class SessionPlugin:
                 terminalreporter.write_line(line.text, **line.markup())
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        """The store closed once the summary is written, its WAL folded into the file."""
+        """The store closed once the summary is written, its WAL folded into the file; the
+        workers' shared folder removed (the controller made it)."""
         state = self.state
+        if self.shared is not None:
+            import shutil
+
+            shutil.rmtree(self.shared, ignore_errors=True)
+            self.shared = None
         if state.store is not None:
             store, state.store = state.store, None
             store.close()

@@ -13,8 +13,9 @@ Successive halving (:func:`halving`, run by :func:`successive_halving`) ranks AL
 of a search at each rung epoch, whichever stacked groups they train in: every trial still in is
 trained from scratch (same seed, same data order) to the rung, stacked where it can be, the best
 ``1/eta`` go on to the next rung and the rest are reported as pruned there with their curve so
-far. A survivor's curve is therefore exactly the curve it has unpruned.
-(:func:`halving_rule` is the older within-one-group rule, kept for the engine's hook.)
+far. A survivor's curve is therefore exactly the curve it has unpruned. Hyperband
+(:func:`hyperband`, run by :func:`run_brackets`) splits the trials into brackets
+(:func:`plan_brackets`) and runs successive halving in each from a different first rung.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ __all__ = [
     "sobol",
     "optuna",
     "halving",
+    "hyperband",
+    "Bracket",
+    "plan_brackets",
+    "search_brackets",
+    "run_brackets",
     "found",
     "trials",
-    "halving_rule",
     "successive_halving",
     "mark_pruned",
     "cut",
@@ -229,26 +234,72 @@ def space(**dims: Any) -> Space:
 @attrs.frozen
 class Halving:
     """Successive halving: rungs at ``min_epochs * eta**k`` epochs; at each, a stacked
-    population keeps its best ``1/eta`` (at least one) on ``metric``."""
+    population keeps its best ``1/eta`` (at least one) on ``metric``. With ``brackets`` other
+    than 1 it is Hyperband (:func:`hyperband`): the trials are split into brackets, each
+    halving from its own first rung (see :func:`plan_brackets`)."""
 
     min_epochs: int = 1
     eta: int = 3
     metric: str = "val_loss"
     lower: bool | None = None
+    #: How many Hyperband brackets: 1 is plain successive halving; None is one per starting
+    #: rung, the last of which never prunes (Li et al. 2018).
+    brackets: int | None = 1
 
     def lower_is_better(self) -> bool:
         return self.lower if self.lower is not None else not self.metric.endswith("acc")
 
+    def name(self) -> str:
+        return "successive halving" if self.brackets == 1 else "Hyperband"
+
     def check(self, where: str, metrics: frozenset[str] | None) -> None:
+        fix = ("e.g. hp.halving(min_epochs=1, eta=3)" if self.brackets == 1
+               else "e.g. hp.hyperband(min_epochs=1, eta=3)")
         for name, v, least in (("min_epochs", self.min_epochs, 1), ("eta", self.eta, 2)):
             if isinstance(v, bool) or not isinstance(v, int) or v < least:
                 raise SpecError(f"must be a whole number >= {least}", where=where,
-                                argument=f"halving: {name}", value=v,
-                                fix="e.g. hp.halving(min_epochs=1, eta=3)")
+                                argument=f"halving: {name}", value=v, fix=fix)
+        b = self.brackets
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise SpecError("must be a whole number >= 1, or None for one bracket per "
+                            "starting rung", where=where, argument="halving: brackets",
+                            value=b, fix="e.g. hp.hyperband(min_epochs=1, eta=3) (all "
+                            "brackets) or brackets=2")
         if metrics is not None and self.metric not in metrics:
             raise SpecError("is a metric this experiment never produces", where=where,
                             argument="halving: metric", value=self.metric,
                             fix=f"use one of: {', '.join(sorted(metrics))}")
+
+    def check_schedule(self, where: str, epochs: int, trials: int) -> None:
+        """At collection, once the largest epoch count and the number of trials are known
+        (after :meth:`check`): a schedule that would never prune, more brackets than starting
+        rungs, or fewer trials than brackets is a :class:`SpecError`."""
+        if self.min_epochs >= epochs:
+            # the summary would say "successive halving" while nothing is ever pruned
+            raise SpecError(f"would never prune: its first rung (epoch {self.min_epochs}) "
+                            f"is not before the last epoch any trial trains ({epochs})",
+                            where=where, argument="search: halving: min_epochs",
+                            value=self.min_epochs,
+                            fix=f"use min_epochs < {epochs} (e.g. {max(1, epochs // 4)}), or "
+                            f"more epochs, or drop {self.name().split()[-1]}")
+        ladder = rungs(self, epochs)
+        most = len(ladder) + 1
+        if self.brackets is not None and self.brackets > most:
+            starts = ", ".join(str(e) for e in ladder)
+            raise SpecError(f"asks for more brackets than there are starting rungs: with "
+                            f"min_epochs={self.min_epochs}, eta={self.eta} and {epochs} epochs "
+                            f"a bracket first ranks at epoch {starts} or never ({most} "
+                            "brackets)",
+                            where=where, argument="halving: brackets", value=self.brackets,
+                            fix=f"use brackets <= {most}, or brackets=None for all {most}")
+        wanted = most if self.brackets is None else self.brackets
+        if trials < wanted:
+            li = sum(math.ceil(most / (s + 1) * self.eta ** s)
+                     for s in range(most - wanted, most))
+            raise SpecError(f"is fewer than the {wanted} Hyperband brackets: each bracket "
+                            "needs at least one trial", where=where, argument="search: trials",
+                            value=trials, fix=f"use trials >= {wanted} (Li et al.'s Hyperband "
+                            f"would start {li}), or fewer brackets")
 
 
 def halving(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
@@ -256,6 +307,15 @@ def halving(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
     """Successive halving on the stacked population (``lower`` defaults to True except for
     metrics named ``*acc``)."""
     return Halving(min_epochs, eta, metric, lower)
+
+
+def hyperband(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
+              lower: bool | None = None, brackets: int | None = None) -> Halving:
+    """Hyperband (Li et al. 2018): the search's trials are split into ``brackets`` brackets
+    (None: one per starting rung), each running successive halving from a later first rung,
+    so that a trial slow to start is not always ranked at ``min_epochs``. Pass it as
+    ``halving=`` to a sampler; ``brackets=1`` is :func:`halving`."""
+    return Halving(min_epochs, eta, metric, lower, brackets)
 
 
 @attrs.frozen
@@ -345,8 +405,8 @@ def trials(s: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
             raise SpecError(f"must be a whole number >= {low}", where=where,
                             argument=f"search: {name}", value=v, fix=f"e.g. {name}=16")
     if s.halving is not None and not isinstance(s.halving, Halving):
-        raise SpecError("must be built with hp.halving(...)", where=where,
-                        argument="search: halving", value=s.halving,
+        raise SpecError("must be built with hp.halving(...) or hp.hyperband(...)",
+                        where=where, argument="search: halving", value=s.halving,
                         fix="halving=hp.halving(min_epochs=1, eta=3)")
     dims = s.space.varying()
     width = max(2, len(str(s.trials - 1)))
@@ -366,44 +426,6 @@ def rungs(h: Halving, epochs: int) -> list[int]:
         out.append(e)
         e *= h.eta
     return out
-
-
-PopulationRule = Callable[[int, Sequence[Mapping[str, Sequence[float]]], Sequence[bool]],
-                          list[int]]
-
-
-def halving_rule(h: Halving, owners: Sequence[str], epochs: int) -> PopulationRule:
-    """The cross-member stop rule for one stacked group: member ``j`` belongs to cell
-    ``owners[j]`` (a cell's seeds are ranked together by their mean). Called at each epoch's
-    end with every member's curves and which have stopped; returns the members to stop."""
-    at = set(rungs(h, epochs))
-    lower = h.lower_is_better()
-
-    def decide(epoch: int, curves: Sequence[Mapping[str, Sequence[float]]],
-               stopped: Sequence[bool]) -> list[int]:
-        if epoch not in at:
-            return []
-        members: dict[str, list[int]] = {}
-        for j, cid in enumerate(owners):
-            members.setdefault(cid, []).append(j)
-        alive = [c for c, js in members.items() if not any(stopped[j] for j in js)]
-        keep = max(1, len(alive) // h.eta)
-        if len(alive) <= keep:
-            return []
-
-        def score(cid: str) -> float:
-            vals = [curves[j][h.metric][-1] for j in members[cid]
-                    if len(curves[j].get(h.metric, ())) >= epoch]
-            v = statistics.fmean(vals) if vals else math.nan
-            if not math.isfinite(v):
-                return math.inf
-            return v if lower else -v
-
-        # ties go to the earlier trial, so the decision never depends on member order alone
-        ranked = sorted(alive, key=lambda c: (score(c), c))
-        return [j for c in ranked[keep:] for j in members[c]]
-
-    return decide
 
 
 def _rung_score(result: CellResult, metric: str, epoch: int, lower: bool) -> float:
@@ -443,7 +465,8 @@ TrainTo = Callable[[list[str], "int | None"], Mapping[str, CellResult]]
 
 
 def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
-                       log: list[str] | None = None) -> dict[str, CellResult]:
+                       log: list[str] | None = None, at: Sequence[int] | None = None,
+                       prefix: str = "") -> dict[str, CellResult]:
     """Successive halving over ALL of a search's trials, whichever stacked groups they train
     in, without checkpoints: at each rung ``e`` the trials still in are trained from scratch to
     epoch ``e`` (``train`` stacks them where it can), those that run past ``e`` are ranked
@@ -453,12 +476,13 @@ def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
     sum over rungs of (trials in) x (rung epochs), not a full run per trial.
 
     ``epochs`` maps each trial id to its own epoch count (a trial that ends at or before a
-    rung is finished there, not ranked). Returns every trained trial's result: pruned ones
-    marked with :data:`PRUNED`."""
+    rung is finished there, not ranked). ``at``: the rung epochs (default: :func:`rungs` to
+    the largest count; a Hyperband bracket passes its own); ``prefix`` starts each log line.
+    Returns every trained trial's result: pruned ones marked with :data:`PRUNED`."""
     lower = h.lower_is_better()
     alive = list(epochs)
     out: dict[str, CellResult] = {}
-    for e in rungs(h, max(epochs.values(), default=0)):
+    for e in (rungs(h, max(epochs.values(), default=0)) if at is None else at):
         if len(alive) <= 1:
             break
         got = train(list(alive), e)
@@ -476,12 +500,83 @@ def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
         for cid in order[keep:]:
             out[cid] = mark_pruned(got[cid], e)
         if log is not None and going:
-            log.append(f"halving at epoch {e}: {len(going)} trial(s) ranked on {h.metric} "
-                       f"across all groups, {min(keep, len(going))} kept, "
+            log.append(f"{prefix}halving at epoch {e}: {len(going)} trial(s) ranked on "
+                       f"{h.metric} across all groups, {min(keep, len(going))} kept, "
                        f"{max(0, len(going) - keep)} pruned")
         alive = order[:keep]
     if alive:
         out.update(train(list(alive), None))
+    return out
+
+
+@attrs.frozen
+class Bracket:
+    """One bracket of a halving search: ``trials`` (ids, in trial order) halved at
+    ``rungs`` (none: they all train to the end)."""
+
+    index: int
+    rungs: tuple[int, ...]
+    trials: tuple[str, ...]
+
+    def describe(self, labels: Mapping[str, str] | None = None) -> str:
+        names = [(labels or {}).get(t, t) for t in self.trials]
+        span = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
+        when = (f"ranked at epoch{'s' if len(self.rungs) > 1 else ''} "
+                f"{', '.join(map(str, self.rungs))}" if self.rungs else "never pruned")
+        return f"bracket {self.index}: {len(names)} trial(s) {span}, {when}"
+
+
+def plan_brackets(h: Halving, epochs: Mapping[str, int]) -> list[Bracket]:
+    """The trials split into Hyperband brackets, deterministically (the same plan at
+    collection, in the report and when training). With ``k`` rungs below the largest epoch
+    count there are up to ``k + 1`` brackets: bracket ``b`` ranks at the rungs from the
+    ``b``-th on, so bracket 0 is plain successive halving and bracket ``k`` never prunes;
+    ``h.brackets`` keeps the first ones (None: all; 1: only bracket 0, :func:`halving`).
+    As in Li et al. (2018) a bracket ranked at ``s`` rungs gets trials in proportion to
+    ``eta**s / (s + 1)``, so each bracket costs about the same (at least one trial each,
+    rounded by largest remainder); the trials are dealt in their order in contiguous blocks,
+    bracket 0 first (a block of a Sobol sequence is itself spread evenly)."""
+    ids = list(epochs)
+    ladder = rungs(h, max(epochs.values(), default=0))
+    most = len(ladder) + 1
+    n = most if h.brackets is None else min(h.brackets, most)
+    n = max(1, min(n, len(ids)))  # (collection refuses both; a profile may cut epochs later)
+    weights = [h.eta ** (len(ladder) - b) / (len(ladder) - b + 1) for b in range(n)]
+    quota = [len(ids) * w / sum(weights) for w in weights]
+    counts = [max(1, math.floor(q)) for q in quota]
+    while sum(counts) > len(ids):  # the one-each minimum overdrew: take from the biggest
+        j = max((b for b in range(n) if counts[b] > 1), key=lambda b: (counts[b] - quota[b], -b))
+        counts[j] -= 1
+    while sum(counts) < len(ids):  # largest remainder first, earlier bracket on a tie
+        j = max(range(n), key=lambda b: (quota[b] - counts[b], -b))
+        counts[j] += 1
+    out, start = [], 0
+    for b, c in enumerate(counts):
+        out.append(Bracket(b, tuple(ladder[b:]), tuple(ids[start:start + c])))
+        start += c
+    return out
+
+
+def search_brackets(exp: Any) -> list[Bracket]:
+    """:func:`plan_brackets` for a halving search's trials (with their own epoch counts)."""
+    return plan_brackets(exp.search.halving, {c.id: exp.epochs_for(c) for c in exp.cells})
+
+
+def run_brackets(h: Halving, epochs: Mapping[str, int], train: TrainTo,
+                 log: list[str] | None = None) -> dict[str, CellResult]:
+    """Hyperband: :func:`successive_halving` in each bracket of :func:`plan_brackets`, one
+    bracket after the other (each bracket's population trains stacked where it can). With
+    one bracket this is exactly :func:`successive_halving` over all the trials. Returns every
+    trial's result, pruned ones marked."""
+    plan = plan_brackets(h, epochs)
+    out: dict[str, CellResult] = {}
+    for b in plan:
+        own = {c: epochs[c] for c in b.trials}
+        if len(plan) == 1:
+            out.update(successive_halving(h, own, train, log))
+            continue
+        out.update(successive_halving(h, own, train, log, at=b.rungs,
+                                      prefix=f"bracket {b.index}: "))
     return out
 
 
@@ -753,26 +848,38 @@ def importance(sampler: Sampler, results: Mapping[str, CellResult],
 
 
 def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> str:
-    """Trials sorted by the search metric: the ``top`` best, then counts of the rest."""
+    """Trials sorted by the search metric: the ``top`` best, then counts of the rest. With
+    Hyperband, which trials each bracket holds and where it ranks, and each row's bracket."""
     s: Sampler = exp.search
     metric = s.order_metric()
     trial_ids = [c.id for c in exp.cells if c.id in results]
     got = {c: results[c] for c in trial_ids}
     order = ranked(s, got)
     width = max([len(c) for c in order[:top]] + [5])
+    h = s.halving
+    plan = search_brackets(exp) if h is not None else []
+    bracket_of = {t: b.index for b in plan for t in b.trials} if len(plan) > 1 else {}
+    schedule = ""
+    if h is not None and bracket_of:
+        schedule = f"; Hyperband eta={h.eta}, {len(plan)} brackets"
+    elif h is not None:
+        schedule = (f"; successive halving eta={h.eta} at epochs "
+                    f"{rungs(h, max(exp.epochs_for(c) for c in exp.cells))}")
     lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}), sorted by "
-             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better)"
-             + (f"; successive halving eta={s.halving.eta} at epochs "
-                f"{rungs(s.halving, max(exp.epochs_for(c) for c in exp.cells))}"
-                if s.halving else ""),
-             f"  {'#':>3}  {'trial':<{width}}  {metric:>10}  epochs  status"]
+             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better){schedule}"]
+    labels = {c.id: c.label or c.id for c in exp.cells}
+    lines += [f"  {b.describe(labels)}" for b in plan if bracket_of]
+    lines.append(f"  {'#':>3}  {'trial':<{width}}  {metric:>10}  epochs  "
+                 + ("bracket  " if bracket_of else "") + "status")
     for i, cid in enumerate(order[:top], 1):
         r = got[cid]
         p = pruned_at(r)
         diverged = any(x.diverged for x in r.seeds)
         status = ("diverged" if diverged else f"pruned at epoch {p}" if p else "finished")
         run = max(x.epochs_run for x in r.seeds)
-        lines.append(f"  {i:>3}  {cid:<{width}}  {_fmt(score(r, metric)):>10}  {run:>6}  {status}")
+        where = f"{bracket_of[cid]:>7}  " if cid in bracket_of else ""
+        lines.append(f"  {i:>3}  {cid:<{width}}  {_fmt(score(r, metric)):>10}  {run:>6}  "
+                     f"{where}{status}")
     pruned = sum(1 for c in order if pruned_at(got[c]) is not None)
     rest = len(order) - min(top, len(order))
     if rest or pruned:
@@ -789,26 +896,20 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
 
 def search_document(exp: Any, results: Mapping[str, CellResult], top: int = 5) -> dict[str, Any]:
     """What the JSON document (and so the HTML report) adds for a search: the metric and its
-    direction, the log-scaled dimensions, the ``top`` best trials and where trials were
-    pruned."""
+    direction, the log-scaled dimensions, the ``top`` best trials, where trials were pruned
+    and, for Hyperband, each bracket's rungs and trials."""
     s: Sampler = exp.search
     got = {c.id: results[c.id] for c in exp.cells if c.id in results}
     return {"kind": s.kind, "metric": s.order_metric(), "lower": s.lower_is_better(),
             "log": [k for k, d in s.space.varying() if d.log],
             "best": ranked(s, got)[:top] if got else [],
-            "pruned": {c: pruned_at(r) for c, r in got.items() if pruned_at(r) is not None}}
+            "pruned": {c: pruned_at(r) for c, r in got.items() if pruned_at(r) is not None},
+            **({"brackets": [{"rungs": list(b.rungs), "trials": list(b.trials)}
+                             for b in search_brackets(exp)]}
+               if s.halving is not None and s.halving.brackets != 1 else {})}
 
 
 # ------------------------------------------------------------------------- for the runners
-
-
-def halving_population(exp: Any) -> Callable[[list[str], int], PopulationRule] | None:
-    """For ``run_stacked``: each stacked group's halving rule, or None without halving."""
-    s = getattr(exp, "search", None)
-    if s is None or s.halving is None:
-        return None
-    h = s.halving
-    return lambda owners, epochs: halving_rule(h, owners, epochs)
 
 
 def search_key(exp: Any, seed: int) -> dict[str, Any]:

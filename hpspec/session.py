@@ -68,6 +68,9 @@ class Session:
     stack_off_reason: str | None = None
     #: Stack a cell's seeds, never several cells (an xdist worker without --dist loadgroup).
     stack_alone: bool = False
+    #: Under xdist: a folder every worker of the run sees (work done once for all, such as a
+    #: halving search; see hpspec.distributed.run_once). None serially.
+    shared: str | None = None
     #: The module attribute each experiment's function is bound to (for Ray tasks).
     attrs_of: dict[str, tuple[str, str]] = attrs.field(factory=dict)
     ray: Any = None
@@ -123,8 +126,16 @@ class Session:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
         found = self.results.get((key, cell.id))
-        if self.stack_off_reason and exp.mode == "recipe" and exp.stack:
-            self.note(key, self.stack_off_reason)
+        halving = (exp.search is not None and exp.search.halving is not None
+                   and exp.mode == "recipe")
+        if self.stack_off_reason and exp.mode == "recipe" and exp.stack and not halving:
+            self.note(key, self.stack_off_reason)  # (a halving search stacks on its worker)
+        if (found is None and halving and (key, cell.id) not in self.stack_tried
+                and (key, cell.id) not in self.ray_jobs):
+            # Before the cache: the search serves its cached trials itself, and under xdist
+            # another worker may be training it right now (this one then takes its results).
+            self._search_once(key, exp, progress)
+            found = self.results.get((key, cell.id))
         cached: list[Any] = []
         if found is None and self.cache == "use":
             cached = self.cached_seeds(exp, cell, exp.seeds)
@@ -132,11 +143,6 @@ class Session:
                 found = self._from_cache(key, exp, cell, cached)
         if found is None and not cached and (key, cell.id) in self.ray_jobs:
             found = self._from_ray(key, exp, cell)
-        if (found is None and not cached and exp.search is not None
-                and exp.search.halving is not None and exp.mode == "recipe"
-                and (key, cell.id) not in self.stack_tried):
-            self._train_search(key, exp, progress)
-            found = self.results.get((key, cell.id))
         if found is None and not cached and self.stack and (key, cell.id) not in self.stack_tried:
             self._train_stacked(key, exp, cell, progress)
             found = self.results.get((key, cell.id))
@@ -321,6 +327,8 @@ class Session:
 
         if (key, cell.id) in self.results or self.cache != "use" or self.open_store() is None:
             return
+        if exp.search is not None and exp.search.halving is not None:
+            return  # a halving search is trained once per run: result() waits for it
         last, seen = time.monotonic(), -1
         while time.monotonic() - last < patience:
             if self.crashed_elsewhere(key, cell):
@@ -485,14 +493,45 @@ class Session:
             self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
                       f"{reason}")
 
+    def _search_once(self, key: str, exp: Experiment, progress: Any) -> None:
+        """A halving search, trained once per run: serially here; under xdist by the first
+        worker that needs it, the others taking its results (the ranking is over all trials,
+        wherever their items run, so each worker training it would double the work)."""
+        __tracebackhide__ = True
+        if self.worker is None or not self.shared or not os.path.isdir(self.shared):
+            self._train_search(key, exp, progress)
+            return
+        from hpspec.distributed import decode_results, encode_results, run_once
+
+        def work() -> str:
+            self._train_search(key, exp, progress)
+            return encode_results({c.id: self.results[(key, c.id)] for c in exp.cells
+                                   if (key, c.id) in self.results}, self.notes.get(key, []),
+                                  [c.id for c in exp.cells if (key, c.id) in self.cached_cells])
+
+        text = run_once(self.shared, f"search {key}", work)
+        if text is None:  # this worker trained it
+            return
+        results, notes, cached = decode_results(text)
+        self.stack_tried.update((key, c.id) for c in exp.cells)
+        for c in exp.cells:
+            if c.id in results:  # (its seeds are in the store already, from that worker)
+                if c.id in cached:
+                    self.cached_cells.add((key, c.id))
+                    self.records[key][c.id].note = "cached"
+                self._store(key, c, results[c.id])
+        for line in notes:
+            self.note(key, line)
+
     def _train_search(self, key: str, exp: Experiment, progress: Any) -> None:
-        """Successive halving over every trial of the search (across stacked groups): see
-        :func:`hpspec.search.successive_halving`. A trial whose seeds are all cached is served
-        from the cache at any rung it reached; the final results are stored and saved."""
+        """Successive halving over every trial of the search (across stacked groups), in each
+        Hyperband bracket: see :func:`hpspec.search.run_brackets`. A trial whose seeds are all
+        cached is served from the cache at any rung it reached; the final results are stored
+        and saved."""
         __tracebackhide__ = True
         from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
         from hpspec.plan import stop_rule
-        from hpspec.search import PRUNED, cut, successive_halving
+        from hpspec.search import PRUNED, cut, run_brackets, search_brackets
 
         cells = {c.id: c for c in exp.cells}
         self.stack_tried.update((key, cid) for cid in cells)
@@ -558,18 +597,26 @@ class Session:
             return got
 
         log: list[str] = []
-        results = successive_halving(exp.search.halving,
-                                     {cid: exp.epochs_for(c) for cid, c in cells.items()},
-                                     train, log)
+        halving = exp.search.halving
+        results = run_brackets(halving, {cid: exp.epochs_for(c) for cid, c in cells.items()},
+                               train, log)
         for cid, result in results.items():
-            if cid not in cached:
-                for r in result.seeds:
-                    self.save_seed(key, exp, cells[cid], r)
+            for r in result.seeds:  # (the run's record lists the cached seeds too)
+                self.save_seed(key, exp, cells[cid], r, cached=cid in cached)
+            if cid in cached:
+                self.cached_cells.add((key, cid))
+                self.records[key][cid].note = "cached"
             self._store(key, cells[cid], result)
         trained = len([c for c in results if c not in cached])
-        self.note(key, f"successive halving over all {len(cells)} trials "
-                  f"({len(cached)} served from the cache, {trained} trained; "
+        plan = search_brackets(exp)
+        self.note(key, f"{halving.name()} over all {len(cells)} trials"
+                  + (f" in {len(plan)} brackets" if len(plan) > 1 else "")
+                  + f" ({len(cached)} served from the cache, {trained} trained; "
                   f"{'stacked per rung' if stack else 'one by one'})")
+        if len(plan) > 1:  # which trial is in which bracket: the summary says it, under -n too
+            labels = {cid: c.label or cid for cid, c in cells.items()}
+            for b in plan:
+                self.note(key, f"Hyperband {b.describe(labels)}")
         for line in log:
             self.note(key, line)
         if groups:

@@ -720,19 +720,11 @@ def build(fn: Callable[..., Any]) -> Experiment:
             raise SpecError("needs recipe mode: halving stops trials inside hpspec's loop",
                             where=where, argument="search: halving", value=sampler.halving,
                             fix="return (model, optimizer) from the function, or drop halving")
-        # a halving whose first rung is at or past every trial's last epoch would prune nothing
-        # while the summary still said "successive halving": said at collection instead
+        # a schedule that would never prune, or more brackets than rungs or trials
         most = max((c.get("epochs", kw.get("epochs")) for c in cells_
                     if isinstance(c.get("epochs", kw.get("epochs")), int)), default=None)
-        if most is not None and isinstance(sampler.halving.min_epochs, int) \
-                and sampler.halving.min_epochs >= most:
-            raise SpecError(f"would never prune: its first rung (epoch "
-                            f"{sampler.halving.min_epochs}) is not before the last epoch any "
-                            f"trial trains ({most})", where=where,
-                            argument="search: halving: min_epochs",
-                            value=sampler.halving.min_epochs,
-                            fix=f"use min_epochs < {most} (e.g. {max(1, most // 4)}), or more "
-                            "epochs, or drop halving")
+        if most is not None:
+            sampler.halving.check_schedule(where, most, len(cells_))
     if sampler is not None and sampler.metric is not None and known is not None \
             and sampler.metric not in known:
         raise SpecError("is a metric this experiment never produces", where=where,

@@ -65,3 +65,30 @@ def assert_same_runs(a: dict, b: dict) -> None:
                     assert sa[m] == pytest.approx(sb[m], rel=1e-4), (k, m)
         else:
             assert a[k] == b[k], k
+
+SEARCH = """
+import os
+import torch
+import hpspec as hp
+
+SPACE = hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128]))
+
+def recipe(case):
+    with open(os.environ["HPSPEC_CALLS"], "a") as f:  # one line per seed trained
+        f.write(f"{case.experiment} {case.cell_id} {case.seed}\\n")
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+@hp.experiment(search=hp.random(SPACE, trials=6, seed=1,
+                                halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+               epochs=3, data=hp.datasets.digits(n_train=200),
+               claims=[hp.found(hp.metric("val_acc").final() >= 0.1, seeds=2)])
+def halved(case):
+    return recipe(case)
+
+@hp.experiment(search=hp.random(SPACE, trials=6, seed=2,
+                                halving=hp.hyperband(min_epochs=1, eta=2, metric="val_acc")),
+               epochs=3, data=hp.datasets.digits(n_train=200))
+def banded(case):
+    return recipe(case)
+"""

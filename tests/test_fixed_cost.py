@@ -226,7 +226,7 @@ def _collect_and_stack(n: int, monkeypatch) -> float:
     from hpspec.engine import runner
 
     def fake_run_stacked(exp, cells, device, seeds=None, progress=None, stop_rules=None,
-                         log=None, population=None, threads="auto"):
+                         log=None, threads="auto"):
         seed = SeedResult(seed=0, curves={"train_loss": [1.0]}, measurements={"stacked": 8.0})
         return {c.id: CellResult(exp.name, c.id, c.as_dict(), device, (seed,))
                 for c in cells}, {}

@@ -1,10 +1,9 @@
-"""Search: trials as cells, successive halving on the stacked population, claims judged on
-fresh seeds, importance."""
+"""Search: trials as cells, successive halving and Hyperband on the stacked population, claims
+judged on fresh seeds, importance."""
 
 from __future__ import annotations
 
-import math
-
+import attrs
 import pytest
 
 import hpspec as hp
@@ -12,11 +11,13 @@ from hpspec.claims import FAIL, PASS
 from hpspec.results import CellResult, SeedResult
 from hpspec.search import (
     PRUNED,
-    halving_rule,
     importance,
+    plan_brackets,
     pruned_at,
     ranked,
+    run_brackets,
     rungs,
+    search_document,
     search_table,
     successive_halving,
     trials,
@@ -55,68 +56,6 @@ def test_search_cells_have_readable_stable_ids_and_fixed_values():
     assert c.id.startswith("t07-lr=") and "-layers=" in c.id and "hidden" not in c.id
     assert c.get("hidden") == 16
     assert len({c.id for c in exp.cells}) == 12
-
-
-def _curves(vals):
-    return {"val_loss": list(vals)}
-
-
-def test_halving_rule_keeps_the_best_fraction_and_ranks_a_cell_by_its_seeds():
-    h = hp.halving(min_epochs=1, eta=3, metric="val_loss")
-    assert rungs(h, 9) == [1, 3] and rungs(h, 3) == [1] and rungs(h, 1) == []
-    owners = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f", "f"]
-    # cell b's mean is best, then d; e has a NaN seed: worst
-    last = {"a": (0.9, 0.9), "b": (0.1, 0.3), "c": (0.5, 0.6), "d": (0.2, 0.4),
-            "e": (math.nan, 0.0), "f": (0.7, 0.7)}
-    curves = [_curves([last[o][i % 2]]) for i, o in enumerate(owners)]
-    rule = halving_rule(h, owners, 9)
-    stop = rule(1, curves, [False] * 12)
-    kept = {owners[j] for j in range(12)} - {owners[j] for j in stop}
-    assert kept == {"b", "d"}  # 6 alive, keep 6 // 3 = 2
-    assert rule(2, curves, [False] * 12) == []  # not a rung
-    # a stopped cell (diverged or early stop) is no longer ranked
-    stopped = [o not in ("b", "d") for o in owners]
-    assert rule(3, curves, stopped) == [owners.index("d"), owners.index("d") + 1]
-
-
-def test_halving_accuracy_ranks_higher_first():
-    h = hp.halving(min_epochs=2, eta=2, metric="val_acc")
-    rule = halving_rule(h, ["a", "b"], 8)
-    assert rule(2, [{"val_acc": [0.5, 0.6]}, {"val_acc": [0.5, 0.9]}], [False, False]) == [0]
-
-
-def test_survivors_curves_equal_unpruned_runs_and_pruned_curves_are_prefixes():
-    torch = pytest.importorskip("torch")
-    from hpspec.engine.runner import run_stacked
-    from hpspec.search import halving_population
-
-    def recipe(case):
-        model = hp.models.mlp(64, [16], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
-
-    space = hp.space(lr=hp.loguniform(1e-3, 1.0))
-    kw = dict(epochs=4, seeds=2, batch_size=64, data=hp.datasets.digits(n_train=300))
-    exp = build(hp.experiment(search=hp.random(
-        space, trials=6, seed=1, halving=hp.halving(min_epochs=1, eta=2)), **kw)(recipe))
-    plain, _ = run_stacked(exp, list(exp.cells), "cpu")
-    pruned, why = run_stacked(exp, list(exp.cells), "cpu",
-                              population=halving_population(exp))
-    assert not why and set(pruned) == {c.id for c in exp.cells}
-    marks = {cid: [s.measurements.get(PRUNED) for s in r.seeds] for cid, r in pruned.items()}
-    stopped_at = {cid: m[0] for cid, m in marks.items() if m[0] is not None}
-    # rungs at epochs 1 and 2: 6 trials -> 3 -> 1 (seeds of a trial stop together)
-    assert sorted(stopped_at.values()) == [1.0, 1.0, 1.0, 2.0, 2.0]
-    assert all(len(set(m)) == 1 for m in marks.values())
-    for cid, r in pruned.items():
-        for a, b in zip(r.seeds, plain[cid].seeds, strict=True):
-            n = len(a.curves["val_loss"])
-            assert n == (int(stopped_at[cid]) if cid in stopped_at else 4)
-            assert a.seed == b.seed
-            for k in a.curves:  # the same math: bit for bit what the unpruned run had
-                assert list(a.curves[k]) == list(b.curves[k][:n]), (cid, k)
-    # the survivor is the best at epoch 2 among those left after epoch 1
-    survivor = next(c for c in pruned if c not in stopped_at)
-    assert ranked(exp.search, pruned)[0] == survivor
 
 
 def _result(cid, params, accs, seeds=(0,), pruned=None):
@@ -288,8 +227,12 @@ def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_cur
     assert "best 2 of 8" not in plain  # without the search field: the grid layout
 
 
+@pytest.mark.parametrize("schedule, pruned", [
+    (hp.halving(min_epochs=1, eta=2, metric="val_acc"), 2),
+    # 2 brackets of 2 trials: one pruned in the first, none in the second
+    (hp.hyperband(min_epochs=1, eta=2, metric="val_acc"), 1)], ids=["halving", "hyperband"])
 def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_included(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, schedule, pruned):
     torch = pytest.importorskip("torch")
     from hpspec.engine import runner
     from hpspec.report import CellRecord
@@ -301,7 +244,7 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
 
     exp = build(hp.experiment(search=hp.random(
         hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128])), trials=4,
-        seed=2, halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        seed=2, halving=schedule),
         epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
 
     def session():
@@ -313,7 +256,7 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
     first = session()
     first.result("k", exp, exp.cells[0])
     before = {c.id: first.results[("k", c.id)] for c in exp.cells}
-    assert sum(pruned_at(r) is not None for r in before.values()) == 2
+    assert sum(pruned_at(r) is not None for r in before.values()) == pruned
 
     def no_training(*a, **k):
         raise AssertionError("trained again")
@@ -326,3 +269,131 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
         assert pruned_at(r) == pruned_at(before[c.id])
         assert [list(x.curves["val_acc"]) for x in r.seeds] == [
             list(x.curves["val_acc"]) for x in before[c.id].seeds]
+
+
+# ------------------------------------------------------------------------------ Hyperband
+
+
+def test_brackets_are_planned_deterministically_with_li_et_al_shares():
+    h = hp.hyperband(min_epochs=1, eta=3)
+    assert rungs(h, 9) == [1, 3] and rungs(h, 3) == [1] and rungs(h, 1) == []
+    ids = [f"t{i:02d}" for i in range(27)]
+    plan = plan_brackets(h, dict.fromkeys(ids, 9))
+    assert plan == plan_brackets(h, dict.fromkeys(ids, 9))  # the same plan every time
+    # shares eta**s / (s + 1) for s = 2, 1, 0 rankings: 3 : 1.5 : 1 of 27 trials
+    assert [len(b.trials) for b in plan] == [15, 7, 5]
+    assert [b.rungs for b in plan] == [(1, 3), (3,), ()]
+    # contiguous blocks in trial order, every trial in exactly one bracket
+    assert [t for b in plan for t in b.trials] == ids
+    assert plan[1].describe() == "bracket 1: 7 trial(s) t15..t21, ranked at epoch 3"
+    assert plan[2].describe().endswith("never pruned")
+    # brackets=2 keeps the two that start earliest; brackets=1 is plain successive halving
+    two = plan_brackets(hp.hyperband(min_epochs=1, eta=3, brackets=2), dict.fromkeys(ids, 9))
+    assert [(len(b.trials), b.rungs) for b in two] == [(18, (1, 3)), (9, (3,))]
+    one = plan_brackets(hp.halving(min_epochs=1, eta=3), dict.fromkeys(ids, 9))
+    assert [(len(b.trials), b.rungs) for b in one] == [(27, (1, 3))]
+    # few trials: at least one each, the rest by largest remainder
+    few = plan_brackets(h, dict.fromkeys(ids[:4], 9))
+    assert [len(b.trials) for b in few] == [2, 1, 1]
+
+
+def test_hyperband_keeps_a_slow_starter_that_halving_prunes_and_found_takes_the_best():
+    """Pure, with a fake trainer: trial h starts worst and ends best. Successive halving
+    prunes it at the first rung; Hyperband's last bracket never prunes, so it finishes and is
+    the best found across the brackets."""
+    fast = {c: [0.5 + 0.01 * i + 0.001 * e for e in range(1, 10)] for i, c in enumerate("abcdefg")}
+    full = {**fast, "h": [0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]}
+    epochs = dict.fromkeys(full, 9)
+    calls = []
+
+    def train(ids, stop_at):
+        calls.append((tuple(ids), stop_at))
+        return {c: _result(c, {}, [full[c][:stop_at or 9]]) for c in ids}
+
+    h = hp.hyperband(min_epochs=1, eta=3, metric="val_acc")
+    plan = plan_brackets(h, epochs)
+    assert [b.trials for b in plan] == [tuple("abcd"), tuple("ef"), tuple("gh")]
+    log: list[str] = []
+    out = run_brackets(h, epochs, train, log)
+    assert set(out) == set(full)
+    assert pruned_at(out["h"]) is None and out["h"].seeds[0].curves["val_acc"] == full["h"]
+    # bracket 0 ranks a..d at epoch 1 (keeps 1) and stops; bracket 1 ranks e, f at epoch 3
+    assert {c: pruned_at(r) for c, r in out.items() if pruned_at(r)} == {
+        "a": 1, "b": 1, "c": 1, "e": 3}
+    assert calls == [(tuple("abcd"), 1), (("d",), None), (("e", "f"), 3), (("f",), None),
+                     (("g", "h"), None)]
+    assert log[0].startswith("bracket 0: halving at epoch 1: 4 trial(s) ranked on val_acc")
+    assert log[1].startswith("bracket 1: halving at epoch 3: 2 trial(s)")
+    # plain successive halving over the same trials prunes h at epoch 1
+    plain = run_brackets(hp.halving(min_epochs=1, eta=3, metric="val_acc"), epochs, train)
+    assert pruned_at(plain["h"]) == 1
+    # hp.found takes the best across the brackets: h, from the last bracket
+
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
+                                               trials=8, seed=0, halving=h),
+                              epochs=9, data=hp.datasets.digits(),
+                              claims=[hp.found(hp.metric("val_acc").final() >= 0.9)])(fn))
+    ids = [c.id for c in exp.cells]
+    named = {cid: attrs.evolve(out[c], cell_id=cid) for cid, c in zip(ids, "abcdefgh",
+                                                                         strict=True)}
+    assert exp.claims[0].best(exp, named) == [ids[7]]
+
+
+def test_hyperband_through_the_session_survivors_equal_unpruned_runs_and_brackets_shown():
+    """Real training: 8 trials in 3 brackets (epochs 4, min_epochs 1, eta 2), two batch sizes
+    so each bracket's population trains in more than one stacked group. A survivor's curves
+    equal its unpruned one-by-one run; a pruned trial keeps its curve so far; the table and
+    the notes say which trial is in which bracket; the JSON lists the brackets."""
+    torch = pytest.importorskip("torch")
+    from hpspec.engine.runner import run_cell
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128]))
+    exp = build(hp.experiment(search=hp.random(
+        space, trials=8, seed=1, halving=hp.hyperband(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, seeds=2, data=hp.datasets.digits(n_train=300))(recipe))
+    ids = [c.id for c in exp.cells]
+    s = Session(device_option="cpu", table="auto", cache="off")
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s.result("k", exp, exp.cells[0])
+    got = {c.id: s.results[("k", c.id)] for c in exp.cells}
+    stopped = {cid: pruned_at(r) for cid, r in got.items()}
+    # shares 4/3 : 1 : 1 of 8 -> brackets of 3, 3, 2 trials ranked at (1, 2), (2,), ()
+    assert [b.trials for b in plan_brackets(exp.search.halving, dict.fromkeys(ids, 4))] == [
+        tuple(ids[:3]), tuple(ids[3:6]), tuple(ids[6:])]
+    # bracket 0: 3 -> 1 at epoch 1 (then one left: no more ranking); bracket 1: 3 -> 1 at
+    # epoch 2; bracket 2 never prunes
+    assert sorted(stopped[c] for c in ids[:3] if stopped[c]) == [1, 1]
+    assert sorted(stopped[c] for c in ids[3:6] if stopped[c]) == [2, 2]
+    assert all(stopped[c] is None for c in ids[6:])
+    for c in exp.cells:
+        plain = run_cell(exp, c, "cpu")  # unpruned, one by one
+        n = stopped[c.id] or 4
+        for a, b in zip(got[c.id].seeds, plain.seeds, strict=True):
+            assert len(a.curves["val_loss"]) == n and a.seed == b.seed
+            for k in a.curves:
+                assert list(a.curves[k]) == pytest.approx(list(b.curves[k][:n]), abs=1e-6)
+    text = search_table(exp, got)
+    assert "Hyperband eta=2, 3 brackets" in text.splitlines()[0]
+    assert "bracket 1: 3 trial(s) t03..t05, ranked at epoch 2" in text
+    assert "bracket 2: 2 trial(s) t06..t07, never pruned" in text
+    row = next(line for line in text.splitlines() if ids[6] in line)
+    assert row.split()[-2:] == ["2", "finished"]  # the bracket column
+    notes = s.notes["k"]
+    assert any(line.startswith("Hyperband over all 8 trials in 3 brackets") for line in notes)
+    assert "Hyperband bracket 0: 3 trial(s) t00..t02, ranked at epochs 1, 2" in notes
+    assert any(line.startswith("bracket 1: halving at epoch 2: 3 trial(s)") for line in notes)
+    doc = search_document(exp, got)
+    assert doc["brackets"][2] == {"rungs": [], "trials": list(ids[6:])}
+    # the best found is the best finished trial of any bracket
+    finished = [c for c in ids if stopped[c] is None]
+    assert ranked(exp.search, got)[0] in finished

@@ -1,12 +1,12 @@
 """pytest-xdist: the same verdicts and complete tables as a serial run, a crashed worker fails
-only its cell, CPU threads shared out, GPUs lent from a pool."""
+only its cell, CPU threads shared out, GPUs lent from a pool, a halving search trained once."""
 
 from __future__ import annotations
 
 import pytest
-from scenarios import CRASH, GRID, _outcomes, assert_same_runs
+from scenarios import CRASH, GRID, SEARCH, _outcomes, assert_same_runs
 
-from hpspec.distributed import GpuPool
+from hpspec.distributed import GpuPool, run_once
 
 pytest.importorskip("xdist")
 
@@ -256,3 +256,72 @@ def test_crashed_items_are_settled_into_records_and_claim_messages():
     from hpspec.html import render_html
 
     assert "crashed" in render_html(doc)  # the HTML report shows it as well
+
+
+@pytest.mark.slow
+def test_a_halving_search_trains_once_with_two_workers_and_as_serially(pytester, monkeypatch):
+    # A halving search ranks all its trials together, whichever worker their items land on:
+    # it trains once, on the first worker that needs it, and the other takes its results
+    # (without that, each worker trained the whole search: 38 seed trainings against 20).
+    # Serially, with -n 2 and with --dist loadgroup: the same seeds trained, the same pruning,
+    # outcomes and curves, and the Hyperband brackets in the summary.
+    pytester.makepyfile(exp_search=SEARCH)
+    tmp = pytester.mkdir("tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the shared folder
+    runs = {}
+    for name, args in (("serial", ()), ("par", ("-n", "2")),
+                       ("group", ("-n", "2", "--dist", "loadgroup"))):
+        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
+        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
+                                               f"--hpspec-json={name}.json")
+        result.assert_outcomes(passed=13)
+        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
+        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+        pruned = {(e["name"], c["cell_id"]): c["result"]["seeds"][0]["measurements"].get(
+            "pruned_at_epoch") for e in doc["experiments"] for c in e["cells"]}
+        runs[name] = calls, outcomes, pruned, result.stdout.str()
+    calls, outcomes, pruned, out = runs["serial"]
+    assert len(calls) == 20 and sum(v is not None for v in pruned.values()) == 7
+    assert "Hyperband bracket 0: 2 trial(s) t00..t01, ranked at epochs 1, 2" in out
+    for name in ("par", "group"):
+        assert runs[name][0] == calls, name  # each seed trained as often as serially
+        assert_same_runs(outcomes, runs[name][1])
+        assert runs[name][2] == pruned, name
+        assert runs[name][3].count("Hyperband bracket 0: 2 trial(s) t00..t01, ranked at "
+                                   "epochs 1, 2") == 1
+        # the search stacked its trials on its worker: no "each cell stacked alone" note
+        assert "stacked with its own seeds only" not in runs[name][3].split("::halved")[1]
+    assert not list(tmp.glob("hpspec-xdist-*"))  # the controller removed its folder
+
+
+def test_run_once_does_the_work_once_and_a_failed_worker_leaves_it_to_the_next(tmp_path):
+    import threading
+    import time
+
+    done: list[str] = []
+    started = threading.Event()
+
+    def slow() -> str:
+        started.set()
+        time.sleep(0.3)
+        done.append("work")
+        return "answer"
+
+    got: list[str | None] = []
+    first = threading.Thread(target=lambda: got.append(run_once(tmp_path, "s", slow)))
+    first.start()
+    assert started.wait(10)
+    # asked while the first is working: waits for it (a lock of its own open file, as
+    # another process would), then takes its answer instead of working
+    assert run_once(tmp_path, "s", lambda: "again") == "answer"
+    first.join()
+    assert got == [None] and done == ["work"]
+    assert run_once(tmp_path, "s", lambda: "again") == "answer"  # asked later: the same
+
+    def dies() -> str:
+        raise RuntimeError("worker died")
+
+    with pytest.raises(RuntimeError):
+        run_once(tmp_path, "other", dies)
+    assert run_once(tmp_path, "other", lambda: "second") is None  # the next one works
+    assert run_once(tmp_path, "other", lambda: "third") == "second"

@@ -877,13 +877,9 @@ def run_stacked(
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
     log: list[str] | None = None,
-    population: Callable[[list[str], int], Any] | None = None,
     threads: Threads = "auto",
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
-
-    ``population(owners, epochs)``, when given, makes each group's cross-member stop rule
-    from its members' cell ids (successive halving, see :func:`hpspec.search.halving_rule`).
 
     Returns the results of the cells trained that way and, for cells that were not stacked,
     why not (they are left for :func:`run_cell`). Cells given here must share a batch size
@@ -982,9 +978,7 @@ def _run_stacked(
                 torch.set_num_threads(n_threads)
             epochs = max(m.epochs for m in group)
             runs = train_group(group, data, batch_size, epochs, device, DIVERGENCE_FACTOR,
-                               rules, chunk_progress,
-                               population([m.cell_id for m in group], epochs)
-                               if population is not None else None)
+                               rules, chunk_progress)
         except Exception as e:
             if not _uses_vmap(group[0], data):
                 raise

@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeGuard, TypeVar, cast
 
 import attrs
@@ -846,18 +846,12 @@ def train_group(
     divergence_factor: float,
     stop_rules: Sequence[StopRule | None] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
-    population: Callable[[int, Sequence[Mapping[str, Sequence[float]]], Sequence[bool]],
-                         Sequence[int]] | None = None,
 ) -> list[SeedResult]:
     """Train the members as one stacked model; one :class:`SeedResult` per member, in order.
 
     A member whose own ``epochs`` is smaller than ``epochs`` stops there: its curves, timings
     and final metrics are the prefix of the run, which equals its own shorter run exactly
-    when its recipe does not depend on the total epoch count (the caller checks that).
-
-    ``population(epoch, curves, stopped)`` is asked at each epoch's end which members to stop
-    given every member's curves (successive halving); a member it stops is marked with the
-    ``pruned_at_epoch`` measurement. The others' training is untouched by it."""
+    when its recipe does not depend on the total epoch count (the caller checks that)."""
     k = len(members)
     own_epochs = [m.epochs or epochs for m in members]
     epochs = max(own_epochs)
@@ -888,7 +882,6 @@ def train_group(
     curves: list[dict[str, list[float]]] = [{key: [] for key in init} for init in initial]
     diverged: list[Divergence | None] = [None] * k
     stopped = [False] * k
-    pruned: list[int | None] = [None] * k
     seconds: list[float] = []
     timed = TimedSteps(steps)
     rules = list(stop_rules) if stop_rules is not None else [None] * k
@@ -934,10 +927,6 @@ def train_group(
                 stopped[j] = True  # its own epoch count: the rest of the run is not its own
             elif rules[j] is not None and rules[j](curves[j]):  # type: ignore[misc]
                 stopped[j] = True
-        if population is not None:
-            for j in population(epoch, curves, stopped):
-                if not stopped[j]:
-                    stopped[j], pruned[j] = True, epoch
         if progress is not None:
             progress(epoch, epochs, float(train.nanmean()))
         if all(stopped):
@@ -956,8 +945,7 @@ def train_group(
             epoch_seconds=seconds[: len(curves[j]["train_loss"])],
             initial=initial[j],
             diverged=diverged[j],
-            measurements=(own[j] if (at := pruned[j]) is None
-                          else {**own[j], "pruned_at_epoch": float(at)}),
+            measurements=own[j],
             epochs_planned=own_epochs[j],
             steps_per_epoch=steps,
         )
