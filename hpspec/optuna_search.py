@@ -17,6 +17,7 @@ trial's result is cached under its values, so a second run replays the search fr
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import statistics
 import warnings
@@ -24,10 +25,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from hpspec.errors import SpecError
-from hpspec.results import CellResult
 
-__all__ = ["SAMPLERS", "MODEL_BASED_BATCH", "check_installed", "default_batch",
-           "distributions", "snap", "run_asked", "tell", "fanova_importance"]
+__all__ = ["SAMPLERS", "MODEL_BASED_BATCH", "Told", "check_installed", "default_batch",
+           "distributions", "run_asked", "tell", "fanova_importance"]
 
 #: The sampler names ``hp.optuna(sampler=...)`` takes, with Optuna's class for each.
 SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "random": "RandomSampler",
@@ -48,14 +48,11 @@ def check_installed(sampler: str, where: str) -> None:
         raise SpecError("needs the optuna package, which is not installed", where=where,
                         argument="search", value=f"hp.optuna(sampler={sampler!r})",
                         fix=INSTALL_FIX) from None
-    if sampler == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise SpecError("needs the cmaes package (Optuna's CMA-ES sampler runs on it), "
-                            "which is not installed", where=where, argument="search: sampler",
-                            value=sampler, fix="pip install hpspec[optuna] (or pip install "
-                            "cmaes), or use sampler='tpe'") from None
+    if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise SpecError("needs the cmaes package (Optuna's CMA-ES sampler runs on it), "
+                        "which is not installed", where=where, argument="search: sampler",
+                        value=sampler, fix="pip install hpspec[optuna] (or pip install cmaes), "
+                        "or use sampler='tpe'")
 
 
 def default_batch(sampler: str, trials: int) -> int:
@@ -83,19 +80,6 @@ def distributions(space: Any) -> dict[str, Any]:
         else:
             out[name] = FloatDistribution(float(d.low), float(d.high), log=d.log)
     return out
-
-
-def snap(dim: Any, x: Any) -> Any:
-    """The value hpspec trains for Optuna's proposal ``x``: floats rounded to three significant
-    digits (as a random or Sobol search rounds them), inside the bounds. Optuna keeps its raw
-    value; the difference is below 0.05%."""
-    from hpspec.search import round_sig
-
-    if dim.kind == "choice":
-        return x
-    if dim.kind == "int":
-        return int(x)
-    return min(max(round_sig(float(x)), dim.low), dim.high)
 
 
 @contextlib.contextmanager
@@ -130,16 +114,22 @@ def _sampler(name: str, seed: int, batch: int) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-#: ``train([(trial id, values), ...])``: those trials' results by id (cached or trained); a
-#: trial it could not train is left out.
-TrainBatch = Callable[[list[tuple[str, dict[str, Any]]]], Mapping[str, CellResult]]
+#: What Optuna is told of a trial: its value (NaN: it failed) and the epoch successive halving
+#: stopped it at (None: it finished).
+Told = tuple[float, "int | None"]
+
+#: ``train([(trial id, values), ...])``: what to tell of each trial, by id (its result served
+#: from the cache or trained); a trial it could not train is left out (told failed).
+TrainBatch = Callable[[list[tuple[str, dict[str, Any]]]], Mapping[str, Told]]
 
 
 def run_asked(sampler: Any, labels: Sequence[str], train: TrainBatch,
               log: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run the search: ask ``sampler.batch`` trials (all of them when None and the sampler
     does not learn), ``train`` them, tell Optuna each result, repeat until ``labels`` (the
-    trial ids, in order) are all asked. Returns each trial's values (as trained)."""
+    trial ids, in order) are all asked. Each value is the one hpspec trains
+    (``Dim.snap``: floats rounded to three significant digits; Optuna keeps its raw
+    proposal, less than 0.05% away). Returns each trial's values."""
     import optuna
 
     name = sampler.kind.split(":", 1)[1]
@@ -154,11 +144,10 @@ def run_asked(sampler: Any, labels: Sequence[str], train: TrainBatch,
         for start in range(0, len(labels), batch):
             ids = list(labels[start:start + batch])
             trials = [study.ask(dists) for _ in ids]
-            values = [{k: snap(dims[k], t.params[k]) for k in dists} for t in trials]
+            values = [{k: dims[k].snap(t.params[k]) for k in dists} for t in trials]
             asked.update(zip(ids, values, strict=True))
             got = train(list(zip(ids, values, strict=True)))
-            states = [tell(study, t, got.get(cid), sampler.order_metric()) for cid, t
-                      in zip(ids, trials, strict=True)]
+            states = [tell(study, t, got.get(cid)) for cid, t in zip(ids, trials, strict=True)]
             if log is not None:
                 counts = {s: states.count(s) for s in dict.fromkeys(states)}
                 log.append(f"optuna {name}: batch {start // batch + 1} of "
@@ -167,22 +156,17 @@ def run_asked(sampler: Any, labels: Sequence[str], train: TrainBatch,
     return asked
 
 
-def tell(study: Any, trial: Any, result: CellResult | None, metric: str) -> str:
+def tell(study: Any, trial: Any, told: Told | None) -> str:
     """Tell Optuna how ``trial`` went; returns the state told (complete, pruned or failed).
-    The value is the metric's last value, mean over seeds; a trial that halving pruned reports
-    its value at the epoch it stopped and is told pruned (TPE ranks pruned trials by it); one
-    that diverged or could not train is told failed, as Optuna's own ``optimize`` does for a
-    NaN objective."""
+    A trial that halving stopped reports its value at that epoch and is told pruned (TPE
+    ranks pruned trials by it); one with no finite value (diverged, or it could not train) is
+    told failed, as Optuna's own ``optimize`` does for a NaN objective."""
     from optuna.trial import TrialState
 
-    from hpspec.search import pruned_at, score
-
-    value = score(result, metric) if result is not None else math.nan
+    value, stopped = told if told is not None else (math.nan, None)
     if not math.isfinite(value):
         study.tell(trial, state=TrialState.FAIL)
         return "failed"
-    assert result is not None
-    stopped = pruned_at(result)
     if stopped is not None:
         trial.report(value, stopped)
         study.tell(trial, state=TrialState.PRUNED)

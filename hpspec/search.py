@@ -41,8 +41,8 @@ from hpspec.claims import (
 from hpspec.claims import format_number as _fmt
 from hpspec.cross import Compare, CrossClaim
 from hpspec.errors import SpecError
-from hpspec.results import CellResult
 from hpspec.optuna_search import default_batch
+from hpspec.results import CellResult
 from hpspec.spec import Cell, cell_id
 
 __all__ = [
@@ -166,6 +166,16 @@ class Dim:
         else:
             x = self.low + u * (self.high - self.low)
         return min(max(round_sig(x), self.low), self.high)
+
+
+    def snap(self, x: Any) -> Any:
+        """The value trained for a sampler's raw proposal ``x`` (Optuna's): floats rounded to
+        three significant digits, as :meth:`at` rounds them, inside the bounds."""
+        if self.kind == "choice":
+            return x
+        if self.kind == "int":
+            return int(x)
+        return min(max(round_sig(float(x)), self.low), self.high)
 
 
 def uniform(low: float, high: float) -> Dim:
@@ -455,6 +465,12 @@ def trial_name(exp: Any, cid: str, params: Mapping[str, Any] | None) -> str:
         return cid
     values = {k: params[k] for k, _ in s.space.varying() if k in params}
     return f"{cid}-{cell_id(values)}" if values else cid
+
+
+def asked_outcome(s: Sampler, result: CellResult) -> tuple[float, int | None]:
+    """What an Optuna search tells of a trial: the search metric's last value, mean over seeds
+    (NaN when a seed diverged), and the epoch halving stopped it at (None: it finished)."""
+    return score(result, s.order_metric()), pruned_at(result)
 
 
 def trial_params(exp: Any, results: Mapping[str, CellResult]) -> dict[str, dict[str, Any]]:

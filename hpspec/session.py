@@ -618,7 +618,7 @@ class Session:
         comes, under the trial's values."""
         __tracebackhide__ = True
         from hpspec.optuna_search import run_asked
-        from hpspec.search import cut, successive_halving
+        from hpspec.search import asked_outcome, cut, successive_halving
 
         s = exp.search
         self.stack_tried.update((key, c.id) for c in exp.cells)
@@ -626,9 +626,11 @@ class Session:
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
-        served, trained, rungs_log = [], [], []
+        served: list[str] = []
+        trained: list[str] = []
+        rungs_log: list[tuple[str, list[str]]] = []
 
-        def train(batch: list[tuple[str, dict[str, Any]]]) -> dict[str, CellResult]:
+        def train(batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             cells = [self._asked(key, exp, cid, values) for cid, values in batch]
             by_id = {c.id: c for c in cells}
             cached: dict[str, CellResult] = {}
@@ -668,7 +670,7 @@ class Session:
                 self._store(key, c, result)
             served.extend(cid for cid in got if cid in cached)
             trained.extend(cid for cid in got if cid not in cached)
-            return got
+            return {cid: asked_outcome(s, r) for cid, r in got.items()}
 
         log: list[str] = []
         run_asked(s, [c.id for c in exp.cells], train, log)

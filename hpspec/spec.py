@@ -600,7 +600,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
         for k in params:
             if k not in axes:
                 axes.append(k)
-    if asked:
+    if asked and sampler is not None:
         axes = [k for k, _ in sampler.space.varying()]
     clash = [k for k in axes if k in fixed]
     if clash:
