@@ -101,6 +101,18 @@ def test_without_optuna_the_spec_error_names_the_install(monkeypatch):
     assert "pip install optuna" in msg
 
 
+def test_cmaes_without_its_package_is_a_spec_error_naming_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cmaes" else real(name, *a))
+    with pytest.raises(hp.SpecError, match=r"search: sampler = 'cmaes' needs the cmaes "
+                       r"package.*fix: pip install hpspec\[optuna\] \(or pip install cmaes\)"):
+        build(hp.experiment(search=hp.optuna(SPACE, trials=4, sampler="cmaes"), epochs=2,
+                            data=hp.datasets.digits())(_fn))
+
+
 EXP = """
 import torch
 import hpspec as hp
@@ -209,3 +221,22 @@ def test_halving_ranks_each_batch_and_the_replay_serves_pruned_trials_from_the_c
         assert [list(x.curves["val_acc"]) for x in r.seeds] == [
             list(x.curves["val_acc"]) for x in before[c.id].seeds]
     assert any("8 served from the cache, 0 trained" in line for line in again.notes["k"])
+
+
+def test_a_failed_claim_on_a_trial_names_the_values_it_was_asked(pytester):
+    pytester.makepyfile(exp_fail="""
+        import torch
+        import hpspec as hp
+
+        @hp.experiment(
+            search=hp.optuna(hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=3, sampler="qmc"),
+            epochs=1, data=hp.datasets.digits(n_train=100),
+            claims=[hp.expect(hp.metric("val_loss").final() < 1e-6)])
+        def never(case):
+            model = hp.models.mlp(64, [8], 10)
+            return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+    """)
+    result = pytester.runpytest("-k", "t01", "-p", "no:cacheprovider", "--hpspec-cache=off")
+    result.assert_outcomes(failed=1, deselected=2)
+    # -k selects one trial; the search runs whole (its values depend on what came before)
+    result.stdout.fnmatch_lines(["*trial t01-lr=0.*", "*3 trials asked in 1 batch(es)*"])
