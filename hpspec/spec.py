@@ -752,6 +752,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
         raise SpecError("is a metric this experiment never produces", where=where,
                         argument="search: metric", value=sampler.metric,
                         fix=f"use one of: {', '.join(sorted(known))}")
+    if asked and sampler is not None and known is not None \
+            and sampler.order_metric() not in known:
+        # Optuna is told each trial's value of it: every trial would be told failed
+        raise SpecError("is the metric Optuna would be told, and this experiment never "
+                        "produces it", where=where, argument="search: metric",
+                        value=sampler.order_metric(),
+                        fix=f"pass metric= to hp.optuna, one of: {', '.join(sorted(known))}")
     checked = []
     for i, c in enumerate(claim_list):
         if sampler is not None:

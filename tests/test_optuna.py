@@ -101,6 +101,19 @@ def test_without_optuna_the_spec_error_names_the_install(monkeypatch):
     assert "pip install optuna" in msg
 
 
+def test_a_loop_search_without_the_default_metric_must_name_the_one_optuna_is_told():
+    def loop(case):
+        yield {"loss": 1.0}
+
+    with pytest.raises(hp.SpecError, match=r"search: metric = 'val_loss' is the metric Optuna "
+                       r"would be told.*fix: pass metric= to hp.optuna, one of: loss"):
+        build(hp.experiment(search=hp.optuna(SPACE, trials=4), epochs=2,
+                            metrics=["loss"])(loop))
+    exp = build(hp.experiment(search=hp.optuna(SPACE, trials=4, metric="loss"), epochs=2,
+                              metrics=["loss"])(loop))
+    assert exp.search.order_metric() == "loss"
+
+
 def test_cmaes_without_its_package_is_a_spec_error_naming_it(monkeypatch):
     import importlib.util
 
