@@ -8,6 +8,9 @@ collection, deterministically from its seed, and every trial becomes a cell with
 (``t07-lr=0.0123-layers=2``), so ``-k``, ``--lf``, the cache and resume work as for a grid, and
 trials that share an architecture train as one stacked model. Sampled floats are rounded to
 three significant digits *before* training: the value in the id is the value trained.
+``hp.optuna`` is the exception: a model-based sampler needs earlier results, so its trials are
+listed by number only (``t07``) and their values asked when the search runs
+(:mod:`hpspec.optuna_search`; the "Optuna" section below holds its checks and report helpers).
 
 Successive halving (:func:`halving`, run by :func:`successive_halving`) ranks ALL the trials
 of a search at each rung epoch, whichever stacked groups they train in: every trial still in is
