@@ -253,3 +253,16 @@ def test_a_failed_claim_on_a_trial_names_the_values_it_was_asked(pytester):
     result.assert_outcomes(failed=1, deselected=2)
     # -k selects one trial; the search runs whole (its values depend on what came before)
     result.stdout.fnmatch_lines(["*trial t01-lr=0.*", "*3 trials asked in 1 batch(es)*"])
+
+
+def test_the_example_collects_sixteen_trials_and_its_claim(pytester):
+    import shutil
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "exp_optuna.py"
+    shutil.copy(example, pytester.path / "exp_optuna.py")
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["exp_optuna.py::digits_optuna[[]t00[]]",
+                                 "exp_optuna.py::digits_optuna[[]t15[]]",
+                                 "exp_optuna.py::digits_optuna[[]found-*[]]",
+                                 "17 tests collected*"])
