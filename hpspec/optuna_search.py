@@ -84,8 +84,8 @@ def distributions(space: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Optuna's per-trial log lines and its experimental-feature warnings, silenced for the
-    search (the verbosity is put back afterwards)."""
+    """Optuna's per-trial log lines and its experimental-feature warnings, silenced while
+    Optuna asks and is told (never around training; the verbosity is put back)."""
     import optuna
 
     before = optuna.logging.get_verbosity()
@@ -136,23 +136,25 @@ def run_asked(sampler: Any, labels: Sequence[str], train: TrainBatch,
     batch = sampler.batch or default_batch(name, len(labels))
     dims = dict(sampler.space.varying())
     asked: dict[str, dict[str, Any]] = {}
+    dists = distributions(sampler.space)
     with _quiet():
         study = optuna.create_study(
             direction="minimize" if sampler.lower_is_better() else "maximize",
             sampler=_sampler(name, sampler.seed, batch))
-        dists = distributions(sampler.space)
-        for start in range(0, len(labels), batch):
-            ids = list(labels[start:start + batch])
+    for start in range(0, len(labels), batch):
+        ids = list(labels[start:start + batch])
+        with _quiet():
             trials = [study.ask(dists) for _ in ids]
-            values = [{k: dims[k].snap(t.params[k]) for k in dists} for t in trials]
-            asked.update(zip(ids, values, strict=True))
-            got = train(list(zip(ids, values, strict=True)))
+        values = [{k: dims[k].snap(t.params[k]) for k in dists} for t in trials]
+        asked.update(zip(ids, values, strict=True))
+        got = train(list(zip(ids, values, strict=True)))  # the user's code: not silenced
+        with _quiet():
             states = [tell(study, t, got.get(cid)) for cid, t in zip(ids, trials, strict=True)]
-            if log is not None:
-                counts = {s: states.count(s) for s in dict.fromkeys(states)}
-                log.append(f"optuna {name}: batch {start // batch + 1} of "
-                           f"{math.ceil(len(labels) / batch)} ({ids[0]}..{ids[-1]}) asked and "
-                           f"told: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if log is not None:
+            counts = {s: states.count(s) for s in dict.fromkeys(states)}
+            log.append(f"optuna {name}: batch {start // batch + 1} of "
+                       f"{math.ceil(len(labels) / batch)} ({ids[0]}..{ids[-1]}) asked and "
+                       f"told: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     return asked
 
 
