@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from hpspec._pytest_compat import FailureRepr, TerminalRepr, current_line
@@ -205,8 +206,10 @@ class ExperimentFile(pytest.Module):
                 item = CellItem.from_parent(
                     self, name=name, nodeid=f"{self.nodeid}::{name}", exp=exp, cell=cell, key=key
                 )
-                if exp.search is not None and exp.search.halving is not None:
-                    # A halving search trains once, all its trials ranked together: under
+                if exp.search is not None and (exp.search.halving is not None
+                                               or getattr(exp.search, "asked", False)):
+                    # A halving search trains once, all its trials ranked together, and an
+                    # Optuna search runs whole wherever one of its trials is wanted: under
                     # --dist loadgroup all its cells go to one worker.
                     item.add_marker(pytest.mark.xdist_group(f"hpspec:{key}"))
                 elif exp.mode == "recipe" and exp.stack:
@@ -353,6 +356,12 @@ class CellItem(_HpspecItem):
         for name, value in key_numbers(result).items():
             self.user_properties.append((f"hpspec.{name}", value))
         failed = [v for v in verdicts if not v.passed]
+        if failed and getattr(self.exp.search, "asked", False):
+            from hpspec.search import trial_name
+
+            # the id is the trial's number: its message says the values Optuna asked
+            name = trial_name(self.exp, self.cell.id, result.params)
+            failed[0] = attrs.evolve(failed[0], message=f"trial {name}\n{failed[0].message}")
         record.outcome = "FAILED" if failed else "passed"
         if failed:
             if all(v.outcome == INCONCLUSIVE for v in failed):

@@ -8,6 +8,9 @@ collection, deterministically from its seed, and every trial becomes a cell with
 (``t07-lr=0.0123-layers=2``), so ``-k``, ``--lf``, the cache and resume work as for a grid, and
 trials that share an architecture train as one stacked model. Sampled floats are rounded to
 three significant digits *before* training: the value in the id is the value trained.
+``hp.optuna`` is the exception: a model-based sampler needs earlier results, so its trials are
+listed by number only (``t07``) and their values asked when the search runs
+(:mod:`hpspec.optuna_search`; the "Optuna" section below holds its checks and report helpers).
 
 Successive halving (:func:`halving`, run by :func:`successive_halving`) ranks ALL the trials
 of a search at each rung epoch, whichever stacked groups they train in: every trial still in is
@@ -42,6 +45,7 @@ from hpspec.claims import (
 from hpspec.claims import format_number as _fmt
 from hpspec.cross import Compare, CrossClaim
 from hpspec.errors import SpecError
+from hpspec.optuna_search import default_batch
 from hpspec.results import CellResult
 from hpspec.spec import Cell, cell_id
 
@@ -170,6 +174,16 @@ class Dim:
         else:
             x = self.low + u * (self.high - self.low)
         return min(max(round_sig(x), self.low), self.high)
+
+
+    def snap(self, x: Any) -> Any:
+        """The value trained for a sampler's raw proposal ``x`` (Optuna's): floats rounded to
+        three significant digits, as :meth:`at` rounds them, inside the bounds."""
+        if self.kind == "choice":
+            return x
+        if self.kind == "int":
+            return int(x)
+        return min(max(round_sig(float(x)), self.low), self.high)
 
 
 def uniform(low: float, high: float) -> Dim:
@@ -320,7 +334,8 @@ def hyperband(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
 
 @attrs.frozen
 class Sampler:
-    """``kind`` is random or sobol: ``trials`` points of ``space`` from ``seed``."""
+    """``kind`` is random, sobol or ``optuna:<name>``: ``trials`` points of ``space`` from
+    ``seed``."""
 
     kind: str
     space: Any
@@ -329,9 +344,36 @@ class Sampler:
     halving: Halving | None = None
     #: What "best" means for the report and hp.found: a metric's final value.
     metric: str | None = None
+    #: hp.optuna: trials asked at once (None: every trial for random/qmc, else 4).
+    batch: Any = None
 
     def expand_trials(self, where: str) -> list[tuple[str, dict[str, Any]]]:
         return trials(self, where)
+
+    @property
+    def asked(self) -> bool:
+        """Whether the values are asked when the search runs (Optuna), not listed at
+        collection: the trials' cells then hold only the fixed values."""
+        return self.kind.startswith("optuna:")
+
+    def check_claim(self, claim: Any, where: str, arg: str) -> None:
+        """Refuse a claim that selects trials by a value an Optuna search decides at run
+        time (see :func:`check_asked_claim`); any claim fits a random or Sobol search."""
+        if self.asked:
+            check_asked_claim(self, claim, where, arg)
+
+    def largest(self, name: str) -> Any:
+        """The largest value the space gives ``name`` (None when it is not a number)."""
+        for k, d in self.space.dims:
+            if k != name:
+                continue
+            if not isinstance(d, Dim):
+                return d
+            if d.kind == "choice":
+                nums = [v for v in d.values if _num(v)]
+                return max(nums) if nums and len(nums) == len(d.values) else None
+            return d.high
+        return None
 
     def order_metric(self) -> str:
         return self.metric or (self.halving.metric if self.halving else "val_loss")
@@ -356,10 +398,15 @@ def sobol(space: Space, *, trials: int, seed: int = 0, halving: Halving | None =
 
 
 def optuna(space: Space, *, trials: int, sampler: str = "tpe", seed: int = 0,
-           **_: Any) -> Sampler:
-    """Optuna's samplers need results of earlier trials to propose the next, so their trials
-    cannot be listed at collection; not supported yet (a clear error at collection)."""
-    return Sampler("optuna:" + str(sampler), space, trials, seed)
+           batch: int | None = None, halving: Halving | None = None,
+           metric: str | None = None) -> Sampler:
+    """Optuna's ``sampler`` ("tpe", "cmaes", "random" or "qmc", seeded with ``seed``) through
+    its ask-and-tell interface. The trials are listed at collection by number (``t00``..),
+    their values asked when the search runs, ``batch`` at a time: a batch trains as one stacked
+    population (ranked by ``halving`` when given), its results are told to Optuna, then the
+    next batch is asked. ``batch`` defaults to every trial for random and qmc (their proposals
+    do not depend on results) and to 4 for tpe and cmaes. See :mod:`hpspec.optuna_search`."""
+    return Sampler("optuna:" + str(sampler), space, trials, seed, halving, metric, batch)
 
 
 def _unit_points(s: Sampler, d: int) -> list[list[float]]:
@@ -390,10 +437,6 @@ def trials(s: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
         raise SpecError("must be a sampler", where=where, argument="search", value=s,
                         fix="write search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
                         "trials=16)")
-    if s.kind.startswith("optuna"):
-        raise SpecError("needs Optuna's ask-and-tell, which hpspec does not drive yet",
-                        where=where, argument="search", value=s.kind,
-                        fix="use hp.random(...) or hp.sobol(...)")
     if not isinstance(s.space, Space):
         raise SpecError("must be built with hp.space(...)", where=where,
                         argument="search: space", value=s.space,
@@ -410,10 +453,105 @@ def trials(s: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
                         fix="halving=hp.halving(min_epochs=1, eta=3)")
     dims = s.space.varying()
     width = max(2, len(str(s.trials - 1)))
+    if s.asked:
+        _check_asked(s, where)
+        return [(f"t{i:0{width}d}", {}) for i in range(s.trials)]
     out: list[tuple[str, dict[str, Any]]] = []
     for i, u in enumerate(_unit_points(s, len(dims))):
         out.append((f"t{i:0{width}d}", {k: d.at(x) for (k, d), x in zip(dims, u, strict=True)}))
     return out
+
+
+# ------------------------------------------------------------- Optuna (asked at run time)
+
+
+def _check_asked(s: Sampler, where: str) -> None:
+    """hp.optuna's own arguments: a known sampler, a batch size, searched epochs or batch
+    sizes that are whole numbers >= 1 (a grid's cells are checked one by one; an Optuna
+    trial's values are not known yet), and Optuna installed."""
+    from hpspec.optuna_search import SAMPLERS, check_installed
+
+    name = s.kind.split(":", 1)[1]
+    if name not in SAMPLERS:
+        raise SpecError("is not a sampler hp.optuna knows", where=where,
+                        argument="search: sampler", value=name,
+                        fix="use one of: " + ", ".join(repr(k) for k in SAMPLERS))
+    if s.batch is not None and (isinstance(s.batch, bool) or not isinstance(s.batch, int)
+                                or s.batch < 1):
+        raise SpecError("must be a whole number >= 1", where=where, argument="search: batch",
+                        value=s.batch, fix="e.g. batch=4 (trials asked and trained together)")
+    dims = dict(s.space.varying())
+    for setting in ("epochs", "batch_size"):
+        d = dims.get(setting)
+        if d is None:
+            continue
+        values = d.values if d.kind == "choice" else (d.low,) if d.kind == "int" else (None,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise SpecError("must be searched over whole numbers >= 1", where=where,
+                            argument=f"space[{setting!r}]", value=d.describe(),
+                            fix=f"e.g. {setting}=hp.choice([4, 8]) or hp.intrange(2, 8)")
+    if name == "cmaes" and all(d.kind == "choice" for d in dims.values()):
+        raise SpecError("would sample every trial at random: CMA-ES searches numbers and "
+                        "this space has only choices", where=where, argument="search: sampler",
+                        value=name, fix="use sampler='tpe' (or add hp.uniform/loguniform/"
+                        "intrange dimensions)")
+    check_installed(name, where)
+
+
+def check_asked_claim(s: Sampler, claim: Any, where: str, arg: str) -> None:
+    """An Optuna search's values are decided when it runs, so a claim cannot pick trials by a
+    searched value (``where(lr=...)``, a compare or trend between values): claims about the
+    best trial (hp.found, compare(higher="found")) and claims about every trial fit."""
+    searched = [k for k, _ in s.space.varying()]
+    if isinstance(claim, CellClaim):
+        names = [k for k, _ in claim.where.params]
+        names += [k for c in (claim.where.cells or ()) for k, _ in c]
+        bad = [k for k in names if k in searched]
+        if bad:
+            raise SpecError("selects trials by a value Optuna decides when the search runs",
+                            where=where, argument=f"{arg}: where({bad[0]}=...)", value=bad[0],
+                            fix="claim about the best trial with hp.found(...), drop the "
+                            "where() to claim it of every trial, or search with hp.random / "
+                            "hp.sobol (their values are listed at collection)")
+    elif isinstance(claim, CrossClaim) and not hasattr(claim, "judge_fresh"):
+        raise SpecError("picks trials by their values, which Optuna decides when the search "
+                        "runs", where=where, argument=arg, value=claim.describe(),
+                        fix="claim about the best trial: hp.found(...) or hp.compare(..., "
+                        "higher='found', than={...}); or search with hp.random / hp.sobol")
+
+
+def trial_name(exp: Any, cid: str, params: Mapping[str, Any] | None) -> str:
+    """How reports name a trial: its id, which for an Optuna search is its number only, with
+    the values it was asked once they are known (``t03-lr=0.0123-layers=2``)."""
+    s = getattr(exp, "search", None)
+    if s is None or not s.asked or not params:
+        return cid
+    values = {k: params[k] for k, _ in s.space.varying() if k in params}
+    return f"{cid}-{cell_id(values)}" if values else cid
+
+
+def asked_outcome(s: Sampler, result: CellResult) -> tuple[float, int | None]:
+    """What an Optuna search tells of a trial: the search metric's last value, mean over seeds
+    (NaN when a seed diverged), and the epoch halving stopped it at (None: it finished)."""
+    return score(result, s.order_metric()), pruned_at(result)
+
+
+def trial_params(exp: Any, results: Mapping[str, CellResult]) -> dict[str, dict[str, Any]]:
+    """Each trial's hyperparameters: its cell's, completed by its result's (an Optuna trial's
+    values are only in its result)."""
+    return {c.id: {**c.as_dict(), **dict(results[c.id].params)} for c in exp.cells
+            if c.id in results}
+
+
+def asked_key(exp: Any, seed: int) -> dict[str, Any]:
+    """What an Optuna search with halving adds to a seed's cache key: the sampler, whose
+    arguments decide the batch a trial is ranked in (and so whether it is pruned). Nothing
+    without halving: a trial's result is then cached under its values alone, as a grid cell's
+    is. Fresh seeds (hp.found) are not pruned and get no addition."""
+    s = getattr(exp, "search", None)
+    if s is None or not s.asked or s.halving is None or seed not in exp.seeds:
+        return {}
+    return {"asked": repr(s)}
 
 
 # ---------------------------------------------------------------------------------- halving
@@ -693,7 +831,8 @@ def _best_lines(exp: Any, best: Sequence[str], results: Mapping[str, CellResult]
     out = []
     for rank, cid in enumerate(best, 1):
         vals = [s.curves.get(metric, [math.nan])[-1] for s in fresh[cid].seeds]
-        out.append(f"  #{rank} {cid}: {metric} {_fmt(score(results[cid], metric))} in the "
+        name = trial_name(exp, cid, fresh[cid].params)
+        out.append(f"  #{rank} {name}: {metric} {_fmt(score(results[cid], metric))} in the "
                    f"search, fresh seeds {', '.join(_fmt(v) for v in vals)}")
     return out
 
@@ -764,7 +903,8 @@ class FoundCompare(_SearchClaim, CrossClaim):
         inner = cmp.judge({"a": attrs.evolve(a, params={"__side": "found"}),
                            "b": attrs.evolve(b, params={"__side": "baseline"})}, alpha)
         body = inner.message.splitlines()[1:]
-        body = [line.replace("__side=found", f"best found ({best[0]})").replace(
+        name = trial_name(exp, best[0], a.params)
+        body = [line.replace("__side=found", f"best found ({name})").replace(
             "__side=baseline", f"baseline ({base.id})") for line in body]
         seeds = [s.seed for s in a.seeds]
         lines = [f"claim: {self.describe()} (Welch's t-test, {1 - alpha:.0%} confidence)",
@@ -815,16 +955,7 @@ def importance(sampler: Sampler, results: Mapping[str, CellResult],
     into three bins of equal count (log scale where the dimension is). The metric is each
     trial's value at the last epoch every trial reached (so pruned trials count too).
     A rough guide: dimensions are scored one at a time, interactions are not separated."""
-    metric = sampler.order_metric()
-    ids = [c for c in results if all(s.curves.get(metric) for s in results[c].seeds)]
-    if len(ids) < 3:
-        return []
-    depth = min(min(len(s.curves[metric]) for s in results[c].seeds) for c in ids)
-    ys: dict[str, float] = {}
-    for c in ids:
-        vals = [float(s.curves[metric][depth - 1]) for s in results[c].seeds]
-        if all(math.isfinite(v) for v in vals):
-            ys[c] = statistics.fmean(vals)
+    ys = _importance_values(sampler, results)
     if len(ys) < 3:
         return []
     total = statistics.pvariance(list(ys.values()))
@@ -844,6 +975,32 @@ def importance(sampler: Sampler, results: Mapping[str, CellResult],
     return sorted(out, key=lambda t: -t[1])
 
 
+def _importance_values(sampler: Sampler, results: Mapping[str, CellResult]) -> dict[str, float]:
+    """Each trial's metric at the last epoch every trial reached (mean over seeds), for the
+    trials where it is finite."""
+    metric = sampler.order_metric()
+    ids = [c for c in results if all(s.curves.get(metric) for s in results[c].seeds)]
+    if len(ids) < 3:
+        return {}
+    depth = min(min(len(s.curves[metric]) for s in results[c].seeds) for c in ids)
+    ys: dict[str, float] = {}
+    for c in ids:
+        vals = [float(s.curves[metric][depth - 1]) for s in results[c].seeds]
+        if all(math.isfinite(v) for v in vals):
+            ys[c] = statistics.fmean(vals)
+    return ys
+
+
+def asked_importance(sampler: Sampler, results: Mapping[str, CellResult],
+                     params: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, float]]:
+    """An Optuna search's importance: Optuna's fANOVA evaluator on the same per-trial values
+    :func:`importance` uses (so pruned trials count too), the values each trial trained."""
+    from hpspec.optuna_search import fanova_importance
+
+    ys = _importance_values(sampler, results)
+    return fanova_importance(sampler.space, ys, {c: params[c] for c in ys})
+
+
 # ----------------------------------------------------------------------------------- report
 
 
@@ -854,18 +1011,26 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
     metric = s.order_metric()
     trial_ids = [c.id for c in exp.cells if c.id in results]
     got = {c: results[c] for c in trial_ids}
+    params = trial_params(exp, got)
     order = ranked(s, got)
-    width = max([len(c) for c in order[:top]] + [5])
+    names = {c: trial_name(exp, c, params[c]) for c in order[:top]}
+    width = max([len(n) for n in names.values()] + [5])
     h = s.halving
-    plan = search_brackets(exp) if h is not None else []
+    plan = search_brackets(exp) if h is not None and not s.asked else []
     bracket_of = {t: b.index for b in plan for t in b.trials} if len(plan) > 1 else {}
+    # an Optuna trial's epochs may be searched: known from its result only
+    epochs = ([p.get("epochs", exp.epochs) for p in params.values()] if s.asked
+              else [exp.epochs_for(c) for c in exp.cells])
+    batch = (f", asked {s.batch or default_batch(s.kind.split(':', 1)[1], s.trials)} at a "
+             "time" if s.asked else "")
     schedule = ""
     if h is not None and bracket_of:
         schedule = f"; Hyperband eta={h.eta}, {len(plan)} brackets"
-    elif h is not None:
+    elif h is not None and any(isinstance(e, int) for e in epochs):
         schedule = (f"; successive halving eta={h.eta} at epochs "
-                    f"{rungs(h, max(exp.epochs_for(c) for c in exp.cells))}")
-    lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}), sorted by "
+                    f"{rungs(h, max(e for e in epochs if isinstance(e, int)))}"
+                    + (" (within each batch)" if s.asked else ""))
+    lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}{batch}), sorted by "
              f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better){schedule}"]
     labels = {c.id: c.label or c.id for c in exp.cells}
     lines += [f"  {b.describe(labels)}" for b in plan if bracket_of]
@@ -878,8 +1043,8 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
         status = ("diverged" if diverged else f"pruned at epoch {p}" if p else "finished")
         run = max(x.epochs_run for x in r.seeds)
         where = f"{bracket_of[cid]:>7}  " if cid in bracket_of else ""
-        lines.append(f"  {i:>3}  {cid:<{width}}  {_fmt(score(r, metric)):>10}  {run:>6}  "
-                     f"{where}{status}")
+        lines.append(f"  {i:>3}  {names[cid]:<{width}}  {_fmt(score(r, metric)):>10}  "
+                     f"{run:>6}  {where}{status}")
     pruned = sum(1 for c in order if pruned_at(got[c]) is not None)
     rest = len(order) - min(top, len(order))
     if rest or pruned:
@@ -887,10 +1052,14 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
     missing = len(exp.cells) - len(order)
     if missing:
         lines.append(f"  {missing} trial(s) not trained in this run (deselected or failed)")
-    imp = importance(s, got, {c.id: c.as_dict() for c in exp.cells})
+    if s.asked:
+        imp, how = asked_importance(s, got, params), ("fANOVA, Optuna's evaluator: share of "
+                                                      "the metric's variance, summing to 1")
+    else:
+        imp, how = importance(s, got, params), ("share of the metric's variance between a "
+                                                "hyperparameter's values")
     if imp:
-        lines.append("  importance (share of the metric's variance between a hyperparameter's "
-                     "values): " + ", ".join(f"{k} {v:.2f}" for k, v in imp))
+        lines.append(f"  importance ({how}): " + ", ".join(f"{k} {v:.2f}" for k, v in imp))
     return "\n".join(lines)
 
 

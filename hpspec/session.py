@@ -22,7 +22,7 @@ from hpspec.errors import CellError, HpspecError
 from hpspec.measures import is_probed
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
-from hpspec.search import search_key
+from hpspec.search import asked_key, search_key
 from hpspec.spec import Cell, Experiment
 from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
 
@@ -108,6 +108,11 @@ class Session:
     #: Controller under xdist: torch, CUDA and device as the first worker payload gave them
     #: (the controller itself never imports torch).
     worker_env: dict[str, Any] | None = None
+    #: hp.optuna searches: each trial's cell with the values it was asked (once asked).
+    asked_cells: dict[tuple[str, str], Cell] = attrs.field(factory=dict)
+    #: hp.optuna searches that ran in this process: key -> why the search stopped (None: it
+    #: asked every trial).
+    asked_runs: dict[str, str | None] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -125,6 +130,8 @@ class Session:
     def result(self, key: str, exp: Experiment, cell: Cell, progress: Any = None) -> CellResult:
         """The cell's result, training it the first time it is asked for."""
         __tracebackhide__ = True
+        if getattr(exp.search, "asked", False):  # an Optuna trial: its values, asked now
+            cell = self._asked_cell(key, exp, cell, progress)
         found = self.results.get((key, cell.id))
         halving = (exp.search is not None and exp.search.halving is not None
                    and exp.mode == "recipe")
@@ -216,6 +223,7 @@ class Session:
             "stops_early": getattr(stop_rule(exp, cell.as_dict(), self.full_curves),
                                    "targets", None),
             **search_key(exp, seed),
+            **asked_key(exp, seed),
         })
 
     def cached_seeds(self, exp: Experiment, cell: Cell, seeds: tuple[int, ...]) -> list[Any]:
@@ -295,6 +303,11 @@ class Session:
         jobs: list[RayJob] = []
         for key, wanted in self.wanted.items():
             exp = self.experiments[key]
+            if getattr(exp.search, "asked", False):
+                # Optuna asks the values as results come back: the search runs here
+                self.note(key, "--hpspec-ray: an Optuna search runs in this process (each "
+                          "batch's values depend on the results before it)")
+                continue
             cells = [c for c in exp.cells if c.id in wanted and not (
                 self.cache == "use" and len(self.cached_seeds(exp, c, exp.seeds)) == len(
                     exp.seeds))]
@@ -623,6 +636,174 @@ class Session:
             self.note(key, f"{len(groups)} stacked training run(s) over the rungs: "
                       + "; ".join(groups[:3]) + (" ..." if len(groups) > 3 else ""))
 
+    # ------------------------------------------------------------------ hp.optuna
+
+    def _asked_cell(self, key: str, exp: Experiment, cell: Cell, progress: Any) -> Cell:
+        """An Optuna trial's cell with the values it was asked. The first time any trial of
+        the search is wanted, the whole search runs (:meth:`_asked_search`): a trial's values
+        depend on every batch before it."""
+        __tracebackhide__ = True
+        if key not in self.asked_runs:
+            self.asked_runs[key] = None
+            try:
+                self._asked_search(key, exp, progress)
+            except Exception as e:  # noqa: BLE001 - each trial not asked says why
+                self.asked_runs[key] = f"{type(e).__name__}: {e}"
+                self.note(key, f"optuna: the search stopped ({type(e).__name__}: {e})")
+        asked = self.asked_cells.get((key, cell.id))
+        if asked is None:
+            why = self.asked_runs.get(key) or "the search ended before it"
+            raise CellError(f"{exp.where}[{cell.id}]: Optuna never asked this trial's values: "
+                            f"{why}")
+        return asked
+
+    def _asked_search(self, key: str, exp: Experiment, progress: Any) -> None:
+        """hp.optuna: ask a batch of trials, serve those whose values are cached, train the
+        rest as one stacked population (ranked by successive halving within the batch when
+        the search has one), tell Optuna every result, repeat (see
+        :func:`hpspec.optuna_search.run_asked`). Every result is saved and stored as it
+        comes, under the trial's values."""
+        __tracebackhide__ = True
+        from hpspec.optuna_search import run_asked
+        from hpspec.search import asked_outcome, cut, successive_halving
+
+        s = exp.search
+        self.stack_tried.update((key, c.id) for c in exp.cells)
+        report = None
+        if progress is not None:
+            def report(epoch: int, epochs: int, loss: float) -> None:
+                progress(1, 1, epoch, epochs, loss)
+        served: list[str] = []
+        trained: list[str] = []
+        rungs_log: list[tuple[str, list[str]]] = []
+
+        def train(batch: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+            cells = [self._asked(key, exp, cid, values) for cid, values in batch]
+            by_id = {c.id: c for c in cells}
+            cached: dict[str, CellResult] = {}
+            for c in cells if self.cache == "use" else ():
+                hit = self.cached_seeds(exp, c, exp.seeds)
+                if len(hit) == len(exp.seeds):
+                    cached[c.id] = CellResult(experiment=exp.name, cell_id=c.id,
+                                              params=c.as_dict(), device=self.resolve_device(),
+                                              seeds=tuple(hit))
+            if s.halving is None:
+                got = dict(cached)
+                got.update(self._train_trials(key, exp, [c for c in cells if c.id not in cached],
+                                              None, report))
+            else:
+                def to(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
+                    out = {cid: cached[cid] for cid in ids
+                           if cid in cached and _serves(cached[cid], stop_at)}
+                    out.update(self._train_trials(
+                        key, exp, [by_id[cid] for cid in ids if cid not in out], stop_at,
+                        report))
+                    return ({cid: cut(r, stop_at) for cid, r in out.items()}
+                            if stop_at is not None else out)
+
+                log: list[str] = []
+                got = successive_halving(s.halving, {c.id: exp.epochs_for(c) for c in cells},
+                                         to, log)
+                rungs_log.append((f"{cells[0].id}..{cells[-1].id}", log))
+            for cid, result in got.items():
+                c = by_id[cid]
+                if cid in cached:
+                    self.cached_cells.add((key, cid))
+                    record = self.records.get(key, {}).get(cid)
+                    if record is not None:
+                        record.note = "cached"
+                for r in result.seeds:
+                    self.save_seed(key, exp, c, r, cached=cid in cached)
+                self._store(key, c, result)
+            served.extend(cid for cid in got if cid in cached)
+            trained.extend(cid for cid in got if cid not in cached)
+            return {cid: asked_outcome(s, r) for cid, r in got.items()}
+
+        log: list[str] = []
+        run_asked(s, [c.id for c in exp.cells], train, log)
+        stack = self._stacks_trials(exp)
+        self.note(key, f"optuna {s.kind.split(':', 1)[1]} (seed {s.seed}): {len(exp.cells)} "
+                  f"trials asked in {len(log)} batch(es); {len(served)} served from the cache, "
+                  f"{len(trained)} trained ({'stacked per batch' if stack else 'one by one'}"
+                  f"{', successive halving within each batch' if s.halving else ''})")
+        for line in log[:3]:
+            self.note(key, line)
+        if len(log) > 3:
+            self.note(key, f"... {len(log) - 3} more batch(es)")
+        for span, lines in rungs_log[:1]:
+            for line in lines:
+                self.note(key, f"batch {span}: {line.replace(' across all groups', '')}")
+        if len(rungs_log) > 1:
+            self.note(key, f"... the same rungs within each of the other {len(rungs_log) - 1} "
+                      "batch(es)")
+
+    def _asked(self, key: str, exp: Experiment, cid: str, values: dict[str, Any]) -> Cell:
+        """Trial ``cid``'s cell with the values Optuna asked: same id (its number), the values
+        in its params, so the cache key, the Case and the reports see them."""
+        base = exp.cell(cid)
+        cell = attrs.evolve(base, params=tuple({**values, **base.as_dict()}.items()))
+        self.asked_cells[(key, cid)] = cell
+        record = self.records.get(key, {}).get(cid)
+        if record is not None:
+            record.params = cell.as_dict()
+        return cell
+
+    def _stacks_trials(self, exp: Experiment) -> bool:
+        from hpspec.plan import timing_claim
+
+        return (self.stack and exp.stack and exp.mode == "recipe" and not self.inference
+                and exp.timeout is None and self.timeout is None and timing_claim(exp) is None)
+
+    def _train_trials(self, key: str, exp: Experiment, cells: list[Cell], stop_at: int | None,
+                      report: Any) -> dict[str, CellResult]:
+        """Train ``cells`` from scratch, stopped after ``stop_at`` epochs (None: their own
+        count): stacked by batch size where they can be, else one by one. A trial that cannot
+        train is left out (its own item trains it again and reports the error)."""
+        from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
+        from hpspec.plan import stacked_note, stop_rule
+        from hpspec.search import trial_name
+
+        def rule(c: Cell) -> Any:
+            own = stop_rule(exp, c.as_dict(), self.full_curves)
+            if stop_at is None:
+                return own
+            return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
+                                   or (own is not None and own(curves)))
+
+        rules = {c.id: rule(c) for c in cells}
+        got: dict[str, CellResult] = {}
+        if cells and self._stacks_trials(exp):
+            for bucket in stackable_cells(exp, cells):
+                log: list[str] = []
+                try:
+                    done, _ = run_stacked(exp, bucket, self.resolve_device(), progress=report,
+                                          stop_rules=rules, log=log, threads=self.threads)
+                except Exception as e:  # those trials then train one by one
+                    self.note(key, f"stacked training failed ({type(e).__name__}: {e}); "
+                              "trained one by one")
+                    done = {}
+                got.update(done)
+            groups = self.stacked_groups.setdefault(key, {})
+            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
+                           for cid, r in got.items()})
+            if groups:
+                lines = self.notes.setdefault(key, [])
+                lines[:] = [line for line in lines if not line.startswith("stacked: ")]
+                self.note(key, stacked_note(groups))
+        for c in cells:
+            if c.id in got:
+                continue
+            try:
+                got[c.id] = run_cell(exp, c, self.resolve_device(), stop=rules[c.id],
+                                     inference=self.inference, timeout=self.timeout,
+                                     threads=self.threads)
+            except Exception as e:  # noqa: BLE001 - told to Optuna as failed; its own item
+                # trains it again and reports the error with its traceback
+                self.note(key, f"{trial_name(exp, c.id, c.as_dict())} could not train "
+                          f"({type(e).__name__}); told Optuna it failed (its own item reports "
+                          "the error)")
+        return got
+
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:
         self.results[(key, cell.id)] = result
         record = self.records[key][cell.id]
@@ -733,7 +914,8 @@ class Session:
 
         results = self.needed_results(key, exp, claim)
         seeds = claim.fresh_seeds(exp)
-        todo = [exp.cell(cid) for cid in claim.best(exp, results)]
+        todo = [self.asked_cells.get((key, cid)) or exp.cell(cid)
+                for cid in claim.best(exp, results)]
         if hasattr(claim, "baseline_cell"):
             todo.append(claim.baseline_cell(exp))
         fresh: dict[str, CellResult] = {}
@@ -971,6 +1153,16 @@ class Session:
         self.gate_rows, self.gate_warnings = rows, self.gate_warnings + warnings
         return any(r.failed for r in rows)
 
+
+
+def _serves(result: CellResult, stop_at: int | None) -> bool:
+    """Whether a cached trial result answers a halving rung at ``stop_at`` (None: the end):
+    an unpruned result answers every rung, a pruned one the rungs up to where it stopped."""
+    from hpspec.search import PRUNED
+
+    marks = [x.measurements.get(PRUNED) for x in result.seeds]
+    return all(m is None for m in marks) or (
+        stop_at is not None and all(m is not None and m >= stop_at for m in marks))
 
 
 def holm_family(

@@ -555,6 +555,9 @@ def build(fn: Callable[..., Any]) -> Experiment:
     g = kw["grid"]
     sampler = kw.get("search")
     labels: list[str] = []
+    #: An Optuna search: its trials' values are asked when it runs, so the cells hold only the
+    #: fixed values and are named by trial number.
+    asked = bool(getattr(sampler, "asked", False))
     if sampler is not None:
         if not hasattr(sampler, "expand_trials"):  # (spec does not import hpspec.search)
             raise SpecError("must be a sampler", where=where, argument="search", value=sampler,
@@ -597,6 +600,8 @@ def build(fn: Callable[..., Any]) -> Experiment:
         for k in params:
             if k not in axes:
                 axes.append(k)
+    if asked and sampler is not None:
+        axes = [k for k, _ in sampler.space.varying()]
     clash = [k for k in axes if k in fixed]
     if clash:
         raise SpecError(
@@ -604,7 +609,7 @@ def build(fn: Callable[..., Any]) -> Experiment:
             where=where, argument="fixed", value={k: fixed[k] for k in clash},
             fix=f"keep {clash[0]!r} in one place: the grid or fixed",
         )
-    if expanded and any(set(p) != set(axes) for p in expanded):
+    if expanded and not asked and any(set(p) != set(axes) for p in expanded):
         missing = next(p for p in expanded if set(p) != set(axes))
         raise SpecError(
             "lists cells with different hyperparameter names",
@@ -619,8 +624,11 @@ def build(fn: Callable[..., Any]) -> Experiment:
     seen_equal: dict[tuple[Any, ...], dict[str, Any]] = {}
     for i, params in enumerate(expanded):
         full = {**params, **fixed}
-        cell = Cell(params=tuple(full.items()), varying=tuple(axes),
+        cell = Cell(params=tuple(full.items()), varying=() if asked else tuple(axes),
                     label=labels[i] if labels else "")
+        if asked:  # no values yet: the trial number is the id
+            cells_.append(cell)
+            continue
         if cell.id in seen_ids:
             raise SpecError("lists the same cell twice", where=where, argument="grid",
                             value=params, fix="remove the duplicate cell")
@@ -646,6 +654,8 @@ def build(fn: Callable[..., Any]) -> Experiment:
         _positive_int(batch_size, where, "batch_size", "e.g. batch_size=64")
     for cell in cells_:
         for setting, default in (("epochs", epochs), ("batch_size", batch_size)):
+            if asked and setting in axes:
+                continue  # searched: hpspec.search checked the dimension's range
             value = cell.get(setting, default)
             if setting == "epochs" and value is None:
                 if mode == "recipe":
@@ -709,6 +719,8 @@ def build(fn: Callable[..., Any]) -> Experiment:
             if v not in seen:
                 seen.add(v)
                 values.append(v)
+    for k in axes if asked else ():  # known names, values not known before the search runs
+        hyper_values.setdefault(k, [])
     ctx = claims_mod.SpecContext(
         where=where, hyperparameters=hyper_values, metrics=known, seeds=len(seeds), mode=mode,
         cells=tuple(c.as_dict() for c in cells_),
@@ -723,6 +735,14 @@ def build(fn: Callable[..., Any]) -> Experiment:
         # a schedule that would never prune, or more brackets than rungs or trials
         most = max((c.get("epochs", kw.get("epochs")) for c in cells_
                     if isinstance(c.get("epochs", kw.get("epochs")), int)), default=None)
+        if asked and "epochs" in axes:
+            most = sampler.largest("epochs")
+        if asked and sampler.halving.brackets != 1:
+            raise SpecError("are not run for hp.optuna: each asked batch is halved on its own",
+                            where=where, argument="search: halving: brackets",
+                            value=sampler.halving.brackets,
+                            fix="use halving=hp.halving(...) with hp.optuna, or Hyperband with "
+                            "hp.random(...) / hp.sobol(...)")
         if most is not None:
             sampler.halving.check_schedule(where, most, len(cells_))
     if sampler is not None and sampler.metric is not None and known is not None \
@@ -730,8 +750,17 @@ def build(fn: Callable[..., Any]) -> Experiment:
         raise SpecError("is a metric this experiment never produces", where=where,
                         argument="search: metric", value=sampler.metric,
                         fix=f"use one of: {', '.join(sorted(known))}")
+    if asked and sampler is not None and known is not None \
+            and sampler.order_metric() not in known:
+        # Optuna is told each trial's value of it: every trial would be told failed
+        raise SpecError("is the metric Optuna would be told, and this experiment never "
+                        "produces it", where=where, argument="search: metric",
+                        value=sampler.order_metric(),
+                        fix=f"pass metric= to hp.optuna, one of: {', '.join(sorted(known))}")
     checked = []
     for i, c in enumerate(claim_list):
+        if sampler is not None:
+            getattr(sampler, "check_claim", lambda *a: None)(c, where, f"claims[{i}]")
         checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
 
     stack = kw.get("stack", True)
@@ -848,6 +877,11 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
     where = exp.where
     cells_ = list(exp.cells)
     for axis, keep in dict(overrides.get("grid", {})).items():
+        if getattr(exp.search, "asked", False):
+            raise SpecError("cannot keep trials by value: an Optuna search asks its values "
+                            "when it runs", where=where, argument=f"profile {name!r}: grid",
+                            value=axis, fix="drop grid= from the profile (narrow the space "
+                            "instead)")
         if axis not in exp.axes:
             raise SpecError("is not a grid axis of this experiment", where=where,
                             argument=f"profile {name!r}: grid", value=axis,
@@ -897,6 +931,8 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
                          "are not in the profile's grid)")
     if epochs is not None:
         epochs_text = f"{epochs} epochs"
+    elif "epochs" in exp.axes and getattr(exp.search, "asked", False):
+        epochs_text = "epochs as the search asks them"
     elif "epochs" in exp.axes:  # each cell's own epochs, from the grid
         kept_epochs = sorted({c.get("epochs") for c in cells_})
         epochs_text = f"epochs {', '.join(map(str, kept_epochs))} (a grid axis)"

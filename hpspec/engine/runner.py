@@ -894,8 +894,7 @@ def run_stacked(
     # hpspec builds the recipes and steps the optimizers itself here: torch's compiler,
     # which building an optimizer would import, is not needed (hpspec.engine.compiler)
     with compiler_import_deferred():
-        return _run_stacked(exp, cells, device, seeds, progress, stop_rules, log, population,
-                            threads)
+        return _run_stacked(exp, cells, device, seeds, progress, stop_rules, log, threads)
 
 
 def _run_stacked(
@@ -906,7 +905,6 @@ def _run_stacked(
     progress: Progress | None,
     stop_rules: Mapping[str, Any] | None,
     log: list[str] | None,
-    population: Callable[[list[str], int], Any] | None,
     threads: Threads,
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     __tracebackhide__ = True
