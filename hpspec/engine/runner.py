@@ -890,7 +890,14 @@ def run_stacked(
     apart.
     """
     __tracebackhide__ = True
-    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
+    from hpspec.engine.stacked import (
+        MAX_MEMBERS,
+        Member,
+        chunk_size,
+        plan,
+        split,
+        train_group,
+    )
 
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
         return {}, {}
@@ -909,6 +916,7 @@ def run_stacked(
     members: list[Member] = []
     owner: list[Cell] = []
     cap: int | None = None
+    widest = 0  # weights of the widest member built so far
     chunks = [0, 1]  # chunks trained so far, chunks expected (for the progress line)
 
     def chunk_progress(epoch: int, epochs: int, loss: float) -> None:
@@ -1018,10 +1026,13 @@ def run_stacked(
             continue
         members += built
         owner += [cell] * len(built)
-        if cap is None and built:
-            cap = chunk_size(built[0], exp.batch_size_for(cell) or 1, data.x_val.shape[0],
-                             device)
-            chunks[1] = max(1, math.ceil(len(cells) * len(run_seeds) / cap))
+        if built and (size := max(_weights(m.model) for m in built)) > widest:
+            # sized from the widest member so far (a padded stack costs each member what
+            # its widest costs): a narrow first cell must not let wide ones overrun a chunk
+            widest = size
+            cap = min(cap or MAX_MEMBERS, chunk_size(built, exp.batch_size_for(cell) or 1,
+                                                     data.x_val.shape[0], device))
+            chunks[1] = max(chunks[1], math.ceil(len(cells) * len(run_seeds) / cap))
         if cap is not None and len(members) >= cap:
             train_buffered()
     train_buffered()
@@ -1038,6 +1049,10 @@ def run_stacked(
     if log is not None and cells:
         log.extend(_group_lines(exp.batch_size_for(cells[0]), trained, bound, counts))
     return out, reasons
+
+
+def _weights(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _uses_vmap(m: Any, data: Data) -> bool:

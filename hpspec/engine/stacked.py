@@ -210,33 +210,38 @@ PAD_WASTE = 0.25
 PAD_SLACK = {"cpu": 1e6, "mps": 1e9, "cuda": 1e10}
 
 
-def _padded_size(members: Sequence[Member]) -> int:
-    """Weights of one member of a stack padded to the widest of ``members``."""
-    shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in members]
-    return sum(math.prod(max(dims) for dims in zip(*column, strict=True))
-               for column in zip(*shapes, strict=True))
+def _shapes(m: Member) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(p.shape) for p in m.model.parameters())
 
 
 def width_buckets(group: Sequence[int], members: Sequence[Member], batch_size: int,
                   device: str) -> list[list[int]]:
     """``group`` (members of one MLP signature, any widths) as padded stacks that pay: from
     the narrowest up, a member joins the current stack while the padded work per step stays
-    within :data:`PAD_WASTE` / :data:`PAD_SLACK` of the members' own (6 x weights x batch)."""
-    def size(i: int) -> int:
-        return sum(p.numel() for p in members[i].model.parameters())
+    within :data:`PAD_WASTE` / :data:`PAD_SLACK` of the members' own (6 x weights x batch).
 
+    Linear in the group's size: members of one shape (the common case: a grid over lr,
+    seeds, activations) are one stack without a look at padding, and a growing stack keeps
+    its padded shapes as it goes rather than padding its members again for each newcomer."""
+    shapes = {i: _shapes(members[i]) for i in group}
+    if len(set(shapes.values())) <= 1:
+        return [list(group)] if group else []
+    size = {i: sum(math.prod(s) for s in shape) for i, shape in shapes.items()}
     slack = PAD_SLACK.get(device.split(":")[0], PAD_SLACK["cpu"])
     out: list[list[int]] = []
-    for i in sorted(group, key=size):
+    widest: list[tuple[int, ...]] = []  # the current stack's padded shapes
+    own = 0  # the current stack's members' own weights
+    for i in sorted(group, key=lambda j: size[j]):
         if out:
-            bucket = out[-1] + [i]
-            own = 6.0 * batch_size * sum(size(j) for j in bucket)
-            padded = 6.0 * batch_size * len(bucket) * _padded_size(
-                [members[j] for j in bucket])
-            if padded - own <= max(PAD_WASTE * own, slack):
-                out[-1] = bucket
+            grown = [tuple(map(max, a, b)) for a, b in zip(widest, shapes[i], strict=True)]
+            padded = (len(out[-1]) + 1) * sum(math.prod(s) for s in grown)
+            work, padded_work = 6.0 * batch_size * (own + size[i]), 6.0 * batch_size * padded
+            if padded_work - work <= max(PAD_WASTE * work, slack):
+                out[-1].append(i)
+                widest, own = grown, own + size[i]
                 continue
         out.append([i])
+        widest, own = list(shapes[i]), size[i]
     return out
 
 
@@ -316,14 +321,21 @@ MAX_MEMBERS = 512
 STEP_FLOPS = {"cpu": 2e9, "mps": 5e10, "cuda": 5e11}
 
 
-def chunk_size(m: Member, batch_size: int, rows: int, device: str) -> int:
-    """How many members like ``m`` one stacked chunk holds: bounded by :data:`MAX_MEMBERS`,
-    by the work of one step (:data:`STEP_FLOPS`) and by :data:`MEMORY_SHARE` of free memory."""
-    weights = sum(p.numel() for p in m.model.parameters())
+def chunk_size(members: Member | Sequence[Member], batch_size: int, rows: int,
+               device: str) -> int:
+    """How many members like the widest of ``members`` one stacked chunk holds: bounded by
+    :data:`MAX_MEMBERS`, by the work of one step (:data:`STEP_FLOPS`) and by
+    :data:`MEMORY_SHARE` of free memory. The widest, because a padded stack costs every
+    member what its widest costs, and a chunk sized from a narrow member would overrun both
+    bounds once wider ones join it."""
+    ms = [members] if isinstance(members, Member) else list(members)
+    if not ms:
+        return MAX_MEMBERS
+    weights = max(sum(p.numel() for p in m.model.parameters()) for m in ms)
     budget = STEP_FLOPS.get(device.split(":")[0], STEP_FLOPS["cpu"])
     by_time = int(budget // max(6.0 * weights * batch_size, 1.0))
     free = _free_memory(device)
-    by_memory = (int(MEMORY_SHARE * free // member_bytes(m, batch_size, rows))
+    by_memory = (int(MEMORY_SHARE * free // max(member_bytes(m, batch_size, rows) for m in ms))
                  if free is not None else MAX_MEMBERS)
     return max(1, min(MAX_MEMBERS, by_time, by_memory))
 
