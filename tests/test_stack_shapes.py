@@ -12,6 +12,7 @@ from torch import nn
 
 import hpspec as hp
 from hpspec.engine.runner import run_cell, run_stacked
+from hpspec.plan import StackGroup, stacked_note
 from hpspec.spec import build
 
 DATA = hp.datasets.digits(n_train=256)
@@ -44,11 +45,14 @@ def _mlp_recipe(case):
 def test_cells_differing_in_epochs_share_one_run_and_read_their_prefix():
     exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.2], epochs=[1, 3]), seeds=2,
                               batch_size=32, data=DATA)(_mlp_recipe))
-    log: list[str] = []
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    groups: list[StackGroup] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", groups=groups)
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
-    assert "1 stacked group(s) of 8" in log[0] and "epoch counts [1, 3]" in log[0], log
+    assert [(g.members, g.epochs, len(g.cells)) for g in groups] == [(8, (1, 3), 4)]
+    assert stacked_note(groups, {}).startswith(
+        "stacked: 4 cells in 1 group of 8 (cells x seeds as one model); epoch counts 1, 3 "
+        "shared a run (each cell reads its own prefix); "), stacked_note(groups, {})
     for cell in exp.cells:
         assert len(stacked[cell.id].seeds[0].curves["val_loss"]) == exp.epochs_for(cell)
     _equal_alone(exp, stacked)
@@ -61,12 +65,15 @@ def test_a_recipe_that_reads_the_epoch_count_trains_apart_and_says_why():
 
     exp = build(hp.experiment(grid=hp.grid(epochs=[1, 3]), seeds=1, batch_size=32,
                               data=DATA)(recipe))
-    log: list[str] = []
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    groups: list[StackGroup] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", groups=groups)
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {1.0}
-    assert any("trained apart by epochs" in line and "settings differ" in line
-               for line in log), log
+    note = stacked_note(groups, {})
+    assert note.startswith("stacked: 2 cells in 2 groups of 1 (cells x seeds as one model); "
+                           "groups apart by a recipe that reads case.epochs; "), note
+    assert ("trained apart from other epoch counts: its recipe depends on case.epochs "
+            "(its optimizer's settings differ)") in note, note
     _equal_alone(exp, stacked)
 
 

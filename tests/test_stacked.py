@@ -218,7 +218,7 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     on, on_finals = _finals(pytester)
     on.assert_outcomes(passed=3)
     on.stdout.fnmatch_lines(
-        ["*stacked: 2 cell(s) trained in groups of 4 (cells x seeds as one model)*"])
+        ["*stacked: 2 cells in 1 group of 4 (cells x seeds as one model)*"])
     off, off_finals = _finals(pytester, "--hpspec-stack=off")
     off.assert_outcomes(passed=3)
     assert "stacked:" not in off.stdout.str()

@@ -48,6 +48,7 @@ from hpspec.engine.probes import (
 from hpspec.errors import BudgetExceeded, CellError
 from hpspec.measures import PROBED as MEASURE_PROBED
 from hpspec.measures import is_probed
+from hpspec.plan import StackGroup
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 from hpspec.threads import Threads, choose_threads
@@ -873,7 +874,7 @@ def run_stacked(
     seeds: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
-    log: list[str] | None = None,
+    groups: list[StackGroup] | None = None,
     population: Callable[[list[str], int], Any] | None = None,
     threads: Threads = "auto",
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
@@ -886,8 +887,8 @@ def run_stacked(
     why not (they are left for :func:`run_cell`). Cells given here must share a batch size
     (see :func:`stackable_cells`); cells that differ in epochs share one run to the largest
     count and each reads its own prefix, unless its recipe changes with the epoch count.
-    ``log`` receives lines for the summary: how many groups trained, and why cells trained
-    apart.
+    ``groups`` receives one :class:`~hpspec.plan.StackGroup` per group trained, for the
+    summary's line (:func:`hpspec.plan.stacked_note`).
     """
     __tracebackhide__ = True
     from hpspec.engine.stacked import (
@@ -924,18 +925,18 @@ def run_stacked(
             progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
 
     def train_buffered() -> None:
-        groups, why = plan(members, data.task, False,
-                           exp.batch_size_for(owner[0]) if owner else None, device)
+        planned, why = plan(members, data.task, False,
+                            exp.batch_size_for(owner[0]) if owner else None, device)
         for i, reason in why.items():
             why_by_cell.setdefault(members[i].cell_id, reason)
         # A group larger than memory and the step budget allow trains in chunks (a cell's
         # seeds may then land in different chunks; its results are gathered below).
-        groups = [chunk for idx in groups
-                  for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
-                                    data.x_val.shape[0], device)
-                  for chunk in (part[i:i + (cap or len(part))]
-                                for i in range(0, len(part), cap or len(part)))]
-        for idx in groups:
+        chunked = [chunk for idx in planned
+                   for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                     data.x_val.shape[0], device)
+                   for chunk in (part[i:i + (cap or len(part))]
+                                 for i in range(0, len(part), cap or len(part)))]
+        for idx in chunked:
             train_chunk([members[i] for i in idx], owner[idx[0]])
         members.clear()
         owner.clear()
@@ -1014,7 +1015,7 @@ def run_stacked(
                                     epochs=epochs, epoch_bound=cell.id in bound,
                                     scheduler=recipe.scheduler is not None, rng_state=rng))
         except _OneByOne:
-            broken[cell.id] = "its recipe has custom metrics (trains one by one)"
+            broken[cell.id] = "its recipe has custom metrics"
             continue
         except Exception:
             # That cell's own run (one by one) reports the error with its traceback; the
@@ -1046,8 +1047,10 @@ def run_stacked(
         else:
             reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
                                 or "not stacked")
-    if log is not None and cells:
-        log.extend(_group_lines(exp.batch_size_for(cells[0]), trained, bound, counts))
+    if groups is not None:
+        # (the cells given here share a batch size: see stackable_cells)
+        groups.extend(_describe(group, exp.batch_size_for(cells[0]), data.task, bound)
+                      for group in trained)
     return out, reasons
 
 
@@ -1062,25 +1065,22 @@ def _uses_vmap(m: Any, data: Data) -> bool:
     return not isinstance(sig, str) and sig[0][0] == "func"
 
 
-def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mapping[str, str],
-                 counts: set[int]) -> list[str]:
-    """The summary's account of a stacked bucket: groups, what they share, what not."""
-    if not trained:
-        return []
-    lines = []
-    sizes = sorted(len(group) for group in trained)
-    shared = sum(1 for group in trained if len({m.epochs for m in group}) > 1)
-    # the "stacked:" line says which cells stacked; this one how they were grouped
-    text = (f"batch size {batch_size}: {len(trained)} stacked group(s) of "
-            f"{', '.join(map(str, sizes))} member(s) each")
-    if shared:
-        text += (f"; {shared} group(s) shared one run between epoch counts "
-                 f"{sorted(counts)} (each cell reads its own prefix)")
-    lines.append(text)
-    for cid, reason in sorted(bound.items()):
-        lines.append(f"trained apart by epochs: {cid}: its recipe depends on case.epochs "
-                     f"({reason})")
-    return lines
+def _describe(group: list[Any], batch_size: int | None, task: str,
+              bound: Mapping[str, str]) -> StackGroup:
+    """A trained group as the summary tells it (see :func:`hpspec.plan.stacked_note`)."""
+    from hpspec.engine.stacked import signature
+
+    sig = signature(group[0], task, False)
+    engine, opt, loss = (sig[:3] if not isinstance(sig, str) else (sig, "", ""))
+    shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in group]
+    widest = ([tuple(max(dims) for dims in zip(*column, strict=True))
+               for column in zip(*shapes, strict=True)]
+              if len({len(s) for s in shapes}) == 1 else shapes[0])
+    cells = tuple(dict.fromkeys(m.cell_id for m in group))
+    return StackGroup(batch_size=batch_size, members=len(group), cells=cells,
+                      model=repr(engine), widths=repr(widest), optimizer=str(opt),
+                      loss=str(loss), epochs=tuple(sorted({m.epochs for m in group})),
+                      apart=tuple((c, bound[c]) for c in cells if c in bound))
 
 
 _DIGESTS: dict[int, str] = {}
