@@ -158,6 +158,50 @@ def test_models_beyond_mlps_stack_through_vmap_and_equal_their_runs(name):
     _equal_alone(exp, stacked)
 
 
+def _adam_mlp():
+    return hp.models.mlp(64, [16], 10, activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "batchnorm", "dropout"])
+def test_stopped_members_leave_the_stack_and_the_others_train_on_unchanged(name, monkeypatch):
+    """Cells of 1 and 3 epochs share a run; after epoch 1 the short ones leave the stack
+    (their rows of weights, buffers, optimizer state and generators dropped) and the long
+    ones' curves still equal their own runs."""
+    from hpspec.engine import stacked as st
+
+    make = _adam_mlp if name == "mlp" else MODELS[name]
+
+    def recipe(case):
+        model = make()
+        opt = (torch.optim.AdamW(model.parameters(), lr=case.lr, weight_decay=0.1)
+               if name == "mlp" else torch.optim.SGD(model.parameters(), lr=case.lr,
+                                                       momentum=0.9))
+        return model, opt
+
+    sizes: list[int] = []
+    real = st._engine
+
+    def spy(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        keep = engine.keep
+
+        def kept(idx):
+            sizes.append(len(idx))
+            keep(idx)
+
+        engine.keep = kept
+        return engine
+
+    monkeypatch.setattr(st, "_engine", spy)
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.01, 0.05], epochs=[1, 3]), seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
+    assert sizes == [4], sizes  # the four 1-epoch members left after epoch 1
+    _equal_alone(exp, stacked)
+
+
 def test_batchnorm_members_keep_their_own_running_statistics():
     from hpspec.engine.stacked import Member, _per_cell_loss, _stacked_optimizer
     from hpspec.engine.vmapped import FuncEngine

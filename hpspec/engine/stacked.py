@@ -483,6 +483,30 @@ class _Stacked:
         self.backward = (backward if all(f is not None for runs in backward for _, _, f in runs)
                          else None)
 
+    def keep(self, idx: Sequence[int]) -> None:
+        """Only the members at positions ``idx`` train on (the others stopped): their rows of
+        every stacked tensor, the rest dropped. Each kept member's arithmetic is unchanged
+        (every member's slice is computed on its own), only the stack is smaller."""
+        at = torch.tensor(list(idx), device=self.params[0].device)
+        new = {id(p): p.detach().index_select(0, at).requires_grad_(True) for p in self.params}
+        self.params = [new[id(p)] for p in self.params]
+        if self.masks is not None:
+            self.masks = [m.index_select(0, at) for m in self.masks]
+        layers: list[tuple[str, Any]] = []
+        backward: list[list[tuple[int, int, Any]]] = []
+        for kind, obj in self.layers:
+            if kind == "linear":
+                w, b = obj
+                layers.append((kind, (new[id(w)], None if b is None else new[id(b)])))
+                continue
+            each = [act for a, b_, act in obj for _ in range(b_ - a)]
+            runs = _runs([each[i] for i in idx])
+            layers.append((kind, runs))
+            backward.append([(a, b_, _manual_backward(act)) for a, b_, act in runs])
+        self.layers = layers
+        if self.backward is not None:
+            self.backward = backward
+
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
         input and each activation's output."""
@@ -608,6 +632,22 @@ class _StackedOptimizer:
     def step(self, grads: list[torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        """Only the members at positions ``idx`` train on; ``params`` are the model's new
+        (smaller) stacked tensors. Every per-member tensor of the state keeps their rows."""
+        raise NotImplementedError
+
+
+def _rows(t: Any, at: torch.Tensor) -> Any:
+    """``t``'s rows ``at`` on its leading (member) dimension, through lists and dicts."""
+    if isinstance(t, torch.Tensor):
+        return t.index_select(0, at)
+    if isinstance(t, list):
+        return [_rows(x, at) for x in t]
+    if isinstance(t, dict):
+        return {k: _rows(v, at) for k, v in t.items()}
+    return t
+
 
 class _StackedSGD(_StackedOptimizer):
     """torch.optim.SGD's update with per-cell lr, momentum, dampening, nesterov, weight decay."""
@@ -643,6 +683,13 @@ class _StackedSGD(_StackedOptimizer):
         losses, _ = model.loss_and_grads(x, y, loss_kind, into=self.bufs, beta=self.momentum)
         self._finish_plain()
         return losses
+
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        at = torch.tensor(list(idx), device=params[0].device)
+        self.params = params
+        self.h = _rows(self.h, at)
+        if self.bufs is not None:
+            self.bufs = _rows(self.bufs, at)
 
     @torch.no_grad()
     def _finish_plain(self) -> None:
@@ -712,8 +759,8 @@ class _StackedAdam(_StackedOptimizer):
         self.use_wd = any(wd)
         self.wd = [_hp(wd, p) for p in params]
         # AdamW: p *= 1 - lr * wd before the update
-        self.keep = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
-                     for p in params]
+        self.decay = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
+                      for p in params]
         self.one_minus_b1 = [_hp([1 - float(g["betas"][0]) for g in groups], p) for p in params]
         self.b2_views = [_hp([float(g["betas"][1]) for g in groups], p) for p in params]
         self.one_minus_b2 = [_hp([1 - float(g["betas"][1]) for g in groups], p) for p in params]
@@ -721,6 +768,13 @@ class _StackedAdam(_StackedOptimizer):
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
+
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        at = torch.tensor(list(idx), device=params[0].device)
+        self.params = params
+        for name in ("b1", "b2", "lr", "wd", "decay", "one_minus_b1", "b2_views",
+                     "one_minus_b2", "eps", "m", "v"):
+            setattr(self, name, _rows(getattr(self, name), at))
 
     def _per_step(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-cell values [K], computed on the device, as one view per parameter."""
@@ -734,7 +788,7 @@ class _StackedAdam(_StackedOptimizer):
         params = self.params
         if self.use_wd:
             if self.decoupled:
-                torch._foreach_mul_(params, self.keep)
+                torch._foreach_mul_(params, self.decay)
             else:
                 torch._foreach_addcmul_(grads, params, self.wd)  # g + wd * p
         torch._foreach_lerp_(self.m, grads, self.one_minus_b1)
@@ -800,11 +854,13 @@ EVAL_BLOCK = {"cpu": 2**21, "gpu": 2**26}
 
 @torch.no_grad()
 def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_kind: str,
-              task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-cell mean loss [K] (and accuracy, for classification) over all of ``x``."""
+              task: str, block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-cell mean loss [K] (and accuracy, for classification) over all of ``x``, in row
+    blocks sized for ``block_k`` members (default ``k``: a group that shrinks keeps its
+    blocks, so each member's sums keep their order)."""
     n = x.shape[0]
     budget = EVAL_BLOCK["cpu" if x.device.type == "cpu" else "gpu"]
-    rows = max(1, min(n, budget // (k * model.width)))
+    rows = max(1, min(n, budget // ((block_k or k) * model.width)))
     acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS: no float64
     loss = torch.zeros(k, dtype=acc_dtype, device=x.device)
     correct = torch.zeros(k, dtype=acc_dtype, device=x.device)
@@ -827,13 +883,19 @@ class _MLPEngine:
         self.opt = _stacked_optimizer(opt_kind, self.model.params,
                                       [m.optimizer.param_groups[0] for m in members])
         self.k, self.loss_kind, self.task = len(members), loss_kind, task
+        self.k0 = self.k  # evaluation blocks stay sized for the group as it started
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.opt.train_step(self.model, x, y, self.loss_kind)
 
+    def keep(self, idx: Sequence[int]) -> None:
+        self.model.keep(idx)
+        self.opt.keep(idx, self.model.params)
+        self.k = len(idx)
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
                                                                   torch.Tensor | None]:
-        return _evaluate(self.model, x, y, self.k, self.loss_kind, self.task)
+        return _evaluate(self.model, x, y, self.k, self.loss_kind, self.task, self.k0)
 
 
 def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int) -> Any:
@@ -905,8 +967,10 @@ def train_group(
     timed = TimedSteps(steps)
     rules = list(stop_rules) if stop_rules is not None else [None] * k
 
+    #: the members still in the stack, by their index in ``members`` (stopped ones leave it)
+    live = list(range(k))
     for epoch in range(1, epochs + 1):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
+        perms = torch.stack([torch.randperm(n, generator=orders[j]) for j in live]).to(device)
         step_losses: list[torch.Tensor] = []
         sync(device)
         t0 = time.perf_counter()
@@ -923,23 +987,25 @@ def train_group(
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
         timed.add(t2 - t1, first, sizes)
-        host = torch.stack(step_losses).float().cpu()  # [steps, K]
-        train = (host * sizes.unsqueeze(1)).sum(dim=0) / n
+        host = torch.stack(step_losses).float().cpu()  # [steps, live members]
+        # each member's sum over its own contiguous row: the same floats whatever the
+        # number of members beside it (a column sum's order depends on the row width)
+        train = (host.t().contiguous() * sizes).sum(dim=1) / n
         val_loss, val_acc = engine.evaluate(data.x_val, data.y_val)
         vl = val_loss.tolist()
         va = val_acc.tolist() if val_acc is not None else None
-        bad = (~torch.isfinite(host)) | (host > limits)
+        bad = (~torch.isfinite(host)) | (host > limits[live])
         any_bad = bad.any(dim=0).tolist()
         tl = train.tolist()
-        for j in range(k):
+        for at, j in enumerate(live):
             if stopped[j]:
                 continue
-            curves[j]["train_loss"].append(tl[j])
-            curves[j]["val_loss"].append(vl[j])
+            curves[j]["train_loss"].append(tl[at])
+            curves[j]["val_loss"].append(vl[at])
             if va is not None:
-                curves[j]["val_acc"].append(va[j])
-            if any_bad[j]:
-                diverged[j] = divergence(host[:, j], float(limits[j]), st[j], epoch,
+                curves[j]["val_acc"].append(va[at])
+            if any_bad[at]:
+                diverged[j] = divergence(host[:, at], float(limits[j]), st[j], epoch,
                                          divergence_factor)
                 stopped[j] = True
             elif epoch >= own_epochs[j]:
@@ -954,6 +1020,12 @@ def train_group(
             progress(epoch, epochs, float(train.nanmean()))
         if all(stopped):
             break
+        if any(stopped[j] for j in live):
+            # Stopped members leave the stack (their epoch count reached, diverged, decided
+            # early, pruned): the rest train on without their arithmetic.
+            kept = [at for at, j in enumerate(live) if not stopped[j]]
+            engine.keep(kept)
+            live = [live[at] for at in kept]
 
     shared: dict[str, float] = {"stacked": float(k), **timed.measurements()}
     peak = device_peak_flops(device)
