@@ -95,14 +95,23 @@ def test_mixed_activation_gradients_equal_autograd():
     torch.manual_seed(0)
     models = [hp.models.mlp(6, [5, 4], 3, activation=a)
               for a in ("relu", "relu", "tanh", "sigmoid")]
+    models += [nn.Sequential(nn.Linear(6, 5), act, nn.Linear(5, 4), act, nn.Linear(4, 3))
+               for act in (nn.LeakyReLU(0.1), nn.Identity())]
     manual, reference = _Stacked(models, "cpu"), _Stacked(models, "cpu")
     assert manual.backward is not None
     reference.backward = None
-    x, y = torch.randn(4, 7, 6), torch.randint(0, 3, (4, 7))
+    x, y = torch.randn(6, 7, 6), torch.randint(0, 3, (6, 7))
     l1, g1 = manual.loss_and_grads(x, y, "ce")
     l2, g2 = reference.loss_and_grads(x, y, "ce")
     torch.testing.assert_close(l1, l2)
     for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+    # into momentum buffers (beta * buffer + gradient, in place), as SGD's plain path asks
+    bufs = [torch.randn_like(p) for p in manual.params]
+    expected = [0.9 * b + g for b, g in zip(bufs, g2, strict=True)]
+    _, g3 = manual.loss_and_grads(x, y, "ce", into=bufs, beta=0.9)
+    assert all(a is b for a, b in zip(g3, bufs, strict=True))
+    for a, b in zip(g3, expected, strict=True):
         torch.testing.assert_close(a, b)
     # and each member's slice is its own model's gradient
     for k, m in enumerate(models):

@@ -351,16 +351,22 @@ _INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 def _leaky_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     assert isinstance(layer, nn.LeakyReLU)  # _BACKWARD maps nn.LeakyReLU here
     slope = float(layer.negative_slope)
-    return lambda g, out: torch.ops.aten.leaky_relu_backward(g, out, slope, True)
+    return lambda g, out: torch.ops.aten.leaky_relu_backward.grad_input(
+        g, out, slope, True, grad_input=g)
 
 
 #: Activations whose gradient hpspec writes from their output (so the forward may overwrite
 #: their input): with every activation of a model in here, a stacked step needs no autograd.
+#: Each writes the gradient over ``g`` (a fresh tensor of the step; a slice of it for one run
+#: of members), which saves the step an allocation, and a join, per activation.
 _BACKWARD: dict[type, Callable[[nn.Module], Callable[[torch.Tensor, torch.Tensor],
                                                       torch.Tensor]]] = {
-    nn.ReLU: lambda _: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
-    nn.Tanh: lambda _: lambda g, out: torch.ops.aten.tanh_backward(g, out),
-    nn.Sigmoid: lambda _: lambda g, out: torch.ops.aten.sigmoid_backward(g, out),
+    nn.ReLU: lambda _: lambda g, out: torch.ops.aten.threshold_backward.grad_input(
+        g, out, 0, grad_input=g),
+    nn.Tanh: lambda _: lambda g, out: torch.ops.aten.tanh_backward.grad_input(
+        g, out, grad_input=g),
+    nn.Sigmoid: lambda _: lambda g, out: torch.ops.aten.sigmoid_backward.grad_input(
+        g, out, grad_input=g),
     nn.Identity: lambda _: lambda g, out: g,
     nn.LeakyReLU: _leaky_backward,  # only with a positive slope: the output keeps the sign
 }
@@ -427,6 +433,7 @@ class _Stacked:
     def __init__(self, models: Sequence[nn.Module], device: str) -> None:
         self.layers: list[tuple[str, Any]] = []
         self.params: list[torch.Tensor] = []
+        self._constants: dict[tuple[Any, ...], torch.Tensor] = {}
         #: per parameter, 1 where a member has a weight and 0 where it is padding (members of
         #: different hidden widths); None when no member is padded
         self.masks: list[torch.Tensor] | None = None
@@ -507,6 +514,18 @@ class _Stacked:
         if self.backward is not None:
             self.backward = backward
 
+    def _ones(self, k: int, rows: int, like: torch.Tensor, value: float = 1.0,
+              dim: int = 1) -> torch.Tensor:
+        """A constant [K, 1, rows] (``dim`` 1) or [K, rows, 1] (``dim`` 2) tensor, made once
+        per shape and kept."""
+        key = (k, rows, value, dim, like.dtype, like.device)
+        found = self._constants.get(key)
+        if found is None:
+            shape = (k, 1, rows) if dim == 1 else (k, rows, 1)
+            found = self._constants[key] = torch.full(shape, value, dtype=like.dtype,
+                                                      device=like.device)
+        return found
+
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
         input and each activation's output."""
@@ -561,13 +580,14 @@ class _Stacked:
         out = self._forward(x, keep)
         k, rows = out.shape[0], out.shape[1]
         if loss_kind == "ce":
+            # (by hand: torch.log_softmax over 10 classes is several times slower on a CPU)
             shifted = out - out.amax(dim=2, keepdim=True)
             exp = shifted.exp()
             total = exp.sum(dim=2, keepdim=True)
             target = y.unsqueeze(2)
             losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
             g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
-            g.scatter_add_(2, target, torch.full_like(target, -1, dtype=g.dtype)).div_(rows)
+            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2)).div_(rows)
         else:
             diff = out - y
             losses = diff.square().reshape(k, -1).mean(dim=1)
@@ -581,14 +601,20 @@ class _Stacked:
             saved = keep[i]
             if kind == "act":
                 runs = next(acts)
-                g = (runs[0][2](g, saved) if len(runs) == 1 else
-                     torch.cat([f(g[a:b], saved[a:b]) for a, b, f in runs]))
+                if len(runs) == 1:
+                    runs[0][2](g, saved)
+                else:
+                    for a, b, f in runs:
+                        f(g[a:b], saved[a:b])
                 continue
             w, b = obj
             if b is not None:
                 slot -= 1
-                gb = g.sum(dim=1, keepdim=True)
-                grads[slot] = gb if into is None else into[slot].mul_(beta).add_(gb)
+                # the bias gradient (a sum over the batch) as a product with a row of ones:
+                # into the momentum buffer in one kernel instead of three
+                ones = self._ones(k, rows, g)
+                grads[slot] = (torch.bmm(ones, g) if into is None else
+                               into[slot].baddbmm_(ones, g, beta=beta))
             slot -= 1
             grads[slot] = (torch.bmm(saved.transpose(1, 2), g) if into is None else
                            into[slot].baddbmm_(saved.transpose(1, 2), g, beta=beta))
