@@ -937,6 +937,11 @@ def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int)
                       _per_cell_loss, loss_kind, data.task, first_batch=data.x_train[:batch_size])
 
 
+#: Most numbers (features and targets, over all members) a stacked group gathers at once for
+#: an epoch's data in its members' orders; beyond it each step gathers its own batch.
+EPOCH_GATHER = 2**24
+
+
 def train_group(
     members: Sequence[Member],
     data: Data,
@@ -997,6 +1002,10 @@ def train_group(
     live = list(range(k))
     for epoch in range(1, epochs + 1):
         perms = torch.stack([torch.randperm(n, generator=orders[j]) for j in live]).to(device)
+        # each member's epoch of data in its own order, gathered once: a step then takes a
+        # slice (a view), not two gathers of its own (within EPOCH_GATHER numbers)
+        whole = len(live) * (x.numel() + y.numel()) <= EPOCH_GATHER
+        xs, ys = (x[perms], y[perms]) if whole else (x, y)
         step_losses: list[torch.Tensor] = []
         sync(device)
         t0 = time.perf_counter()
@@ -1007,8 +1016,12 @@ def train_group(
                 if first:
                     sync(device)
                 t1 = time.perf_counter()
-            idx = perms[:, i * batch_size : (i + 1) * batch_size]
-            step_losses.append(engine.step(x[idx], y[idx]))
+            if whole:
+                step_losses.append(engine.step(xs[:, i * batch_size : (i + 1) * batch_size],
+                                               ys[:, i * batch_size : (i + 1) * batch_size]))
+            else:
+                idx = perms[:, i * batch_size : (i + 1) * batch_size]
+                step_losses.append(engine.step(x[idx], y[idx]))
         sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
