@@ -388,3 +388,126 @@ def test_widths_pad_together_only_where_the_padding_pays():
     deep = hp.models.mlp(64, [32, 32], 10)
     members.append(Member("deep", 0, deep, torch.optim.SGD(deep.parameters(), lr=0.1), None))
     assert len(plan(members, "classification", False, 64, "cuda")[0]) == 2
+
+
+# ------------------------------------------------------------- CNNs laid out by hand (CPU)
+
+CNNS = {
+    # ReLU then max-pooling (computed as pooling then ReLU), strides, padding, bias-free
+    "conv-relu-pool": lambda: nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 2, stride=2, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(24, 10)),
+    # grouped and dilated convolutions, average pooling, an out-of-place activation
+    "groups-dilation-avgpool": lambda: nn.Sequential(
+        nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2),
+        nn.GELU(), nn.AvgPool2d(2), nn.Conv2d(6, 4, 1, groups=2), nn.Sigmoid(), nn.Flatten(),
+        nn.Linear(16, 10)),
+    # a linear layer into an image (gradients through the unflattening), padding, global
+    # pooling, leaky ReLU, a nested Sequential, Identity and Dropout(p=0)
+    "linear-into-image": lambda: nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Unflatten(1, (2, 4, 4)), nn.ZeroPad2d(1),
+        nn.Sequential(nn.Conv2d(2, 3, 3), nn.LeakyReLU(0.1)), nn.Identity(),
+        nn.AdaptiveAvgPool2d(1), nn.Dropout(0.0), nn.Flatten(), nn.Linear(3, 10)),
+}
+
+
+def _engine_of(exp, monkeypatch):
+    from hpspec.engine import stacked as st
+
+    kinds: list[str] = []
+    real = st._engine
+
+    def spy(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        kinds.append(type(engine).__name__)
+        return engine
+
+    monkeypatch.setattr(st, "_engine", spy)
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    return stacked, why, kinds
+
+
+@pytest.mark.parametrize("name", sorted(CNNS))
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_cnns_stack_laid_out_by_hand_and_equal_their_runs(name, opt, monkeypatch):
+    def recipe(case):
+        model = CNNS[name]()
+        return model, (torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9,
+                                       weight_decay=1e-3) if opt == "sgd" else
+                       torch.optim.Adam(model.parameters(), lr=case.lr / 10))
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1], epochs=[1, 2]), seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["LayeredEngine"]
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
+    _equal_alone(exp, stacked)
+
+
+def test_a_cnn_on_image_shaped_data_stacks_by_hand(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 2, 6, 6, generator=g)
+    y = (x[:, 0, :3].mean(dim=(1, 2)) > 0).long()
+    data = hp.datasets.tensors((x[:64], y[:64]), (x[64:], y[64:]))
+
+    def recipe(case):
+        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(12, 2))
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.3]), epochs=2, seeds=2, batch_size=16,
+                              data=data)(recipe))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["LayeredEngine"]
+    _equal_alone(exp, stacked)
+
+
+def test_cnns_the_hand_layout_does_not_compute_go_to_vmap(monkeypatch):
+    from hpspec.engine import layered
+
+    def recipe(case):
+        model = CNNS["conv-relu-pool"]() if case.kind == "plain" else nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(72, 10))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    exp = build(hp.experiment(grid=hp.grid(kind=["plain", "batchnorm"]), epochs=1, seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    _, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and sorted(kinds) == ["FuncEngine", "LayeredEngine"]  # BatchNorm: vmap
+    # a stack whose output differs from its members' own models is not trained by hand
+    monkeypatch.setattr(layered._Flatten, "forward",
+                        staticmethod(lambda ctx, h, k: torch.zeros(k, h.shape[0], 24)))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["FuncEngine", "FuncEngine"]
+    _equal_alone(exp, stacked)
+
+
+def test_hand_laid_out_cnn_gradients_equal_each_members_own():
+    from hpspec.engine.layered import LayeredEngine
+    from hpspec.engine.stacked import Member, _per_cell_loss
+
+    torch.manual_seed(0)
+    models = [CNNS["conv-relu-pool"]() for _ in range(3)]
+    members = [Member("c", i, m, torch.optim.SGD(m.parameters(), lr=0.1), None)
+               for i, m in enumerate(models)]
+    seen: list[list[torch.Tensor]] = []
+
+    class Spy:
+        def __init__(self, params, groups):
+            pass
+
+        def step(self, grads):
+            seen.append(grads)
+
+    engine = LayeredEngine(members, "cpu", Spy, _per_cell_loss, "ce", "classification",
+                           torch.randn(2, 64))
+    x, y = torch.randn(3, 5, 64), torch.randint(0, 10, (3, 5))
+    x[:, :, :8] = 0.0  # rows whose first pooled windows tie at zero after the ReLU
+    losses = engine.step(x, y)
+    for k, m in enumerate(models):
+        loss = nn.functional.cross_entropy(m(x[k]), y[k])
+        own = torch.autograd.grad(loss, list(m.parameters()))
+        torch.testing.assert_close(losses[k], loss.detach())
+        for a, b in zip(seen[0], own, strict=True):
+            torch.testing.assert_close(a[k], b)

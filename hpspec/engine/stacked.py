@@ -930,6 +930,17 @@ def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int)
     engine, opt_kind, loss_kind, _ = sig
     if engine[0] == "mlp":
         return _MLPEngine(members, device, opt_kind, loss_kind, data.task)
+    if device == "cpu":
+        from hpspec.engine.layered import LayeredEngine, supports
+
+        if supports(members[0].model, data.x_train):
+            try:
+                return LayeredEngine(
+                    members, device,
+                    lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
+                    _per_cell_loss, loss_kind, data.task, data.x_train[:2])
+            except ValueError:  # a model it would compute differently: vmap's
+                pass
     from hpspec.engine.vmapped import FuncEngine
 
     return FuncEngine(members, device,
@@ -1036,15 +1047,15 @@ def train_group(
         bad = (~torch.isfinite(host)) | (host > limits[live])
         any_bad = bad.any(dim=0).tolist()
         tl = train.tolist()
-        for at, j in enumerate(live):
+        for pos, j in enumerate(live):
             if stopped[j]:
                 continue
-            curves[j]["train_loss"].append(tl[at])
-            curves[j]["val_loss"].append(vl[at])
+            curves[j]["train_loss"].append(tl[pos])
+            curves[j]["val_loss"].append(vl[pos])
             if va is not None:
-                curves[j]["val_acc"].append(va[at])
-            if any_bad[at]:
-                diverged[j] = divergence(host[:, at], float(limits[j]), st[j], epoch,
+                curves[j]["val_acc"].append(va[pos])
+            if any_bad[pos]:
+                diverged[j] = divergence(host[:, pos], float(limits[j]), st[j], epoch,
                                          divergence_factor)
                 stopped[j] = True
             elif epoch >= own_epochs[j]:
@@ -1062,9 +1073,9 @@ def train_group(
         if any(stopped[j] for j in live):
             # Stopped members leave the stack (their epoch count reached, diverged, decided
             # early, pruned): the rest train on without their arithmetic.
-            kept = [at for at, j in enumerate(live) if not stopped[j]]
+            kept = [pos for pos, j in enumerate(live) if not stopped[j]]
             engine.keep(kept)
-            live = [live[at] for at in kept]
+            live = [live[pos] for pos in kept]
 
     shared: dict[str, float] = {"stacked": float(k), **timed.measurements()}
     peak = device_peak_flops(device)
