@@ -402,6 +402,12 @@ CNNS = {
         nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2),
         nn.GELU(), nn.AvgPool2d(2), nn.Conv2d(6, 4, 1, groups=2), nn.Sigmoid(), nn.Flatten(),
         nn.Linear(16, 10)),
+    # one input channel per group (depthwise, with and without repeating the input), then
+    # a grouped convolution of several
+    "depthwise": lambda: nn.Sequential(
+        nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, groups=4), nn.Tanh(), nn.Conv2d(8, 4, 2, groups=2),
+        nn.Flatten(), nn.Linear(4, 10)),
     # a linear layer into an image (gradients through the unflattening), padding, global
     # pooling, leaky ReLU, a nested Sequential, Identity and Dropout(p=0)
     "linear-into-image": lambda: nn.Sequential(
