@@ -120,6 +120,36 @@ def test_mixed_activation_gradients_equal_autograd():
         torch.testing.assert_close(g1[0][k], ref.t())
 
 
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_the_buffered_step_equals_the_plain_hand_written_one(loss):
+    """Kept buffers per batch size (a full and a last, shorter batch, then a full one again),
+    padded widths and mixed activations: the same losses and gradients as the step that
+    allocates its own, and the gradients handed out are never the buffers of a later step."""
+    from hpspec.engine.stacked import _Stacked
+
+    torch.manual_seed(0)
+    models = [hp.models.mlp(6, [w, 4], 3, activation=a)
+              for w, a in ((5, "relu"), (7, "relu"), (5, "tanh"), (7, "sigmoid"))]
+    buffered, plain = _Stacked(models, "cpu"), _Stacked(models, "cpu")
+    assert buffered.chained and buffered.masks is not None
+    plain.chained = False
+    handed: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    for rows in (7, 3, 7):
+        x = torch.randn(4, rows, 6)
+        y = torch.randint(0, 3, (4, rows)) if loss == "ce" else torch.randn(4, rows, 3)
+        l1, g1 = buffered.loss_and_grads(x, y, loss)
+        l2, g2 = plain.loss_and_grads(x, y, loss)
+        torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        handed.append((g1, [g.clone() for g in g1]))
+    for grads, copies in handed:
+        assert all(torch.equal(a, b) for a, b in zip(grads, copies, strict=True))
+    # a model with an activation that follows an activation keeps the plain step
+    chain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Tanh(), nn.Linear(5, 3))
+    assert not _Stacked([chain], "cpu").chained
+
+
 class Residual(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()
