@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpspec.datasets import CLASSIFICATION
-from hpspec.engine.stacked import ELEMENTWISE, _plain
+from hpspec.engine.common import ELEMENTWISE
+from hpspec.engine.common import plain as _plain
 
 __all__ = ["LayeredEngine", "supports"]
 
@@ -147,7 +148,8 @@ class LayeredEngine:
                  per_cell_loss: Any, loss_kind: str, task: str,
                  example: torch.Tensor) -> None:
         """``make_optimizer(params, groups)`` and ``per_cell_loss(out, y, kind)`` come from
-        :mod:`hpspec.engine.stacked`; ``example`` is a few rows of the training data."""
+        :mod:`hpspec.engine.stacked` (passed in, so this module does not import it back);
+        ``example`` is a few rows of the training data."""
         models = [m.model for m in members]
         per_model = [_flat_layers(m) for m in models]
         assert all(layers is not None for layers in per_model)

@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeGuard, TypeVar, cast
+from typing import Any, cast
 
 import attrs
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.engine.common import (
+    ELEMENTWISE,
     WARMUP_STEPS,
     StopRule,
     TimedSteps,
@@ -43,16 +44,12 @@ from hpspec.engine.common import (
     sync,
     train_step,
 )
+from hpspec.engine.common import plain as _plain
 from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
 __all__ = ["Member", "plan", "split", "chunk_size", "train_group", "width_buckets",
            "ELEMENTWISE"]
-
-#: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
-               nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.CELU, nn.Softsign)
-
 
 @attrs.define
 class Member:
@@ -70,19 +67,6 @@ class Member:
     scheduler: bool = False
     #: torch's CPU generator state right after the recipe was built (dropout masks start here)
     rng_state: Any = None
-
-
-_M = TypeVar("_M", bound=nn.Module)
-
-
-def _plain(m: nn.Module, base: type[_M]) -> TypeGuard[_M]:
-    """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
-    methods), and no hook or parametrization changes it."""
-    from torch.nn.utils import parametrize
-
-    return (isinstance(m, base) and type(m).forward is base.forward
-            and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-            and not parametrize.is_parametrized(m))
 
 
 def _layers(model: nn.Module) -> list[nn.Module] | None:
@@ -1047,8 +1031,8 @@ def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int)
                     members, device,
                     lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
                     _per_cell_loss, loss_kind, data.task, data.x_train[:2])
-            except ValueError:  # a model it would compute differently: vmap's
-                pass
+            except (ValueError, RuntimeError, TypeError):  # a model it would compute
+                pass  # differently, or not at all: vmap's
     from hpspec.engine.vmapped import FuncEngine
 
     return FuncEngine(members, device,
