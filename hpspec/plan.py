@@ -127,8 +127,15 @@ def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str]) -> str:
         sizes = sorted({g.members for g in groups}, reverse=True)
         parts[0] += (f" in {_count(len(groups), 'group')} of "
                      f"{', '.join(map(str, sizes))} (cells x seeds as one model)")
+        # widths count only between groups alike in everything else (a deeper model's
+        # shapes differ anyway)
+        rest = [name for name, _ in _APART if name != "widths"]
+        alike: dict[tuple[Any, ...], set[str]] = {}
+        for g in groups:
+            alike.setdefault(tuple(getattr(g, n) for n in rest), set()).add(g.widths)
         differ = [words for name, words in _APART
-                  if len({getattr(g, name) for g in groups}) > 1]
+                  if (any(len(w) > 1 for w in alike.values()) if name == "widths"
+                      else len({getattr(g, name) for g in groups}) > 1)]
         kinds = {tuple(getattr(g, name) for name, _ in _APART) for g in groups}
         if len(kinds) < len(groups):
             differ.append("the size limit (memory, work per step)")

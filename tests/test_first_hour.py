@@ -195,6 +195,12 @@ def test_stacked_note_counts_every_bucket_and_says_why_cells_trained_alone():
     assert note.count("stacked: ") == 1 and "\n" not in note
     assert stacked_note([], {"a": "why"}) == ("stacked: 0 of 1 cell; 1 cell trained alone, one "
                                               "by one, because why (a)")
+    # widths keep groups apart only where nothing else does (deeper models' shapes differ)
+    deep = [StackGroup(32, 3, (f"d{d}",), model=f"depth {d}", widths=f"w{d}") for d in (1, 2)]
+    assert "groups apart by layer structure; " in stacked_note(deep, {})
+    wide = deep + [StackGroup(32, 3, ("wide",), model="depth 1", widths="w9")]
+    assert "groups apart by layer structure and width (padding would not pay); " in (
+        stacked_note(wide, {}))
 
 
 STACKED_BUCKETS = """

@@ -1072,10 +1072,11 @@ def _describe(group: list[Any], batch_size: int | None, task: str,
 
     sig = signature(group[0], task, False)
     engine, opt, loss = (sig[:3] if not isinstance(sig, str) else (sig, "", ""))
+    # only MLPs pad widths; any other engine's layer structure holds its shapes already
+    padded = not isinstance(engine, str) and engine[0] == "mlp"
     shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in group]
     widest = ([tuple(max(dims) for dims in zip(*column, strict=True))
-               for column in zip(*shapes, strict=True)]
-              if len({len(s) for s in shapes}) == 1 else shapes[0])
+               for column in zip(*shapes, strict=True)] if padded else [])
     cells = tuple(dict.fromkeys(m.cell_id for m in group))
     return StackGroup(batch_size=batch_size, members=len(group), cells=cells,
                       model=repr(engine), widths=repr(widest), optimizer=str(opt),
