@@ -101,7 +101,7 @@ def run_hpspec(exp, stack: bool) -> int:
     state.records[key] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
     for cell in exp.cells:
         state.result(key, exp, cell)
-    return sum(1 for line in state.notes.get(key, []) if "stacked group" in line)
+    return len(state.stacked_groups.get(key, []))
 
 
 def run_naive(exp, data) -> None:

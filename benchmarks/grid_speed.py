@@ -1,7 +1,7 @@
 """How fast does hpspec train a grid, against the loops its users write by hand?
 
     python benchmarks/grid_speed.py [--device cpu|cuda] [--cells 1,4,16,64] [--quick]
-                                    [--reps 3] [--json PATH]
+                                    [--reps 3] [--hpspec-threads auto|N] [--json PATH]
 
 The grid: the digits MLP 64-128-128-10 (ReLU), SGD with momentum 0.9, batch 64, 5 epochs;
 cell k has lr = (0.03, 0.01, 0.1, 0.003)[k % 4], seed (k // 4) % 4 and weight decay
@@ -152,13 +152,14 @@ def hpspec_experiment(grid):
     return build(spec)
 
 
-def run_hpspec(exp, device: str):
+def run_hpspec(exp, device: str, threads: str = "auto"):
     from hpspec.engine.runner import PROBE_CACHE
     from hpspec.session import Session as State
 
     PROBE_CACHE.clear()  # every run pays for its probes, as a fresh pytest session does
 
-    state = State(device_option=device, table="full", cache="off")  # train, never reuse
+    state = State(device_option=device, table="full", cache="off",  # train, never reuse
+                  threads=threads if threads == "auto" else int(threads))
     key = "grid_speed::recipe"
     state.experiments[key] = exp
     state.records[key] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
@@ -201,6 +202,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one repetition (under a minute "
                     "on a 2-core CPU)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--hpspec-threads", default="auto", help="hpspec's own thread setting "
+                    "(--hpspec-threads: auto, the rule in hpspec/threads.py, or a count)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--reference", type=Path, help="the prototype grid_bench.py, to time its "
                     "stacked variant side by side")
@@ -225,7 +228,8 @@ def main() -> None:
         for _ in range(reps):  # interleaved, so the three see the same machine
             times["naive"].append(timed(lambda grid=grid: run_naive(grid, data, device), device)[0])
             times["lean"].append(timed(lambda grid=grid: run_lean(grid, data, device), device)[0])
-            t, (finals, ok) = timed(lambda exp=exp: run_hpspec(exp, device), device)
+            t, (finals, ok) = timed(lambda exp=exp: run_hpspec(exp, device, args.hpspec_threads),
+                                    device)
             times["hpspec"].append(t)
             if proto is not None:
                 times.setdefault("reference", []).append(

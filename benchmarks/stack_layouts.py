@@ -11,7 +11,9 @@ SGD momentum 0.9, the hand-written engine) per layout, median of --reps, interle
   depths   8 members at each depth {1, 2, 3} (hidden 64, batch 32): three groups, one per
            depth, against one group of 24 three-layer members: the compute of padding the
            shallower members with identity layers, without the masks' cost (a lower bound
-           on what padding would cost).
+           on what padding would cost), and against that padding as it would run: identity
+           layers (weights I, no activation: a run of Identity beside the ReLUs) whose
+           gradients are masked to zero.
   batches  24 members at batch 32 and 24 at batch 128 (two hidden layers of 64): two groups
            against one group of 48 stepping at batch 128 as often as the batch-32 members
            step (a per-member row mask over a shared larger batch: the batch-32 members
@@ -32,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch import nn
 
 import hpspec as hp
 from hpspec.engine.stacked import _Stacked, _StackedSGD
@@ -39,9 +42,39 @@ from hpspec.engine.stacked import _Stacked, _StackedSGD
 N, F, C = 1437, 64, 10
 
 
+def member(hidden: list[int]) -> nn.Sequential:
+    """An MLP; a hidden size 0 is an identity layer (weights I, bias 0, no activation): a
+    shallower member padded to the stack's depth."""
+    if all(hidden):
+        return hp.models.mlp(F, hidden, C)
+    layers: list[nn.Module] = []
+    width = F
+    for h in hidden:
+        if h:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        else:
+            same = nn.Linear(width, width)
+            with torch.no_grad():
+                same.weight.copy_(torch.eye(width))
+                same.bias.zero_()
+            layers += [same, nn.Identity()]
+    return nn.Sequential(*layers, nn.Linear(width, C))
+
+
 def group(hidden: list[list[int]], device: str = "cpu") -> tuple[_Stacked, _StackedSGD]:
-    models = [hp.models.mlp(F, h, C) for h in hidden]
+    models = [member(h) for h in hidden]
     model = _Stacked(models, device)
+    if not all(all(h) for h in hidden):
+        # an identity layer's weights never move: its gradients masked to zero, as padded
+        # widths' are
+        masks = [torch.ones_like(p) for p in model.params]
+        for k, h in enumerate(hidden):
+            for j, v in enumerate(h):
+                if not v:
+                    masks[2 * j][k] = 0
+                    masks[2 * j + 1][k] = 0
+        model.masks = masks
     groups = [{"lr": 0.05, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
                "nesterov": False} for _ in models]
     return model, _StackedSGD(model.params, groups)
@@ -72,6 +105,8 @@ def layouts() -> dict[str, dict[str, list[tuple[list[list[int]], int, int]]]]:
         "depths": {
             "grouped by depth": [([[64] * d] * 8, 32, s32) for d in (1, 2, 3)],
             "identity-padded (lower bound)": [([[64] * 3] * 24, 32, s32)],
+            "identity-padded (masks, identity runs)": [(
+                [[64, 0, 0]] * 8 + [[64, 64, 0]] * 8 + [[64] * 3] * 8, 32, s32)],
         },
         "batches": {
             "grouped by batch size": [([[64, 64]] * 24, 32, s32), ([[64, 64]] * 24, 128, s128)],

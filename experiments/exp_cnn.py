@@ -1,8 +1,9 @@
 """A small CNN on the 8x8 digits seen as 1x8x8 images: a few epochs of SGD learn them at any
 width of the convolution, too small a learning rate under-fits, and more channels help.
 
-Not an MLP, so the cells stack through ``torch.func.vmap`` (one model per batch size, every
-lr x channels x seed trained together) rather than one by one.
+Not an MLP: on a CPU the cells stack as CNNs laid out by hand (``hpspec/engine/layered.py``),
+elsewhere through ``torch.func.vmap``; one stack per channel count, its lr x seed trained
+together, rather than one by one.
 """
 
 import torch

@@ -13,7 +13,7 @@ from hpspec.claims import CellClaim, Measure, Reaches
 from hpspec.measures import TIMES_TRAINING
 from hpspec.spec import Experiment
 
-__all__ = ["TIMING_MEASURES", "timing_claim", "stop_rule"]
+__all__ = ["TIMING_MEASURES", "timing_claim", "stop_rule", "StackGroup", "stacked_note"]
 
 #: Measurements that time the training: stacking cells would change what they mean.
 TIMING_MEASURES = TIMES_TRAINING
@@ -79,11 +79,87 @@ def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> 
     return decided
 
 
-def stacked_note(groups: Mapping[str, int]) -> str:
-    """The summary's line on stacked training, over every bucket of an experiment: ``groups``
-    maps each stacked cell to its group's size (cells x seeds trained as one model)."""
-    sizes = sorted(set(groups.values()))
-    return (f"stacked: {len(groups)} cell(s) trained in groups of "
-            f"{', '.join(map(str, sizes))} (cells x seeds as one model); their "
-            "samples/s is each cell's samples over the group's time; "
-            "--hpspec-stack=off trains them one by one")
+@attrs.frozen
+class StackGroup:
+    """One stacked group as the summary tells it: what its members share, in words that
+    only need to compare equal (two groups that differ in ``model`` differ in layers)."""
+
+    batch_size: int | None
+    members: int
+    #: the cells whose seeds trained in it, in order
+    cells: tuple[str, ...]
+    #: the layer structure (widths aside, for MLPs: they pad where that pays)
+    model: str = ""
+    #: the widest member's parameter shapes
+    widths: str = ""
+    optimizer: str = ""
+    loss: str = ""
+    #: the epoch counts that shared the run (each member reads its own prefix)
+    epochs: tuple[int, ...] = ()
+    #: cells whose recipe depends on ``case.epochs`` (so they share runs only with their own
+    #: epoch count), each with how its recipe differed
+    apart: tuple[tuple[str, str], ...] = ()
+
+
+#: What keeps stacked groups apart, in the summary's words, by :class:`StackGroup` field.
+_APART = (("batch_size", "batch size"), ("model", "layer structure"),
+          ("widths", "width (padding would not pay)"), ("optimizer", "optimizer"),
+          ("loss", "loss"), ("apart", "a recipe that reads case.epochs"))
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str]) -> str:
+    """The summary's one line on stacking for an experiment, over every bucket: how many
+    cells trained stacked, in how many groups of what size, what kept the groups apart,
+    which epoch counts shared a run, and why any cell trained alone (one by one).
+
+    ``alone`` maps each cell that was offered to stacking but trained one by one to why."""
+    stacked: dict[str, None] = {}
+    for g in groups:
+        stacked.update(dict.fromkeys(c for c in g.cells if c not in alone))
+    total = len(stacked) + len(alone)
+    parts = [f"stacked: {len(stacked)} of {_count(total, 'cell')}" if alone
+             else f"stacked: {_count(len(stacked), 'cell')}"]
+    if groups:
+        sizes = sorted({g.members for g in groups}, reverse=True)
+        parts[0] += (f" in {_count(len(groups), 'group')} of "
+                     f"{', '.join(map(str, sizes))} (cells x seeds as one model)")
+        # widths count only between groups alike in everything else (a deeper model's
+        # shapes differ anyway)
+        rest = [name for name, _ in _APART if name != "widths"]
+        alike: dict[tuple[Any, ...], set[str]] = {}
+        for g in groups:
+            alike.setdefault(tuple(getattr(g, n) for n in rest), set()).add(g.widths)
+        differ = [words for name, words in _APART
+                  if (any(len(w) > 1 for w in alike.values()) if name == "widths"
+                      else len({getattr(g, name) for g in groups}) > 1)]
+        kinds = {tuple(getattr(g, name) for name, _ in _APART) for g in groups}
+        if len(kinds) < len(groups):
+            differ.append("the size limit (memory, work per step)")
+        if differ:
+            parts.append("groups apart by " + (" and ".join(differ) if len(differ) < 3 else
+                                               ", ".join(differ[:-1]) + " and " + differ[-1]))
+        shared = sorted({e for g in groups if len(g.epochs) > 1 for e in g.epochs})
+        if shared:
+            parts.append(f"epoch counts {', '.join(map(str, shared))} shared a run (each cell "
+                         "reads its own prefix)")
+        apart = dict(a for g in groups for a in g.apart)
+        if apart:
+            cid, why = next(iter(apart.items()))
+            more = f" and {len(apart) - 1} more" if len(apart) > 1 else ""
+            parts.append(f"{cid}{more} trained apart from other epoch counts: its recipe "
+                         f"depends on case.epochs ({why})")
+    by_reason: dict[str, list[str]] = {}
+    for cid, why in alone.items():
+        by_reason.setdefault(why, []).append(cid)
+    for why, cids in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        example = cids[0] if len(cids) == 1 else f"e.g. {cids[0]}"
+        parts.append(f"{_count(len(cids), 'cell')} trained alone, one by one, because {why} "
+                     f"({example})")
+    if stacked:
+        parts.append("a stacked cell's samples/s is its samples over its group's time; "
+                     "--hpspec-stack=off trains every cell one by one")
+    return "; ".join(parts)

@@ -20,6 +20,7 @@ from hpspec.claims import CellClaim, Reaches, Verdict
 from hpspec.cross import CrossClaim, decide, judge_adaptive
 from hpspec.errors import CellError, HpspecError
 from hpspec.measures import is_probed
+from hpspec.plan import StackGroup
 from hpspec.report import CellRecord
 from hpspec.results import CellResult
 from hpspec.search import asked_key, search_key
@@ -96,9 +97,10 @@ class Session:
     notes: dict[str, list[str]] = attrs.field(factory=dict)
     #: Intra-op threads: "auto" (the rule in hpspec.threads) or a count.
     threads: Any = "auto"
-    #: Per experiment, each stacked cell's group size (cells x seeds in its model): the
-    #: "stacked:" note counts every bucket, not the last one.
-    stacked_groups: dict[str, dict[str, int]] = attrs.field(factory=dict)
+    #: Per experiment, the stacked groups trained and the cells offered to stacking that
+    #: trained one by one (with why): the "stacked:" note tells every bucket, not the last.
+    stacked_groups: dict[str, list[StackGroup]] = attrs.field(factory=dict)
+    unstacked: dict[str, dict[str, str]] = attrs.field(factory=dict)
     #: Per search: fresh-seed results of the best trials and baselines (hp.found claims).
     found: dict[str, dict[str, CellResult]] = attrs.field(factory=dict)
     #: Controller under xdist: (key, cell id or claim slug) -> why its worker died.
@@ -477,9 +479,9 @@ class Session:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
         try:
-            log: list[str] = []
+            trained: list[StackGroup] = []
             results, why = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                       stop_rules=rules, log=log, threads=self.threads)
+                                       stop_rules=rules, groups=trained, threads=self.threads)
         except Exception as e:  # the cells then run one by one and report their own errors
             self.note(key, f"stacked training failed ({type(e).__name__}: {e}); trained one "
                       "by one")
@@ -490,21 +492,23 @@ class Session:
             for r in result.seeds:
                 self.save_seed(key, exp, target, r)
             self._store(key, target, result)
-        if results and not self.stack_alone:  # (stack_off_reason says it for a worker)
-            from hpspec.plan import stacked_note
+        if self.stack_alone:  # a worker stacks each cell's seeds alone (stack_off_reason)
+            for reason in sorted(set(why.values())):
+                cells = sorted(c for c, r in why.items() if r == reason)
+                self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
+                          f"{reason}")
+            return
+        # one line for the experiment, over every bucket: groups, what kept them apart, and
+        # why any cell trained alone
+        from hpspec.plan import stacked_note
 
-            groups = self.stacked_groups.setdefault(key, {})
-            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
-                           for cid, r in results.items()})
-            lines = self.notes.setdefault(key, [])
-            lines[:] = [line for line in lines if not line.startswith("stacked: ")]
-            self.note(key, stacked_note(groups))
-        for line in log:  # groups trained, epochs shared or trained apart (and why)
-            self.note(key, line)
-        for reason in sorted(set(why.values())):
-            cells = sorted(c for c, r in why.items() if r == reason)
-            self.note(key, f"trained one by one ({len(cells)} cell(s), e.g. {cells[0]}): "
-                      f"{reason}")
+        groups = self.stacked_groups.setdefault(key, [])
+        groups += trained
+        alone = self.unstacked.setdefault(key, {})
+        alone.update(why)
+        lines = self.notes.setdefault(key, [])
+        lines[:] = [line for line in lines if not line.startswith("stacked: ")]
+        self.note(key, stacked_note(groups, alone))
 
     def _search_once(self, key: str, exp: Experiment, progress: Any) -> None:
         """A halving search, trained once per run: serially here; under xdist by the first
@@ -562,7 +566,7 @@ class Session:
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
-        groups: list[str] = []
+        groups: list[StackGroup] = []
 
         def reached(r: CellResult, stop_at: int | None) -> bool:
             marks = [x.measurements.get(PRUNED) for x in r.seeds]
@@ -584,17 +588,15 @@ class Session:
             rules = {c.id: rule(c) for c in todo}
             if stack and todo:
                 for bucket in stackable_cells(exp, todo):
-                    log: list[str] = []
                     try:
                         done, _ = run_stacked(exp, bucket, self.resolve_device(),
-                                              progress=report, stop_rules=rules, log=log,
-                                              threads=self.threads)
+                                              progress=report, stop_rules=rules,
+                                              groups=groups, threads=self.threads)
                     except Exception as e:  # those cells then train one by one
                         self.note(key, f"stacked training failed ({type(e).__name__}: {e}); "
                                   "trained one by one")
                         done = {}
                     got.update(done)
-                    groups.extend(line for line in log if "stacked group" in line)
             for c in todo:
                 if c.id in got:
                     continue
@@ -633,8 +635,9 @@ class Session:
         for line in log:
             self.note(key, line)
         if groups:
-            self.note(key, f"{len(groups)} stacked training run(s) over the rungs: "
-                      + "; ".join(groups[:3]) + (" ..." if len(groups) > 3 else ""))
+            sizes = sorted({g.members for g in groups}, reverse=True)
+            self.note(key, f"{len(groups)} stacked group(s) trained over the rungs, of "
+                      f"{', '.join(map(str, sizes))} trial(s) x seeds")
 
     # ------------------------------------------------------------------ hp.optuna
 
@@ -773,23 +776,26 @@ class Session:
         rules = {c.id: rule(c) for c in cells}
         got: dict[str, CellResult] = {}
         if cells and self._stacks_trials(exp):
+            trained: list[StackGroup] = []
+            alone: dict[str, str] = {}
             for bucket in stackable_cells(exp, cells):
-                log: list[str] = []
                 try:
-                    done, _ = run_stacked(exp, bucket, self.resolve_device(), progress=report,
-                                          stop_rules=rules, log=log, threads=self.threads)
+                    done, why = run_stacked(exp, bucket, self.resolve_device(),
+                                            progress=report, stop_rules=rules, groups=trained,
+                                            threads=self.threads)
                 except Exception as e:  # those trials then train one by one
                     self.note(key, f"stacked training failed ({type(e).__name__}: {e}); "
                               "trained one by one")
-                    done = {}
+                    done, why = {}, {}
                 got.update(done)
-            groups = self.stacked_groups.setdefault(key, {})
-            groups.update({cid: int(r.seeds[0].measurements.get("stacked", 1))
-                           for cid, r in got.items()})
-            if groups:
+                alone.update(why)
+            # the experiment's one stacking line, over every batch asked so far
+            self.stacked_groups.setdefault(key, []).extend(trained)
+            self.unstacked.setdefault(key, {}).update(alone)
+            if self.stacked_groups[key] or self.unstacked[key]:
                 lines = self.notes.setdefault(key, [])
                 lines[:] = [line for line in lines if not line.startswith("stacked: ")]
-                self.note(key, stacked_note(groups))
+                self.note(key, stacked_note(self.stacked_groups[key], self.unstacked[key]))
         for c in cells:
             if c.id in got:
                 continue

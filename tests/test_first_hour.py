@@ -173,11 +173,34 @@ def test_profile_note_names_the_epochs_of_a_grid_axis():
     assert apply_profile(fixed, "ci")[1][0] == "profile 'ci': 1 of 1 cells, 1 seed(s), 2 epochs"
 
 
-def test_stacked_note_counts_every_bucket():
-    from hpspec.plan import stacked_note
+def test_stacked_note_counts_every_bucket_and_says_why_cells_trained_alone():
+    from hpspec.plan import StackGroup, stacked_note
 
-    groups = {f"lr={i}-bs={b}": 9 for i in range(12) for b in (16, 32, 64, 128)}
-    assert stacked_note(groups).startswith("stacked: 48 cell(s) trained in groups of 9 ")
+    groups = [StackGroup(b, 9, tuple(f"lr={i}-bs={b}" for i in range(12)), model="mlp")
+              for b in (16, 32, 64, 128)]
+    note = stacked_note(groups, {})
+    assert note.startswith("stacked: 48 cells in 4 groups of 9 (cells x seeds as one model); "
+                           "groups apart by batch size; "), note
+    groups.append(StackGroup(16, 3, ("lr=0-bs=16",), model="mlp"))  # a chunk of a bucket
+    groups.append(StackGroup(16, 2, ("deep",), model="mlp, deeper"))
+    note = stacked_note(groups, {"lr=9": "a learning-rate scheduler is not stacked",
+                                 "lr=8": "a learning-rate scheduler is not stacked",
+                                 "cm": "its recipe has custom metrics"})
+    assert note.startswith(
+        "stacked: 49 of 52 cells in 6 groups of 9, 3, 2 (cells x seeds as one model); groups "
+        "apart by batch size, layer structure and the size limit (memory, work per step); "
+        "2 cells trained alone, one by one, because a learning-rate scheduler is not stacked "
+        "(e.g. lr=9); 1 cell trained alone, one by one, because its recipe has custom metrics "
+        "(cm); "), note
+    assert note.count("stacked: ") == 1 and "\n" not in note
+    assert stacked_note([], {"a": "why"}) == ("stacked: 0 of 1 cell; 1 cell trained alone, one "
+                                              "by one, because why (a)")
+    # widths keep groups apart only where nothing else does (deeper models' shapes differ)
+    deep = [StackGroup(32, 3, (f"d{d}",), model=f"depth {d}", widths=f"w{d}") for d in (1, 2)]
+    assert "groups apart by layer structure; " in stacked_note(deep, {})
+    wide = deep + [StackGroup(32, 3, ("wide",), model="depth 1", widths="w9")]
+    assert "groups apart by layer structure and width (padding would not pay); " in (
+        stacked_note(wide, {}))
 
 
 STACKED_BUCKETS = """
@@ -193,11 +216,15 @@ def buckets(case):
 
 
 def test_summary_counts_cells_of_every_stacked_bucket(pytester):
-    # two buckets (one per batch size) of two cells: the line must say 4 cells, not 2
+    # two buckets (one per batch size) of two cells: the line must say 4 cells, not 2, in
+    # one line (not one per bucket)
     pytester.makepyfile(exp_buckets=STACKED_BUCKETS)
     result = pytester.runpytest("--hpspec-cache=off")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*stacked: 4 cell(s) trained in groups of 2 *"])
+    result.stdout.fnmatch_lines(["*stacked: 4 cells in 2 groups of 2 (cells x seeds as one "
+                                 "model); groups apart by batch size; *"])
+    assert result.stdout.str().count("stacked: ") == 1
+    assert "stacked group" not in result.stdout.str()
 
 
 def test_slow_marker_is_registered_and_selects_the_slow_tests():

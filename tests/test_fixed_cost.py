@@ -224,10 +224,14 @@ def _collect_and_stack(n: int, monkeypatch) -> float:
     """Build the grid (what collection does per experiment) and run the plugin's stacked
     bookkeeping over all its cells with training replaced by ready-made results."""
     from hpspec.engine import runner
+    from hpspec.plan import StackGroup
 
     def fake_run_stacked(exp, cells, device, seeds=None, progress=None, stop_rules=None,
-                         log=None, threads="auto"):
+                         groups=None, threads="auto"):
         seed = SeedResult(seed=0, curves={"train_loss": [1.0]}, measurements={"stacked": 8.0})
+        if groups is not None:  # the summary's line is built over every cell too
+            groups.append(StackGroup(exp.batch_size_for(cells[0]), 8,
+                                     tuple(c.id for c in cells)))
         return {c.id: CellResult(exp.name, c.id, c.as_dict(), device, (seed,))
                 for c in cells}, {}
 

@@ -12,6 +12,7 @@ from torch import nn
 
 import hpspec as hp
 from hpspec.engine.runner import run_cell, run_stacked
+from hpspec.plan import StackGroup, stacked_note
 from hpspec.spec import build
 
 DATA = hp.datasets.digits(n_train=256)
@@ -44,11 +45,14 @@ def _mlp_recipe(case):
 def test_cells_differing_in_epochs_share_one_run_and_read_their_prefix():
     exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.2], epochs=[1, 3]), seeds=2,
                               batch_size=32, data=DATA)(_mlp_recipe))
-    log: list[str] = []
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    groups: list[StackGroup] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", groups=groups)
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
-    assert "1 stacked group(s) of 8" in log[0] and "epoch counts [1, 3]" in log[0], log
+    assert [(g.members, g.epochs, len(g.cells)) for g in groups] == [(8, (1, 3), 4)]
+    assert stacked_note(groups, {}).startswith(
+        "stacked: 4 cells in 1 group of 8 (cells x seeds as one model); epoch counts 1, 3 "
+        "shared a run (each cell reads its own prefix); "), stacked_note(groups, {})
     for cell in exp.cells:
         assert len(stacked[cell.id].seeds[0].curves["val_loss"]) == exp.epochs_for(cell)
     _equal_alone(exp, stacked)
@@ -61,12 +65,15 @@ def test_a_recipe_that_reads_the_epoch_count_trains_apart_and_says_why():
 
     exp = build(hp.experiment(grid=hp.grid(epochs=[1, 3]), seeds=1, batch_size=32,
                               data=DATA)(recipe))
-    log: list[str] = []
-    stacked, why = run_stacked(exp, list(exp.cells), "cpu", log=log)
+    groups: list[StackGroup] = []
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu", groups=groups)
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {1.0}
-    assert any("trained apart by epochs" in line and "settings differ" in line
-               for line in log), log
+    note = stacked_note(groups, {})
+    assert note.startswith("stacked: 2 cells in 2 groups of 1 (cells x seeds as one model); "
+                           "groups apart by a recipe that reads case.epochs; "), note
+    assert ("trained apart from other epoch counts: its recipe depends on case.epochs "
+            "(its optimizer's settings differ)") in note, note
     _equal_alone(exp, stacked)
 
 
@@ -88,20 +95,59 @@ def test_mixed_activation_gradients_equal_autograd():
     torch.manual_seed(0)
     models = [hp.models.mlp(6, [5, 4], 3, activation=a)
               for a in ("relu", "relu", "tanh", "sigmoid")]
+    models += [nn.Sequential(nn.Linear(6, 5), act, nn.Linear(5, 4), act, nn.Linear(4, 3))
+               for act in (nn.LeakyReLU(0.1), nn.Identity())]
     manual, reference = _Stacked(models, "cpu"), _Stacked(models, "cpu")
     assert manual.backward is not None
     reference.backward = None
-    x, y = torch.randn(4, 7, 6), torch.randint(0, 3, (4, 7))
+    x, y = torch.randn(6, 7, 6), torch.randint(0, 3, (6, 7))
     l1, g1 = manual.loss_and_grads(x, y, "ce")
     l2, g2 = reference.loss_and_grads(x, y, "ce")
     torch.testing.assert_close(l1, l2)
     for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+    # into momentum buffers (beta * buffer + gradient, in place), as SGD's plain path asks
+    bufs = [torch.randn_like(p) for p in manual.params]
+    expected = [0.9 * b + g for b, g in zip(bufs, g2, strict=True)]
+    _, g3 = manual.loss_and_grads(x, y, "ce", into=bufs, beta=0.9)
+    assert all(a is b for a, b in zip(g3, bufs, strict=True))
+    for a, b in zip(g3, expected, strict=True):
         torch.testing.assert_close(a, b)
     # and each member's slice is its own model's gradient
     for k, m in enumerate(models):
         loss = nn.functional.cross_entropy(m(x[k]), y[k])
         ref = torch.autograd.grad(loss, [m[0].weight])[0]
         torch.testing.assert_close(g1[0][k], ref.t())
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_the_buffered_step_equals_the_plain_hand_written_one(loss):
+    """Kept buffers per batch size (a full and a last, shorter batch, then a full one again),
+    padded widths and mixed activations: the same losses and gradients as the step that
+    allocates its own, and the gradients handed out are never the buffers of a later step."""
+    from hpspec.engine.stacked import _Stacked
+
+    torch.manual_seed(0)
+    models = [hp.models.mlp(6, [w, 4], 3, activation=a)
+              for w, a in ((5, "relu"), (7, "relu"), (5, "tanh"), (7, "sigmoid"))]
+    buffered, plain = _Stacked(models, "cpu"), _Stacked(models, "cpu")
+    assert buffered.chained and buffered.masks is not None
+    plain.chained = False
+    handed: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    for rows in (7, 3, 7):
+        x = torch.randn(4, rows, 6)
+        y = torch.randint(0, 3, (4, rows)) if loss == "ce" else torch.randn(4, rows, 3)
+        l1, g1 = buffered.loss_and_grads(x, y, loss)
+        l2, g2 = plain.loss_and_grads(x, y, loss)
+        torch.testing.assert_close(l1, l2, rtol=0, atol=0)
+        for a, b in zip(g1, g2, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        handed.append((g1, [g.clone() for g in g1]))
+    for grads, copies in handed:
+        assert all(torch.equal(a, b) for a, b in zip(grads, copies, strict=True))
+    # a model with an activation that follows an activation keeps the plain step
+    chain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Tanh(), nn.Linear(5, 3))
+    assert not _Stacked([chain], "cpu").chained
 
 
 class Residual(nn.Module):
@@ -148,6 +194,50 @@ def test_models_beyond_mlps_stack_through_vmap_and_equal_their_runs(name):
     stacked, why = run_stacked(exp, list(exp.cells), "cpu")
     assert not why
     assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {4.0}
+    _equal_alone(exp, stacked)
+
+
+def _adam_mlp():
+    return hp.models.mlp(64, [16], 10, activation="tanh")
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "batchnorm", "dropout"])
+def test_stopped_members_leave_the_stack_and_the_others_train_on_unchanged(name, monkeypatch):
+    """Cells of 1 and 3 epochs share a run; after epoch 1 the short ones leave the stack
+    (their rows of weights, buffers, optimizer state and generators dropped) and the long
+    ones' curves still equal their own runs."""
+    from hpspec.engine import stacked as st
+
+    make = _adam_mlp if name == "mlp" else MODELS[name]
+
+    def recipe(case):
+        model = make()
+        opt = (torch.optim.AdamW(model.parameters(), lr=case.lr, weight_decay=0.1)
+               if name == "mlp" else torch.optim.SGD(model.parameters(), lr=case.lr,
+                                                       momentum=0.9))
+        return model, opt
+
+    sizes: list[int] = []
+    real = st._engine
+
+    def spy(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        keep = engine.keep
+
+        def kept(idx):
+            sizes.append(len(idx))
+            keep(idx)
+
+        engine.keep = kept
+        return engine
+
+    monkeypatch.setattr(st, "_engine", spy)
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.01, 0.05], epochs=[1, 3]), seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
+    assert sizes == [4], sizes  # the four 1-epoch members left after epoch 1
     _equal_alone(exp, stacked)
 
 
@@ -328,3 +418,132 @@ def test_widths_pad_together_only_where_the_padding_pays():
     deep = hp.models.mlp(64, [32, 32], 10)
     members.append(Member("deep", 0, deep, torch.optim.SGD(deep.parameters(), lr=0.1), None))
     assert len(plan(members, "classification", False, 64, "cuda")[0]) == 2
+
+
+# ------------------------------------------------------------- CNNs laid out by hand (CPU)
+
+CNNS = {
+    # ReLU then max-pooling (computed as pooling then ReLU), strides, padding, bias-free
+    "conv-relu-pool": lambda: nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 2, stride=2, bias=False), nn.Tanh(), nn.Flatten(), nn.Linear(24, 10)),
+    # grouped and dilated convolutions, average pooling, an out-of-place activation
+    "groups-dilation-avgpool": lambda: nn.Sequential(
+        nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2),
+        nn.GELU(), nn.AvgPool2d(2), nn.Conv2d(6, 4, 1, groups=2), nn.Sigmoid(), nn.Flatten(),
+        nn.Linear(16, 10)),
+    # one input channel per group (depthwise, with and without repeating the input), then
+    # a grouped convolution of several
+    "depthwise": lambda: nn.Sequential(
+        nn.Unflatten(1, (4, 4, 4)), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU(),
+        nn.Conv2d(4, 8, 3, groups=4), nn.Tanh(), nn.Conv2d(8, 4, 2, groups=2),
+        nn.Flatten(), nn.Linear(4, 10)),
+    # a linear layer into an image (gradients through the unflattening), padding, global
+    # pooling, leaky ReLU, a nested Sequential, Identity and Dropout(p=0)
+    "linear-into-image": lambda: nn.Sequential(
+        nn.Linear(64, 32), nn.ReLU(), nn.Unflatten(1, (2, 4, 4)), nn.ZeroPad2d(1),
+        nn.Sequential(nn.Conv2d(2, 3, 3), nn.LeakyReLU(0.1)), nn.Identity(),
+        nn.AdaptiveAvgPool2d(1), nn.Dropout(0.0), nn.Flatten(), nn.Linear(3, 10)),
+}
+
+
+def _engine_of(exp, monkeypatch):
+    from hpspec.engine import stacked as st
+
+    kinds: list[str] = []
+    real = st._engine
+
+    def spy(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        kinds.append(type(engine).__name__)
+        return engine
+
+    monkeypatch.setattr(st, "_engine", spy)
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    return stacked, why, kinds
+
+
+@pytest.mark.parametrize("name", sorted(CNNS))
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+def test_cnns_stack_laid_out_by_hand_and_equal_their_runs(name, opt, monkeypatch):
+    def recipe(case):
+        model = CNNS[name]()
+        return model, (torch.optim.SGD(model.parameters(), lr=case.lr, momentum=0.9,
+                                       weight_decay=1e-3) if opt == "sgd" else
+                       torch.optim.Adam(model.parameters(), lr=case.lr / 10))
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1], epochs=[1, 2]), seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["LayeredEngine"]
+    assert {r.seeds[0].measurements["stacked"] for r in stacked.values()} == {8.0}
+    _equal_alone(exp, stacked)
+
+
+def test_a_cnn_on_image_shaped_data_stacks_by_hand(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 2, 6, 6, generator=g)
+    y = (x[:, 0, :3].mean(dim=(1, 2)) > 0).long()
+    data = hp.datasets.tensors((x[:64], y[:64]), (x[64:], y[64:]))
+
+    def recipe(case):
+        model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(12, 2))
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.3]), epochs=2, seeds=2, batch_size=16,
+                              data=data)(recipe))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["LayeredEngine"]
+    _equal_alone(exp, stacked)
+
+
+def test_cnns_the_hand_layout_does_not_compute_go_to_vmap(monkeypatch):
+    from hpspec.engine import layered
+
+    def recipe(case):
+        model = CNNS["conv-relu-pool"]() if case.kind == "plain" else nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.ReLU(),
+            nn.Flatten(), nn.Linear(72, 10))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    exp = build(hp.experiment(grid=hp.grid(kind=["plain", "batchnorm"]), epochs=1, seeds=2,
+                              batch_size=32, data=DATA)(recipe))
+    _, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and sorted(kinds) == ["FuncEngine", "LayeredEngine"]  # BatchNorm: vmap
+    # a stack whose output differs from its members' own models is not trained by hand
+    monkeypatch.setattr(layered._Flatten, "forward",
+                        staticmethod(lambda ctx, h, k: torch.zeros(k, h.shape[0], 24)))
+    stacked, why, kinds = _engine_of(exp, monkeypatch)
+    assert not why and kinds == ["FuncEngine", "FuncEngine"]
+    _equal_alone(exp, stacked)
+
+
+def test_hand_laid_out_cnn_gradients_equal_each_members_own():
+    from hpspec.engine.layered import LayeredEngine
+    from hpspec.engine.stacked import Member, _per_cell_loss
+
+    torch.manual_seed(0)
+    models = [CNNS["conv-relu-pool"]() for _ in range(3)]
+    members = [Member("c", i, m, torch.optim.SGD(m.parameters(), lr=0.1), None)
+               for i, m in enumerate(models)]
+    seen: list[list[torch.Tensor]] = []
+
+    class Spy:
+        def __init__(self, params, groups):
+            pass
+
+        def step(self, grads):
+            seen.append(grads)
+
+    engine = LayeredEngine(members, "cpu", Spy, _per_cell_loss, "ce", "classification",
+                           torch.randn(2, 64))
+    x, y = torch.randn(3, 5, 64), torch.randint(0, 10, (3, 5))
+    x[:, :, :8] = 0.0  # rows whose first pooled windows tie at zero after the ReLU
+    losses = engine.step(x, y)
+    for k, m in enumerate(models):
+        loss = nn.functional.cross_entropy(m(x[k]), y[k])
+        own = torch.autograd.grad(loss, list(m.parameters()))
+        torch.testing.assert_close(losses[k], loss.detach())
+        for a, b in zip(seen[0], own, strict=True):
+            torch.testing.assert_close(a[k], b)

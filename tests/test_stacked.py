@@ -218,7 +218,7 @@ def test_stacking_on_and_off_give_the_same_verdicts_and_numbers(pytester):
     on, on_finals = _finals(pytester)
     on.assert_outcomes(passed=3)
     on.stdout.fnmatch_lines(
-        ["*stacked: 2 cell(s) trained in groups of 4 (cells x seeds as one model)*"])
+        ["*stacked: 2 cells in 1 group of 4 (cells x seeds as one model)*"])
     off, off_finals = _finals(pytester, "--hpspec-stack=off")
     off.assert_outcomes(passed=3)
     assert "stacked:" not in off.stdout.str()
@@ -595,6 +595,61 @@ def test_a_large_group_is_built_and_trained_in_bounded_chunks_with_the_same_curv
     for cid in whole:
         for a, b in zip(whole[cid].seeds, chunked[cid].seeds, strict=True):
             _close(a.curves, b.curves)
+
+
+def test_a_chunk_is_sized_from_its_widest_member_not_its_first(monkeypatch):
+    """A narrow first cell must not size the chunks for the wide cells that follow it."""
+    from hpspec.engine import stacked as st
+
+    narrow = st.Member("n", 0, hp.models.mlp(64, [4], 10), None, None)
+    wide = st.Member("w", 0, hp.models.mlp(64, [64], 10), None, None)
+    weights = sum(p.numel() for p in wide.model.parameters())
+    # a step budget for two wide members at batch 32 (and some thirty narrow ones)
+    monkeypatch.setitem(st.STEP_FLOPS, "cpu", 6.0 * weights * 32 * 2)
+    assert st.chunk_size([narrow, wide], 32, 100, "cpu") == st.chunk_size(wide, 32, 100,
+                                                                           "cpu") == 2
+    assert st.chunk_size(narrow, 32, 100, "cpu") > 20
+
+    def recipe(case):
+        model = hp.models.mlp(64, [case.hidden], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    exp = build(hp.experiment(grid=hp.grid(hidden=[4, 64]), epochs=1, seeds=4, batch_size=32,
+                              data=DATA)(recipe))
+    assert [c.as_dict()["hidden"] for c in exp.cells] == [4, 64]  # the narrow cell first
+    sizes: list[int] = []
+    real = st.train_group
+
+    def spy(group, *args, **kwargs):
+        sizes.append(len(group))
+        return real(group, *args, **kwargs)
+
+    monkeypatch.setattr(st, "train_group", spy)
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert not why and set(stacked) == {"hidden=4", "hidden=64"}
+    assert sizes and max(sizes) <= 2, sizes  # the first member's size would allow 31
+
+
+def test_equal_widths_are_one_bucket_without_padding_arithmetic(monkeypatch):
+    from hpspec.engine import stacked as st
+
+    members = [st.Member(f"c{i}", 0, hp.models.mlp(64, [32, 32], 10), None, None)
+               for i in range(64)]
+    calls = [0]
+    real = st._shapes
+
+    def counted(m):
+        calls[0] += 1
+        return real(m)
+
+    monkeypatch.setattr(st, "_shapes", counted)
+    group = list(range(63, -1, -1))
+    assert st.width_buckets(group, members, 32, "cpu") == [group]  # one stack, order kept
+    assert calls[0] == 64  # each member's shapes read once
+    calls[0] = 0
+    mixed = members + [st.Member("w", 0, hp.models.mlp(64, [256, 256], 10), None, None)]
+    assert st.width_buckets(list(range(65)), mixed, 32, "cpu") == [list(range(64)), [64]]
+    assert calls[0] == 65  # linear in the group, mixed widths too
 
 
 def test_a_chunk_is_bounded_by_the_work_of_one_step():

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeGuard, TypeVar
 
 import torch
+from torch import nn
 
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.engine.compiler import optimizer_step
@@ -17,9 +18,28 @@ from hpspec.engine.probes import LiveMemory, optimizer_tensors
 from hpspec.results import Divergence
 
 __all__ = [
-    "DIVERGENCE_FACTOR", "WARMUP_STEPS", "Progress", "StopRule", "TimedSteps", "default_loss",
-    "divergence", "divergence_limit", "probe_memory", "sync", "train_step",
+    "ELEMENTWISE", "plain", "DIVERGENCE_FACTOR", "WARMUP_STEPS", "Progress", "StopRule",
+    "TimedSteps", "default_loss", "divergence", "divergence_limit", "probe_memory", "sync",
+    "train_step",
 ]
+
+#: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
+ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
+               nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.CELU, nn.Softsign)
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def plain(m: nn.Module, base: type[_M]) -> TypeGuard[_M]:
+    """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
+    methods), and no hook or parametrization changes it (what the stacked engines require of
+    a layer they compute themselves)."""
+    from torch.nn.utils import parametrize
+
+    return (isinstance(m, base) and type(m).forward is base.forward
+            and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
+            and not parametrize.is_parametrized(m))
+
 
 #: A loss this many times above its starting value counts as diverged.
 DIVERGENCE_FACTOR = 100.0

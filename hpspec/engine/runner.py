@@ -49,6 +49,7 @@ from hpspec.engine.probes import (
 from hpspec.errors import BudgetExceeded, CellError
 from hpspec.measures import PROBED as MEASURE_PROBED
 from hpspec.measures import is_probed
+from hpspec.plan import StackGroup
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 from hpspec.threads import Threads, choose_threads
@@ -876,7 +877,7 @@ def run_stacked(
     seeds: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     stop_rules: Mapping[str, Any] | None = None,
-    log: list[str] | None = None,
+    groups: list[StackGroup] | None = None,
     threads: Threads = "auto",
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     """Train the cells' seeds that stack as one model per architecture group.
@@ -885,8 +886,8 @@ def run_stacked(
     why not (they are left for :func:`run_cell`). Cells given here must share a batch size
     (see :func:`stackable_cells`); cells that differ in epochs share one run to the largest
     count and each reads its own prefix, unless its recipe changes with the epoch count.
-    ``log`` receives lines for the summary: how many groups trained, and why cells trained
-    apart.
+    ``groups`` receives one :class:`~hpspec.plan.StackGroup` per group trained, for the
+    summary's line (:func:`hpspec.plan.stacked_note`).
     """
     __tracebackhide__ = True
     if exp.mode != "recipe" or not exp.stack or exp.data is None or not cells:
@@ -894,7 +895,7 @@ def run_stacked(
     # hpspec builds the recipes and steps the optimizers itself here: torch's compiler,
     # which building an optimizer would import, is not needed (hpspec.engine.compiler)
     with compiler_import_deferred():
-        return _run_stacked(exp, cells, device, seeds, progress, stop_rules, log, threads)
+        return _run_stacked(exp, cells, device, seeds, progress, stop_rules, groups, threads)
 
 
 def _run_stacked(
@@ -904,11 +905,11 @@ def _run_stacked(
     seeds: tuple[int, ...] | None,
     progress: Progress | None,
     stop_rules: Mapping[str, Any] | None,
-    log: list[str] | None,
+    groups: list[StackGroup] | None,
     threads: Threads,
 ) -> tuple[dict[str, CellResult], dict[str, str]]:
     __tracebackhide__ = True
-    from hpspec.engine.stacked import Member, chunk_size, plan, split, train_group
+    from hpspec.engine.stacked import MAX_MEMBERS, Member, chunk_size, plan, split, train_group
 
     data = device_data(exp.data, device)
     run_seeds = tuple(seeds or exp.seeds)
@@ -925,6 +926,7 @@ def _run_stacked(
     members: list[Member] = []
     owner: list[Cell] = []
     cap: int | None = None
+    widest = 0  # weights of the widest member built so far
     chunks = [0, 1]  # chunks trained so far, chunks expected (for the progress line)
 
     def chunk_progress(epoch: int, epochs: int, loss: float) -> None:
@@ -932,18 +934,18 @@ def _run_stacked(
             progress(chunks[0] * epochs + epoch, chunks[1] * epochs, loss)
 
     def train_buffered() -> None:
-        groups, why = plan(members, data.task, False,
-                           exp.batch_size_for(owner[0]) if owner else None, device)
+        planned, why = plan(members, data.task, False,
+                            exp.batch_size_for(owner[0]) if owner else None, device)
         for i, reason in why.items():
             why_by_cell.setdefault(members[i].cell_id, reason)
         # A group larger than memory and the step budget allow trains in chunks (a cell's
         # seeds may then land in different chunks; its results are gathered below).
-        groups = [chunk for idx in groups
-                  for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
-                                    data.x_val.shape[0], device)
-                  for chunk in (part[i:i + (cap or len(part))]
-                                for i in range(0, len(part), cap or len(part)))]
-        for idx in groups:
+        chunked = [chunk for idx in planned
+                   for part in split(idx, members, exp.batch_size_for(owner[idx[0]]) or 1,
+                                     data.x_val.shape[0], device)
+                   for chunk in (part[i:i + (cap or len(part))]
+                                 for i in range(0, len(part), cap or len(part)))]
+        for idx in chunked:
             train_chunk([members[i] for i in idx], owner[idx[0]])
         members.clear()
         owner.clear()
@@ -1020,7 +1022,7 @@ def _run_stacked(
                                     epochs=epochs, epoch_bound=cell.id in bound,
                                     scheduler=recipe.scheduler is not None, rng_state=rng))
         except _OneByOne:
-            broken[cell.id] = "its recipe has custom metrics (trains one by one)"
+            broken[cell.id] = "its recipe has custom metrics"
             continue
         except Exception:
             # That cell's own run (one by one) reports the error with its traceback; the
@@ -1032,10 +1034,13 @@ def _run_stacked(
             continue
         members += built
         owner += [cell] * len(built)
-        if cap is None and built:
-            cap = chunk_size(built[0], exp.batch_size_for(cell) or 1, data.x_val.shape[0],
-                             device)
-            chunks[1] = max(1, math.ceil(len(cells) * len(run_seeds) / cap))
+        if built and (size := max(_weights(m.model) for m in built)) > widest:
+            # sized from the widest member so far (a padded stack costs each member what
+            # its widest costs): a narrow first cell must not let wide ones overrun a chunk
+            widest = size
+            cap = min(cap or MAX_MEMBERS, chunk_size(built, exp.batch_size_for(cell) or 1,
+                                                     data.x_val.shape[0], device))
+            chunks[1] = max(chunks[1], math.ceil(len(cells) * len(run_seeds) / cap))
         if cap is not None and len(members) >= cap:
             train_buffered()
     train_buffered()
@@ -1049,9 +1054,15 @@ def _run_stacked(
         else:
             reasons[cell.id] = (broken.get(cell.id) or why_by_cell.get(cell.id)
                                 or "not stacked")
-    if log is not None and cells:
-        log.extend(_group_lines(exp.batch_size_for(cells[0]), trained, bound, counts))
+    if groups is not None:
+        # (the cells given here share a batch size: see stackable_cells)
+        groups.extend(_describe(group, exp.batch_size_for(cells[0]), data.task, bound)
+                      for group in trained)
     return out, reasons
+
+
+def _weights(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _uses_vmap(m: Any, data: Data) -> bool:
@@ -1061,25 +1072,23 @@ def _uses_vmap(m: Any, data: Data) -> bool:
     return not isinstance(sig, str) and sig[0][0] == "func"
 
 
-def _group_lines(batch_size: int | None, trained: list[list[Any]], bound: Mapping[str, str],
-                 counts: set[int]) -> list[str]:
-    """The summary's account of a stacked bucket: groups, what they share, what not."""
-    if not trained:
-        return []
-    lines = []
-    sizes = sorted(len(group) for group in trained)
-    shared = sum(1 for group in trained if len({m.epochs for m in group}) > 1)
-    # the "stacked:" line says which cells stacked; this one how they were grouped
-    text = (f"batch size {batch_size}: {len(trained)} stacked group(s) of "
-            f"{', '.join(map(str, sizes))} member(s) each")
-    if shared:
-        text += (f"; {shared} group(s) shared one run between epoch counts "
-                 f"{sorted(counts)} (each cell reads its own prefix)")
-    lines.append(text)
-    for cid, reason in sorted(bound.items()):
-        lines.append(f"trained apart by epochs: {cid}: its recipe depends on case.epochs "
-                     f"({reason})")
-    return lines
+def _describe(group: list[Any], batch_size: int | None, task: str,
+              bound: Mapping[str, str]) -> StackGroup:
+    """A trained group as the summary tells it (see :func:`hpspec.plan.stacked_note`)."""
+    from hpspec.engine.stacked import signature
+
+    sig = signature(group[0], task, False)
+    engine, opt, loss = (sig[:3] if not isinstance(sig, str) else (sig, "", ""))
+    # only MLPs pad widths; any other engine's layer structure holds its shapes already
+    padded = not isinstance(engine, str) and engine[0] == "mlp"
+    shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in group]
+    widest = ([tuple(max(dims) for dims in zip(*column, strict=True))
+               for column in zip(*shapes, strict=True)] if padded else [])
+    cells = tuple(dict.fromkeys(m.cell_id for m in group))
+    return StackGroup(batch_size=batch_size, members=len(group), cells=cells,
+                      model=repr(engine), widths=repr(widest), optimizer=str(opt),
+                      loss=str(loss), epochs=tuple(sorted({m.epochs for m in group})),
+                      apart=tuple((c, bound[c]) for c in cells if c in bound))
 
 
 _DIGESTS: dict[int, str] = {}

@@ -26,7 +26,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeGuard, TypeVar, cast
+from typing import Any, cast
 
 import attrs
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from hpspec.datasets import CLASSIFICATION, Data
 from hpspec.engine.common import (
+    ELEMENTWISE,
     WARMUP_STEPS,
     StopRule,
     TimedSteps,
@@ -43,16 +44,12 @@ from hpspec.engine.common import (
     sync,
     train_step,
 )
+from hpspec.engine.common import plain as _plain
 from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
 __all__ = ["Member", "plan", "split", "chunk_size", "train_group", "width_buckets",
            "ELEMENTWISE"]
-
-#: Activation modules that act element by element, so they apply to [K, B, H] unchanged.
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.SELU,
-               nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.CELU, nn.Softsign)
-
 
 @attrs.define
 class Member:
@@ -70,19 +67,6 @@ class Member:
     scheduler: bool = False
     #: torch's CPU generator state right after the recipe was built (dropout masks start here)
     rng_state: Any = None
-
-
-_M = TypeVar("_M", bound=nn.Module)
-
-
-def _plain(m: nn.Module, base: type[_M]) -> TypeGuard[_M]:
-    """``m`` computes what ``base`` computes: its forward is ``base``'s (a subclass may only add
-    methods), and no hook or parametrization changes it."""
-    from torch.nn.utils import parametrize
-
-    return (isinstance(m, base) and type(m).forward is base.forward
-            and not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-            and not parametrize.is_parametrized(m))
 
 
 def _layers(model: nn.Module) -> list[nn.Module] | None:
@@ -210,33 +194,38 @@ PAD_WASTE = 0.25
 PAD_SLACK = {"cpu": 1e6, "mps": 1e9, "cuda": 1e10}
 
 
-def _padded_size(members: Sequence[Member]) -> int:
-    """Weights of one member of a stack padded to the widest of ``members``."""
-    shapes = [[tuple(p.shape) for p in m.model.parameters()] for m in members]
-    return sum(math.prod(max(dims) for dims in zip(*column, strict=True))
-               for column in zip(*shapes, strict=True))
+def _shapes(m: Member) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(p.shape) for p in m.model.parameters())
 
 
 def width_buckets(group: Sequence[int], members: Sequence[Member], batch_size: int,
                   device: str) -> list[list[int]]:
     """``group`` (members of one MLP signature, any widths) as padded stacks that pay: from
     the narrowest up, a member joins the current stack while the padded work per step stays
-    within :data:`PAD_WASTE` / :data:`PAD_SLACK` of the members' own (6 x weights x batch)."""
-    def size(i: int) -> int:
-        return sum(p.numel() for p in members[i].model.parameters())
+    within :data:`PAD_WASTE` / :data:`PAD_SLACK` of the members' own (6 x weights x batch).
 
+    Linear in the group's size: members of one shape (the common case: a grid over lr,
+    seeds, activations) are one stack without a look at padding, and a growing stack keeps
+    its padded shapes as it goes rather than padding its members again for each newcomer."""
+    shapes = {i: _shapes(members[i]) for i in group}
+    if len(set(shapes.values())) <= 1:
+        return [list(group)] if group else []
+    size = {i: sum(math.prod(s) for s in shape) for i, shape in shapes.items()}
     slack = PAD_SLACK.get(device.split(":")[0], PAD_SLACK["cpu"])
     out: list[list[int]] = []
-    for i in sorted(group, key=size):
+    widest: list[tuple[int, ...]] = []  # the current stack's padded shapes
+    own = 0  # the current stack's members' own weights
+    for i in sorted(group, key=lambda j: size[j]):
         if out:
-            bucket = out[-1] + [i]
-            own = 6.0 * batch_size * sum(size(j) for j in bucket)
-            padded = 6.0 * batch_size * len(bucket) * _padded_size(
-                [members[j] for j in bucket])
-            if padded - own <= max(PAD_WASTE * own, slack):
-                out[-1] = bucket
+            grown = [tuple(map(max, a, b)) for a, b in zip(widest, shapes[i], strict=True)]
+            padded = (len(out[-1]) + 1) * sum(math.prod(s) for s in grown)
+            work, padded_work = 6.0 * batch_size * (own + size[i]), 6.0 * batch_size * padded
+            if padded_work - work <= max(PAD_WASTE * work, slack):
+                out[-1].append(i)
+                widest, own = grown, own + size[i]
                 continue
         out.append([i])
+        widest, own = list(shapes[i]), size[i]
     return out
 
 
@@ -316,14 +305,21 @@ MAX_MEMBERS = 512
 STEP_FLOPS = {"cpu": 2e9, "mps": 5e10, "cuda": 5e11}
 
 
-def chunk_size(m: Member, batch_size: int, rows: int, device: str) -> int:
-    """How many members like ``m`` one stacked chunk holds: bounded by :data:`MAX_MEMBERS`,
-    by the work of one step (:data:`STEP_FLOPS`) and by :data:`MEMORY_SHARE` of free memory."""
-    weights = sum(p.numel() for p in m.model.parameters())
+def chunk_size(members: Member | Sequence[Member], batch_size: int, rows: int,
+               device: str) -> int:
+    """How many members like the widest of ``members`` one stacked chunk holds: bounded by
+    :data:`MAX_MEMBERS`, by the work of one step (:data:`STEP_FLOPS`) and by
+    :data:`MEMORY_SHARE` of free memory. The widest, because a padded stack costs every
+    member what its widest costs, and a chunk sized from a narrow member would overrun both
+    bounds once wider ones join it."""
+    ms = [members] if isinstance(members, Member) else list(members)
+    if not ms:
+        return MAX_MEMBERS
+    weights = max(sum(p.numel() for p in m.model.parameters()) for m in ms)
     budget = STEP_FLOPS.get(device.split(":")[0], STEP_FLOPS["cpu"])
     by_time = int(budget // max(6.0 * weights * batch_size, 1.0))
     free = _free_memory(device)
-    by_memory = (int(MEMORY_SHARE * free // member_bytes(m, batch_size, rows))
+    by_memory = (int(MEMORY_SHARE * free // max(member_bytes(m, batch_size, rows) for m in ms))
                  if free is not None else MAX_MEMBERS)
     return max(1, min(MAX_MEMBERS, by_time, by_memory))
 
@@ -339,16 +335,22 @@ _INPLACE: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
 def _leaky_backward(layer: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     assert isinstance(layer, nn.LeakyReLU)  # _BACKWARD maps nn.LeakyReLU here
     slope = float(layer.negative_slope)
-    return lambda g, out: torch.ops.aten.leaky_relu_backward(g, out, slope, True)
+    return lambda g, out: torch.ops.aten.leaky_relu_backward.grad_input(
+        g, out, slope, True, grad_input=g)
 
 
 #: Activations whose gradient hpspec writes from their output (so the forward may overwrite
 #: their input): with every activation of a model in here, a stacked step needs no autograd.
+#: Each writes the gradient over ``g`` (a fresh tensor of the step; a slice of it for one run
+#: of members), which saves the step an allocation, and a join, per activation.
 _BACKWARD: dict[type, Callable[[nn.Module], Callable[[torch.Tensor, torch.Tensor],
                                                       torch.Tensor]]] = {
-    nn.ReLU: lambda _: lambda g, out: torch.ops.aten.threshold_backward(g, out, 0),
-    nn.Tanh: lambda _: lambda g, out: torch.ops.aten.tanh_backward(g, out),
-    nn.Sigmoid: lambda _: lambda g, out: torch.ops.aten.sigmoid_backward(g, out),
+    nn.ReLU: lambda _: lambda g, out: torch.ops.aten.threshold_backward.grad_input(
+        g, out, 0, grad_input=g),
+    nn.Tanh: lambda _: lambda g, out: torch.ops.aten.tanh_backward.grad_input(
+        g, out, grad_input=g),
+    nn.Sigmoid: lambda _: lambda g, out: torch.ops.aten.sigmoid_backward.grad_input(
+        g, out, grad_input=g),
     nn.Identity: lambda _: lambda g, out: g,
     nn.LeakyReLU: _leaky_backward,  # only with a positive slope: the output keeps the sign
 }
@@ -377,6 +379,16 @@ def _runs(acts: Sequence[nn.Module]) -> list[tuple[int, int, nn.Module]]:
             act.inplace = False  # type: ignore[assignment]
         out.append((k, k + 1, act))
     return out
+
+
+def _in_place(act: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``act`` applied in place (on a linear layer's output, which no backward reads)."""
+    inplace = _INPLACE.get(type(act))
+    if inplace is not None:
+        return inplace
+    if isinstance(act, nn.Identity):
+        return lambda x: x
+    return lambda x: x.copy_(act(x))
 
 
 def _activate(runs: list[tuple[int, int, nn.Module]], x: torch.Tensor,
@@ -415,6 +427,7 @@ class _Stacked:
     def __init__(self, models: Sequence[nn.Module], device: str) -> None:
         self.layers: list[tuple[str, Any]] = []
         self.params: list[torch.Tensor] = []
+        self._constants: dict[tuple[Any, ...], torch.Tensor] = {}
         #: per parameter, 1 where a member has a weight and 0 where it is padding (members of
         #: different hidden widths); None when no member is padded
         self.masks: list[torch.Tensor] | None = None
@@ -470,6 +483,49 @@ class _Stacked:
         #: the activations' gradients, when all of them are hand-written (else autograd)
         self.backward = (backward if all(f is not None for runs in backward for _, _, f in runs)
                          else None)
+        #: every activation follows a linear layer (and the model starts with one): the
+        #: hand-written step can run in kept buffers (:meth:`_buffered_step`)
+        self.chained = self.backward is not None and self.first_linear == 0 and all(
+            kind == "linear" or self.layers[i - 1][0] == "linear"
+            for i, (kind, _) in enumerate(self.layers))
+        self._spaces: dict[int, dict[str, Any]] = {}
+
+    def keep(self, idx: Sequence[int]) -> None:
+        """Only the members at positions ``idx`` train on (the others stopped): their rows of
+        every stacked tensor, the rest dropped. Each kept member's arithmetic is unchanged
+        (every member's slice is computed on its own), only the stack is smaller."""
+        at = torch.tensor(list(idx), device=self.params[0].device)
+        new = {id(p): p.detach().index_select(0, at).requires_grad_(True) for p in self.params}
+        self.params = [new[id(p)] for p in self.params]
+        if self.masks is not None:
+            self.masks = [m.index_select(0, at) for m in self.masks]
+        layers: list[tuple[str, Any]] = []
+        backward: list[list[tuple[int, int, Any]]] = []
+        for kind, obj in self.layers:
+            if kind == "linear":
+                w, b = obj
+                layers.append((kind, (new[id(w)], None if b is None else new[id(b)])))
+                continue
+            each = [act for a, b_, act in obj for _ in range(b_ - a)]
+            runs = _runs([each[i] for i in idx])
+            layers.append((kind, runs))
+            backward.append([(a, b_, _manual_backward(act)) for a, b_, act in runs])
+        self.layers = layers
+        if self.backward is not None:
+            self.backward = backward
+        self._spaces.clear()
+
+    def _ones(self, k: int, rows: int, like: torch.Tensor, value: float = 1.0,
+              dim: int = 1) -> torch.Tensor:
+        """A constant [K, 1, rows] (``dim`` 1) or [K, rows, 1] (``dim`` 2) tensor, made once
+        per shape and kept."""
+        key = (k, rows, value, dim, like.dtype, like.device)
+        found = self._constants.get(key)
+        if found is None:
+            shape = (k, 1, rows) if dim == 1 else (k, rows, 1)
+            found = self._constants[key] = torch.full(shape, value, dtype=like.dtype,
+                                                      device=like.device)
+        return found
 
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
@@ -516,7 +572,110 @@ class _Stacked:
             torch._foreach_add_(into, grads)
             return losses.detach(), into
         with torch.no_grad():
+            if self.chained:
+                return self._buffered_step(x, y, loss_kind, into, beta)
             return self._manual_step(x, y, loss_kind, into, beta)
+
+    def _loss_grad(self, out: torch.Tensor, y: torch.Tensor, loss_kind: str) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """Per-cell losses [K] and the gradient of their sum with respect to ``out``."""
+        k, rows = out.shape[0], out.shape[1]
+        if loss_kind == "ce":
+            # (by hand: torch.log_softmax over 10 classes is several times slower on a CPU)
+            shifted = out - out.amax(dim=2, keepdim=True)
+            exp = shifted.exp()
+            total = exp.sum(dim=2, keepdim=True)
+            target = y.unsqueeze(2)
+            losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
+            g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
+            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2)).div_(rows)
+            return losses, g
+        diff = out - y
+        return diff.square().reshape(k, -1).mean(dim=1), diff.mul_(2.0 / (diff[0].numel()))
+
+    def _space(self, rows: int) -> dict[str, Any]:
+        """The buffers of :meth:`_buffered_step` for batches of ``rows``, made once per batch
+        size (and group) and kept: each linear layer's output, with its activation applied
+        in place, and its input's gradient, with the members' slices of both for the
+        activations, and their transposes."""
+        found = self._spaces.get(rows)
+        if found is not None:
+            return found
+        p0 = self.params[0]
+        k = p0.shape[0]
+        outs: dict[int, torch.Tensor] = {}
+        grad_in: dict[int, torch.Tensor] = {}
+        source: dict[int, int | None] = {}  # linear layer -> the layer whose buffer feeds it
+        current: int | None = None
+        for i, (kind, obj) in enumerate(self.layers):
+            if kind == "linear":
+                w = obj[0]
+                outs[i] = torch.empty(k, rows, w.shape[2], dtype=p0.dtype, device=p0.device)
+                if i > self.first_linear:
+                    grad_in[i] = torch.empty(k, rows, w.shape[1], dtype=p0.dtype,
+                                             device=p0.device)
+                source[i], current = current, i
+        forward: dict[int, list[tuple[Any, torch.Tensor]]] = {}
+        backward: dict[int, list[tuple[Any, int, int, torch.Tensor | None, torch.Tensor]]] = {}
+        acts = iter(self.backward or ())
+        for i, (kind, obj) in enumerate(self.layers):
+            if kind != "act":
+                continue
+            out, g = outs[i - 1], grad_in.get(i + 1)
+            forward[i] = [(_in_place(act), out[a:b]) for a, b, act in obj]
+            backward[i] = [(f, a, b, None if g is None else g[a:b], out[a:b])
+                           for a, b, f in next(acts)]
+        found = dict(outs=outs, grad_in=grad_in, source=source, forward=forward,
+                     backward=backward, t={i: o.transpose(1, 2) for i, o in outs.items()},
+                     wt={i: obj[0].transpose(1, 2) for i, (kind, obj) in enumerate(self.layers)
+                         if kind == "linear"})
+        self._spaces[rows] = found
+        return found
+
+    def _buffered_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
+                       into: list[torch.Tensor] | None, beta: float) -> tuple[
+            torch.Tensor, list[torch.Tensor]]:
+        """:meth:`_manual_step` in kept buffers (:meth:`_space`), for models whose every
+        activation follows a linear layer: the same arithmetic, without a step's
+        allocations, slicing and transposes (a third of a small group's step on a CPU)."""
+        k, rows = x.shape[0], x.shape[1]
+        space = self._space(rows)
+        outs, grad_in, source = space["outs"], space["grad_in"], space["source"]
+        h = x
+        for i, (kind, obj) in enumerate(self.layers):
+            if kind == "linear":
+                w, b = obj
+                h = torch.bmm(h, w, out=outs[i])
+                if b is not None:
+                    h.add_(b)
+            else:
+                for f, view in space["forward"][i]:
+                    f(view)
+        losses, g = self._loss_grad(h, y, loss_kind)
+        grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
+        slot = len(self.params)
+        for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
+            kind, obj = self.layers[i]
+            if kind == "act":
+                for f, a, b_, g_view, saved in space["backward"][i]:
+                    f(g[a:b_] if g_view is None else g_view, saved)
+                continue
+            w, b = obj
+            if b is not None:
+                slot -= 1
+                ones = self._ones(k, rows, g)
+                grads[slot] = (torch.bmm(ones, g) if into is None else
+                               into[slot].baddbmm_(ones, g, beta=beta))
+            slot -= 1
+            src = source[i]
+            saved_t = x.transpose(1, 2) if src is None else space["t"][src]
+            grads[slot] = (torch.bmm(saved_t, g) if into is None else
+                           into[slot].baddbmm_(saved_t, g, beta=beta))
+            if i > self.first_linear:
+                g = torch.bmm(g, space["wt"][i], out=grad_in[i])
+        if self.masks is not None:
+            torch._foreach_mul_(grads, self.masks)
+        return losses, grads
 
     def _manual_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
                      into: list[torch.Tensor] | None, beta: float) -> tuple[
@@ -524,18 +683,7 @@ class _Stacked:
         keep: list[torch.Tensor] = []
         out = self._forward(x, keep)
         k, rows = out.shape[0], out.shape[1]
-        if loss_kind == "ce":
-            shifted = out - out.amax(dim=2, keepdim=True)
-            exp = shifted.exp()
-            total = exp.sum(dim=2, keepdim=True)
-            target = y.unsqueeze(2)
-            losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
-            g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
-            g.scatter_add_(2, target, torch.full_like(target, -1, dtype=g.dtype)).div_(rows)
-        else:
-            diff = out - y
-            losses = diff.square().reshape(k, -1).mean(dim=1)
-            g = diff.mul_(2.0 / (diff[0].numel()))
+        losses, g = self._loss_grad(out, y, loss_kind)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
         acts = iter(reversed(self.backward))  # type: ignore[arg-type]
@@ -545,14 +693,20 @@ class _Stacked:
             saved = keep[i]
             if kind == "act":
                 runs = next(acts)
-                g = (runs[0][2](g, saved) if len(runs) == 1 else
-                     torch.cat([f(g[a:b], saved[a:b]) for a, b, f in runs]))
+                if len(runs) == 1:
+                    runs[0][2](g, saved)
+                else:
+                    for a, b, f in runs:
+                        f(g[a:b], saved[a:b])
                 continue
             w, b = obj
             if b is not None:
                 slot -= 1
-                gb = g.sum(dim=1, keepdim=True)
-                grads[slot] = gb if into is None else into[slot].mul_(beta).add_(gb)
+                # the bias gradient (a sum over the batch) as a product with a row of ones:
+                # into the momentum buffer in one kernel instead of three
+                ones = self._ones(k, rows, g)
+                grads[slot] = (torch.bmm(ones, g) if into is None else
+                               into[slot].baddbmm_(ones, g, beta=beta))
             slot -= 1
             grads[slot] = (torch.bmm(saved.transpose(1, 2), g) if into is None else
                            into[slot].baddbmm_(saved.transpose(1, 2), g, beta=beta))
@@ -596,6 +750,22 @@ class _StackedOptimizer:
     def step(self, grads: list[torch.Tensor]) -> None:
         raise NotImplementedError
 
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        """Only the members at positions ``idx`` train on; ``params`` are the model's new
+        (smaller) stacked tensors. Every per-member tensor of the state keeps their rows."""
+        raise NotImplementedError
+
+
+def _rows(t: Any, at: torch.Tensor) -> Any:
+    """``t``'s rows ``at`` on its leading (member) dimension, through lists and dicts."""
+    if isinstance(t, torch.Tensor):
+        return t.index_select(0, at)
+    if isinstance(t, list):
+        return [_rows(x, at) for x in t]
+    if isinstance(t, dict):
+        return {k: _rows(v, at) for k, v in t.items()}
+    return t
+
 
 class _StackedSGD(_StackedOptimizer):
     """torch.optim.SGD's update with per-cell lr, momentum, dampening, nesterov, weight decay."""
@@ -631,6 +801,13 @@ class _StackedSGD(_StackedOptimizer):
         losses, _ = model.loss_and_grads(x, y, loss_kind, into=self.bufs, beta=self.momentum)
         self._finish_plain()
         return losses
+
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        at = torch.tensor(list(idx), device=params[0].device)
+        self.params = params
+        self.h = _rows(self.h, at)
+        if self.bufs is not None:
+            self.bufs = _rows(self.bufs, at)
 
     @torch.no_grad()
     def _finish_plain(self) -> None:
@@ -700,8 +877,8 @@ class _StackedAdam(_StackedOptimizer):
         self.use_wd = any(wd)
         self.wd = [_hp(wd, p) for p in params]
         # AdamW: p *= 1 - lr * wd before the update
-        self.keep = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
-                     for p in params]
+        self.decay = [_hp([1 - float(g["lr"]) * float(g["weight_decay"]) for g in groups], p)
+                      for p in params]
         self.one_minus_b1 = [_hp([1 - float(g["betas"][0]) for g in groups], p) for p in params]
         self.b2_views = [_hp([float(g["betas"][1]) for g in groups], p) for p in params]
         self.one_minus_b2 = [_hp([1 - float(g["betas"][1]) for g in groups], p) for p in params]
@@ -709,6 +886,13 @@ class _StackedAdam(_StackedOptimizer):
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.t = 0
+
+    def keep(self, idx: Sequence[int], params: list[torch.Tensor]) -> None:
+        at = torch.tensor(list(idx), device=params[0].device)
+        self.params = params
+        for name in ("b1", "b2", "lr", "wd", "decay", "one_minus_b1", "b2_views",
+                     "one_minus_b2", "eps", "m", "v"):
+            setattr(self, name, _rows(getattr(self, name), at))
 
     def _per_step(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Per-cell values [K], computed on the device, as one view per parameter."""
@@ -722,7 +906,7 @@ class _StackedAdam(_StackedOptimizer):
         params = self.params
         if self.use_wd:
             if self.decoupled:
-                torch._foreach_mul_(params, self.keep)
+                torch._foreach_mul_(params, self.decay)
             else:
                 torch._foreach_addcmul_(grads, params, self.wd)  # g + wd * p
         torch._foreach_lerp_(self.m, grads, self.one_minus_b1)
@@ -788,11 +972,13 @@ EVAL_BLOCK = {"cpu": 2**21, "gpu": 2**26}
 
 @torch.no_grad()
 def _evaluate(model: _Stacked, x: torch.Tensor, y: torch.Tensor, k: int, loss_kind: str,
-              task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-cell mean loss [K] (and accuracy, for classification) over all of ``x``."""
+              task: str, block_k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-cell mean loss [K] (and accuracy, for classification) over all of ``x``, in row
+    blocks sized for ``block_k`` members (default ``k``: a group that shrinks keeps its
+    blocks, so each member's sums keep their order)."""
     n = x.shape[0]
     budget = EVAL_BLOCK["cpu" if x.device.type == "cpu" else "gpu"]
-    rows = max(1, min(n, budget // (k * model.width)))
+    rows = max(1, min(n, budget // ((block_k or k) * model.width)))
     acc_dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS: no float64
     loss = torch.zeros(k, dtype=acc_dtype, device=x.device)
     correct = torch.zeros(k, dtype=acc_dtype, device=x.device)
@@ -815,13 +1001,19 @@ class _MLPEngine:
         self.opt = _stacked_optimizer(opt_kind, self.model.params,
                                       [m.optimizer.param_groups[0] for m in members])
         self.k, self.loss_kind, self.task = len(members), loss_kind, task
+        self.k0 = self.k  # evaluation blocks stay sized for the group as it started
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.opt.train_step(self.model, x, y, self.loss_kind)
 
+    def keep(self, idx: Sequence[int]) -> None:
+        self.model.keep(idx)
+        self.opt.keep(idx, self.model.params)
+        self.k = len(idx)
+
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor,
                                                                   torch.Tensor | None]:
-        return _evaluate(self.model, x, y, self.k, self.loss_kind, self.task)
+        return _evaluate(self.model, x, y, self.k, self.loss_kind, self.task, self.k0)
 
 
 def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int) -> Any:
@@ -830,11 +1022,27 @@ def _engine(members: Sequence[Member], data: Data, device: str, batch_size: int)
     engine, opt_kind, loss_kind, _ = sig
     if engine[0] == "mlp":
         return _MLPEngine(members, device, opt_kind, loss_kind, data.task)
+    if device == "cpu":
+        from hpspec.engine.layered import LayeredEngine, supports
+
+        if supports(members[0].model, data.x_train):
+            try:
+                return LayeredEngine(
+                    members, device,
+                    lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
+                    _per_cell_loss, loss_kind, data.task, data.x_train[:2])
+            except (ValueError, RuntimeError, TypeError):  # a model it would compute
+                pass  # differently, or not at all: vmap's
     from hpspec.engine.vmapped import FuncEngine
 
     return FuncEngine(members, device,
                       lambda params, groups: _stacked_optimizer(opt_kind, params, groups),
                       _per_cell_loss, loss_kind, data.task, first_batch=data.x_train[:batch_size])
+
+
+#: Most numbers (features and targets, over all members) a stacked group gathers at once for
+#: an epoch's data in its members' orders; beyond it each step gathers its own batch.
+EPOCH_GATHER = 2**24
 
 
 def train_group(
@@ -886,8 +1094,14 @@ def train_group(
     timed = TimedSteps(steps)
     rules = list(stop_rules) if stop_rules is not None else [None] * k
 
+    #: the members still in the stack, by their index in ``members`` (stopped ones leave it)
+    live = list(range(k))
     for epoch in range(1, epochs + 1):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
+        perms = torch.stack([torch.randperm(n, generator=orders[j]) for j in live]).to(device)
+        # each member's epoch of data in its own order, gathered once: a step then takes a
+        # slice (a view), not two gathers of its own (within EPOCH_GATHER numbers)
+        whole = len(live) * (x.numel() + y.numel()) <= EPOCH_GATHER
+        xs, ys = (x[perms], y[perms]) if whole else (x, y)
         step_losses: list[torch.Tensor] = []
         sync(device)
         t0 = time.perf_counter()
@@ -898,29 +1112,35 @@ def train_group(
                 if first:
                     sync(device)
                 t1 = time.perf_counter()
-            idx = perms[:, i * batch_size : (i + 1) * batch_size]
-            step_losses.append(engine.step(x[idx], y[idx]))
+            if whole:
+                step_losses.append(engine.step(xs[:, i * batch_size : (i + 1) * batch_size],
+                                               ys[:, i * batch_size : (i + 1) * batch_size]))
+            else:
+                idx = perms[:, i * batch_size : (i + 1) * batch_size]
+                step_losses.append(engine.step(x[idx], y[idx]))
         sync(device)
         t2 = time.perf_counter()
         seconds.append(t2 - t0)
         timed.add(t2 - t1, first, sizes)
-        host = torch.stack(step_losses).float().cpu()  # [steps, K]
-        train = (host * sizes.unsqueeze(1)).sum(dim=0) / n
+        host = torch.stack(step_losses).float().cpu()  # [steps, live members]
+        # each member's sum over its own contiguous row: the same floats whatever the
+        # number of members beside it (a column sum's order depends on the row width)
+        train = (host.t().contiguous() * sizes).sum(dim=1) / n
         val_loss, val_acc = engine.evaluate(data.x_val, data.y_val)
         vl = val_loss.tolist()
         va = val_acc.tolist() if val_acc is not None else None
-        bad = (~torch.isfinite(host)) | (host > limits)
+        bad = (~torch.isfinite(host)) | (host > limits[live])
         any_bad = bad.any(dim=0).tolist()
         tl = train.tolist()
-        for j in range(k):
+        for pos, j in enumerate(live):
             if stopped[j]:
                 continue
-            curves[j]["train_loss"].append(tl[j])
-            curves[j]["val_loss"].append(vl[j])
+            curves[j]["train_loss"].append(tl[pos])
+            curves[j]["val_loss"].append(vl[pos])
             if va is not None:
-                curves[j]["val_acc"].append(va[j])
-            if any_bad[j]:
-                diverged[j] = divergence(host[:, j], float(limits[j]), st[j], epoch,
+                curves[j]["val_acc"].append(va[pos])
+            if any_bad[pos]:
+                diverged[j] = divergence(host[:, pos], float(limits[j]), st[j], epoch,
                                          divergence_factor)
                 stopped[j] = True
             elif epoch >= own_epochs[j]:
@@ -931,6 +1151,12 @@ def train_group(
             progress(epoch, epochs, float(train.nanmean()))
         if all(stopped):
             break
+        if any(stopped[j] for j in live):
+            # Stopped members leave the stack (their epoch count reached, diverged, decided
+            # early, pruned): the rest train on without their arithmetic.
+            kept = [pos for pos, j in enumerate(live) if not stopped[j]]
+            engine.keep(kept)
+            live = [live[pos] for pos in kept]
 
     shared: dict[str, float] = {"stacked": float(k), **timed.measurements()}
     peak = device_peak_flops(device)

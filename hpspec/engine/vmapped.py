@@ -167,6 +167,17 @@ class FuncEngine:
                 xs = first_batch.unsqueeze(0).expand(self.k, *first_batch.shape)
                 self._forward_each(self.params_dict(), self._with_noise(first_batch.shape[0]), xs)
 
+    def keep(self, idx: Sequence[int]) -> None:
+        """Only the members at positions ``idx`` train on: their rows of the stacked
+        parameters, buffers (running statistics) and optimizer state, and their generators."""
+        at = torch.tensor(list(idx), device=self.params[0].device)
+        self.params = [p.detach().index_select(0, at).requires_grad_(True) for p in self.params]
+        self.buffers = {n: b.index_select(0, at) for n, b in self.buffers.items()}
+        if self.gens:
+            self.gens = [self.gens[i] for i in idx]
+        self.opt.keep(idx, self.params)
+        self.k = len(idx)
+
     def params_dict(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.params, strict=True))
 
