@@ -1,4 +1,4 @@
-"""An Optuna search (``pip install hpspec[optuna]``): the space of experiments/exp_search.py,
+"""An Optuna search (``pip install optuna``): the space of experiments/exp_search.py,
 searched by Optuna's TPE sampler through its ask-and-tell interface.
 
 The 16 trials are listed at collection by number (t00..t15); their values are asked when the

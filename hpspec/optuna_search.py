@@ -36,7 +36,7 @@ SAMPLERS = {"tpe": "TPESampler", "cmaes": "CmaEsSampler", "random": "RandomSampl
 #: Trials asked at once by a model-based sampler (TPE, CMA-ES) unless ``batch=`` says.
 MODEL_BASED_BATCH = 4
 
-INSTALL_FIX = "pip install hpspec[optuna] (or pip install optuna)"
+INSTALL_FIX = "pip install optuna (from a checkout of hpspec: pip install -e '.[optuna]')"
 
 
 def check_installed(sampler: str, where: str) -> None:
@@ -51,8 +51,8 @@ def check_installed(sampler: str, where: str) -> None:
     if sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
         raise SpecError("needs the cmaes package (Optuna's CMA-ES sampler runs on it), "
                         "which is not installed", where=where, argument="search: sampler",
-                        value=sampler, fix="pip install hpspec[optuna] (or pip install cmaes), "
-                        "or use sampler='tpe'")
+                        value=sampler, fix="pip install cmaes (from a checkout: pip install -e "
+                        "'.[optuna]'), or use sampler='tpe'")
 
 
 def default_batch(sampler: str, trials: int) -> int:
