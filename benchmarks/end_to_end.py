@@ -37,8 +37,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LRS = [0.001, 0.002, 0.003, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15,
-       0.2, 0.3, 0.5]
+# Learning rates where every cell's verdict is stable: above about 0.2 (momentum 0.9) this MLP's
+# training turns chaotic, and whether a seed crosses the divergence line there depends on the
+# last bits of the arithmetic, which the stacked engine's batched products and a one-by-one
+# loop round differently (their curves agree below 0.2; tests/test_stacked.py).
+LRS = [0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+       0.07, 0.1, 0.15]
 INITS = [0, 1, 2, 3]
 COLLECT_N = 10_000
 
