@@ -316,19 +316,47 @@ class Halving:
                             f"would start {li}), or fewer brackets")
 
 
+def _unknown_error(call: str, unknown: Mapping[str, Any], known: Sequence[str],
+                   where: str) -> SpecError:
+    from hpspec.spec import unknown_keyword
+
+    return unknown_keyword(unknown, known, where=where, call=call)
+
+
+@attrs.frozen
+class _MisspelledHalving(Halving):
+    """``hp.halving`` / ``hp.hyperband`` given a keyword they do not take: reported as a
+    :class:`SpecError` of the experiment using it, at collection (:meth:`check`), not as a
+    ``TypeError`` at import that would break the whole file."""
+
+    call: str = "hp.halving"
+    unknown: Mapping[str, Any] = attrs.field(factory=dict)
+    known: tuple[str, ...] = ()
+
+    def check(self, where: str, metrics: frozenset[str] | None) -> None:
+        raise _unknown_error(self.call, self.unknown, self.known, where)
+
+
 def halving(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
-            lower: bool | None = None) -> Halving:
+            lower: bool | None = None, **unknown: Any) -> Halving:
     """Successive halving on the stacked population (``lower`` defaults to True except for
     metrics named ``*acc``)."""
+    if unknown:
+        return _MisspelledHalving(call="hp.halving", unknown=unknown,
+                                  known=("min_epochs", "eta", "metric", "lower"))
     return Halving(min_epochs, eta, metric, lower)
 
 
 def hyperband(min_epochs: int = 1, eta: int = 3, metric: str = "val_loss",
-              lower: bool | None = None, brackets: int | None = None) -> Halving:
+              lower: bool | None = None, brackets: int | None = None,
+              **unknown: Any) -> Halving:
     """Hyperband (Li et al. 2018): the search's trials are split into ``brackets`` brackets
     (None: one per starting rung), each running successive halving from a later first rung,
     so that a trial slow to start is not always ranked at ``min_epochs``. Pass it as
     ``halving=`` to a sampler; ``brackets=1`` is :func:`halving`."""
+    if unknown:
+        return _MisspelledHalving(call="hp.hyperband", unknown=unknown,
+                                  known=("min_epochs", "eta", "metric", "lower", "brackets"))
     return Halving(min_epochs, eta, metric, lower, brackets)
 
 
@@ -384,28 +412,57 @@ class Sampler:
         return not self.order_metric().endswith("acc")
 
 
-def random_search(space: Space, *, trials: int, seed: int = 0,
-                  halving: Halving | None = None, metric: str | None = None) -> Sampler:
+@attrs.frozen
+class _MisspelledSampler(Sampler):
+    """A sampler given a keyword it does not take (``n_trials=``): reported as a
+    :class:`SpecError` of the experiment using it, at collection, not as a ``TypeError`` at
+    import that would break the whole file."""
+
+    call: str = "hp.random"
+    unknown: Mapping[str, Any] = attrs.field(factory=dict)
+    known: tuple[str, ...] = ()
+
+    def expand_trials(self, where: str) -> list[tuple[str, dict[str, Any]]]:
+        raise _unknown_error(self.call, self.unknown, self.known, where)
+
+
+_SAMPLER_KEYS = ("space", "trials", "seed", "halving", "metric")
+
+
+def random_search(space: Space, *, trials: int | None = None, seed: int = 0,
+                  halving: Halving | None = None, metric: str | None = None,
+                  **unknown: Any) -> Sampler:
     """``trials`` independent uniform draws of the space (per dimension, on its scale)."""
+    if unknown:
+        return _MisspelledSampler("random", space, trials, seed, halving, metric,
+                                  call="hp.random", unknown=unknown, known=_SAMPLER_KEYS)
     return Sampler("random", space, trials, seed, halving, metric)
 
 
-def sobol(space: Space, *, trials: int, seed: int = 0, halving: Halving | None = None,
-          metric: str | None = None) -> Sampler:
+def sobol(space: Space, *, trials: int | None = None, seed: int = 0,
+          halving: Halving | None = None, metric: str | None = None,
+          **unknown: Any) -> Sampler:
     """``trials`` points of a scrambled Sobol sequence: spread more evenly than random draws
     (a power of two of trials keeps its balance properties)."""
+    if unknown:
+        return _MisspelledSampler("sobol", space, trials, seed, halving, metric,
+                                  call="hp.sobol", unknown=unknown, known=_SAMPLER_KEYS)
     return Sampler("sobol", space, trials, seed, halving, metric)
 
 
-def optuna(space: Space, *, trials: int, sampler: str = "tpe", seed: int = 0,
+def optuna(space: Space, *, trials: int | None = None, sampler: str = "tpe", seed: int = 0,
            batch: int | None = None, halving: Halving | None = None,
-           metric: str | None = None) -> Sampler:
+           metric: str | None = None, **unknown: Any) -> Sampler:
     """Optuna's ``sampler`` ("tpe", "cmaes", "random" or "qmc", seeded with ``seed``) through
     its ask-and-tell interface. The trials are listed at collection by number (``t00``..),
     their values asked when the search runs, ``batch`` at a time: a batch trains as one stacked
     population (ranked by ``halving`` when given), its results are told to Optuna, then the
     next batch is asked. ``batch`` defaults to every trial for random and qmc (their proposals
     do not depend on results) and to 4 for tpe and cmaes. See :mod:`hpspec.optuna_search`."""
+    if unknown:
+        return _MisspelledSampler("optuna:" + str(sampler), space, trials, seed, halving,
+                                  metric, batch, call="hp.optuna", unknown=unknown,
+                                  known=(*_SAMPLER_KEYS, "sampler", "batch"))
     return Sampler("optuna:" + str(sampler), space, trials, seed, halving, metric, batch)
 
 

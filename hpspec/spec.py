@@ -340,6 +340,22 @@ class RawSpec:
     kwargs: Mapping[str, Any]
 
 
+def unknown_keyword(unknown: Mapping[str, Any], known: Sequence[str], *, where: str,
+                    call: str) -> SpecError:
+    """The :class:`SpecError` for keywords ``call`` does not take: the first one, its value,
+    and the closest known keyword as the fix (``grids=`` -> ``grid=``)."""
+    import difflib
+
+    name, value = next(iter(unknown.items()))
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in known if k.endswith(name.split("_")[-1])][:1]
+    more = f" (also unknown: {', '.join(list(unknown)[1:])})" if len(unknown) > 1 else ""
+    fix = (f"did you mean {close[0]}=? " if close else "") + "known: " + ", ".join(known)
+    return SpecError(f"is not an argument of {call}(){more}", where=where, argument=name,
+                     value=value, fix=fix)
+
+
 def experiment(
     *,
     grid: Grid | None = None,
@@ -355,6 +371,7 @@ def experiment(
     timeout: float | None = None,
     profiles: Mapping[str, Mapping[str, Any]] | None = None,
     search: Any = None,
+    **unknown: Any,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
 
@@ -366,6 +383,9 @@ def experiment(
     together as one stacked model; ``timeout`` is a budget in seconds per cell (all its seeds).
     ``search=hp.random(space, trials=N)`` (or ``hp.sobol``) makes the cells instead of a grid:
     one per trial (see :mod:`hpspec.search`).
+
+    A keyword it does not know (``grids=``) is a :class:`SpecError` of this experiment alone,
+    at collection (:func:`build`), not a ``TypeError`` that would break the whole file.
     """
     kwargs = dict(
         grid=grid,
@@ -382,6 +402,8 @@ def experiment(
         profiles=profiles,
         search=search,
     )
+    if unknown:
+        kwargs["unknown"] = unknown
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__hpspec__ = RawSpec(kwargs)  # type: ignore[attr-defined]
@@ -534,6 +556,9 @@ def build(fn: Callable[..., Any]) -> Experiment:
     raw: RawSpec = fn.__hpspec__  # type: ignore[attr-defined]
     where = location(fn)
     kw = dict(raw.kwargs)
+    if kw.get("unknown"):
+        raise unknown_keyword(kw["unknown"], [k for k in kw if k != "unknown"],
+                              where=where, call="@hp.experiment")
     name = kw["name"] or getattr(fn, "__name__", "experiment")
     if not isinstance(name, str) or not name:
         raise SpecError("must be a non-empty string", where=where, argument="name", value=name)

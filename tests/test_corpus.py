@@ -227,6 +227,50 @@ def test_two_experiments_with_one_name_are_a_spec_error_naming_both(pytester):
     assert ("exp_dup.py::second: name = 'same' is also the name of exp_dup.py::first" in out), out
     assert "exp_dup.py::fourth: name = 'third' is also the name of exp_dup.py::third" in out, out
 
+MISSPELLED = """
+import torch
+import hpspec as hp
+
+D = hp.datasets.digits(n_train=100)
+SPACE = hp.space(lr=hp.loguniform(1e-3, 1.0))
+
+def recipe(case):
+    model = torch.nn.Linear(64, 10)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+@hp.experiment(epochs=1, data=D)
+def good(case):
+    return recipe(case)
+
+@hp.experiment(grids=hp.grid(lr=[0.1]), epochs=1, data=D)
+def grids(case):
+    return recipe(case)
+
+@hp.experiment(search=hp.optuna(SPACE, n_trials=4), epochs=1, data=D)
+def optuna_n_trials(case):
+    return recipe(case)
+
+@hp.experiment(search=hp.random(SPACE, trials=4, halving=hp.halving(min_epoch=1)), epochs=2,
+               data=D)
+def halving_min_epoch(case):
+    return recipe(case)
+"""
+
+
+def test_a_misspelled_keyword_is_that_experiments_error_not_the_files(pytester):
+    # README "Mistakes": a mistake is reported on that experiment alone; the file's other
+    # experiments still run (a TypeError at import would have broken the whole file).
+    pytester.makepyfile(exp_typo=MISSPELLED)
+    result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
+    out = result.stdout.str()
+    result.assert_outcomes(passed=1, errors=3)
+    for where, text in [("grids", "grids = Grid("), ("optuna_n_trials", "n_trials = 4"),
+                        ("halving_min_epoch", "min_epoch = 1")]:
+        assert f"exp_typo.py::{where}: {text}" in out, out
+    for fix in ("did you mean grid=?", "did you mean trials=?", "did you mean min_epochs=?"):
+        assert fix in out, out
+
+
 KINDS = """
 import torch
 import hpspec as hp

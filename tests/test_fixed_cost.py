@@ -137,6 +137,57 @@ def test_an_optimizer_with_step_hooks_steps_as_it_is():
     assert calls == ["pre", "post"]
 
 
+def test_a_step_replaced_on_the_instance_is_called():
+    # opt.step = ... (the user's own step, e.g. clipping first) runs, one by one as stacked
+    import torch
+
+    from hpspec.engine.compiler import optimizer_step, plain_step, replaced_step
+
+    _, _, model, opt = _twin_models("sgd")
+    calls = []
+    orig = opt.step
+
+    def step(*args, **kwargs):
+        calls.append("user")
+        return orig(*args, **kwargs)
+
+    opt.step = step
+    assert replaced_step(opt) and plain_step(opt) is None
+    torch.nn.functional.mse_loss(model(torch.randn(4, 5)), torch.randn(4, 2)).backward()
+    optimizer_step(opt)
+    assert calls == ["user"]
+
+
+def test_an_lr_schedulers_own_step_wrapper_is_not_a_users_step():
+    # torch's LRScheduler sets opt.step on the instance to note the optimizer stepped: that is
+    # not the user's step; stepping plainly still notes it (no "scheduler before optimizer"
+    # warning) and gives the parameters opt.step() gives.
+    import warnings
+
+    import torch
+
+    from hpspec.engine.compiler import optimizer_step, plain_step, replaced_step
+
+    a, opt_a, b, opt_b = _twin_models("sgd")
+    sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=1, gamma=0.5)
+    sched_b = torch.optim.lr_scheduler.StepLR(opt_b, step_size=1, gamma=0.5)
+    assert "step" in vars(opt_b) and not replaced_step(opt_b)
+    assert plain_step(opt_b) is not None
+    x, y = torch.randn(16, 5), torch.randn(16, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            for model, opt, sched, step in ((a, opt_a, sched_a, lambda o: o.step()),
+                                            (b, opt_b, sched_b, optimizer_step)):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                step(opt)
+                sched.step()
+    assert opt_b._opt_called
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_deterministic_flags_changed_by_a_run_are_put_back():
     import torch
 

@@ -661,3 +661,102 @@ def test_a_chunk_is_bounded_by_the_work_of_one_step():
     n = st.chunk_size(big, 256, 100, "cpu")
     weights = sum(p.numel() for p in big.model.parameters())
     assert 1 <= n < st.MAX_MEMBERS and n * 6 * weights * 256 <= st.STEP_FLOPS["cpu"] or n == 1
+
+
+def _zero_grads(params):
+    for p in params:
+        if p.grad is not None:
+            p.grad.zero_()
+
+
+def _zero_params(params):
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+
+
+def _replace_step(model, opt):
+    orig = opt.step
+
+    def step(*args, **kwargs):  # the user's own step: gradients cleared first
+        _zero_grads(model.parameters())
+        return orig(*args, **kwargs)
+
+    opt.step = step
+
+
+#: Hooks into a recipe's training, each of which stops it from learning, and the reason.
+HOOKS = {
+    "step pre hook": (lambda m, o: o.register_step_pre_hook(
+        lambda opt, a, k: _zero_grads(m.parameters())), "its optimizer has step hooks"),
+    "step post hook": (lambda m, o: o.register_step_post_hook(
+        lambda opt, a, k: _zero_params(m.parameters())),
+        "its optimizer has step hooks"),
+    "replaced step": (_replace_step, "its optimizer's step is replaced"),
+    "tensor hook": (lambda m, o: [p.register_hook(lambda g: g * 0) for p in m.parameters()],
+                    "its parameters have gradient hooks"),
+    "post-accumulate hook": (lambda m, o: [p.register_post_accumulate_grad_hook(
+        lambda p: _zero_grads([p])) for p in m.parameters()], "its parameters have gradient hooks"),
+    "forward pre hook": (lambda m, o: m[0].register_forward_pre_hook(
+        lambda mod, inp: (inp[0] * 0,)), "its model has forward/backward hooks (on 0)"),
+    "backward pre hook": (lambda m, o: m[-1].register_full_backward_pre_hook(
+        lambda mod, g: (g[0] * 0,)), "its model has forward/backward hooks"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOOKS))
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_a_recipe_with_hooks_into_its_training_trains_alone_where_the_hooks_run(kind, arch):
+    # The stacked engines compute forward, backward and the update themselves: a hook would be
+    # skipped silently, so a hooked cell trains one by one, and the summary says why.
+    hook, reason = HOOKS[kind]
+
+    def recipe(case):
+        model = (hp.models.mlp(64, [8], 10) if arch == "mlp" else nn.Sequential(
+            nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(),
+            nn.Flatten(), nn.Linear(256, 10)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+        if case.hooked:
+            hook(model, opt)
+        return model, opt
+
+    exp = build(hp.experiment(grid=hp.grid(hooked=[False, True]), epochs=2, seeds=1,
+                              data=DATA)(recipe))
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    assert set(stacked) == {"hooked=False"} and list(why) == ["hooked=True"], why
+    assert reason in why["hooked=True"]
+    free = stacked["hooked=False"].seeds[0].curves["train_loss"]
+    alone = run_cell(exp, exp.cells[1], "cpu").seeds[0].curves["train_loss"]
+    assert free[-1] < 0.9 * alone[-1], (free, alone)  # the hook took effect
+
+
+@pytest.mark.parametrize("kind", ["optimizer", "module"])
+def test_torchs_global_hooks_keep_every_cell_from_stacking(kind):
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as opt_module
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.1, 0.2]), epochs=1, seeds=1,
+                              data=DATA)(recipe))
+    handle = (opt_module.register_optimizer_step_pre_hook(lambda o, a, k: None)
+              if kind == "optimizer" else
+              nn_module.register_module_forward_hook(lambda m, i, o: None))
+    try:
+        stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    finally:
+        handle.remove()
+    assert stacked == {} and set(why) == {"lr=0.1", "lr=0.2"}
+    assert all(("step hooks" if kind == "optimizer" else "global module") in w
+               for w in why.values()), why
+
+
+def test_an_lr_schedulers_step_wrapper_is_not_a_replaced_step():
+    from hpspec.engine.stacked import hooks
+
+    model = hp.models.mlp(64, [8], 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.StepLR(opt, step_size=1)
+    assert "step" in vars(opt) and hooks(model, opt) is None

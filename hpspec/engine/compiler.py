@@ -31,8 +31,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["compiler_import_deferred", "optimizer_step", "plain_step", "step_plainly",
-           "wrapped_methods"]
+__all__ = ["compiler_import_deferred", "optimizer_step", "plain_step", "replaced_step",
+           "step_hooks", "step_plainly", "wrapped_methods"]
 
 _CACHE = "__dynamo_disable"  # the attribute torch._compile._disable_dynamo caches on fn
 
@@ -102,16 +102,45 @@ def optimizer_step(opt: Any) -> None:
         step_plainly(opt, inner)
 
 
-def plain_step(opt: Any) -> Callable[..., Any] | None:
-    """The step of one of torch's optimizers under its two wrappers, or None where calling it
-    directly would change something: step hooks registered, or wrappers this module does not
-    know."""
-    import torch
+def step_hooks(opt: Any) -> bool:
+    """Step hooks that ``opt.step()`` would run: the optimizer's own
+    (``register_step_pre_hook`` / ``register_step_post_hook``) or torch's global ones."""
     from torch.optim import optimizer as module
 
-    if (not isinstance(opt, torch.optim.Optimizer)
-            or module._global_optimizer_pre_hooks or module._global_optimizer_post_hooks
-            or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks):
+    return bool(getattr(module, "_global_optimizer_pre_hooks", None)
+                or getattr(module, "_global_optimizer_post_hooks", None)
+                or getattr(opt, "_optimizer_step_pre_hooks", None)
+                or getattr(opt, "_optimizer_step_post_hooks", None))
+
+
+def _scheduler_wrapper(opt: Any, fn: Any) -> bool:
+    """``fn`` (set as ``opt.step`` on the instance) is the wrapper an LR scheduler of this torch
+    release installs to note that the optimizer stepped: it sets ``opt._opt_called`` and calls
+    the class's own ``step``, nothing else (its code is checked, not only its marker)."""
+    code = getattr(fn, "__code__", None)
+    return (getattr(fn, "_wrapped_by_lr_sched", False) is True
+            and getattr(fn, "__wrapped__", None) is getattr(type(opt), "step", None)
+            and code is not None and code.co_filename.replace("\\", "/").endswith(
+                "torch/optim/lr_scheduler.py")
+            and set(code.co_names) <= {"_opt_called", "__get__", "__class__"})
+
+
+def replaced_step(opt: Any) -> bool:
+    """``opt.step`` is set on the instance (``opt.step = ...``) to something other than an LR
+    scheduler's own wrapper: ``opt.step()`` runs the user's code, not only the class's step."""
+    fn = vars(opt).get("step") if hasattr(opt, "__dict__") else None
+    return fn is not None and not _scheduler_wrapper(opt, fn)
+
+
+def plain_step(opt: Any) -> Callable[..., Any] | None:
+    """The step of one of torch's optimizers under its two wrappers, or None where calling it
+    directly would change something: step hooks registered, a ``step`` replaced on the
+    instance (an LR scheduler's wrapper is recognised, and what it does is done: see
+    :func:`step_plainly`), or wrappers this module does not know."""
+    import torch
+
+    if (not isinstance(opt, torch.optim.Optimizer) or step_hooks(opt)
+            or replaced_step(opt)):
         return None
     return _plain_step(type(opt))
 
@@ -121,6 +150,8 @@ def step_plainly(opt: Any, inner: Callable[..., Any]) -> None:
     breaks: a profiler range named as torch names it, and the grad mode the step needs."""
     import torch
 
+    if "step" in vars(opt):  # an LR scheduler's wrapper (plain_step): what it does
+        opt._opt_called = True
     before = torch.is_grad_enabled()
     try:
         with torch.autograd.profiler.record_function(

@@ -16,7 +16,9 @@ What stacks: ``nn.Sequential`` of ``nn.Linear`` and element-wise activations (wh
 ``CrossEntropyLoss`` / ``MSELoss`` with mean reduction (members of different hidden widths
 zero-padded into one stack where that pays, :func:`width_buckets`), and ``SGD``
 (momentum, dampening, nesterov, weight decay), ``Adam`` and ``AdamW`` with one parameter
-group and no scheduler.
+group and no scheduler. A recipe with hooks into its training (optimizer step hooks, a
+replaced ``opt.step``, gradient hooks on parameters, module forward/backward hooks:
+:func:`hooks`) trains sequentially too, where they run.
 Anything else trains sequentially; :func:`plan` says why.
 """
 
@@ -48,7 +50,7 @@ from hpspec.engine.common import plain as _plain
 from hpspec.engine.probes import device_peak_flops, model_size
 from hpspec.results import Divergence, SeedResult
 
-__all__ = ["Member", "plan", "split", "chunk_size", "train_group", "width_buckets",
+__all__ = ["Member", "hooks", "plan", "split", "chunk_size", "train_group", "width_buckets",
            "ELEMENTWISE"]
 
 @attrs.define
@@ -134,6 +136,34 @@ def _loss_kind(loss: Any, task: str) -> str | None:
     return None
 
 
+def hooks(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
+    """Why user code hooked into the training would be skipped by a stacked run (which
+    computes forward, backward and the update itself), or None when there is none: step hooks
+    on the optimizer (its own or torch's global ones), a ``step`` replaced on the instance (an
+    LR scheduler's own wrapper aside), gradient hooks on a parameter, forward or backward
+    hooks on a module (its own or torch's global ones)."""
+    from torch.nn.modules import module as nn_module
+
+    from hpspec.engine.compiler import replaced_step, step_hooks
+
+    if step_hooks(opt):
+        return "its optimizer has step hooks"
+    if replaced_step(opt):
+        return "its optimizer's step is replaced on the instance (opt.step = ...)"
+    if any(p._backward_hooks or getattr(p, "_post_accumulate_grad_hooks", None)
+           for p in model.parameters()):
+        return "its parameters have gradient hooks"
+    globals_ = ("_global_forward_hooks", "_global_forward_pre_hooks",
+                "_global_backward_hooks", "_global_backward_pre_hooks")
+    if any(getattr(nn_module, name, None) for name in globals_):
+        return "torch has global module forward/backward hooks"
+    for name, mod in model.named_modules():
+        if (mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks
+                or getattr(mod, "_backward_pre_hooks", None)):
+            return f"its model has forward/backward hooks (on {name or 'the model'})"
+    return None
+
+
 def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | str:
     """What must be equal for members to stack, or the reason this member cannot.
 
@@ -143,6 +173,9 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     activations share the matrix products and each applies its own to its slice."""
     if has_scheduler or m.scheduler:
         return "a learning-rate scheduler is not stacked"
+    hooked = hooks(m.model, m.optimizer)
+    if hooked is not None:
+        return hooked
     if not all(p.requires_grad for p in m.model.parameters()):
         return "a parameter is frozen (requires_grad=False)"
     layers = _layers(m.model)
