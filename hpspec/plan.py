@@ -48,8 +48,11 @@ def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> 
     """When every claim that looks at this cell is a "reaches ... within N epochs" claim, a
     seed may stop as soon as all of them are decided: the target reached (by epoch N), or
     epoch N passed without it. Any other claim (final values, means, trends, comparisons...)
-    needs the whole curve, and so does ``--hpspec-full-curves``."""
-    if full_curves:
+    needs the whole curve, and so does ``--hpspec-full-curves``. A search's trials never stop
+    early: halving ranks them, and Optuna is told, on their curves at every rung, so a trial
+    cut short by its decided claims would score worse than it is (the cache key's
+    ``stops_early`` asks this rule too, so it stays consistent)."""
+    if full_curves or exp.search is not None:
         return None
     targets: list[Reaches] = []
     for claim in exp.claims:

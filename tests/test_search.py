@@ -397,3 +397,36 @@ def test_hyperband_through_the_session_survivors_equal_unpruned_runs_and_bracket
     # the best found is the best finished trial of any bracket
     finished = [c for c in ids if stopped[c] is None]
     assert ranked(exp.search, got)[0] in finished
+
+
+# ------------------------------------------------------------------------------ review fixes
+
+
+def test_search_trials_never_stop_early_on_decided_within_claims():
+    """A search whose only claim is "reaches ... within N epochs": its trials still train to
+    each rung (and survivors to the end), so halving ranks them on curves as long as the rung,
+    not on curves cut when the claim was decided (all then scored infinity)."""
+    torch = pytest.importorskip("torch")
+    from hpspec.plan import stop_rule
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    claim = hp.expect(hp.metric("val_acc").above(0.2).within(epochs=4))
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-1, 1.0)), trials=4, seed=0,
+        halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, data=hp.datasets.digits(n_train=200), claims=[claim])(recipe))
+    assert all(stop_rule(exp, c.as_dict(), False) is None for c in exp.cells)
+    s = Session(device_option="cpu", table="auto", cache="off")
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s.result("k", exp, exp.cells[0])
+    got = {c.id: s.results[("k", c.id)] for c in exp.cells}
+    for r in got.values():
+        n = pruned_at(r) or 4
+        assert all(len(x.curves["val_acc"]) == n for x in r.seeds)
+    assert sum(pruned_at(r) is None for r in got.values()) == 1
