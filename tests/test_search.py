@@ -430,3 +430,24 @@ def test_search_trials_never_stop_early_on_decided_within_claims():
         n = pruned_at(r) or 4
         assert all(len(x.curves["val_acc"]) == n for x in r.seeds)
     assert sum(pruned_at(r) is None for r in got.values()) == 1
+
+
+def test_a_pruned_trials_claims_are_skipped_not_judged_on_its_cut_curve(pytester):
+    pytester.makepyfile(exp_cut="""
+        import torch
+        import hpspec as hp
+
+        @hp.experiment(
+            search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=4, seed=0,
+                             halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+            epochs=2, data=hp.datasets.digits(n_train=100),
+            claims=[hp.expect(hp.metric("val_loss").final() >= 0.0)])
+        def cut(case):
+            model = hp.models.mlp(64, [8], 10)
+            return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+    """)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider", "--hpspec-cache=off")
+    # one rung at epoch 1: 4 -> 2; the 2 pruned trials' "final" would be epoch 1's value
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*pruned at epoch 1 by successive halving: its claims are "
+                                 "not judged on a cut curve*"])
