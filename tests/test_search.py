@@ -451,3 +451,36 @@ def test_a_pruned_trials_claims_are_skipped_not_judged_on_its_cut_curve(pytester
     result.assert_outcomes(passed=2, skipped=2)
     result.stdout.fnmatch_lines(["*pruned at epoch 1 by successive halving: its claims are "
                                  "not judged on a cut curve*"])
+
+
+def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_grid_does(
+        monkeypatch):
+    """_train_search trains through _train_trials: --hpspec-timeout and --hpspec-inference
+    reach every trial at every rung (they did not: a copy of the trainer ignored them)."""
+    torch = pytest.importorskip("torch")
+    from hpspec.engine import runner
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=4, seed=0,
+        halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=2, data=hp.datasets.digits(n_train=100))(recipe))
+    seen = []
+    real = runner.run_cell
+
+    def spy(*a, **k):
+        seen.append((k.get("timeout"), k.get("inference")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_cell", spy)
+    s = Session(device_option="cpu", table="auto", cache="off", timeout=600.0)
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s.result("k", exp, exp.cells[0])
+    assert len(seen) == 6  # 4 trials to epoch 1, 2 survivors to the end
+    assert set(seen) == {(600.0, False)}
