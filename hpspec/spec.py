@@ -914,7 +914,9 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
     kept, notes = [], []
     for i, claim in enumerate(exp.claims):
         statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
-        if statistical and len(seeds) < 2:
+        # hp.found and compare(higher="found") train their own fresh seeds: count those
+        own = claim.seeds if hasattr(claim, "fresh_seeds") else len(seeds)
+        if statistical and own < 2:
             # Said before validation, which refuses a one-seed comparison outright.
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
                          "statistical claim cannot be decided with one seed)")

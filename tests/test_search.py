@@ -484,3 +484,21 @@ def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_
     s.result("k", exp, exp.cells[0])
     assert len(seen) == 6  # 4 trials to epoch 1, 2 survivors to the end
     assert set(seen) == {(600.0, False)}
+
+
+def test_a_profile_keeps_found_claims_of_a_one_seed_search_they_train_fresh_seeds():
+    from hpspec.spec import apply_profile
+
+    def fn(case):
+        return None
+
+    found = hp.found(hp.metric("val_loss").final() <= 0.6, seeds=2)
+    cmp = hp.compare(hp.metric("val_acc").final(), higher="found", than={"lr": 0.1}, seeds=3)
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)),
+                                               trials=4, seed=1), seeds=1,
+                              epochs=4, profiles={"ci": dict(batch_size=64)},
+                              data=hp.datasets.digits(), claims=[found, cmp])(fn))
+    assert len(exp.seeds) == 1
+    profiled, notes = apply_profile(exp, "ci")
+    assert profiled.claims == exp.claims, notes
+    assert not any("left out" in n for n in notes)
