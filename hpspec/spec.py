@@ -761,6 +761,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
     for i, c in enumerate(claim_list):
         if sampler is not None:
             getattr(sampler, "check_claim", lambda *a: None)(c, where, f"claims[{i}]")
+        elif hasattr(c, "fresh_seeds"):  # hp.found, compare(higher="found"): a search's best
+            raise SpecError("needs a search: it judges the best trial found, and this "
+                            "experiment's cells are a grid", where=where,
+                            argument=f"claims[{i}]", value=c.describe(),
+                            fix="add search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
+                            "trials=16) (or hp.sobol / hp.optuna) instead of grid=, or compare "
+                            "grid cells with hp.compare(..., than={...})")
         checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
 
     stack = kw.get("stack", True)

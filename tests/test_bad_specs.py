@@ -267,6 +267,12 @@ CASES = [
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
                            halving=hp.hyperband(min_epochs=1, eta=3))),
      "search: trials = 1 is fewer than the 2 Hyperband brackets", "trials >= 2"),
+    ("found in a grid experiment",
+     dict(claims=[hp.found(hp.metric("val_acc").final() > 0.5)]),
+     "claims[0] = 'the best configuration found", "add search=hp.random("),
+    ("compare with the best found in a grid experiment",
+     dict(claims=[hp.compare(hp.metric("val_acc").final(), higher="found", than={"lr": 0.1})]),
+     "needs a search", "add search=hp.random("),
     # hp.optuna (hpspec/optuna_search.py)
     ("optuna unknown sampler",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4, sampler="bayes")),
