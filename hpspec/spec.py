@@ -949,8 +949,22 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
         epochs_text = "epochs as the function yields them"
     notes.insert(0, f"profile {name!r}: {len(cells_)} of {len(exp.cells)} cells, "
                  f"{len(seeds)} seed(s), {epochs_text}")
-    return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
-                        seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
+    out = attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
+                       seeds=seeds, adaptive=adaptive, claims=tuple(kept))
+    halving = getattr(exp.search, "halving", None)
+    if halving is not None and cells_ and (epochs != exp.epochs or len(cells_) != len(exp.cells)):
+        # the schedule checked at collection, again on the profile's epochs and trials: a
+        # first rung past them would quietly turn halving off
+        most = (max(out.epochs_for(c) for c in cells_) if "epochs" not in exp.axes
+                or not getattr(exp.search, "asked", False) else exp.search.largest("epochs"))
+        try:
+            halving.check_schedule(where, most, len(cells_))
+        except SpecError as e:
+            raise SpecError(f"{e.problem}, under profile {name!r}", where=where,
+                            argument=f"profile {name!r}: {e.argument}", value=e.value,
+                            fix=f"{e.fix}; or give profile {name!r} more epochs "
+                            f"(e.g. epochs={halving.min_epochs + 1})") from None
+    return out, notes
 
 
 def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:

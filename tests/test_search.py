@@ -502,3 +502,23 @@ def test_a_profile_keeps_found_claims_of_a_one_seed_search_they_train_fresh_seed
     profiled, notes = apply_profile(exp, "ci")
     assert profiled.claims == exp.claims, notes
     assert not any("left out" in n for n in notes)
+
+
+@pytest.mark.parametrize("halving", [hp.halving(min_epochs=2, eta=2),
+                                     hp.hyperband(min_epochs=2, eta=2)])
+def test_a_profile_whose_epochs_fall_below_the_first_rung_is_a_spec_error(halving):
+    from hpspec.spec import apply_profile
+
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)),
+                                               trials=4, seed=1, halving=halving),
+                              epochs=8, profiles={"ci": dict(epochs=2), "ok": dict(epochs=4)},
+                              data=hp.datasets.digits())(fn))
+    assert apply_profile(exp, "ok")[0].epochs == 4
+    with pytest.raises(hp.SpecError) as info:
+        apply_profile(exp, "ci")
+    msg = str(info.value)
+    assert "profile 'ci': search: halving: min_epochs = 2 would never prune" in msg, msg
+    assert "under profile 'ci'" in msg and "epochs=3" in msg, msg
