@@ -480,6 +480,12 @@ def _check_asked(s: Sampler, where: str) -> None:
                                 or s.batch < 1):
         raise SpecError("must be a whole number >= 1", where=where, argument="search: batch",
                         value=s.batch, fix="e.g. batch=4 (trials asked and trained together)")
+    if s.halving is not None and s.batch is not None and s.batch < 2:
+        # successive halving ranks each asked batch on its own: one trial is never pruned
+        raise SpecError("would never prune: halving ranks each asked batch on its own, and a "
+                        "batch of one trial has nothing to rank it against", where=where,
+                        argument="search: batch", value=s.batch,
+                        fix="use batch=4 (or more) with halving=, or drop halving=")
     dims = dict(s.space.varying())
     for setting in ("epochs", "batch_size"):
         d = dims.get(setting)
