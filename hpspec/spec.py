@@ -738,9 +738,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
         if asked and "epochs" in axes:
             most = sampler.largest("epochs")
         if asked and sampler.halving.brackets != 1:
-            raise SpecError("are not run for hp.optuna: each asked batch is halved on its own",
-                            where=where, argument="search: halving: brackets",
-                            value=sampler.halving.brackets,
+            raise SpecError("is not run for hp.optuna: Hyperband's brackets would split "
+                            "trials Optuna asks in batches, and each asked batch is halved on "
+                            "its own", where=where, argument="search: halving",
+                            value=f"hp.hyperband(min_epochs={sampler.halving.min_epochs}, "
+                            f"eta={sampler.halving.eta}"
+                            + (f", brackets={sampler.halving.brackets}"
+                               if sampler.halving.brackets is not None else "") + ")",
                             fix="use halving=hp.halving(...) with hp.optuna, or Hyperband with "
                             "hp.random(...) / hp.sobol(...)")
         if most is not None:
@@ -922,8 +926,8 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
     for i, claim in enumerate(exp.claims):
         statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
         # hp.found and compare(higher="found") train their own fresh seeds: count those
-        own = claim.seeds if hasattr(claim, "fresh_seeds") else len(seeds)
-        if statistical and own < 2:
+        count = getattr(claim, "seeds", 0) if hasattr(claim, "fresh_seeds") else len(seeds)
+        if statistical and count < 2:
             # Said before validation, which refuses a one-seed comparison outright.
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
                          "statistical claim cannot be decided with one seed)")

@@ -311,7 +311,10 @@ CASES = [
     ("optuna with hyperband brackets",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
                            halving=hp.hyperband(min_epochs=1, eta=2))),
-     "halving: brackets = None are not run for hp.optuna", "hp.halving("),
+     "halving = 'hp.hyperband(min_epochs=1, eta=2)' is not run for hp.optuna", "hp.halving("),
+    ("search space value a list",
+     dict(search=hp.random(hp.space(lr=[0.1, 0.3]), trials=4)),
+     "space['lr'] = [0.1, 0.3] is neither a dimension", "hp.choice([0.1, 0.3])"),
 ]
 
 

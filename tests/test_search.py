@@ -522,3 +522,22 @@ def test_a_profile_whose_epochs_fall_below_the_first_rung_is_a_spec_error(halvin
     msg = str(info.value)
     assert "profile 'ci': search: halving: min_epochs = 2 would never prune" in msg, msg
     assert "under profile 'ci'" in msg and "epochs=3" in msg, msg
+
+
+def test_search_table_says_only_the_counts_that_are_not_zero():
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
+                                               trials=4, seed=0, metric="val_acc",
+                                               halving=hp.halving(metric="val_acc")),
+                              epochs=9, data=hp.datasets.digits())(fn))
+    results = {}
+    for i, c in enumerate(exp.cells):
+        pr = 1 if i >= 2 else None
+        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
+                                pruned=pr)
+    text = search_table(exp, results, top=10)
+    assert "  ... 2 pruned in all" in text and "not shown" not in text
+    text = search_table(exp, {k: v for k, v in results.items() if pruned_at(v) is None}, top=1)
+    assert "  ... 1 more trial(s) not shown" in text and "pruned in all" not in text
