@@ -755,7 +755,9 @@ class Session:
             if self.stacked_groups[key] or self.unstacked[key]:
                 lines = self.notes.setdefault(key, [])
                 lines[:] = [line for line in lines if not line.startswith("stacked: ")]
-                self.note(key, stacked_note(self.stacked_groups[key], self.unstacked[key]))
+                self.note(key, stacked_note(self.stacked_groups[key], self.unstacked[key],
+                                            rungs=getattr(exp.search, "halving", None)
+                                            is not None))
         for c in cells:
             if c.id in got:
                 continue

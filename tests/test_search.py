@@ -430,6 +430,9 @@ def test_search_trials_never_stop_early_on_decided_within_claims():
         n = pruned_at(r) or 4
         assert all(len(x.curves["val_acc"]) == n for x in r.seeds)
     assert sum(pruned_at(r) is None for r in got.values()) == 1
+    # the one stacking line counts groups over the rungs, not "apart by the size limit"
+    line = next(n for n in s.notes["k"] if n.startswith("stacked: "))
+    assert "over the halving rungs" in line and "size limit" not in line, line
 
 
 def test_a_pruned_trials_claims_are_skipped_not_judged_on_its_cut_curve(pytester):
