@@ -48,8 +48,11 @@ def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> 
     """When every claim that looks at this cell is a "reaches ... within N epochs" claim, a
     seed may stop as soon as all of them are decided: the target reached (by epoch N), or
     epoch N passed without it. Any other claim (final values, means, trends, comparisons...)
-    needs the whole curve, and so does ``--hpspec-full-curves``."""
-    if full_curves:
+    needs the whole curve, and so does ``--hpspec-full-curves``. A search's trials never stop
+    early: halving ranks them, and Optuna is told, on their curves at every rung, so a trial
+    cut short by its decided claims would score worse than it is (the cache key's
+    ``stops_early`` asks this rule too, so it stays consistent)."""
+    if full_curves or exp.search is not None:
         return None
     targets: list[Reaches] = []
     for claim in exp.claims:
@@ -111,12 +114,15 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str]) -> str:
+def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str],
+                 rungs: bool = False) -> str:
     """The summary's one line on stacking for an experiment, over every bucket: how many
     cells trained stacked, in how many groups of what size, what kept the groups apart,
     which epoch counts shared a run, and why any cell trained alone (one by one).
 
-    ``alone`` maps each cell that was offered to stacking but trained one by one to why."""
+    ``alone`` maps each cell that was offered to stacking but trained one by one to why.
+    ``rungs``: the groups are a halving search's, one set per rung (a survivor trains again at
+    each), so alike groups are rungs, not the size limit."""
     stacked: dict[str, None] = {}
     for g in groups:
         stacked.update(dict.fromkeys(c for c in g.cells if c not in alone))
@@ -126,7 +132,8 @@ def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str]) -> str:
     if groups:
         sizes = sorted({g.members for g in groups}, reverse=True)
         parts[0] += (f" in {_count(len(groups), 'group')} of "
-                     f"{', '.join(map(str, sizes))} (cells x seeds as one model)")
+                     f"{', '.join(map(str, sizes))} (cells x seeds as one model)"
+                     + (" over the halving rungs" if rungs else ""))
         # widths count only between groups alike in everything else (a deeper model's
         # shapes differ anyway)
         rest = [name for name, _ in _APART if name != "widths"]
@@ -137,7 +144,7 @@ def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str]) -> str:
                   if (any(len(w) > 1 for w in alike.values()) if name == "widths"
                       else len({getattr(g, name) for g in groups}) > 1)]
         kinds = {tuple(getattr(g, name) for name, _ in _APART) for g in groups}
-        if len(kinds) < len(groups):
+        if len(kinds) < len(groups) and not rungs:
             differ.append("the size limit (memory, work per step)")
         if differ:
             parts.append("groups apart by " + (" and ".join(differ) if len(differ) < 3 else

@@ -347,11 +347,13 @@ class CellItem(_HpspecItem):
             done()
         record.result = result
         params = self.cell.as_dict()
-        verdicts = [
-            judge_cell_claim(c, result.seeds)
-            for c in self.exp.claims
-            if isinstance(c, CellClaim) and c.applies_to(params)
-        ]
+        claims = [c for c in self.exp.claims
+                  if isinstance(c, CellClaim) and c.applies_to(params)]
+        why = pruned_reason(self.exp, result) if claims else None
+        if why is not None:  # its curve stops at the rung: "final" would be the rung's value
+            record.outcome = "pruned"
+            pytest.skip(why)
+        verdicts = [judge_cell_claim(c, result.seeds) for c in claims]
         record.verdicts = verdicts
         for name, value in key_numbers(result).items():
             self.user_properties.append((f"hpspec.{name}", value))
@@ -368,6 +370,20 @@ class CellItem(_HpspecItem):
                 record.outcome = "inconclusive"
                 _inconclusive(state, failed)
             raise ClaimsFailed(failed)
+
+
+def pruned_reason(exp: Experiment, result: Any) -> str | None:
+    """Why a search trial's per-cell claims are not judged (halving pruned it: its curve is cut
+    at the rung), or None when they are."""
+    if exp.search is None or getattr(exp.search, "halving", None) is None:
+        return None
+    from hpspec.search import pruned_at
+
+    epoch = pruned_at(result)
+    if epoch is None:
+        return None
+    return (f"pruned at epoch {epoch} by {exp.search.halving.name()}: its claims are not "
+            "judged on a cut curve")
 
 
 #: Seconds between two progress lines (cells shorter than this never show one).

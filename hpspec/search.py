@@ -219,10 +219,6 @@ class Space:
         return {k: d for k, d in self.dims if not isinstance(d, Dim)}
 
     def check(self, where: str) -> None:
-        if not self.varying():
-            raise SpecError("has no dimension to search", where=where, argument="search: space",
-                            value=dict(self.dims),
-                            fix="give at least one hp.uniform/loguniform/intrange/choice")
         for name, d in self.dims:
             if not isinstance(name, str) or not name.isidentifier():
                 raise SpecError("is not a valid hyperparameter name", where=where,
@@ -232,9 +228,15 @@ class Space:
             if isinstance(d, Dim):
                 d.check(where, arg)
             elif not isinstance(d, _SCALARS) or (isinstance(d, float) and math.isnan(d)):
+                fix = (f"use hp.choice({list(d)!r}) to search these options, or one number"
+                       if isinstance(d, (list, tuple)) and d else
+                       "use hp.choice([...]) for a list of options, or a number")
                 raise SpecError("is neither a dimension nor a fixed value", where=where,
-                                argument=arg, value=d,
-                                fix="use hp.choice([...]) for a list of options, or a number")
+                                argument=arg, value=d, fix=fix)
+        if not self.varying():  # (after the values: a list there says to use hp.choice)
+            raise SpecError("has no dimension to search", where=where, argument="search: space",
+                            value=dict(self.dims),
+                            fix="give at least one hp.uniform/loguniform/intrange/choice")
 
 
 def space(**dims: Any) -> Space:
@@ -537,6 +539,12 @@ def _check_asked(s: Sampler, where: str) -> None:
                                 or s.batch < 1):
         raise SpecError("must be a whole number >= 1", where=where, argument="search: batch",
                         value=s.batch, fix="e.g. batch=4 (trials asked and trained together)")
+    if s.halving is not None and s.batch is not None and s.batch < 2:
+        # successive halving ranks each asked batch on its own: one trial is never pruned
+        raise SpecError("would never prune: halving ranks each asked batch on its own, and a "
+                        "batch of one trial has nothing to rank it against", where=where,
+                        argument="search: batch", value=s.batch,
+                        fix="use batch=4 (or more) with halving=, or drop halving=")
     dims = dict(s.space.varying())
     for setting in ("epochs", "batch_size"):
         d = dims.get(setting)
@@ -1104,8 +1112,10 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
                      f"{run:>6}  {where}{status}")
     pruned = sum(1 for c in order if pruned_at(got[c]) is not None)
     rest = len(order) - min(top, len(order))
-    if rest or pruned:
-        lines.append(f"  ... {rest} more trial(s) not shown; {pruned} pruned in all")
+    tail = [part for n, part in ((rest, f"{rest} more trial(s) not shown"),
+                                 (pruned, f"{pruned} pruned in all")) if n]
+    if tail:
+        lines.append(f"  ... {'; '.join(tail)}")
     missing = len(exp.cells) - len(order)
     if missing:
         lines.append(f"  {missing} trial(s) not trained in this run (deselected or failed)")

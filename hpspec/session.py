@@ -546,9 +546,7 @@ class Session:
         cached is served from the cache at any rung it reached; the final results are stored
         and saved."""
         __tracebackhide__ = True
-        from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
-        from hpspec.plan import stop_rule
-        from hpspec.search import PRUNED, cut, run_brackets, search_brackets
+        from hpspec.search import cut, run_brackets, search_brackets
 
         cells = {c.id: c for c in exp.cells}
         self.stack_tried.update((key, cid) for cid in cells)
@@ -560,53 +558,19 @@ class Session:
                     cached[cid] = CellResult(experiment=exp.name, cell_id=cid,
                                              params=c.as_dict(), device=self.resolve_device(),
                                              seeds=tuple(hit))
-        stack = (self.stack and exp.stack and not self.inference and exp.timeout is None
-                 and self.timeout is None)
+        stack = self._stacks_trials(exp)
         report = None
         if progress is not None:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
-        groups: list[StackGroup] = []
-
-        def reached(r: CellResult, stop_at: int | None) -> bool:
-            marks = [x.measurements.get(PRUNED) for x in r.seeds]
-            return all(m is None for m in marks) or (
-                stop_at is not None and all(m is not None and m >= stop_at for m in marks))
 
         def train(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
-            got = {cid: cached[cid] for cid in ids if cid in cached
-                   and reached(cached[cid], stop_at)}
-            todo = [cells[cid] for cid in ids if cid not in got]
-
-            def rule(c: Cell) -> Any:
-                own = stop_rule(exp, c.as_dict(), self.full_curves)
-                if stop_at is None:
-                    return own
-                return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
-                                       or (own is not None and own(curves)))
-
-            rules = {c.id: rule(c) for c in todo}
-            if stack and todo:
-                for bucket in stackable_cells(exp, todo):
-                    try:
-                        done, _ = run_stacked(exp, bucket, self.resolve_device(),
-                                              progress=report, stop_rules=rules,
-                                              groups=groups, threads=self.threads)
-                    except Exception as e:  # those cells then train one by one
-                        self.note(key, f"stacked training failed ({type(e).__name__}: {e}); "
-                                  "trained one by one")
-                        done = {}
-                    got.update(done)
-            for c in todo:
-                if c.id in got:
-                    continue
-                try:
-                    got[c.id] = run_cell(exp, c, self.resolve_device(), stop=rules[c.id],
-                                         threads=self.threads)
-                except Exception as e:  # noqa: BLE001 - its own item trains it again and
-                    # reports the error with its traceback; the search goes on without it
-                    self.note(key, f"halving: {c.id} could not train ({type(e).__name__}); "
-                              "left out of the ranking")
+            # the one trainer of search trials (hp.optuna's too): budget, inference and
+            # stacking as a grid cell has them
+            got = {cid: cached[cid] for cid in ids
+                   if cid in cached and _serves(cached[cid], stop_at)}
+            got.update(self._train_trials(key, exp, [cells[cid] for cid in ids if cid not in got],
+                                          stop_at, report))
             if stop_at is not None:  # a rung's result: cut to the rung, whatever served it
                 got = {cid: cut(r, stop_at) for cid, r in got.items()}
             return got
@@ -634,10 +598,6 @@ class Session:
                 self.note(key, f"Hyperband {b.describe(labels)}")
         for line in log:
             self.note(key, line)
-        if groups:
-            sizes = sorted({g.members for g in groups}, reverse=True)
-            self.note(key, f"{len(groups)} stacked group(s) trained over the rungs, of "
-                      f"{', '.join(map(str, sizes))} trial(s) x seeds")
 
     # ------------------------------------------------------------------ hp.optuna
 
@@ -795,7 +755,9 @@ class Session:
             if self.stacked_groups[key] or self.unstacked[key]:
                 lines = self.notes.setdefault(key, [])
                 lines[:] = [line for line in lines if not line.startswith("stacked: ")]
-                self.note(key, stacked_note(self.stacked_groups[key], self.unstacked[key]))
+                self.note(key, stacked_note(self.stacked_groups[key], self.unstacked[key],
+                                            rungs=getattr(exp.search, "halving", None)
+                                            is not None))
         for c in cells:
             if c.id in got:
                 continue
@@ -803,11 +765,15 @@ class Session:
                 got[c.id] = run_cell(exp, c, self.resolve_device(), stop=rules[c.id],
                                      inference=self.inference, timeout=self.timeout,
                                      threads=self.threads)
-            except Exception as e:  # noqa: BLE001 - told to Optuna as failed; its own item
-                # trains it again and reports the error with its traceback
-                self.note(key, f"{trial_name(exp, c.id, c.as_dict())} could not train "
-                          f"({type(e).__name__}); told Optuna it failed (its own item reports "
-                          "the error)")
+            except Exception as e:  # noqa: BLE001 - its own item trains it again and
+                # reports the error with its traceback; the search goes on without it
+                if getattr(exp.search, "asked", False):
+                    self.note(key, f"{trial_name(exp, c.id, c.as_dict())} could not train "
+                              f"({type(e).__name__}); told Optuna it failed (its own item "
+                              "reports the error)")
+                else:
+                    self.note(key, f"halving: {c.id} could not train ({type(e).__name__}); "
+                              "left out of the ranking")
         return got
 
     def _store(self, key: str, cell: Cell, result: CellResult) -> None:

@@ -763,9 +763,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
         if asked and "epochs" in axes:
             most = sampler.largest("epochs")
         if asked and sampler.halving.brackets != 1:
-            raise SpecError("are not run for hp.optuna: each asked batch is halved on its own",
-                            where=where, argument="search: halving: brackets",
-                            value=sampler.halving.brackets,
+            raise SpecError("is not run for hp.optuna: Hyperband's brackets would split "
+                            "trials Optuna asks in batches, and each asked batch is halved on "
+                            "its own", where=where, argument="search: halving",
+                            value=f"hp.hyperband(min_epochs={sampler.halving.min_epochs}, "
+                            f"eta={sampler.halving.eta}"
+                            + (f", brackets={sampler.halving.brackets}"
+                               if sampler.halving.brackets is not None else "") + ")",
                             fix="use halving=hp.halving(...) with hp.optuna, or Hyperband with "
                             "hp.random(...) / hp.sobol(...)")
         if most is not None:
@@ -786,6 +790,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
     for i, c in enumerate(claim_list):
         if sampler is not None:
             getattr(sampler, "check_claim", lambda *a: None)(c, where, f"claims[{i}]")
+        elif hasattr(c, "fresh_seeds"):  # hp.found, compare(higher="found"): a search's best
+            raise SpecError("needs a search: it judges the best trial found, and this "
+                            "experiment's cells are a grid", where=where,
+                            argument=f"claims[{i}]", value=c.describe(),
+                            fix="add search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1)), "
+                            "trials=16) (or hp.sobol / hp.optuna) instead of grid=, or compare "
+                            "grid cells with hp.compare(..., than={...})")
         checked.append(claims_mod.validate_claim(c, ctx, f"claims[{i}]"))
 
     stack = kw.get("stack", True)
@@ -939,7 +950,9 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
     kept, notes = [], []
     for i, claim in enumerate(exp.claims):
         statistical = hasattr(claim, "selects") or getattr(claim, "confidence", None)
-        if statistical and len(seeds) < 2:
+        # hp.found and compare(higher="found") train their own fresh seeds: count those
+        count = getattr(claim, "seeds", 0) if hasattr(claim, "fresh_seeds") else len(seeds)
+        if statistical and count < 2:
             # Said before validation, which refuses a one-seed comparison outright.
             notes.append(f"profile {name!r}: claim {claim.describe()!r} left out (a "
                          "statistical claim cannot be decided with one seed)")
@@ -965,8 +978,22 @@ def apply_profile(exp: Experiment, name: str) -> tuple[Experiment, list[str]]:
         epochs_text = "epochs as the function yields them"
     notes.insert(0, f"profile {name!r}: {len(cells_)} of {len(exp.cells)} cells, "
                  f"{len(seeds)} seed(s), {epochs_text}")
-    return attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
-                        seeds=seeds, adaptive=adaptive, claims=tuple(kept)), notes
+    out = attrs.evolve(exp, cells=tuple(cells_), epochs=epochs, batch_size=batch_size,
+                       seeds=seeds, adaptive=adaptive, claims=tuple(kept))
+    halving = getattr(exp.search, "halving", None)
+    if halving is not None and cells_ and (epochs != exp.epochs or len(cells_) != len(exp.cells)):
+        # the schedule checked at collection, again on the profile's epochs and trials: a
+        # first rung past them would quietly turn halving off
+        most = (max(out.epochs_for(c) for c in cells_) if "epochs" not in exp.axes
+                or not getattr(exp.search, "asked", False) else exp.search.largest("epochs"))
+        try:
+            halving.check_schedule(where, most, len(cells_))
+        except SpecError as e:
+            raise SpecError(f"{e.problem}, under profile {name!r}", where=where,
+                            argument=f"profile {name!r}: {e.argument}", value=e.value,
+                            fix=f"{e.fix}; or give profile {name!r} more epochs "
+                            f"(e.g. epochs={halving.min_epochs + 1})") from None
+    return out, notes
 
 
 def duplicate_name_error(exp: Experiment, first: Experiment) -> SpecError:

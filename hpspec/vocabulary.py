@@ -16,9 +16,10 @@ __all__ = ["Outcome", "CellOutcome", "Mode", "Direction", "CacheMode", "TableSty
 #: A claim's verdict.
 Outcome = Literal["pass", "fail", "inconclusive"]
 #: A cell's pytest outcome as the summary shows it.
-#: ("for claims": not selected itself, trained because a claim on other cells needed it.)
+#: ("for claims": not selected itself, trained because a claim on other cells needed it;
+#: "pruned": a search trial halving pruned, its claims not judged on the cut curve.)
 CellOutcome = Literal["passed", "FAILED", "inconclusive", "error", "not run", "for claims",
-                      "crashed"]
+                      "crashed", "pruned"]
 #: Recipe mode: hpspec owns the loop; loop mode: a generator yields metrics per epoch.
 Mode = Literal["recipe", "loop"]
 #: Which way a metric must cross its target.

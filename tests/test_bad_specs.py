@@ -267,6 +267,12 @@ CASES = [
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
                            halving=hp.hyperband(min_epochs=1, eta=3))),
      "search: trials = 1 is fewer than the 2 Hyperband brackets", "trials >= 2"),
+    ("found in a grid experiment",
+     dict(claims=[hp.found(hp.metric("val_acc").final() > 0.5)]),
+     "claims[0] = 'the best configuration found", "add search=hp.random("),
+    ("compare with the best found in a grid experiment",
+     dict(claims=[hp.compare(hp.metric("val_acc").final(), higher="found", than={"lr": 0.1})]),
+     "needs a search", "add search=hp.random("),
     # hp.optuna (hpspec/optuna_search.py)
     ("optuna unknown sampler",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4, sampler="bayes")),
@@ -278,6 +284,10 @@ CASES = [
     ("optuna batch fractional",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4, batch=2.5)),
      "search: batch = 2.5", "batch=4"),
+    ("optuna halving with batches of one",
+     dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4, batch=1,
+                           halving=hp.halving(min_epochs=1, eta=2))),
+     "search: batch = 1 would never prune", "batch=4"),
     ("optuna zero trials",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=0)),
      "search: trials = 0", "trials=16"),
@@ -301,7 +311,7 @@ CASES = [
     ("optuna with hyperband brackets",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4,
                            halving=hp.hyperband(min_epochs=1, eta=2))),
-     "halving: brackets = None are not run for hp.optuna", "hp.halving("),
+     "halving = 'hp.hyperband(min_epochs=1, eta=2)' is not run for hp.optuna", "hp.halving("),
     # misspelled keywords: this experiment's SpecError at collection, not a TypeError at import
     ("experiment misspelled keyword", dict(grids=hp.grid(lr=[0.1])),
      "grids = Grid(", "did you mean grid=?"),
@@ -328,6 +338,9 @@ CASES = [
     ("search without trials",
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)))),
      "trials = None must be a whole number", "trials="),
+    ("search space value a list",
+     dict(search=hp.random(hp.space(lr=[0.1, 0.3]), trials=4)),
+     "space['lr'] = [0.1, 0.3] is neither a dimension", "hp.choice([0.1, 0.3])"),
 ]
 
 

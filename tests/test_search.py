@@ -397,3 +397,150 @@ def test_hyperband_through_the_session_survivors_equal_unpruned_runs_and_bracket
     # the best found is the best finished trial of any bracket
     finished = [c for c in ids if stopped[c] is None]
     assert ranked(exp.search, got)[0] in finished
+
+
+# ------------------------------------------------------------------------------ review fixes
+
+
+def test_search_trials_never_stop_early_on_decided_within_claims():
+    """A search whose only claim is "reaches ... within N epochs": its trials still train to
+    each rung (and survivors to the end), so halving ranks them on curves as long as the rung,
+    not on curves cut when the claim was decided (all then scored infinity)."""
+    torch = pytest.importorskip("torch")
+    from hpspec.plan import stop_rule
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    claim = hp.expect(hp.metric("val_acc").above(0.2).within(epochs=4))
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-1, 1.0)), trials=4, seed=0,
+        halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, data=hp.datasets.digits(n_train=200), claims=[claim])(recipe))
+    assert all(stop_rule(exp, c.as_dict(), False) is None for c in exp.cells)
+    s = Session(device_option="cpu", table="auto", cache="off")
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s.result("k", exp, exp.cells[0])
+    got = {c.id: s.results[("k", c.id)] for c in exp.cells}
+    for r in got.values():
+        n = pruned_at(r) or 4
+        assert all(len(x.curves["val_acc"]) == n for x in r.seeds)
+    assert sum(pruned_at(r) is None for r in got.values()) == 1
+    # the one stacking line counts groups over the rungs, not "apart by the size limit"
+    line = next(n for n in s.notes["k"] if n.startswith("stacked: "))
+    assert "over the halving rungs" in line and "size limit" not in line, line
+
+
+def test_a_pruned_trials_claims_are_skipped_not_judged_on_its_cut_curve(pytester):
+    pytester.makepyfile(exp_cut="""
+        import torch
+        import hpspec as hp
+
+        @hp.experiment(
+            search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=4, seed=0,
+                             halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+            epochs=2, data=hp.datasets.digits(n_train=100),
+            claims=[hp.expect(hp.metric("val_loss").final() >= 0.0)])
+        def cut(case):
+            model = hp.models.mlp(64, [8], 10)
+            return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+    """)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider", "--hpspec-cache=off")
+    # one rung at epoch 1: 4 -> 2; the 2 pruned trials' "final" would be epoch 1's value
+    result.assert_outcomes(passed=2, skipped=2)
+    result.stdout.fnmatch_lines(["*pruned at epoch 1 by successive halving: its claims are "
+                                 "not judged on a cut curve*"])
+
+
+def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_grid_does(
+        monkeypatch):
+    """_train_search trains through _train_trials: --hpspec-timeout and --hpspec-inference
+    reach every trial at every rung (they did not: a copy of the trainer ignored them)."""
+    torch = pytest.importorskip("torch")
+    from hpspec.engine import runner
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=4, seed=0,
+        halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=2, data=hp.datasets.digits(n_train=100))(recipe))
+    seen = []
+    real = runner.run_cell
+
+    def spy(*a, **k):
+        seen.append((k.get("timeout"), k.get("inference")))
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "run_cell", spy)
+    s = Session(device_option="cpu", table="auto", cache="off", timeout=600.0)
+    s.experiments["k"] = exp
+    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s.result("k", exp, exp.cells[0])
+    assert len(seen) == 6  # 4 trials to epoch 1, 2 survivors to the end
+    assert set(seen) == {(600.0, False)}
+
+
+def test_a_profile_keeps_found_claims_of_a_one_seed_search_they_train_fresh_seeds():
+    from hpspec.spec import apply_profile
+
+    def fn(case):
+        return None
+
+    found = hp.found(hp.metric("val_loss").final() <= 0.6, seeds=2)
+    cmp = hp.compare(hp.metric("val_acc").final(), higher="found", than={"lr": 0.1}, seeds=3)
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)),
+                                               trials=4, seed=1), seeds=1,
+                              epochs=4, profiles={"ci": dict(batch_size=64)},
+                              data=hp.datasets.digits(), claims=[found, cmp])(fn))
+    assert len(exp.seeds) == 1
+    profiled, notes = apply_profile(exp, "ci")
+    assert profiled.claims == exp.claims, notes
+    assert not any("left out" in n for n in notes)
+
+
+@pytest.mark.parametrize("halving", [hp.halving(min_epochs=2, eta=2),
+                                     hp.hyperband(min_epochs=2, eta=2)])
+def test_a_profile_whose_epochs_fall_below_the_first_rung_is_a_spec_error(halving):
+    from hpspec.spec import apply_profile
+
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-2, 1.0)),
+                                               trials=4, seed=1, halving=halving),
+                              epochs=8, profiles={"ci": dict(epochs=2), "ok": dict(epochs=4)},
+                              data=hp.datasets.digits())(fn))
+    assert apply_profile(exp, "ok")[0].epochs == 4
+    with pytest.raises(hp.SpecError) as info:
+        apply_profile(exp, "ci")
+    msg = str(info.value)
+    assert "profile 'ci': search: halving: min_epochs = 2 would never prune" in msg, msg
+    assert "under profile 'ci'" in msg and "epochs=3" in msg, msg
+
+
+def test_search_table_says_only_the_counts_that_are_not_zero():
+    def fn(case):
+        return None
+
+    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
+                                               trials=4, seed=0, metric="val_acc",
+                                               halving=hp.halving(metric="val_acc")),
+                              epochs=9, data=hp.datasets.digits())(fn))
+    results = {}
+    for i, c in enumerate(exp.cells):
+        pr = 1 if i >= 2 else None
+        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
+                                pruned=pr)
+    text = search_table(exp, results, top=10)
+    assert "  ... 2 pruned in all" in text and "not shown" not in text
+    text = search_table(exp, {k: v for k, v in results.items() if pruned_at(v) is None}, top=1)
+    assert "  ... 1 more trial(s) not shown" in text and "pruned in all" not in text
