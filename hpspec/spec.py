@@ -357,7 +357,7 @@ def unknown_keyword(unknown: Mapping[str, Any], known: Sequence[str], *, where: 
 
 
 def experiment(
-    *,
+    *positional: Any,
     grid: Grid | None = None,
     fixed: Mapping[str, Any] | None = None,
     epochs: int | None = None,
@@ -372,7 +372,7 @@ def experiment(
     profiles: Mapping[str, Mapping[str, Any]] | None = None,
     search: Any = None,
     **unknown: Any,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Any:
     """Declare a hyperparameter experiment on a function that takes a :class:`Case`.
 
     The function either returns a recipe (``model, optimizer`` or :class:`hpspec.Recipe`) and
@@ -385,7 +385,9 @@ def experiment(
     one per trial (see :mod:`hpspec.search`).
 
     A keyword it does not know (``grids=``) is a :class:`SpecError` of this experiment alone,
-    at collection (:func:`build`), not a ``TypeError`` that would break the whole file.
+    at collection (:func:`build`), not a ``TypeError`` that would break the whole file; so is
+    a positional argument (``@hp.experiment(hp.grid(...))``). ``@hp.experiment`` without
+    parentheses declares the function with the defaults.
     """
     kwargs = dict(
         grid=grid,
@@ -404,12 +406,15 @@ def experiment(
     )
     if unknown:
         kwargs["unknown"] = unknown
+    bare = len(positional) == 1 and inspect.isfunction(positional[0]) and not unknown
+    if positional and not bare:
+        kwargs["positional"] = positional
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__hpspec__ = RawSpec(kwargs)  # type: ignore[attr-defined]
         return fn
 
-    return decorate
+    return decorate(positional[0]) if bare else decorate
 
 
 @attrs.frozen
@@ -556,6 +561,13 @@ def build(fn: Callable[..., Any]) -> Experiment:
     raw: RawSpec = fn.__hpspec__  # type: ignore[attr-defined]
     where = location(fn)
     kw = dict(raw.kwargs)
+    if kw.get("positional"):
+        first = kw["positional"][0]
+        raise SpecError("is passed by position; @hp.experiment() takes keywords only",
+                        where=where, argument="@hp.experiment: positional argument 1",
+                        value=first,
+                        fix=("write grid=hp.grid(...)" if isinstance(first, Grid) else
+                             "name each argument: grid=..., epochs=..., data=..., claims=[...]"))
     if kw.get("unknown"):
         raise unknown_keyword(kw["unknown"], [k for k in kw if k != "unknown"],
                               where=where, call="@hp.experiment")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 import hpspec as hp
+from hpspec.errors import SpecError
 from hpspec.spec import build, cell_id, format_value
 
 
@@ -98,3 +99,22 @@ def test_case_reads_params_by_attribute_and_key():
     assert case.seed == 3 and case.device == "cpu"
     with pytest.raises(AttributeError, match="no hyperparameter 'layers'.*'lr'"):
         _ = case.layers
+
+
+def test_a_positional_argument_is_that_experiments_spec_error():
+    def body(case):
+        yield {"val_loss": 1.0}
+
+    fn = hp.experiment(hp.grid(lr=[0.1]), epochs=1)(body)
+    with pytest.raises(SpecError, match=r"positional argument 1 = .* is passed by position.*"
+                                        r"fix: write grid=hp.grid"):
+        build(fn)
+
+
+def test_the_bare_decorator_declares_the_function_with_the_defaults():
+    @hp.experiment
+    def bare(case):
+        yield {"val_loss": 1.0}
+
+    assert callable(bare) and bare.__name__ == "bare"
+    assert bare.__hpspec__.kwargs["seeds"] == 1 and "positional" not in bare.__hpspec__.kwargs
