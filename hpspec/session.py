@@ -590,8 +590,8 @@ class Session:
         plan = search_brackets(exp)
         self.note(key, f"{halving.name()} over all {len(cells)} trials"
                   + (f" in {len(plan)} brackets" if len(plan) > 1 else "")
-                  + f" ({len(cached)} served from the cache, {trained} trained; "
-                  f"{'stacked per rung' if stack else 'one by one'})")
+                  + f" ({len(cached)} served from the cache, {trained} trained"
+                  + (f"; {'stacked per rung' if stack else 'one by one'})" if trained else ")"))
         if len(plan) > 1:  # which trial is in which bracket: the summary says it, under -n too
             labels = {cid: c.label or cid for cid, c in cells.items()}
             for b in plan:
@@ -687,8 +687,10 @@ class Session:
         stack = self._stacks_trials(exp)
         self.note(key, f"optuna {s.kind.split(':', 1)[1]} (seed {s.seed}): {len(exp.cells)} "
                   f"trials asked in {len(log)} batch(es); {len(served)} served from the cache, "
-                  f"{len(trained)} trained ({'stacked per batch' if stack else 'one by one'}"
-                  f"{', successive halving within each batch' if s.halving else ''})")
+                  f"{len(trained)} trained"
+                  + (f" ({'stacked per batch' if stack else 'one by one'}"
+                     f"{', successive halving within each batch' if s.halving else ''})"
+                     if trained else ""))
         for line in log[:3]:
             self.note(key, line)
         if len(log) > 3:
