@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -510,18 +511,22 @@ class Session:
         lines[:] = [line for line in lines if not line.startswith("stacked: ")]
         self.note(key, stacked_note(groups, alone))
 
-    def _search_once(self, key: str, exp: Experiment, progress: Any) -> None:
-        """A halving search, trained once per run: serially here; under xdist by the first
-        worker that needs it, the others taking its results (the ranking is over all trials,
-        wherever their items run, so each worker training it would double the work)."""
+    def _search_once(self, key: str, exp: Experiment, progress: Any,
+                     search: Callable[[str, Experiment, Any], None] | None = None) -> None:
+        """A halving search (or, with ``search=self._asked_search``, an Optuna search), run
+        once per run: serially here; under xdist by the first worker that needs it, the
+        others taking its results (the ranking is over all trials, wherever their items run,
+        and an Optuna search's trials depend on each other, so each worker running it would
+        double the work)."""
         __tracebackhide__ = True
+        search = search or self._train_search
         if self.worker is None or not self.shared or not os.path.isdir(self.shared):
-            self._train_search(key, exp, progress)
+            search(key, exp, progress)
             return
         from hpspec.distributed import decode_results, encode_results, run_once
 
         def work() -> str:
-            self._train_search(key, exp, progress)
+            search(key, exp, progress)
             return encode_results({c.id: self.results[(key, c.id)] for c in exp.cells
                                    if (key, c.id) in self.results}, self.notes.get(key, []),
                                   [c.id for c in exp.cells if (key, c.id) in self.cached_cells])
@@ -530,13 +535,16 @@ class Session:
         if text is None:  # this worker trained it
             return
         results, notes, cached = decode_results(text)
+        asked = getattr(exp.search, "asked", False)
         self.stack_tried.update((key, c.id) for c in exp.cells)
         for c in exp.cells:
             if c.id in results:  # (its seeds are in the store already, from that worker)
+                # an Optuna trial's cell carries the values that worker was asked
+                cell = self._asked(key, exp, c.id, dict(results[c.id].params)) if asked else c
                 if c.id in cached:
                     self.cached_cells.add((key, c.id))
                     self.records[key][c.id].note = "cached"
-                self._store(key, c, results[c.id])
+                self._store(key, cell, results[c.id])
         for line in notes:
             self.note(key, line)
 
@@ -609,7 +617,7 @@ class Session:
         if key not in self.asked_runs:
             self.asked_runs[key] = None
             try:
-                self._asked_search(key, exp, progress)
+                self._search_once(key, exp, progress, self._asked_search)
             except Exception as e:  # noqa: BLE001 - each trial not asked says why
                 self.asked_runs[key] = f"{type(e).__name__}: {e}"
                 self.note(key, f"optuna: the search stopped ({type(e).__name__}: {e})")

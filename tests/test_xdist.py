@@ -325,3 +325,47 @@ def test_run_once_does_the_work_once_and_a_failed_worker_leaves_it_to_the_next(t
         run_once(tmp_path, "other", dies)
     assert run_once(tmp_path, "other", lambda: "second") is None  # the next one works
     assert run_once(tmp_path, "other", lambda: "third") == "second"
+
+
+OPTUNA_SEARCH = """
+import os
+import torch
+import hpspec as hp
+
+SPACE = hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128]))
+
+@hp.experiment(search=hp.optuna(SPACE, trials=6, sampler="tpe", seed=3, batch=3),
+               epochs=2, data=hp.datasets.digits(n_train=200),
+               claims=[hp.expect(~hp.diverges())])
+def asked(case):
+    with open(os.environ["HPSPEC_CALLS"], "a") as f:  # one line per seed trained
+        f.write(f"{case.cell_id} {case.lr} {case.seed}\\n")
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+"""
+
+
+@pytest.mark.slow
+def test_an_optuna_search_runs_once_with_two_workers_and_as_serially(pytester, monkeypatch):
+    # An Optuna search's trials depend on each other: under -n 2 (without --dist loadgroup,
+    # so both workers get trials) the first worker that needs one runs the search and the
+    # other takes its results; with the cache off, each worker ran it itself before.
+    pytest.importorskip("optuna")
+    pytester.makepyfile(exp_asked=OPTUNA_SEARCH)
+    tmp = pytester.mkdir("tmp")
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    runs = {}
+    for name, args in (("serial", ()), ("par", ("-n", "2"))):
+        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
+        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
+                                               f"--hpspec-json={name}.json")
+        result.assert_outcomes(passed=6)
+        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
+        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+        params = {c["cell_id"]: c["params"] for e in doc["experiments"] for c in e["cells"]}
+        runs[name] = calls, outcomes, params
+    calls, outcomes, params = runs["serial"]
+    assert len(calls) >= 6
+    assert runs["par"][0] == calls  # each trial's seed trained once, with the same values
+    assert_same_runs(outcomes, runs["par"][1])
+    assert runs["par"][2] == params and all("lr" in p for p in params.values())
