@@ -1,10 +1,24 @@
-"""Experiment files shared by the multi-process tests (pytest-xdist and Ray)."""
+"""Experiment files shared by the multi-process tests (pytest-xdist and Ray), and a Session
+set up with one experiment for the run-layer tests."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+
+
+def session_with(exp, key="k", **options):
+    """A CPU Session that holds ``exp`` under ``key``, with a record per cell, as the plugin
+    sets one up at collection (``options``: Session's own, e.g. cache="off")."""
+    from hpspec.report import CellRecord
+    from hpspec.session import Session
+
+    s = Session(device_option="cpu", table="auto", **options)
+    s.experiments[key] = exp
+    s.records[key] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    return s
+
 
 GRID = """
 import os, signal

@@ -10,6 +10,7 @@ import statistics
 import sys
 
 import pytest
+from scenarios import session_with
 
 import hpspec as hp
 from hpspec.search import pruned_at, search_table
@@ -191,8 +192,6 @@ def test_halving_ranks_each_batch_and_the_replay_serves_pruned_trials_from_the_c
         tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from hpspec.engine import runner
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [8], 10)
@@ -204,10 +203,7 @@ def test_halving_ranks_each_batch_and_the_replay_serves_pruned_trials_from_the_c
         epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
 
     def session():
-        s = Session(device_option="cpu", table="auto", store_path=tmp_path / "r.sqlite")
-        s.experiments["k"] = exp
-        s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
-        return s
+        return session_with(exp, store_path=tmp_path / "r.sqlite")
 
     first = session()
     r3 = first.result("k", exp, exp.cells[3])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from scenarios import session_with
 
 import hpspec as hp
 from hpspec.claims import FAIL, PASS
@@ -160,8 +161,6 @@ def test_halving_prunes_across_stacked_groups_and_survivors_equal_unpruned_runs(
     a pruned trial keeps its curve so far and is shown as pruned at its rung."""
     torch = pytest.importorskip("torch")
     from hpspec.engine.runner import run_cell
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [16], 10)
@@ -172,9 +171,7 @@ def test_halving_prunes_across_stacked_groups_and_survivors_equal_unpruned_runs(
         space, trials=6, seed=1, halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
         epochs=4, seeds=2, data=hp.datasets.digits(n_train=300))(recipe))
     assert len({c.get("batch_size") for c in exp.cells}) == 2  # two stacked groups at least
-    s = Session(device_option="cpu", table="auto", cache="off")
-    s.experiments["k"] = exp
-    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s = session_with(exp, cache="off")
     first = s.result("k", exp, exp.cells[0])
     got = {c.id: s.results[("k", c.id)] for c in exp.cells}
     assert got[exp.cells[0].id] is first
@@ -235,8 +232,6 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
         tmp_path, monkeypatch, schedule, pruned):
     torch = pytest.importorskip("torch")
     from hpspec.engine import runner
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [8], 10)
@@ -248,10 +243,7 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
         epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
 
     def session():
-        s = Session(device_option="cpu", table="auto", store_path=tmp_path / "r.sqlite")
-        s.experiments["k"] = exp
-        s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
-        return s
+        return session_with(exp, store_path=tmp_path / "r.sqlite")
 
     first = session()
     first.result("k", exp, exp.cells[0])
@@ -349,8 +341,6 @@ def test_hyperband_through_the_session_survivors_equal_unpruned_runs_and_bracket
     the notes say which trial is in which bracket; the JSON lists the brackets."""
     torch = pytest.importorskip("torch")
     from hpspec.engine.runner import run_cell
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [16], 10)
@@ -361,9 +351,7 @@ def test_hyperband_through_the_session_survivors_equal_unpruned_runs_and_bracket
         space, trials=8, seed=1, halving=hp.hyperband(min_epochs=1, eta=2, metric="val_acc")),
         epochs=4, seeds=2, data=hp.datasets.digits(n_train=300))(recipe))
     ids = [c.id for c in exp.cells]
-    s = Session(device_option="cpu", table="auto", cache="off")
-    s.experiments["k"] = exp
-    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s = session_with(exp, cache="off")
     s.result("k", exp, exp.cells[0])
     got = {c.id: s.results[("k", c.id)] for c in exp.cells}
     stopped = {cid: pruned_at(r) for cid, r in got.items()}
@@ -408,8 +396,6 @@ def test_search_trials_never_stop_early_on_decided_within_claims():
     not on curves cut when the claim was decided (all then scored infinity)."""
     torch = pytest.importorskip("torch")
     from hpspec.plan import stop_rule
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [8], 10)
@@ -421,9 +407,7 @@ def test_search_trials_never_stop_early_on_decided_within_claims():
         halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
         epochs=4, data=hp.datasets.digits(n_train=200), claims=[claim])(recipe))
     assert all(stop_rule(exp, c.as_dict(), False) is None for c in exp.cells)
-    s = Session(device_option="cpu", table="auto", cache="off")
-    s.experiments["k"] = exp
-    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s = session_with(exp, cache="off")
     s.result("k", exp, exp.cells[0])
     got = {c.id: s.results[("k", c.id)] for c in exp.cells}
     for r in got.values():
@@ -462,8 +446,6 @@ def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_
     reach every trial at every rung (they did not: a copy of the trainer ignored them)."""
     torch = pytest.importorskip("torch")
     from hpspec.engine import runner
-    from hpspec.report import CellRecord
-    from hpspec.session import Session
 
     def recipe(case):
         model = hp.models.mlp(64, [8], 10)
@@ -481,9 +463,7 @@ def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "run_cell", spy)
-    s = Session(device_option="cpu", table="auto", cache="off", timeout=600.0)
-    s.experiments["k"] = exp
-    s.records["k"] = {c.id: CellRecord(exp.name, c.id, c.as_dict()) for c in exp.cells}
+    s = session_with(exp, cache="off", timeout=600.0)
     s.result("k", exp, exp.cells[0])
     assert len(seen) == 6  # 4 trials to epoch 1, 2 survivors to the end
     assert set(seen) == {(600.0, False)}
