@@ -11,6 +11,12 @@ watchdog interrupts such code from outside:
   (pytest-timeout's signal method): a timer thread that raises in the cell's thread with
   ``PyThreadState_SetAsyncExc``; this lands only when that thread runs Python again.
 
+The alarm never lands while the block is already on its way out: when it comes while an
+exception is being handled (the block is unwinding, say from the runner's own between-steps
+budget check) or inside the guard's exit, it is put off by :data:`RETRY` seconds, for at most
+:data:`GRACE` seconds past the budget, so that the exception already under way (or the guard's
+own verdict) is the one the caller sees, not a stray alarm from outside the guard.
+
 The limit, documented in the README: code that never returns to the interpreter (one long C
 or CUDA call) cannot be interrupted by either way; the cell then fails when it does return,
 and its message says by how much the budget was passed. The alarm raises a ``BaseException``
@@ -25,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +42,12 @@ __all__ = ["BudgetAlarm", "watchdog", "FAR_PAST"]
 #: more), a late stop says that the code could not be interrupted sooner.
 FAR_PAST = 2.0
 
+#: An alarm that comes while the block is unwinding is put off by this many seconds...
+RETRY = 0.01
+#: ...for at most this many seconds past the budget; then it lands all the same (code that
+#: sleeps inside an ``except`` clause is still interrupted).
+GRACE = 0.5
+
 
 class BudgetAlarm(BaseException):
     """Raised inside the cell's code when its budget runs out (a BaseException so that the
@@ -44,6 +57,31 @@ class BudgetAlarm(BaseException):
 def _async_raise(thread_id: int) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
                                                ctypes.py_object(BudgetAlarm))
+
+
+def _handling(thread_id: int) -> bool:
+    """Whether thread ``thread_id`` is handling an exception (unwinding, or in an except)."""
+    if thread_id == threading.get_ident():
+        return sys.exc_info()[1] is not None
+    current = getattr(sys, "_current_exceptions", None)
+    if current is None:
+        return False
+    value = current().get(thread_id)
+    if isinstance(value, tuple):  # Python < 3.12: (type, value, traceback)
+        value = value[1]
+    return value is not None
+
+
+def put_off(frame: object, thread_id: int, now: float, at: float) -> bool:
+    """Whether an alarm for thread ``thread_id``, due at ``at``, that comes at ``now`` while
+    ``frame`` runs (None: not known) waits :data:`RETRY` seconds more: the thread is handling
+    an exception, or is in the guard's own exit (contextlib's ``__exit__``, or the guard's
+    generator in its ``finally``), where a raised alarm would escape the guard; never later
+    than :data:`GRACE` seconds past ``at``."""
+    if now >= at + GRACE:
+        return False
+    code = getattr(frame, "f_code", None)
+    return code is _EXIT_CODE or code is _GUARD_CODE or _handling(thread_id)
 
 
 @contextlib.contextmanager
@@ -63,28 +101,38 @@ def watchdog(at: float | None, on_exceeded: Callable[[float], BaseException],
                   and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0)
     armed = [True]  # cleared first thing on the way out: a late alarm then does nothing
     previous = None
-    timer: threading.Timer | None = None
+    stop = threading.Event()
     ident = threading.get_ident()
     if use_signal:
         def on_alarm(signum: int, frame: object) -> None:
-            if armed[0]:
-                fired.set()
-                raise BudgetAlarm()
+            if not armed[0]:
+                return
+            if put_off(frame, ident, clock(), at):
+                signal.setitimer(signal.ITIMER_REAL, RETRY)  # on its way out: ask again
+                return
+            fired.set()
+            raise BudgetAlarm()
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
         signal.setitimer(signal.ITIMER_REAL, remaining)
     else:
         lock = threading.Lock()
 
-        def fire() -> None:
-            with lock:
-                if armed[0]:
-                    fired.set()
-                    _async_raise(ident)
+        def watch() -> None:
+            if stop.wait(remaining):
+                return
+            while True:
+                with lock:
+                    if not armed[0]:
+                        return
+                    if not put_off(None, ident, clock(), at):
+                        fired.set()
+                        _async_raise(ident)
+                        return
+                if stop.wait(RETRY):
+                    return
 
-        timer = threading.Timer(remaining, fire)
-        timer.daemon = True
-        timer.start()
+        threading.Thread(target=watch, name="hpspec-watchdog", daemon=True).start()
     try:
         try:
             yield
@@ -93,10 +141,10 @@ def watchdog(at: float | None, on_exceeded: Callable[[float], BaseException],
                 armed[0] = False
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
-            elif timer is not None:
+            else:
                 with lock:
                     armed[0] = False
-                timer.cancel()
+                stop.set()
     except BudgetAlarm:
         raise on_exceeded(max(0.0, clock() - at)) from None
     if fired.is_set() or clock() > at:
@@ -106,3 +154,7 @@ def watchdog(at: float | None, on_exceeded: Callable[[float], BaseException],
             # An async exception still pending would land at some later line: drop it.
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
         raise on_exceeded(max(0.0, clock() - at))
+
+
+_EXIT_CODE = contextlib._GeneratorContextManager.__exit__.__code__
+_GUARD_CODE = watchdog.__wrapped__.__code__  # type: ignore[attr-defined]

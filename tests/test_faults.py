@@ -3,11 +3,13 @@ and isolation (global torch state, cell order)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 
@@ -350,6 +352,83 @@ def test_the_watchdog_interrupts_another_thread_and_says_when_it_was_late():
                     time.sleep(0.01)
                 except BaseException:  # noqa: BLE001 - a user who swallows everything
                     pass
+
+
+class _Mine(Exception):
+    pass
+
+
+def test_an_alarm_waits_while_the_block_is_on_its_way_out():
+    """The CI failure this fixes: the runner's own between-steps check raised BudgetExceeded,
+    and the watchdog's alarm landed in the guard's exit before it disarmed, so a bare
+    BudgetAlarm escaped in place of the verdict."""
+    import contextlib
+
+    from hpspec.watchdog import GRACE, put_off
+
+    at, me = 100.0, threading.get_ident()
+
+    class Frame:
+        def __init__(self, code):
+            self.f_code = code
+
+    exit_frame = Frame(contextlib._GeneratorContextManager.__exit__.__code__)
+    user_frame = Frame(test_an_alarm_waits_while_the_block_is_on_its_way_out.__code__)
+    assert put_off(exit_frame, me, at + 0.01, at)            # the guard's exit: wait
+    assert not put_off(exit_frame, me, at + GRACE, at)       # ...not past the grace
+    assert not put_off(user_frame, me, at + 0.01, at)        # running code: lands now
+    try:
+        raise _Mine()
+    except _Mine:
+        assert put_off(user_frame, me, at + 0.01, at)        # unwinding: wait
+
+
+def test_the_blocks_own_error_wins_over_an_alarm_during_unwinding():
+    from hpspec.watchdog import GRACE, watchdog
+
+    def late(seconds):
+        return BudgetExceeded("late")
+
+    with pytest.raises(_Mine):  # the alarm came while handling KeyError: put off
+        with watchdog(time.perf_counter() + 0.05, late):
+            try:
+                raise KeyError("x")
+            except KeyError:
+                time.sleep(0.2)
+                raise _Mine() from None
+    t0 = time.perf_counter()
+    with pytest.raises(BudgetExceeded, match="late"):
+        with watchdog(time.perf_counter() + 0.05, late):
+            try:
+                raise KeyError("x")
+            except KeyError:
+                time.sleep(30)  # past the grace, the alarm lands all the same
+    assert time.perf_counter() - t0 < 15 * GRACE
+
+
+def test_no_alarm_escapes_a_block_that_ends_at_its_budget():
+    """Blocks that end (returning or raising) within microseconds of their budget: every one
+    ends with its own error or the verdict, never a stray BudgetAlarm (this escaped about
+    once in a thousand before)."""
+    from hpspec.watchdog import BudgetAlarm, watchdog
+
+    seen = collections.Counter()
+    for i in range(1500):
+        at = time.perf_counter() + 0.001
+        try:
+            with watchdog(at, lambda late: BudgetExceeded("late")):
+                while time.perf_counter() < at - (i % 20) * 2e-6:
+                    pass
+                if i % 2:
+                    raise _Mine()
+            seen["returned"] += 1
+        except (_Mine, BudgetExceeded) as e:
+            seen[type(e).__name__] += 1
+        except BudgetAlarm:
+            seen["BudgetAlarm"] += 1
+    assert seen["BudgetAlarm"] == 0, seen
+    assert seen["_Mine"] + seen["BudgetExceeded"] + seen["returned"] == 1500
+
 # ------------------------------------------------------------ reports at session end, Ctrl-C
 
 QUICK = """

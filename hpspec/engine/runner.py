@@ -53,7 +53,7 @@ from hpspec.plan import StackGroup
 from hpspec.results import CellResult, Divergence, SeedResult
 from hpspec.spec import Case, Cell, Experiment, Recipe
 from hpspec.threads import Threads, choose_threads
-from hpspec.watchdog import FAR_PAST, watchdog
+from hpspec.watchdog import FAR_PAST, BudgetAlarm, watchdog
 
 __all__ = ["select_device", "run_cell", "run_seed", "torch_state", "DIVERGENCE_FACTOR"]
 
@@ -704,41 +704,56 @@ def run_seed(
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
     # The watchdog holds the budget inside a step too (a sleep, a blocking call).
-    if deadline is not None:
-        deadline.epochs_done = 0
-    guard = (watchdog(deadline.at, deadline.interrupted(f"{exp.where}[{cell.id}]", seed))
-             if deadline is not None else contextlib.nullcontext())
-    with torch_state(seed), guard:
-        try:
-            if exp.mode == "loop":
-                return _run_loop(exp, cell, case, deadline)
-            assert data is not None
-            # hpspec builds the recipe and steps its optimizer: no compiler needed for that
-            with compiler_import_deferred():
-                return _train_recipe(exp, cell, case, data, probed, progress, inference,
-                                     stop, deadline, threads)
-        except NoGradPath:
-            raise CellError(
-                f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
-                "parameters (it was detached, computed under torch.no_grad(), or the "
-                "parameters have requires_grad=False), so training would change nothing; "
-                "fix: compute the loss from the model's output without .detach()/.item() or "
-                "no_grad, and leave the parameters trainable") from None
-        except (torch.cuda.OutOfMemoryError, MemoryError) as e:
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            # The exception's frames hold the model, its activations and the batch: drop
-            # them before collecting, so the memory is back for the next cell.
-            e.__traceback__ = None
-            del e
-            gc.collect()
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            raise CellError(
-                f"{exp.where}[{cell.id}]: out of memory on {device} at batch_size="
-                f"{case.batch_size} (seed {seed}): {first_line}"
-                f"{_memory_figures(device)}; fix: lower batch_size or the model's size for "
-                "this cell"
-            ) from None
+    if deadline is None:
+        with torch_state(seed):
+            return _train_seed(exp, cell, case, data, seed, device, probed, progress,
+                               inference, stop, deadline, threads)
+    deadline.epochs_done = 0
+    interrupted = deadline.interrupted(f"{exp.where}[{cell.id}]", seed)
+    try:
+        with torch_state(seed), watchdog(deadline.at, interrupted):
+            return _train_seed(exp, cell, case, data, seed, device, probed, progress,
+                               inference, stop, deadline, threads)
+    except BudgetAlarm:
+        # Another thread's alarm that landed in the guard's own exit, past its reach.
+        raise interrupted(max(0.0, time.perf_counter() - deadline.at)) from None
+
+
+def _train_seed(exp: Experiment, cell: Cell, case: Case, data: Data | None, seed: int,
+                device: str, probed: Mapping[str, float] | None, progress: Progress | None,
+                inference: bool, stop: StopRule | None, deadline: Deadline | None,
+                threads: Threads) -> SeedResult:
+    __tracebackhide__ = True
+    try:
+        if exp.mode == "loop":
+            return _run_loop(exp, cell, case, deadline)
+        assert data is not None
+        # hpspec builds the recipe and steps its optimizer: no compiler needed for that
+        with compiler_import_deferred():
+            return _train_recipe(exp, cell, case, data, probed, progress, inference,
+                                 stop, deadline, threads)
+    except NoGradPath:
+        raise CellError(
+            f"{exp.where}[{cell.id}]: the loss has no gradient path to the model's "
+            "parameters (it was detached, computed under torch.no_grad(), or the "
+            "parameters have requires_grad=False), so training would change nothing; "
+            "fix: compute the loss from the model's output without .detach()/.item() or "
+            "no_grad, and leave the parameters trainable") from None
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        first_line = str(e).splitlines()[0] if str(e) else ""
+        # The exception's frames hold the model, its activations and the batch: drop
+        # them before collecting, so the memory is back for the next cell.
+        e.__traceback__ = None
+        del e
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        raise CellError(
+            f"{exp.where}[{cell.id}]: out of memory on {device} at batch_size="
+            f"{case.batch_size} (seed {seed}): {first_line}"
+            f"{_memory_figures(device)}; fix: lower batch_size or the model's size for "
+            "this cell"
+        ) from None
 
 
 def _memory_figures(device: str) -> str:
