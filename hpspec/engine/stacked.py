@@ -665,14 +665,33 @@ class _Stacked:
         self._spaces[rows] = found
         return found
 
+    def _linear_grads(self, grads: list[torch.Tensor], slot: int, bias: bool,
+                      saved_t: torch.Tensor, g: torch.Tensor, into: list[torch.Tensor] | None,
+                      beta: float) -> int:
+        """One linear layer's gradients into ``grads`` (or added to ``beta`` times the
+        ``into`` buffers) from its output's gradient ``g`` [K, B, out] and its input's
+        transpose ``saved_t`` [K, in, B]: the bias's at ``slot - 1`` (when ``bias``), then the
+        weight's; returns the weight's slot."""
+        k, rows = g.shape[0], g.shape[1]
+        if bias:
+            slot -= 1
+            # the bias gradient (a sum over the batch) as a product with a row of ones:
+            # into the momentum buffer in one kernel instead of three
+            ones = self._ones(k, rows, g)
+            grads[slot] = (torch.bmm(ones, g) if into is None else
+                           into[slot].baddbmm_(ones, g, beta=beta))
+        slot -= 1
+        grads[slot] = (torch.bmm(saved_t, g) if into is None else
+                       into[slot].baddbmm_(saved_t, g, beta=beta))
+        return slot
+
     def _buffered_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
                        into: list[torch.Tensor] | None, beta: float) -> tuple[
             torch.Tensor, list[torch.Tensor]]:
         """:meth:`_manual_step` in kept buffers (:meth:`_space`), for models whose every
         activation follows a linear layer: the same arithmetic, without a step's
         allocations, slicing and transposes (a third of a small group's step on a CPU)."""
-        k, rows = x.shape[0], x.shape[1]
-        space = self._space(rows)
+        space = self._space(x.shape[1])
         outs, grad_in, source = space["outs"], space["grad_in"], space["source"]
         h = x
         for i, (kind, obj) in enumerate(self.layers):
@@ -693,17 +712,9 @@ class _Stacked:
                 for f, a, b_, g_view, saved in space["backward"][i]:
                     f(g[a:b_] if g_view is None else g_view, saved)
                 continue
-            w, b = obj
-            if b is not None:
-                slot -= 1
-                ones = self._ones(k, rows, g)
-                grads[slot] = (torch.bmm(ones, g) if into is None else
-                               into[slot].baddbmm_(ones, g, beta=beta))
-            slot -= 1
             src = source[i]
             saved_t = x.transpose(1, 2) if src is None else space["t"][src]
-            grads[slot] = (torch.bmm(saved_t, g) if into is None else
-                           into[slot].baddbmm_(saved_t, g, beta=beta))
+            slot = self._linear_grads(grads, slot, obj[1] is not None, saved_t, g, into, beta)
             if i > self.first_linear:
                 g = torch.bmm(g, space["wt"][i], out=grad_in[i])
         if self.masks is not None:
@@ -715,7 +726,6 @@ class _Stacked:
             torch.Tensor, list[torch.Tensor]]:
         keep: list[torch.Tensor] = []
         out = self._forward(x, keep)
-        k, rows = out.shape[0], out.shape[1]
         losses, g = self._loss_grad(out, y, loss_kind)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
@@ -733,16 +743,8 @@ class _Stacked:
                         f(g[a:b], saved[a:b])
                 continue
             w, b = obj
-            if b is not None:
-                slot -= 1
-                # the bias gradient (a sum over the batch) as a product with a row of ones:
-                # into the momentum buffer in one kernel instead of three
-                ones = self._ones(k, rows, g)
-                grads[slot] = (torch.bmm(ones, g) if into is None else
-                               into[slot].baddbmm_(ones, g, beta=beta))
-            slot -= 1
-            grads[slot] = (torch.bmm(saved.transpose(1, 2), g) if into is None else
-                           into[slot].baddbmm_(saved.transpose(1, 2), g, beta=beta))
+            slot = self._linear_grads(grads, slot, b is not None, saved.transpose(1, 2), g,
+                                      into, beta)
             if i > first_linear:
                 g = torch.bmm(g, w.transpose(1, 2))
         if self.masks is not None:
