@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -554,7 +554,7 @@ class Session:
         cached is served from the cache at any rung it reached; the final results are stored
         and saved."""
         __tracebackhide__ = True
-        from hpspec.search import cut, run_brackets, search_brackets
+        from hpspec.search import run_brackets, search_brackets
 
         cells = {c.id: c for c in exp.cells}
         self.stack_tried.update((key, cid) for cid in cells)
@@ -572,16 +572,10 @@ class Session:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
 
-        def train(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
+        def train(targets: Mapping[str, int | None]) -> dict[str, CellResult]:
             # the one trainer of search trials (hp.optuna's too): budget, inference and
-            # stacking as a grid cell has them
-            got = {cid: cached[cid] for cid in ids
-                   if cid in cached and _serves(cached[cid], stop_at)}
-            got.update(self._train_trials(key, exp, [cells[cid] for cid in ids if cid not in got],
-                                          stop_at, report))
-            if stop_at is not None:  # a rung's result: cut to the rung, whatever served it
-                got = {cid: cut(r, stop_at) for cid, r in got.items()}
-            return got
+            # stacking as a grid cell has them; a round of every Hyperband bracket at once
+            return self._train_to(key, exp, cells, cached, targets, report)
 
         log: list[str] = []
         halving = exp.search.halving
@@ -636,7 +630,7 @@ class Session:
         comes, under the trial's values."""
         __tracebackhide__ = True
         from hpspec.optuna_search import run_asked
-        from hpspec.search import asked_outcome, cut, successive_halving
+        from hpspec.search import asked_outcome, successive_halving
 
         s = exp.search
         self.stack_tried.update((key, c.id) for c in exp.cells)
@@ -661,16 +655,10 @@ class Session:
             if s.halving is None:
                 got = dict(cached)
                 got.update(self._train_trials(key, exp, [c for c in cells if c.id not in cached],
-                                              None, report))
+                                              {}, report))
             else:
-                def to(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
-                    out = {cid: cached[cid] for cid in ids
-                           if cid in cached and _serves(cached[cid], stop_at)}
-                    out.update(self._train_trials(
-                        key, exp, [by_id[cid] for cid in ids if cid not in out], stop_at,
-                        report))
-                    return ({cid: cut(r, stop_at) for cid, r in out.items()}
-                            if stop_at is not None else out)
+                def to(targets: Mapping[str, int | None]) -> dict[str, CellResult]:
+                    return self._train_to(key, exp, by_id, cached, targets, report)
 
                 log: list[str] = []
                 got = successive_halving(s.halving, {c.id: exp.epochs_for(c) for c in cells},
@@ -727,17 +715,39 @@ class Session:
         return (self.stack and exp.stack and exp.mode == "recipe" and not self.inference
                 and exp.timeout is None and self.timeout is None and timing_claim(exp) is None)
 
-    def _train_trials(self, key: str, exp: Experiment, cells: list[Cell], stop_at: int | None,
-                      report: Any) -> dict[str, CellResult]:
-        """Train ``cells`` from scratch, stopped after ``stop_at`` epochs (None: their own
-        count): stacked by batch size where they can be, else one by one. A trial that cannot
-        train is left out (its own item trains it again and reports the error)."""
+    def _train_to(self, key: str, exp: Experiment, cells: Mapping[str, Cell],
+                  cached: Mapping[str, CellResult], targets: Mapping[str, int | None],
+                  report: Any) -> dict[str, CellResult]:
+        """A halving search's :data:`~hpspec.search.TrainTo`: each trial of ``targets`` to its
+        own target epoch (None: its end), served from ``cached`` where that reaches the
+        target, the rest trained in one :meth:`_train_trials` call; each result cut to its
+        target, whatever served it."""
+        from hpspec.search import cut
+
+        got = {cid: cached[cid] for cid, stop in targets.items()
+               if cid in cached and _serves(cached[cid], stop)}
+        got.update(self._train_trials(key, exp, [cells[cid] for cid in targets
+                                                 if cid not in got], targets, report))
+        out = {}
+        for cid, r in got.items():
+            stop = targets[cid]
+            out[cid] = r if stop is None else cut(r, stop)
+        return out
+
+    def _train_trials(self, key: str, exp: Experiment, cells: list[Cell],
+                      stops: Mapping[str, int | None], report: Any) -> dict[str, CellResult]:
+        """Train ``cells`` from scratch, each stopped after its own ``stops`` epoch (None or
+        absent: its own count), in one go: stacked by batch size where they can be (members
+        with different stops share a run, each leaving at its own), else one by one. A trial
+        that cannot train is left out (its own item trains it again and reports the
+        error)."""
         from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
         from hpspec.plan import stacked_note, stop_rule
         from hpspec.search import trial_name
 
         def rule(c: Cell) -> Any:
             own = stop_rule(exp, c.as_dict(), self.full_curves)
+            stop_at = stops.get(c.id)
             if stop_at is None:
                 return own
             return lambda curves: (len(curves.get("train_loss", ())) >= stop_at

@@ -136,10 +136,11 @@ def test_successive_halving_ranks_all_trials_together_with_a_fake_trainer():
     epochs["a"] = 2  # ends at the first rung: finished, never ranked
     calls = []
 
-    def train(ids, stop_at):
-        calls.append((tuple(ids), stop_at))
+    def train(targets):
+        (stop_at,) = set(targets.values())  # one bracket: one target per call
+        calls.append((tuple(targets), stop_at))
         n = stop_at or 8
-        return {c: _result(c, {}, [full[c][:min(n, epochs[c])]]) for c in ids}
+        return {c: _result(c, {}, [full[c][:min(n, epochs[c])]]) for c in targets}
 
     log = []
     out = successive_halving(hp.halving(min_epochs=2, eta=2, metric="val_acc"),
@@ -298,9 +299,9 @@ def test_hyperband_keeps_a_slow_starter_that_halving_prunes_and_found_takes_the_
     epochs = dict.fromkeys(full, 9)
     calls = []
 
-    def train(ids, stop_at):
-        calls.append((tuple(ids), stop_at))
-        return {c: _result(c, {}, [full[c][:stop_at or 9]]) for c in ids}
+    def train(targets):
+        calls.append(dict(targets))
+        return {c: _result(c, {}, [full[c][:stop or 9]]) for c, stop in targets.items()}
 
     h = hp.hyperband(min_epochs=1, eta=3, metric="val_acc")
     plan = plan_brackets(h, epochs)
@@ -312,8 +313,9 @@ def test_hyperband_keeps_a_slow_starter_that_halving_prunes_and_found_takes_the_
     # bracket 0 ranks a..d at epoch 1 (keeps 1) and stops; bracket 1 ranks e, f at epoch 3
     assert {c: pruned_at(r) for c, r in out.items() if pruned_at(r)} == {
         "a": 1, "b": 1, "c": 1, "e": 3}
-    assert calls == [(tuple("abcd"), 1), (("d",), None), (("e", "f"), 3), (("f",), None),
-                     (("g", "h"), None)]
+    # the brackets advance together: one call per round, each trial to its own target
+    assert calls == [{**dict.fromkeys("abcd", 1), **dict.fromkeys("ef", 3),
+                      **dict.fromkeys("gh")}, {"d": None, "f": None}]
     assert log[0].startswith("bracket 0: halving at epoch 1: 4 trial(s) ranked on val_acc")
     assert log[1].startswith("bracket 1: halving at epoch 3: 2 trial(s)")
     # plain successive halving over the same trials prunes h at epoch 1
