@@ -590,10 +590,12 @@ class Session:
             self._store(key, cells[cid], result)
         trained = len([c for c in results if c not in cached])
         plan = search_brackets(exp)
+        how = ("one by one" if not stack else "stacked per rung" if len(plan) == 1
+               else "stacked per round, the brackets together")
         self.note(key, f"{halving.name()} over all {len(cells)} trials"
                   + (f" in {len(plan)} brackets" if len(plan) > 1 else "")
                   + f" ({len(cached)} served from the cache, {trained} trained"
-                  + (f"; {'stacked per rung' if stack else 'one by one'})" if trained else ")"))
+                  + (f"; {how})" if trained else ")"))
         if len(plan) > 1:  # which trial is in which bracket: the summary says it, under -n too
             labels = {cid: c.label or cid for cid, c in cells.items()}
             for b in plan:
