@@ -30,7 +30,7 @@ from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
 
 if TYPE_CHECKING:
     from hpspec.distributed import Payload
-    from hpspec.ray_backend import RayAnswer
+    from hpspec.ray_backend import RayAnswer, RayJob
 
 # ------------------------------------------------------------------------------------- state
 
@@ -80,6 +80,12 @@ class Session:
     ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
     ray_refs: list[Any] = attrs.field(factory=list)
     ray_answers: dict[int, RayAnswer] = attrs.field(factory=dict)
+    #: What a halving search's rung tasks need (sent when it runs, not up front): the
+    #: directory paths are sent relative to, and --hpspec-ray-gpus.
+    ray_root: Path | None = None
+    ray_gpus: Any = 0
+    #: Ray tasks a halving search sent so far, by experiment (for its note).
+    ray_rung_tasks: dict[str, int] = attrs.field(factory=dict)
     confidence: float = 0.95
     inconclusive: InconclusiveAs = "fail"
     holm: HolmScope = "off"
@@ -299,10 +305,10 @@ class Session:
         directory paths are sent relative to)."""
         from hpspec.engine.runner import stackable_cells
         from hpspec.plan import timing_claim
-        from hpspec.ray_backend import RayJob, connect, submit
-        from hpspec.spec import PROFILES
+        from hpspec.ray_backend import connect, submit
 
         self.ray = connect(address, root, cpus)
+        self.ray_root, self.ray_gpus = root, gpus
         jobs: list[RayJob] = []
         for key, wanted in self.wanted.items():
             exp = self.experiments[key]
@@ -311,6 +317,11 @@ class Session:
                 self.note(key, "--hpspec-ray: an Optuna search runs in this process (each "
                           "batch's values depend on the results before it)")
                 continue
+            if (exp.search is not None and exp.search.halving is not None
+                    and exp.mode == "recipe"):
+                # the ranking needs every trial's rung: the halving loop runs here and sends
+                # each rung's trials as Ray tasks when it gets to them (_train_on_ray)
+                continue
             cells = [c for c in exp.cells if c.id in wanted and not (
                 self.cache == "use" and len(self.cached_seeds(exp, c, exp.seeds)) == len(
                     exp.seeds))]
@@ -318,21 +329,66 @@ class Session:
                      and timing_claim(exp) is None and exp.timeout is None
                      and self.timeout is None and not self.inference)
             buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
-            path, attr = self.attrs_of[key]
-            try:
-                rel = os.path.relpath(path, root)
-            except ValueError:
-                rel = path
             for bucket in buckets:
                 for c in bucket:
                     self.ray_jobs[(key, c.id)] = len(jobs)
-                jobs.append(RayJob(path, rel, attr, tuple(c.id for c in bucket), None,
-                                   self.device_option,
-                                   {"stack": stack, "full_curves": self.full_curves,
-                                    "timeout": self.timeout, "profile": self.profile,
-                                    "profiles": dict(PROFILES)}))
+                jobs.append(self._ray_job(key, bucket, stack, {}))
         self.ray_refs = submit(self.ray, jobs, gpus,
                                retries=1)
+
+    def _ray_job(self, key: str, cells: list[Cell], stack: bool,
+                 stops: Mapping[str, int | None]) -> RayJob:
+        """One Ray task's job: ``cells`` of experiment ``key`` (one stack, or one cell), each
+        stopped after its ``stops`` epoch when it has one (a halving rung)."""
+        from hpspec.ray_backend import RayJob
+        from hpspec.spec import PROFILES
+
+        path, attr = self.attrs_of[key]
+        try:
+            rel = os.path.relpath(path, self.ray_root or ".")
+        except ValueError:
+            rel = path
+        options: dict[str, Any] = {"stack": stack, "full_curves": self.full_curves,
+                                   "timeout": self.timeout, "profile": self.profile,
+                                   "profiles": dict(PROFILES)}
+        if any(stops.get(c.id) is not None for c in cells):
+            options["stops"] = {c.id: stops[c.id] for c in cells if stops.get(c.id)}
+        return RayJob(path, rel, attr, tuple(c.id for c in cells), None, self.device_option,
+                      options)
+
+    def _train_on_ray(self, key: str, exp: Experiment, cells: list[Cell],
+                      stops: Mapping[str, int | None]) -> dict[str, CellResult]:
+        """A halving search's training (a rung, or a round of every Hyperband bracket) under
+        --hpspec-ray: one Ray task per stack of ``cells``, all sent at once, waited for here,
+        where the ranking runs. The tasks train as this process would (the same stacked
+        engine and stop epochs), so the search prunes the trials a serial run prunes. A
+        trial whose task failed is left out of the ranking, as a trial that cannot train."""
+        from hpspec.engine.runner import stackable_cells
+        from hpspec.ray_backend import collect, submit
+
+        stack = self._stacks_trials(exp)
+        buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
+        jobs = [self._ray_job(key, bucket, stack, stops) for bucket in buckets]
+        refs = submit(self.ray, jobs, self.ray_gpus, retries=1)
+        got: dict[str, CellResult] = {}
+        for job, ref in zip(jobs, refs, strict=True):
+            try:
+                answer = collect(self.ray, ref, f"{exp.where}[{job.cell_ids[0]}]")
+            except CellError as e:
+                self.note(key, f"halving: {len(job.cell_ids)} trial(s) lost with their Ray "
+                          f"task, left out of the ranking ({e})")
+                continue
+            got.update(answer.results)
+            for cid in answer.errors:
+                self.note(key, f"halving: {cid} could not train (on Ray); left out of the "
+                          "ranking")
+        self.ray_rung_tasks[key] = self.ray_rung_tasks.get(key, 0) + len(jobs)
+        lines = self.notes.setdefault(key, [])
+        lines[:] = [line for line in lines if not line.startswith("--hpspec-ray: halving")]
+        self.note(key, f"--hpspec-ray: halving ranks the trials in this process; each rung's "
+                  f"trials trained as Ray tasks ({self.ray_rung_tasks[key]} task(s), "
+                  f"{'one per stack' if stack else 'one per trial'})")
+        return got
 
     def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,
                         patience: float = 30.0) -> None:
@@ -744,18 +800,13 @@ class Session:
         that cannot train is left out (its own item trains it again and reports the
         error)."""
         from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
-        from hpspec.plan import stacked_note, stop_rule
+        from hpspec.plan import stacked_note, stop_after, stop_rule
         from hpspec.search import trial_name
 
-        def rule(c: Cell) -> Any:
-            own = stop_rule(exp, c.as_dict(), self.full_curves)
-            stop_at = stops.get(c.id)
-            if stop_at is None:
-                return own
-            return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
-                                   or (own is not None and own(curves)))
-
-        rules = {c.id: rule(c) for c in cells}
+        if cells and self.ray is not None and not getattr(exp.search, "asked", False):
+            return self._train_on_ray(key, exp, cells, stops)
+        rules = {c.id: stop_after(stop_rule(exp, c.as_dict(), self.full_curves),
+                                  stops.get(c.id)) for c in cells}
         got: dict[str, CellResult] = {}
         if cells and self._stacks_trials(exp):
             trained: list[StackGroup] = []
