@@ -18,7 +18,9 @@ trained from scratch (same seed, same data order) to the rung, stacked where it 
 ``1/eta`` go on to the next rung and the rest are reported as pruned there with their curve so
 far. A survivor's curve is therefore exactly the curve it has unpruned. Hyperband
 (:func:`hyperband`, run by :func:`run_brackets`) splits the trials into brackets
-(:func:`plan_brackets`) and runs successive halving in each from a different first rung.
+(:func:`plan_brackets`) and runs successive halving in each from a different first rung, the
+brackets advancing together (:func:`halving_steps`): a round of every bracket is one call to
+the trainer, so trials stack across brackets, each stopping at its own bracket's epoch.
 """
 
 from __future__ import annotations
