@@ -44,6 +44,15 @@ def timing_claim(exp: Experiment) -> str | None:
 StopRule = Callable[[Mapping[str, Sequence[float]]], bool]
 
 
+def stop_after(own: StopRule | None, stop_at: int | None) -> StopRule | None:
+    """``own`` (a cell's :func:`stop_rule`), and for a halving rung also a stop once
+    ``stop_at`` epochs are trained (None: no rung, ``own`` alone)."""
+    if stop_at is None:
+        return own
+    return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
+                           or (own is not None and own(curves)))
+
+
 def stop_rule(exp: Experiment, params: Mapping[str, Any], full_curves: bool) -> StopRule | None:
     """When every claim that looks at this cell is a "reaches ... within N epochs" claim, a
     seed may stop as soon as all of them are decided: the target reached (by epoch N), or

@@ -123,7 +123,7 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
 
     from hpspec import spec as spec_mod
     from hpspec.engine.runner import run_cell, run_stacked, select_device
-    from hpspec.plan import stop_rule
+    from hpspec.plan import stop_after, stop_rule
 
     file = path if os.path.exists(path) else rel
     name = f"hpspec_ray_{abs(hash(file))}"
@@ -141,6 +141,9 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     cells = [c for c in exp.cells if c.id in set(cell_ids)]
     dev = select_device(device)
     full = bool(options.get("full_curves"))
+    stops: Mapping[str, int] = options.get("stops") or {}  # a halving rung's epoch, per cell
+    rules = {c.id: stop_after(stop_rule(exp, c.as_dict(), full), stops.get(c.id))
+             for c in cells}
     results: dict[str, CellResult] = {}
     errors: dict[str, str] = {}
     notes: list[str] = []
@@ -148,8 +151,7 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     if options.get("stack"):  # a lone cell too: the stacked engine trains it faster
         try:
             stacked, why = run_stacked(exp, cells, dev, tuple(seeds) if seeds else None,
-                                       stop_rules={c.id: stop_rule(exp, c.as_dict(), full)
-                                                   for c in cells})
+                                       stop_rules=rules)
             results.update(stacked)
             todo = [c for c in cells if c.id not in stacked]
             if stacked:
@@ -162,7 +164,7 @@ def _train(path: str, rel: str, attr: str, cell_ids: Sequence[str], seeds: Seque
     for cell in todo:
         try:
             res = run_cell(exp, cell, dev, seeds=tuple(seeds) if seeds else None,
-                           stop=stop_rule(exp, cell.as_dict(), full),
+                           stop=rules[cell.id],
                            timeout=options.get("timeout"))
             results[cell.id] = res
         except Exception as e:

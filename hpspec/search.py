@@ -18,7 +18,9 @@ trained from scratch (same seed, same data order) to the rung, stacked where it 
 ``1/eta`` go on to the next rung and the rest are reported as pruned there with their curve so
 far. A survivor's curve is therefore exactly the curve it has unpruned. Hyperband
 (:func:`hyperband`, run by :func:`run_brackets`) splits the trials into brackets
-(:func:`plan_brackets`) and runs successive halving in each from a different first rung.
+(:func:`plan_brackets`) and runs successive halving in each from a different first rung, the
+brackets advancing together (:func:`halving_steps`): a round of every bracket is one call to
+the trainer, so trials stack across brackets, each stopping at its own bracket's epoch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -73,6 +75,7 @@ __all__ = [
     "found",
     "trials",
     "successive_halving",
+    "halving_steps",
     "mark_pruned",
     "cut",
     "rungs",
@@ -661,34 +664,33 @@ def mark_pruned(result: CellResult, epoch: int) -> CellResult:
     return attrs.evolve(result, seeds=seeds)
 
 
-#: ``train(trial ids, stop_at)``: those trials trained from scratch (their own seeds and data
-#: order) and stopped after ``stop_at`` epochs (None: their full epoch count); a trial it
-#: could not train is left out of the answer.
-TrainTo = Callable[[list[str], "int | None"], Mapping[str, CellResult]]
+#: ``train(targets)``: each trial of ``targets`` trained from scratch (its own seeds and data
+#: order) and stopped after its own target epoch (None: its full epoch count), all in one
+#: call, so trials that share an architecture stack even when their targets differ (the
+#: stacked engine lets each member leave at its own epoch); each result is cut to its target.
+#: A trial it could not train is left out of the answer.
+TrainTo = Callable[[Mapping[str, "int | None"]], Mapping[str, CellResult]]
+
+#: One bracket's halving, step by step: yields the targets it wants trained next, is sent
+#: their results, and returns every trial's final result (see :func:`halving_steps`).
+HalvingSteps = Generator[dict[str, "int | None"], Mapping[str, CellResult],
+                         dict[str, CellResult]]
 
 
-def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
-                       log: list[str] | None = None, at: Sequence[int] | None = None,
-                       prefix: str = "") -> dict[str, CellResult]:
-    """Successive halving over ALL of a search's trials, whichever stacked groups they train
-    in, without checkpoints: at each rung ``e`` the trials still in are trained from scratch to
-    epoch ``e`` (``train`` stacks them where it can), those that run past ``e`` are ranked
-    together on ``h.metric`` at epoch ``e``, the best ``1/eta`` (at least one) go on and the
-    rest are pruned at ``e`` with their curve so far. Training is deterministic given the seed,
-    so a survivor's final curve is by construction the curve it has unpruned; the cost is the
-    sum over rungs of (trials in) x (rung epochs), not a full run per trial.
-
-    ``epochs`` maps each trial id to its own epoch count (a trial that ends at or before a
-    rung is finished there, not ranked). ``at``: the rung epochs (default: :func:`rungs` to
-    the largest count; a Hyperband bracket passes its own); ``prefix`` starts each log line.
-    Returns every trained trial's result: pruned ones marked with :data:`PRUNED`."""
+def halving_steps(h: Halving, epochs: Mapping[str, int], log: list[str] | None = None,
+                  at: Sequence[int] | None = None, prefix: str = "") -> HalvingSteps:
+    """Successive halving over ``epochs``' trials as a generator: each ``yield`` is one
+    training (a rung: the trials still in, to the rung epoch; last, the survivors, to their
+    end), answered with its results; the ranking between trainings is
+    :func:`successive_halving`'s. :func:`run_brackets` drives several brackets' generators
+    together, so one call trains a round of every bracket."""
     lower = h.lower_is_better()
     alive = list(epochs)
     out: dict[str, CellResult] = {}
     for e in (rungs(h, max(epochs.values(), default=0)) if at is None else at):
         if len(alive) <= 1:
             break
-        got = train(list(alive), e)
+        got = yield dict.fromkeys(alive, e)
         going = []
         for cid in alive:
             r = got.get(cid)
@@ -708,8 +710,51 @@ def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
                        f"{max(0, len(going) - keep)} pruned")
         alive = order[:keep]
     if alive:
-        out.update(train(list(alive), None))
+        got = yield dict.fromkeys(alive)
+        out.update({cid: got[cid] for cid in alive if cid in got})
     return out
+
+
+def successive_halving(h: Halving, epochs: Mapping[str, int], train: TrainTo,
+                       log: list[str] | None = None, at: Sequence[int] | None = None,
+                       prefix: str = "") -> dict[str, CellResult]:
+    """Successive halving over ALL of a search's trials, whichever stacked groups they train
+    in, without checkpoints: at each rung ``e`` the trials still in are trained from scratch to
+    epoch ``e`` (``train`` stacks them where it can), those that run past ``e`` are ranked
+    together on ``h.metric`` at epoch ``e``, the best ``1/eta`` (at least one) go on and the
+    rest are pruned at ``e`` with their curve so far. Training is deterministic given the seed,
+    so a survivor's final curve is by construction the curve it has unpruned; the cost is the
+    sum over rungs of (trials in) x (rung epochs), not a full run per trial.
+
+    ``epochs`` maps each trial id to its own epoch count (a trial that ends at or before a
+    rung is finished there, not ranked). ``at``: the rung epochs (default: :func:`rungs` to
+    the largest count; a Hyperband bracket passes its own); ``prefix`` starts each log line.
+    Returns every trained trial's result: pruned ones marked with :data:`PRUNED`."""
+    return _drive([halving_steps(h, epochs, log, at, prefix)], train)[0]
+
+
+def _drive(brackets: Sequence[HalvingSteps], train: TrainTo) -> list[dict[str, CellResult]]:
+    """Run the brackets' halving steps in rounds: each round, what every bracket still
+    wants trained goes to ``train`` in ONE call (their trials are disjoint), and each bracket
+    is sent its own trials' results. Returns each bracket's final results, in order."""
+    done: list[dict[str, CellResult]] = [{} for _ in brackets]
+    asks: dict[int, dict[str, int | None]] = {}
+
+    def advance(i: int, answer: Mapping[str, CellResult] | None) -> None:
+        try:
+            asks[i] = next(brackets[i]) if answer is None else brackets[i].send(answer)
+        except StopIteration as stop:
+            asks.pop(i, None)
+            done[i] = stop.value
+
+    for i in range(len(brackets)):
+        advance(i, None)
+    while asks:
+        targets = {cid: e for i in sorted(asks) for cid, e in asks[i].items()}
+        got = train(targets)
+        for i, want in sorted(asks.items()):
+            advance(i, {cid: got[cid] for cid in want if cid in got})
+    return done
 
 
 @attrs.frozen
@@ -767,19 +812,24 @@ def search_brackets(exp: Any) -> list[Bracket]:
 
 def run_brackets(h: Halving, epochs: Mapping[str, int], train: TrainTo,
                  log: list[str] | None = None) -> dict[str, CellResult]:
-    """Hyperband: :func:`successive_halving` in each bracket of :func:`plan_brackets`, one
-    bracket after the other (each bracket's population trains stacked where it can). With
-    one bracket this is exactly :func:`successive_halving` over all the trials. Returns every
-    trial's result, pruned ones marked."""
+    """Hyperband: :func:`successive_halving` in each bracket of :func:`plan_brackets`, the
+    brackets advancing together: at each round the trainings of every bracket with one left
+    (a rung, or its survivors to the end) go to ``train`` in one call, so trials that share
+    an architecture stack across brackets, each stopping at its own bracket's epoch. The
+    ranking stays per bracket, exactly as when the brackets ran one after the other; the log
+    lists the brackets in order. With one bracket this is :func:`successive_halving` over all
+    the trials. Returns every trial's result, pruned ones marked."""
     plan = plan_brackets(h, epochs)
+    logs: list[list[str]] = [[] for _ in plan]
+    steps = [halving_steps(h, {c: epochs[c] for c in b.trials}, logs[b.index],
+                           b.rungs if len(plan) > 1 else None,
+                           f"bracket {b.index}: " if len(plan) > 1 else "")
+             for b in plan]
     out: dict[str, CellResult] = {}
-    for b in plan:
-        own = {c: epochs[c] for c in b.trials}
-        if len(plan) == 1:
-            out.update(successive_halving(h, own, train, log))
-            continue
-        out.update(successive_halving(h, own, train, log, at=b.rungs,
-                                      prefix=f"bracket {b.index}: "))
+    for got in _drive(steps, train):
+        out.update(got)
+    if log is not None:
+        log.extend(line for lines in logs for line in lines)
     return out
 
 

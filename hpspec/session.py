@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from hpspec.vocabulary import CacheMode, HolmScope, InconclusiveAs, TableStyle
 
 if TYPE_CHECKING:
     from hpspec.distributed import Payload
-    from hpspec.ray_backend import RayAnswer
+    from hpspec.ray_backend import RayAnswer, RayJob
 
 # ------------------------------------------------------------------------------------- state
 
@@ -80,6 +80,12 @@ class Session:
     ray_jobs: dict[tuple[str, str], int] = attrs.field(factory=dict)
     ray_refs: list[Any] = attrs.field(factory=list)
     ray_answers: dict[int, RayAnswer] = attrs.field(factory=dict)
+    #: What a halving search's rung tasks need (sent when it runs, not up front): the
+    #: directory paths are sent relative to, and --hpspec-ray-gpus.
+    ray_root: Path | None = None
+    ray_gpus: Any = 0
+    #: Ray tasks a halving search sent so far, by experiment (for its note).
+    ray_rung_tasks: dict[str, int] = attrs.field(factory=dict)
     confidence: float = 0.95
     inconclusive: InconclusiveAs = "fail"
     holm: HolmScope = "off"
@@ -299,10 +305,10 @@ class Session:
         directory paths are sent relative to)."""
         from hpspec.engine.runner import stackable_cells
         from hpspec.plan import timing_claim
-        from hpspec.ray_backend import RayJob, connect, submit
-        from hpspec.spec import PROFILES
+        from hpspec.ray_backend import connect, submit
 
         self.ray = connect(address, root, cpus)
+        self.ray_root, self.ray_gpus = root, gpus
         jobs: list[RayJob] = []
         for key, wanted in self.wanted.items():
             exp = self.experiments[key]
@@ -311,6 +317,11 @@ class Session:
                 self.note(key, "--hpspec-ray: an Optuna search runs in this process (each "
                           "batch's values depend on the results before it)")
                 continue
+            if (exp.search is not None and exp.search.halving is not None
+                    and exp.mode == "recipe"):
+                # the ranking needs every trial's rung: the halving loop runs here and sends
+                # each rung's trials as Ray tasks when it gets to them (_train_on_ray)
+                continue
             cells = [c for c in exp.cells if c.id in wanted and not (
                 self.cache == "use" and len(self.cached_seeds(exp, c, exp.seeds)) == len(
                     exp.seeds))]
@@ -318,21 +329,66 @@ class Session:
                      and timing_claim(exp) is None and exp.timeout is None
                      and self.timeout is None and not self.inference)
             buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
-            path, attr = self.attrs_of[key]
-            try:
-                rel = os.path.relpath(path, root)
-            except ValueError:
-                rel = path
             for bucket in buckets:
                 for c in bucket:
                     self.ray_jobs[(key, c.id)] = len(jobs)
-                jobs.append(RayJob(path, rel, attr, tuple(c.id for c in bucket), None,
-                                   self.device_option,
-                                   {"stack": stack, "full_curves": self.full_curves,
-                                    "timeout": self.timeout, "profile": self.profile,
-                                    "profiles": dict(PROFILES)}))
+                jobs.append(self._ray_job(key, bucket, stack, {}))
         self.ray_refs = submit(self.ray, jobs, gpus,
                                retries=1)
+
+    def _ray_job(self, key: str, cells: list[Cell], stack: bool,
+                 stops: Mapping[str, int | None]) -> RayJob:
+        """One Ray task's job: ``cells`` of experiment ``key`` (one stack, or one cell), each
+        stopped after its ``stops`` epoch when it has one (a halving rung)."""
+        from hpspec.ray_backend import RayJob
+        from hpspec.spec import PROFILES
+
+        path, attr = self.attrs_of[key]
+        try:
+            rel = os.path.relpath(path, self.ray_root or ".")
+        except ValueError:
+            rel = path
+        options: dict[str, Any] = {"stack": stack, "full_curves": self.full_curves,
+                                   "timeout": self.timeout, "profile": self.profile,
+                                   "profiles": dict(PROFILES)}
+        if any(stops.get(c.id) is not None for c in cells):
+            options["stops"] = {c.id: stops[c.id] for c in cells if stops.get(c.id)}
+        return RayJob(path, rel, attr, tuple(c.id for c in cells), None, self.device_option,
+                      options)
+
+    def _train_on_ray(self, key: str, exp: Experiment, cells: list[Cell],
+                      stops: Mapping[str, int | None]) -> dict[str, CellResult]:
+        """A halving search's training (a rung, or a round of every Hyperband bracket) under
+        --hpspec-ray: one Ray task per stack of ``cells``, all sent at once, waited for here,
+        where the ranking runs. The tasks train as this process would (the same stacked
+        engine and stop epochs), so the search prunes the trials a serial run prunes. A
+        trial whose task failed is left out of the ranking, as a trial that cannot train."""
+        from hpspec.engine.runner import stackable_cells
+        from hpspec.ray_backend import collect, submit
+
+        stack = self._stacks_trials(exp)
+        buckets = stackable_cells(exp, cells) if stack else [[c] for c in cells]
+        jobs = [self._ray_job(key, bucket, stack, stops) for bucket in buckets]
+        refs = submit(self.ray, jobs, self.ray_gpus, retries=1)
+        got: dict[str, CellResult] = {}
+        for job, ref in zip(jobs, refs, strict=True):
+            try:
+                answer = collect(self.ray, ref, f"{exp.where}[{job.cell_ids[0]}]")
+            except CellError as e:
+                self.note(key, f"halving: {len(job.cell_ids)} trial(s) lost with their Ray "
+                          f"task, left out of the ranking ({e})")
+                continue
+            got.update(answer.results)
+            for cid in answer.errors:
+                self.note(key, f"halving: {cid} could not train (on Ray); left out of the "
+                          "ranking")
+        self.ray_rung_tasks[key] = self.ray_rung_tasks.get(key, 0) + len(jobs)
+        lines = self.notes.setdefault(key, [])
+        lines[:] = [line for line in lines if not line.startswith("--hpspec-ray: halving")]
+        self.note(key, f"--hpspec-ray: halving ranks the trials in this process; each rung's "
+                  f"trials trained as Ray tasks ({self.ray_rung_tasks[key]} task(s), "
+                  f"{'one per stack' if stack else 'one per trial'})")
+        return got
 
     def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,
                         patience: float = 30.0) -> None:
@@ -554,7 +610,7 @@ class Session:
         cached is served from the cache at any rung it reached; the final results are stored
         and saved."""
         __tracebackhide__ = True
-        from hpspec.search import cut, run_brackets, search_brackets
+        from hpspec.search import run_brackets, search_brackets
 
         cells = {c.id: c for c in exp.cells}
         self.stack_tried.update((key, cid) for cid in cells)
@@ -572,16 +628,10 @@ class Session:
             def report(epoch: int, epochs: int, loss: float) -> None:
                 progress(1, 1, epoch, epochs, loss)
 
-        def train(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
+        def train(targets: Mapping[str, int | None]) -> dict[str, CellResult]:
             # the one trainer of search trials (hp.optuna's too): budget, inference and
-            # stacking as a grid cell has them
-            got = {cid: cached[cid] for cid in ids
-                   if cid in cached and _serves(cached[cid], stop_at)}
-            got.update(self._train_trials(key, exp, [cells[cid] for cid in ids if cid not in got],
-                                          stop_at, report))
-            if stop_at is not None:  # a rung's result: cut to the rung, whatever served it
-                got = {cid: cut(r, stop_at) for cid, r in got.items()}
-            return got
+            # stacking as a grid cell has them; a round of every Hyperband bracket at once
+            return self._train_to(key, exp, cells, cached, targets, report)
 
         log: list[str] = []
         halving = exp.search.halving
@@ -596,10 +646,12 @@ class Session:
             self._store(key, cells[cid], result)
         trained = len([c for c in results if c not in cached])
         plan = search_brackets(exp)
+        how = ("one by one" if not stack else "stacked per rung" if len(plan) == 1
+               else "stacked per round, the brackets together")
         self.note(key, f"{halving.name()} over all {len(cells)} trials"
                   + (f" in {len(plan)} brackets" if len(plan) > 1 else "")
                   + f" ({len(cached)} served from the cache, {trained} trained"
-                  + (f"; {'stacked per rung' if stack else 'one by one'})" if trained else ")"))
+                  + (f"; {how})" if trained else ")"))
         if len(plan) > 1:  # which trial is in which bracket: the summary says it, under -n too
             labels = {cid: c.label or cid for cid, c in cells.items()}
             for b in plan:
@@ -636,7 +688,7 @@ class Session:
         comes, under the trial's values."""
         __tracebackhide__ = True
         from hpspec.optuna_search import run_asked
-        from hpspec.search import asked_outcome, cut, successive_halving
+        from hpspec.search import asked_outcome, successive_halving
 
         s = exp.search
         self.stack_tried.update((key, c.id) for c in exp.cells)
@@ -661,16 +713,10 @@ class Session:
             if s.halving is None:
                 got = dict(cached)
                 got.update(self._train_trials(key, exp, [c for c in cells if c.id not in cached],
-                                              None, report))
+                                              {}, report))
             else:
-                def to(ids: list[str], stop_at: int | None) -> dict[str, CellResult]:
-                    out = {cid: cached[cid] for cid in ids
-                           if cid in cached and _serves(cached[cid], stop_at)}
-                    out.update(self._train_trials(
-                        key, exp, [by_id[cid] for cid in ids if cid not in out], stop_at,
-                        report))
-                    return ({cid: cut(r, stop_at) for cid, r in out.items()}
-                            if stop_at is not None else out)
+                def to(targets: Mapping[str, int | None]) -> dict[str, CellResult]:
+                    return self._train_to(key, exp, by_id, cached, targets, report)
 
                 log: list[str] = []
                 got = successive_halving(s.halving, {c.id: exp.epochs_for(c) for c in cells},
@@ -727,23 +773,40 @@ class Session:
         return (self.stack and exp.stack and exp.mode == "recipe" and not self.inference
                 and exp.timeout is None and self.timeout is None and timing_claim(exp) is None)
 
-    def _train_trials(self, key: str, exp: Experiment, cells: list[Cell], stop_at: int | None,
-                      report: Any) -> dict[str, CellResult]:
-        """Train ``cells`` from scratch, stopped after ``stop_at`` epochs (None: their own
-        count): stacked by batch size where they can be, else one by one. A trial that cannot
-        train is left out (its own item trains it again and reports the error)."""
+    def _train_to(self, key: str, exp: Experiment, cells: Mapping[str, Cell],
+                  cached: Mapping[str, CellResult], targets: Mapping[str, int | None],
+                  report: Any) -> dict[str, CellResult]:
+        """A halving search's :data:`~hpspec.search.TrainTo`: each trial of ``targets`` to its
+        own target epoch (None: its end), served from ``cached`` where that reaches the
+        target, the rest trained in one :meth:`_train_trials` call; each result cut to its
+        target, whatever served it."""
+        from hpspec.search import cut
+
+        got = {cid: cached[cid] for cid, stop in targets.items()
+               if cid in cached and _serves(cached[cid], stop)}
+        got.update(self._train_trials(key, exp, [cells[cid] for cid in targets
+                                                 if cid not in got], targets, report))
+        out = {}
+        for cid, r in got.items():
+            stop = targets[cid]
+            out[cid] = r if stop is None else cut(r, stop)
+        return out
+
+    def _train_trials(self, key: str, exp: Experiment, cells: list[Cell],
+                      stops: Mapping[str, int | None], report: Any) -> dict[str, CellResult]:
+        """Train ``cells`` from scratch, each stopped after its own ``stops`` epoch (None or
+        absent: its own count), in one go: stacked by batch size where they can be (members
+        with different stops share a run, each leaving at its own), else one by one. A trial
+        that cannot train is left out (its own item trains it again and reports the
+        error)."""
         from hpspec.engine.runner import run_cell, run_stacked, stackable_cells
-        from hpspec.plan import stacked_note, stop_rule
+        from hpspec.plan import stacked_note, stop_after, stop_rule
         from hpspec.search import trial_name
 
-        def rule(c: Cell) -> Any:
-            own = stop_rule(exp, c.as_dict(), self.full_curves)
-            if stop_at is None:
-                return own
-            return lambda curves: (len(curves.get("train_loss", ())) >= stop_at
-                                   or (own is not None and own(curves)))
-
-        rules = {c.id: rule(c) for c in cells}
+        if cells and self.ray is not None and not getattr(exp.search, "asked", False):
+            return self._train_on_ray(key, exp, cells, stops)
+        rules = {c.id: stop_after(stop_rule(exp, c.as_dict(), self.full_curves),
+                                  stops.get(c.id)) for c in cells}
         got: dict[str, CellResult] = {}
         if cells and self._stacks_trials(exp):
             trained: list[StackGroup] = []

@@ -99,3 +99,35 @@ def test_a_local_cluster_is_reachable_only_with_its_token(tmp_path):
     assert not report["dashboard"]
     exposed = [x for x in report["listeners"] if x[1] not in ("127.0.0.1", "::1")]
     assert not exposed or report["token"], exposed
+
+
+@pytest.mark.slow
+def test_a_halving_search_on_ray_prunes_as_serially(pytester, monkeypatch):
+    """Under --hpspec-ray a halving (and a Hyperband) search ranks its trials in the
+    controller and sends each rung's trials as Ray tasks: the same trials pruned at the same
+    epochs as a serial run, the same seeds trained as often, the same outcomes and curves
+    (within float tolerance: a Ray worker may run other torch threads), and the summary
+    says where it ran."""
+    from scenarios import SEARCH
+
+    pytester.makepyfile(exp_search=SEARCH)
+    runs = {}
+    for name, args in (("serial", ()), ("ray", ("--hpspec-ray=local", "--hpspec-ray-cpus=2"))):
+        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
+        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
+                                               f"--hpspec-json={name}.json", timeout=300)
+        result.assert_outcomes(passed=13)
+        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+        pruned = {(e["name"], c["cell_id"]): c["result"]["seeds"][0]["measurements"].get(
+            "pruned_at_epoch") for e in doc["experiments"] for c in e["cells"]}
+        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
+        runs[name] = calls, outcomes, pruned, result.stdout.str()
+    calls, outcomes, pruned, _ = runs["serial"]
+    assert sum(v is not None for v in pruned.values()) == 7  # both searches pruned
+    assert runs["ray"][2] == pruned
+    assert runs["ray"][0] == calls  # no trial trained fully behind the search's back
+    assert_same_runs(outcomes, runs["ray"][1])
+    out = runs["ray"][3]
+    assert "--hpspec-ray: halving ranks the trials in this process; each rung's trials " \
+           "trained as Ray tasks" in out
+    assert "Hyperband bracket 0: 2 trial(s) t00..t01, ranked at epochs 1, 2" in out

@@ -136,10 +136,11 @@ def test_successive_halving_ranks_all_trials_together_with_a_fake_trainer():
     epochs["a"] = 2  # ends at the first rung: finished, never ranked
     calls = []
 
-    def train(ids, stop_at):
-        calls.append((tuple(ids), stop_at))
+    def train(targets):
+        (stop_at,) = set(targets.values())  # one bracket: one target per call
+        calls.append((tuple(targets), stop_at))
         n = stop_at or 8
-        return {c: _result(c, {}, [full[c][:min(n, epochs[c])]]) for c in ids}
+        return {c: _result(c, {}, [full[c][:min(n, epochs[c])]]) for c in targets}
 
     log = []
     out = successive_halving(hp.halving(min_epochs=2, eta=2, metric="val_acc"),
@@ -298,9 +299,9 @@ def test_hyperband_keeps_a_slow_starter_that_halving_prunes_and_found_takes_the_
     epochs = dict.fromkeys(full, 9)
     calls = []
 
-    def train(ids, stop_at):
-        calls.append((tuple(ids), stop_at))
-        return {c: _result(c, {}, [full[c][:stop_at or 9]]) for c in ids}
+    def train(targets):
+        calls.append(dict(targets))
+        return {c: _result(c, {}, [full[c][:stop or 9]]) for c, stop in targets.items()}
 
     h = hp.hyperband(min_epochs=1, eta=3, metric="val_acc")
     plan = plan_brackets(h, epochs)
@@ -312,8 +313,9 @@ def test_hyperband_keeps_a_slow_starter_that_halving_prunes_and_found_takes_the_
     # bracket 0 ranks a..d at epoch 1 (keeps 1) and stops; bracket 1 ranks e, f at epoch 3
     assert {c: pruned_at(r) for c, r in out.items() if pruned_at(r)} == {
         "a": 1, "b": 1, "c": 1, "e": 3}
-    assert calls == [(tuple("abcd"), 1), (("d",), None), (("e", "f"), 3), (("f",), None),
-                     (("g", "h"), None)]
+    # the brackets advance together: one call per round, each trial to its own target
+    assert calls == [{**dict.fromkeys("abcd", 1), **dict.fromkeys("ef", 3),
+                      **dict.fromkeys("gh")}, {"d": None, "f": None}]
     assert log[0].startswith("bracket 0: halving at epoch 1: 4 trial(s) ranked on val_acc")
     assert log[1].startswith("bracket 1: halving at epoch 3: 2 trial(s)")
     # plain successive halving over the same trials prunes h at epoch 1
@@ -524,3 +526,170 @@ def test_search_table_says_only_the_counts_that_are_not_zero():
     assert "  ... 2 pruned in all" in text and "not shown" not in text
     text = search_table(exp, {k: v for k, v in results.items() if pruned_at(v) is None}, top=1)
     assert "  ... 1 more trial(s) not shown" in text and "pruned in all" not in text
+
+
+# ------------------------------------------------------- brackets advancing together (rounds)
+
+
+def _old_successive_halving(h, epochs, train, log=None, at=None, prefix=""):
+    """The sequential implementation before the brackets advanced together, kept verbatim
+    (with its old trainer shape, ``train(ids, stop_at)``) as the reference."""
+    from hpspec.search import _rung_score, mark_pruned
+
+    lower = h.lower_is_better()
+    alive = list(epochs)
+    out = {}
+    for e in (rungs(h, max(epochs.values(), default=0)) if at is None else at):
+        if len(alive) <= 1:
+            break
+        got = train(list(alive), e)
+        going = []
+        for cid in alive:
+            r = got.get(cid)
+            if r is None:
+                continue
+            if epochs[cid] <= e or any(s.diverged is not None for s in r.seeds):
+                out[cid] = r
+            else:
+                going.append(cid)
+        keep = max(1, len(going) // h.eta)
+        order = sorted(going, key=lambda c: (_rung_score(got[c], h.metric, e, lower), c))
+        for cid in order[keep:]:
+            out[cid] = mark_pruned(got[cid], e)
+        if log is not None and going:
+            log.append(f"{prefix}halving at epoch {e}: {len(going)} trial(s) ranked on "
+                       f"{h.metric} across all groups, {min(keep, len(going))} kept, "
+                       f"{max(0, len(going) - keep)} pruned")
+        alive = order[:keep]
+    if alive:
+        out.update(train(list(alive), None))
+    return out
+
+
+def _old_run_brackets(h, epochs, train, log=None):
+    """The sequential Hyperband: one bracket after the other (the reference)."""
+    plan = plan_brackets(h, epochs)
+    out = {}
+    for b in plan:
+        own = {c: epochs[c] for c in b.trials}
+        if len(plan) == 1:
+            out.update(_old_successive_halving(h, own, train, log))
+            continue
+        out.update(_old_successive_halving(h, own, train, log, at=b.rungs,
+                                           prefix=f"bracket {b.index}: "))
+    return out
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_brackets_together_rank_and_prune_exactly_as_one_after_the_other(case):
+    """Pure, seeded: random curves (ties included), trials with fewer epochs, trials that
+    diverge, trials that fail to train, two seeds each, every eta/brackets/min_epochs mix.
+    Advancing the brackets together gives the sequential results exactly (every trial's
+    result, pruned epochs and curves) and the same log, in fewer trainer calls, each call
+    holding a round of every bracket with one left."""
+    import random as _random
+
+    from hpspec.results import Divergence
+
+    rng = _random.Random(case)
+    eta = rng.choice([2, 3, 4])
+    top = rng.choice([4, 6, 9, 12, 27])
+    h = hp.hyperband(min_epochs=rng.choice([1, 2]), eta=eta, metric=rng.choice(
+        ["val_acc", "val_loss"]), brackets=rng.choice([None, 1, 2]))
+    n = rng.randint(3, 30)
+    ids = [f"t{i:02d}" for i in range(n)]
+    epochs = {c: top if rng.random() < 0.8 else rng.randint(1, top) for c in ids}
+    if max(epochs.values()) <= h.min_epochs:
+        epochs[ids[0]] = top = max(top, h.min_epochs + 1)
+    curves = {c: [[round(rng.random(), 1) for _ in range(top)] for _ in range(2)] for c in ids}
+    blows = {c: rng.randint(1, top) for c in ids if rng.random() < 0.1}
+    fails = {c for c in ids if rng.random() < 0.05}
+
+    def one(c, stop):
+        n_ep = min(stop or epochs[c], epochs[c])
+        seeds = []
+        for s, curve in enumerate(curves[c]):
+            div = blows.get(c)
+            cut_at = min(n_ep, div) if div is not None else n_ep
+            seeds.append(SeedResult(
+                seed=s, curves={h.metric: curve[:cut_at]},
+                diverged=Divergence(div, 0, "nan") if div is not None and div <= n_ep
+                else None))
+        return CellResult("e", c, {}, "cpu", tuple(seeds))
+
+    old_calls = []
+
+    def old_train(ids_, stop_at):
+        old_calls.append(len(ids_))
+        return {c: one(c, stop_at) for c in ids_ if c not in fails}
+
+    new_calls = []
+
+    def new_train(targets):
+        new_calls.append(dict(targets))
+        return {c: one(c, stop) for c, stop in targets.items() if c not in fails}
+
+    old_log, new_log = [], []
+    old = _old_run_brackets(h, epochs, old_train, old_log)
+    new = run_brackets(h, epochs, new_train, new_log)
+    assert new == old
+    assert {c: pruned_at(r) for c, r in new.items()} == {
+        c: pruned_at(r) for c, r in old.items()}
+    assert new_log == old_log
+    # the same trainings, regrouped in rounds: every trial in the first call (each
+    # bracket's first rung, or its end), and with brackets fewer calls than one by one
+    assert sum(len(t) for t in new_calls) == sum(old_calls)
+    assert set(new_calls[0]) == set(epochs)
+    plan = plan_brackets(h, epochs)
+    assert len(new_calls) < len(old_calls) if len(plan) > 1 else len(new_calls) == len(
+        old_calls)
+
+
+def test_hyperband_through_the_session_equals_the_brackets_one_after_the_other(monkeypatch):
+    """Real training, 12 trials, 3 brackets, two batch sizes: the session's search with the
+    brackets together (one stacked run per round and batch size, members leaving at their
+    own bracket's epoch) prunes the same trials at the same epochs as the sequential
+    brackets, and every curve is the same."""
+    torch = pytest.importorskip("torch")
+    import hpspec.search as search_mod
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128]))
+    exp = build(hp.experiment(search=hp.random(
+        space, trials=12, seed=3, halving=hp.hyperband(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, seeds=2, data=hp.datasets.digits(n_train=300))(recipe))
+
+    def run(session):
+        session.result("k", exp, exp.cells[0])
+        return {c.id: session.results[("k", c.id)] for c in exp.cells}
+
+    together = session_with(exp, cache="off")
+    new = run(together)
+
+    def sequential(h, epochs, train, log=None):
+        def old_train(ids, stop_at):
+            return train(dict.fromkeys(ids, stop_at))
+        return _old_run_brackets(h, epochs, old_train, log)
+
+    monkeypatch.setattr(search_mod, "run_brackets", sequential)
+    one_by_one = session_with(exp, cache="off")
+    old = run(one_by_one)
+    stopped = {c: pruned_at(r) for c, r in new.items()}
+    assert stopped == {c: pruned_at(r) for c, r in old.items()}
+    assert sorted(set(stopped.values()), key=str) == [1, 2, None]  # pruned at both rungs
+    for c in new:
+        for a, b in zip(new[c].seeds, old[c].seeds, strict=True):
+            assert a.seed == b.seed and a.curves.keys() == b.curves.keys()
+            for k in a.curves:
+                assert list(a.curves[k]) == list(b.curves[k]), (c, k)
+    # the logs read the same, bracket by bracket; fewer stacked runs
+    keep = ("Hyperband", "bracket ")
+    assert [n for n in together.notes["k"] if n.startswith(keep)] == [
+        n for n in one_by_one.notes["k"] if n.startswith(keep)]
+    assert len(together.stacked_groups["k"]) < len(one_by_one.stacked_groups["k"])
+    assert any(n.startswith("Hyperband over all 12 trials in 3 brackets (0 served from the "
+                            "cache, 12 trained; stacked per round, the brackets together)")
+               for n in together.notes["k"])
