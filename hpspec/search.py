@@ -298,6 +298,14 @@ class Halving:
                             value=self.min_epochs,
                             fix=f"use min_epochs < {epochs} (e.g. {max(1, epochs // 4)}), or "
                             f"more epochs, or drop {self.name().split()[-1]}")
+        if self.brackets == 1 and trials < 2:
+            # halving ranks the trials against each other (hp.optuna: each asked batch, and
+            # a batch holds at most the trials): one trial is never pruned
+            raise SpecError("would never prune: halving ranks the trials against each other, "
+                            "and one trial has nothing to be ranked against", where=where,
+                            argument="search: trials", value=trials,
+                            fix="use trials >= 2 (e.g. trials=8) with halving=, or drop "
+                            "halving=")
         ladder = rungs(self, epochs)
         most = len(ladder) + 1
         if self.brackets is not None and self.brackets > most:
