@@ -36,19 +36,27 @@ PAYLOAD = "hpspec._payload"
 
 @attrs.frozen
 class ExpInfo:
-    """What the summary needs to know of an experiment: name, axes, time-to-target claims."""
+    """What the summary needs to know of an experiment: name, axes, time-to-target claims,
+    and for a search its sampler and trials (:func:`hpspec.search.search_info`; a worker sends
+    it with its first payload of the experiment only, see :meth:`without_search`)."""
 
     name: str
     axes: tuple[str, ...]
     targets: tuple[Reaches, ...] = ()
+    search: Mapping[str, Any] | None = attrs.field(default=None, eq=False)
+
+    def without_search(self) -> ExpInfo:
+        return attrs.evolve(self, search=None) if self.search is not None else self
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "axes": list(self.axes),
-                "targets": [attrs.asdict(t) for t in self.targets]}
+                "targets": [attrs.asdict(t) for t in self.targets],
+                **({"search": self.search} if self.search is not None else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExpInfo:
-        return cls(d["name"], tuple(d["axes"]), tuple(Reaches(**t) for t in d["targets"]))
+        return cls(d["name"], tuple(d["axes"]), tuple(Reaches(**t) for t in d["targets"]),
+                   d.get("search"))
 
 
 def _number_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -335,7 +335,7 @@ class CellItem(_HpspecItem):
                 from hpspec.distributed import cell_payload
 
                 self.user_properties.append((PAYLOAD, cell_payload(
-                    self.key, state.info[self.key], record, state.notes.get(self.key, []),
+                    self.key, state.payload_info(self.key), record, state.notes.get(self.key, []),
                     state.worker_environment())))
 
     def _run(self, state: Session, record: CellRecord) -> None:
@@ -470,7 +470,8 @@ class ClaimItem(_HpspecItem):
                           if self.claim.selects(c.as_dict())
                           and (self.key, c.id) in state.results}
                 self.user_properties.append((PAYLOAD, claim_payload(
-                    self.key, state.info[self.key], self.claim.slug(), verdict, judged)))
+                    self.key, state.payload_info(self.key), self.claim.slug(), verdict,
+                    judged)))
 
     def _run(self, state: Session) -> None:
         __tracebackhide__ = True

@@ -82,6 +82,8 @@ __all__ = [
     "importance",
     "search_table",
     "search_document",
+    "search_info",
+    "search_experiment",
     "PRUNED",
 ]
 
@@ -301,6 +303,14 @@ class Halving:
                             value=self.min_epochs,
                             fix=f"use min_epochs < {epochs} (e.g. {max(1, epochs // 4)}), or "
                             f"more epochs, or drop {self.name().split()[-1]}")
+        if self.brackets == 1 and trials < 2:
+            # halving ranks the trials against each other (hp.optuna: each asked batch, and
+            # a batch holds at most the trials): one trial is never pruned
+            raise SpecError("would never prune: halving ranks the trials against each other, "
+                            "and one trial has nothing to be ranked against", where=where,
+                            argument="search: trials", value=trials,
+                            fix="use trials >= 2 (e.g. trials=8) with halving=, or drop "
+                            "halving=")
         ladder = rungs(self, epochs)
         most = len(ladder) + 1
         if self.brackets is not None and self.brackets > most:
@@ -1193,6 +1203,53 @@ def search_document(exp: Any, results: Mapping[str, CellResult], top: int = 5) -
             **({"brackets": [{"rungs": list(b.rungs), "trials": list(b.trials)}
                              for b in search_brackets(exp)]}
                if s.halving is not None and s.halving.brackets != 1 else {})}
+
+
+def search_info(exp: Any) -> dict[str, Any]:
+    """What :func:`search_table` and :func:`search_document` read of a search experiment, as
+    plain data: the sampler, the epochs and the trials' cells. An xdist worker sends it to the
+    controller, which collects nothing, so that its summary shows the search table a serial run
+    shows (:func:`search_experiment` rebuilds the experiment)."""
+    s: Sampler = exp.search
+
+    def dim(d: Any) -> dict[str, Any]:
+        if isinstance(d, Dim):
+            return {"kind": d.kind, "low": d.low, "high": d.high, "values": list(d.values),
+                    "log": d.log}
+        return {"fixed": d}
+
+    return {"kind": s.kind, "space": [[k, dim(d)] for k, d in s.space.dims],
+            "trials": s.trials, "seed": s.seed,
+            "halving": attrs.asdict(s.halving) if s.halving is not None else None,
+            "metric": s.metric, "batch": s.batch, "epochs": exp.epochs,
+            "varying": list(exp.cells[0].varying) if exp.cells else [],
+            "cells": [[c.label, [[k, v] for k, v in c.params]] for c in exp.cells]}
+
+
+def search_experiment(name: str, info: Mapping[str, Any]) -> Any:
+    """The experiment :func:`search_info` describes, enough for the search's table and
+    document (no function, data or claims: it is never trained)."""
+    from hpspec.spec import Experiment
+
+    def dim(d: Mapping[str, Any]) -> Any:
+        if "fixed" in d:
+            return d["fixed"]
+        return Dim(d["kind"], d["low"], d["high"], tuple(d["values"]), d["log"])
+
+    h = info["halving"]
+    sampler = Sampler(info["kind"], Space(tuple((k, dim(d)) for k, d in info["space"])),
+                      info["trials"], info["seed"], Halving(**h) if h is not None else None,
+                      info["metric"], info["batch"])
+    varying = tuple(info["varying"])
+    cells = tuple(Cell(tuple((k, v) for k, v in params), varying, label)
+                  for label, params in info["cells"])
+    return Experiment(name=name, where=name, fn=_never_called, mode="recipe", cells=cells,
+                      axes=varying, fixed=(), epochs=info["epochs"], batch_size=None,
+                      seeds=(0,), data=None, claims=(), metrics=None, search=sampler)
+
+
+def _never_called(case: Any) -> Any:  # search_experiment's: its experiment never trains
+    raise AssertionError("a search rebuilt for its summary is never trained")
 
 
 # ------------------------------------------------------------------------- for the runners

@@ -122,6 +122,11 @@ class Session:
     #: hp.optuna searches that ran in this process: key -> why the search stopped (None: it
     #: asked every trial).
     asked_runs: dict[str, str | None] = attrs.field(factory=dict)
+    #: Worker under xdist: the searches whose ExpInfo went to the controller with the search.
+    search_sent: set[str] = attrs.field(factory=set)
+    #: Controller under xdist: each search experiment as a worker described it (for the
+    #: search table; hpspec.search.search_experiment).
+    searches: dict[str, Experiment] = attrs.field(factory=dict)
 
     def resolve_device(self) -> str:
         if self.device is None:
@@ -492,6 +497,28 @@ class Session:
             if env.get(k) is None:
                 env[k] = v
         return env
+
+    def payload_info(self, key: str) -> Any:
+        """On a worker: the experiment's :class:`~hpspec.distributed.ExpInfo` for a payload;
+        a search's first one in this process carries the search (the controller, which
+        collects nothing, shows its search table from it: :meth:`search_experiment`)."""
+        info = self.info[key]
+        exp = self.experiments.get(key)
+        if exp is None or exp.search is None or key in self.search_sent:
+            return info
+        from hpspec.search import search_info
+
+        self.search_sent.add(key)
+        return attrs.evolve(info, search=search_info(exp))
+
+    def search_experiment(self, key: str) -> Experiment | None:
+        """The search experiment of ``key`` for its table and document: the one collected
+        here, or on an xdist controller the one a worker's payload described; None when
+        ``key`` is no search."""
+        exp = self.experiments.get(key)
+        if exp is not None:
+            return exp if exp.search is not None else None
+        return self.searches.get(key)
 
     def worker_environment(self) -> dict[str, Any]:
         """On a worker: what the controller cannot know of the run's environment."""
@@ -994,7 +1021,11 @@ class Session:
         from hpspec.distributed import CellPayload, more_seeds
 
         key = p.key
-        self.info[key] = p.info
+        self.info[key] = p.info.without_search()
+        if p.info.search is not None and key not in self.searches:
+            from hpspec.search import search_experiment
+
+            self.searches[key] = search_experiment(p.info.name, p.info.search)
         if isinstance(p, CellPayload):
             if self.worker_env is None and p.environment:
                 self.worker_env = dict(p.environment)
@@ -1060,8 +1091,8 @@ class Session:
             if not ran:
                 continue
             info = self.info[key]
-            exp = self.experiments.get(key)
-            if exp is not None and exp.search is not None:
+            exp = self.search_experiment(key)
+            if exp is not None:
                 from hpspec.search import search_table
 
                 table = search_table(exp, {r.cell_id: r.result for r in ran
@@ -1094,8 +1125,8 @@ class Session:
 
         extras = {}
         for key, *_ in experiments:
-            exp = self.experiments.get(key)
-            if exp is not None and exp.search is not None:
+            exp = self.search_experiment(key)
+            if exp is not None:
                 got = {c.id: self.results[(key, c.id)] for c in exp.cells
                        if (key, c.id) in self.results}
                 extras[key] = {"search": search_document(exp, got)}

@@ -338,6 +338,13 @@ class RawSpec:
     """What ``@experiment(...)`` was given, unvalidated."""
 
     kwargs: Mapping[str, Any]
+    #: The order in which the ``@experiment(...)`` decorators were made (see ``_DECORATORS``).
+    made: int = 0
+
+
+#: Numbers each ``@experiment(...)`` decorator as it is made, to tell stacked decorators from a
+#: function declared again later.
+_DECORATORS = itertools.count(1)
 
 
 def unknown_keyword(unknown: Mapping[str, Any], known: Sequence[str], *, where: str,
@@ -409,9 +416,18 @@ def experiment(
     bare = len(positional) == 1 and inspect.isfunction(positional[0]) and not unknown
     if positional and not bare:
         kwargs["positional"] = positional
+    made = next(_DECORATORS)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__hpspec__ = RawSpec(kwargs)  # type: ignore[attr-defined]
+        inner: Any = getattr(fn, "__hpspec__", None)
+        # Stacked decorators (@hp.experiment(grid=a) over @hp.experiment(grid=b)): Python
+        # makes both decorators before the function and applies the inner one first, so the
+        # spec already there was made after this one. (A test re-declaring an already declared
+        # function, hp.experiment(...)(f), makes its decorator after the first: not this.)
+        # The bare @hp.experiment is made as it is applied: over a spec, always stacked.
+        twice = isinstance(inner, RawSpec) and (bare or inner.made > made)
+        fn.__hpspec__ = RawSpec(  # type: ignore[attr-defined]
+            {**kwargs, "twice": inner.kwargs} if twice else kwargs, made)
         return fn
 
     return decorate(positional[0]) if bare else decorate
@@ -561,6 +577,12 @@ def build(fn: Callable[..., Any]) -> Experiment:
     raw: RawSpec = fn.__hpspec__  # type: ignore[attr-defined]
     where = location(fn)
     kw = dict(raw.kwargs)
+    if kw.get("twice") is not None:
+        raise SpecError("is applied twice to this function (stacked decorators), and a "
+                        "function holds one experiment: the outer one would silently replace "
+                        "the inner one", where=where, argument="@hp.experiment",
+                        fix="decorate once; put both grids in one hp.grid (grids add: "
+                        "grid=hp.grid(...) + hp.grid(...)) or write two functions")
     if kw.get("positional"):
         first = kw["positional"][0]
         raise SpecError("is passed by position; @hp.experiment() takes keywords only",

@@ -13,6 +13,9 @@ LOC = "test_bad_specs.py::"
 
 
 def spec(**kwargs):
+    """``stacked_under=dict(...)``: a second @hp.experiment(...) under this one, as stacked
+    decorators apply (both made first, the inner one applied first)."""
+    inner_kwargs = kwargs.pop("stacked_under", None)
     kwargs.setdefault("epochs", 2)
     kwargs.setdefault("data", hp.datasets.digits())
     if "search" not in kwargs:
@@ -21,7 +24,10 @@ def spec(**kwargs):
     def bad_exp(case):
         return None
 
-    return hp.experiment(**kwargs)(bad_exp)
+    outer = hp.experiment(**kwargs)
+    if inner_kwargs is not None:
+        return outer(hp.experiment(**inner_kwargs)(bad_exp))
+    return outer(bad_exp)
 
 
 CASES = [
@@ -267,6 +273,14 @@ CASES = [
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
                            halving=hp.hyperband(min_epochs=1, eta=3))),
      "search: trials = 1 is fewer than the 2 Hyperband brackets", "trials >= 2"),
+    ("halving with one trial",
+     dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
+                           halving=hp.halving(min_epochs=1, eta=2))),
+     "search: trials = 1 would never prune", "use trials >= 2"),
+    ("sobol halving with one trial",
+     dict(search=hp.sobol(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
+                          halving=hp.halving(min_epochs=1, eta=2))),
+     "search: trials = 1 would never prune", "use trials >= 2"),
     ("found in a grid experiment",
      dict(claims=[hp.found(hp.metric("val_acc").final() > 0.5)]),
      "claims[0] = 'the best configuration found", "add search=hp.random("),
@@ -288,6 +302,14 @@ CASES = [
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=4, batch=1,
                            halving=hp.halving(min_epochs=1, eta=2))),
      "search: batch = 1 would never prune", "batch=4"),
+    ("optuna halving with one trial",
+     dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1,
+                           halving=hp.halving(min_epochs=1, eta=2))),
+     "search: trials = 1 would never prune", "use trials >= 2"),
+    ("optuna random sampler halving with one trial",
+     dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=1, sampler="random",
+                           halving=hp.halving(min_epochs=1, eta=2))),
+     "search: trials = 1 would never prune", "use trials >= 2"),
     ("optuna zero trials",
      dict(search=hp.optuna(hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=0)),
      "search: trials = 0", "trials=16"),
@@ -338,6 +360,10 @@ CASES = [
     ("search without trials",
      dict(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)))),
      "trials = None must be a whole number", "trials="),
+    ("experiment decorated twice",
+     dict(stacked_under=dict(grid=hp.grid(lr=[0.3]), epochs=2, data=hp.datasets.digits())),
+     "@hp.experiment: is applied twice to this function",
+     "decorate once; put both grids in one hp.grid"),
     ("search space value a list",
      dict(search=hp.random(hp.space(lr=[0.1, 0.3]), trials=4)),
      "space['lr'] = [0.1, 0.3] is neither a dimension", "hp.choice([0.1, 0.3])"),
@@ -381,3 +407,43 @@ def test_epochs_and_batch_size_are_allowed_axes_and_the_case_returns_the_cell_va
         case = Case(cell.as_dict(), seed=0, device="cpu", epochs=exp.epochs_for(cell),
                     batch_size=exp.batch_size_for(cell))
         assert case.epochs == cell.get("epochs") and case.batch_size == cell.get("batch_size")
+
+
+def test_stacked_decorators_are_a_spec_error_and_declaring_again_later_is_not():
+    data = hp.datasets.digits()
+
+    @hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, data=data)
+    @hp.experiment(grid=hp.grid(lr=[0.3]), epochs=1, data=data)
+    def stacked(case):
+        return None
+
+    @hp.experiment
+    @hp.experiment(grid=hp.grid(lr=[0.3]), epochs=1, data=data)
+    def bare_over(case):
+        return None
+
+    @hp.experiment(grid=hp.grid(lr=[0.3]), epochs=1, data=data)
+    @hp.experiment
+    def bare_under(case):
+        return None
+
+    for fn in (stacked, bare_over, bare_under):
+        with pytest.raises(hp.SpecError, match=r"::.*" + fn.__name__ + r": @hp.experiment: is "
+                           r"applied twice.*fix: decorate once; put both grids in one hp.grid"
+                           r".* or write two functions"):
+            build(fn)
+
+    # One decorator applied to two functions, and a function declared again later (as tests
+    # do): each function holds the last spec, no error.
+    once = hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, data=data)
+
+    def f(case):
+        return None
+
+    def g(case):
+        return None
+
+    assert build(once(f)).cells[0].as_dict() == {"lr": 0.1}
+    assert build(once(g)).cells[0].as_dict() == {"lr": 0.1}
+    again = hp.experiment(grid=hp.grid(lr=[0.5]), epochs=1, data=data)(f)
+    assert build(again).cells[0].as_dict() == {"lr": 0.5}

@@ -77,6 +77,82 @@ def test_a_recipe_that_reads_the_epoch_count_trains_apart_and_says_why():
     _equal_alone(exp, stacked)
 
 
+def _hooked(kind):
+    """A recipe that hooks into its training with code reading case.epochs (no setting shows
+    it): ``kind`` says where."""
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = nn.CrossEntropyLoss()
+        shrink = 1 - 0.2 / case.epochs
+
+        def decay(*_):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(shrink)
+
+        if kind == "step post hook":
+            opt.register_step_post_hook(decay)
+        elif kind == "step pre hook":
+            opt.register_step_pre_hook(decay)
+        elif kind == "replaced step":
+            step = opt.step
+
+            def stepped(closure=None):
+                out = step(closure)
+                decay()
+                return out
+
+            opt.step = stepped
+        elif kind == "gradient hook":
+            model[0].weight.register_hook(lambda g: g * shrink)
+        elif kind == "forward hook":
+            model.register_forward_hook(lambda m, a, out: out * shrink)
+        elif kind == "loss hook":
+            loss.register_forward_hook(lambda m, a, out: out * shrink)
+        return hp.Recipe(model, opt, loss=loss)
+
+    return recipe
+
+
+HOOKS = ["step post hook", "step pre hook", "replaced step", "gradient hook", "forward hook",
+         "loss hook"]
+
+
+@pytest.mark.parametrize("kind", HOOKS)
+def test_a_recipe_with_hooks_is_not_the_same_recipe_at_another_epoch_count(kind):
+    from hpspec.engine.runner import _epoch_bound
+
+    exp = build(hp.experiment(grid=hp.grid(epochs=[2, 4]), seeds=1, batch_size=32,
+                              data=DATA)(_hooked(kind)))
+    why = _epoch_bound(exp, exp.cells[0], 0, "cpu", DATA.load(), 4)
+    assert why is not None and why.startswith("it has hooks: its "), why
+
+
+def _session_like(exp):
+    """Each cell's result as the session trains it: stacked where it can, else one by one."""
+    stacked, why = run_stacked(exp, list(exp.cells), "cpu")
+    return {c.id: stacked.get(c.id) or run_cell(exp, c, "cpu") for c in exp.cells}, why
+
+
+@pytest.mark.parametrize("kind", ["step post hook", "loss hook"])
+def test_cells_with_an_epoch_dependent_hook_train_apart_and_equal_separate_runs(kind):
+    recipe = _hooked(kind)
+    exp = build(hp.experiment(grid=hp.grid(epochs=[2, 4]), seeds=1, batch_size=32,
+                              data=DATA)(recipe))
+    got, why = _session_like(exp)
+    assert set(why) == {"epochs=2", "epochs=4"}, why  # each trained one by one, saying why
+    assert all("hooks" in w for w in why.values()), why
+    for epochs in (2, 4):
+        alone = build(hp.experiment(grid=hp.grid(epochs=[epochs]), seeds=1, batch_size=32,
+                                    data=DATA)(recipe))
+        separate = run_cell(alone, alone.cells[0], "cpu")
+        _close(separate.seeds[0].curves, got[f"epochs={epochs}"].seeds[0].curves)
+    # the hook's behaviour depends on case.epochs: a shared run's prefix would differ
+    short, long_ = (got[f"epochs={e}"].seeds[0].curves["train_loss"] for e in (2, 4))
+    assert short != long_[:2]
+
+
 def test_mixed_activations_share_one_stack_on_both_gradient_paths():
     # relu/tanh/sigmoid: hand-written gradients; with gelu: autograd
     for acts in (["relu", "tanh", "sigmoid"], ["relu", "gelu"]):

@@ -369,3 +369,92 @@ def test_an_optuna_search_runs_once_with_two_workers_and_as_serially(pytester, m
     assert runs["par"][0] == calls  # each trial's seed trained once, with the same values
     assert_same_runs(outcomes, runs["par"][1])
     assert runs["par"][2] == params and all("lr" in p for p in params.values())
+
+
+def _search_tables(out: str) -> dict[str, str]:
+    """Each experiment's search table in a run's summary (from its "search:" line to its
+    importance line), by experiment key."""
+    import re
+
+    parts = re.split(r"^-+ hpspec: (\S+) -+$", out, flags=re.M)
+    tables = {}
+    for key, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = body.splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("search: ")), None)
+        if start is None:
+            continue
+        end = next(i for i in range(start + 1, len(lines))
+                   if not lines[i].startswith("  ") or lines[i].startswith("  stacked:"))
+        tables[key] = "\n".join(lines[start:end])
+    return tables
+
+
+@pytest.mark.slow
+def test_the_controller_shows_a_search_table_as_a_serial_run_does(pytester, monkeypatch):
+    # The controller collects nothing: it showed a search as a plain grid table (and its JSON
+    # had no search summary) until the workers sent what the search table reads.
+    pytest.importorskip("optuna")
+    pytester.makepyfile(exp_search=SEARCH, exp_asked=OPTUNA_SEARCH)
+    monkeypatch.setenv("TMPDIR", str(pytester.mkdir("tmp")))
+    tables, searches = {}, {}
+    for name, args in (("serial", ()), ("par", ("-n", "2"))):
+        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
+        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
+                                               f"--hpspec-json={name}.json")
+        result.assert_outcomes(passed=19)
+        tables[name] = _search_tables(result.stdout.str())
+        _, doc = _outcomes(pytester.path / f"{name}.json")
+        searches[name] = {e["key"]: e.get("search") for e in doc["experiments"]}
+    serial = tables["serial"]
+    assert set(serial) == {"exp_search.py::halved", "exp_search.py::banded",
+                           "exp_asked.py::asked"}, serial
+    assert "pruned in all" in serial["exp_search.py::halved"]
+    assert "bracket 2: 2 trial(s) t04..t05, never pruned" in serial["exp_search.py::banded"]
+    assert "asked 3 at a time" in serial["exp_asked.py::asked"]
+    assert tables["par"] == serial
+    assert all(searches["serial"].values()) and searches["par"] == searches["serial"]
+
+
+def test_a_worker_sends_a_search_once_and_the_controller_rebuilds_its_table():
+    # (quick: no workers) what the controller's search table is made from, round-tripped
+    # through the payload's JSON, gives the table and document of the collected experiment
+    import importlib.util
+
+    import hpspec as hp
+    from hpspec.distributed import CellPayload, cell_payload, read_payload
+    from hpspec.search import search_document, search_table
+    from hpspec.session import Session
+    from hpspec.spec import build
+
+    space = hp.space(lr=hp.loguniform(1e-3, 1.0), act=hp.choice(["relu", "tanh"]), hidden=16)
+    samplers = {
+        "banded": hp.random(space, trials=6, seed=2,
+                            halving=hp.hyperband(min_epochs=1, eta=2, metric="val_acc")),
+        "halved": hp.sobol(space, trials=5, halving=hp.halving(min_epochs=1, eta=2)),
+        "asked": hp.optuna(space, trials=4, sampler="random", metric="val_acc"),
+    }
+    if importlib.util.find_spec("optuna") is None:
+        del samplers["asked"]
+    for name, sampler in samplers.items():
+        def recipe(case):
+            return None
+
+        recipe.__name__ = recipe.__qualname__ = name
+        exp = build(hp.experiment(search=sampler, epochs=3,
+                                  data=hp.datasets.digits(n_train=100))(recipe))
+        key = f"exp_s.py::{name}"
+        worker = Session(device_option="cpu", table="auto", cache="off", worker="gw0")
+        worker.register(key, exp, "exp_s.py", name)
+        record = worker.records[key][exp.cells[0].id]
+        sent = [read_payload(cell_payload(key, worker.payload_info(key), record, []))
+                for _ in range(2)]
+        assert isinstance(sent[0], CellPayload) and sent[0].info.search is not None
+        assert sent[1].info.search is None  # once per worker process
+        controller = Session(device_option="cpu", table="auto", cache="off")
+        for p in sent:
+            controller.merge_payload(p)
+        rebuilt = controller.search_experiment(key)
+        assert rebuilt is not None and controller.info[key].search is None
+        assert search_table(rebuilt, {}) == search_table(exp, {}), name
+        assert search_document(rebuilt, {}) == search_document(exp, {}), name
+        assert [c.id for c in rebuilt.cells] == [c.id for c in exp.cells]

@@ -844,9 +844,15 @@ def stackable_cells(exp: Experiment, cells: list[Cell]) -> list[list[Cell]]:
 def _same_recipe(a: Recipe, b: Recipe) -> str | None:
     """How two builds of one cell's recipe (for two epoch counts, under one seed) differ, in
     words; None when they are the same training: initial weights and buffers, optimizer and
-    its settings, loss, no scheduler."""
+    its settings, loss, no scheduler and no hooks (a step, gradient or forward hook, or a
+    replaced ``opt.step``, is code that may read ``case.epochs`` where no setting shows it)."""
+    from hpspec.engine.stacked import hooks
+
     if a.scheduler is not None or b.scheduler is not None:
         return "it has a learning-rate scheduler"
+    hooked = hooks(a.model, a.optimizer, a.loss) or hooks(b.model, b.optimizer, b.loss)
+    if hooked is not None:
+        return f"it has hooks: {hooked}"
     if repr(a.model) != repr(b.model):
         return "its model differs"
     sa, sb = a.model.state_dict(), b.model.state_dict()

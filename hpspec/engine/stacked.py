@@ -136,12 +136,13 @@ def _loss_kind(loss: Any, task: str) -> str | None:
     return None
 
 
-def hooks(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
+def hooks(model: nn.Module, opt: torch.optim.Optimizer, loss: Any = None) -> str | None:
     """Why user code hooked into the training would be skipped by a stacked run (which
-    computes forward, backward and the update itself), or None when there is none: step hooks
-    on the optimizer (its own or torch's global ones), a ``step`` replaced on the instance (an
-    LR scheduler's own wrapper aside), gradient hooks on a parameter, forward or backward
-    hooks on a module (its own or torch's global ones)."""
+    computes forward, backward, the loss and the update itself), or None when there is none:
+    step hooks on the optimizer (its own or torch's global ones), a ``step`` replaced on the
+    instance (an LR scheduler's own wrapper aside), gradient hooks on a parameter, forward or
+    backward hooks on a module of the model or of the loss (their own or torch's global
+    ones)."""
     from torch.nn.modules import module as nn_module
 
     from hpspec.engine.compiler import replaced_step, step_hooks
@@ -161,6 +162,10 @@ def hooks(model: nn.Module, opt: torch.optim.Optimizer) -> str | None:
         if (mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks
                 or getattr(mod, "_backward_pre_hooks", None)):
             return f"its model has forward/backward hooks (on {name or 'the model'})"
+    if isinstance(loss, nn.Module) and any(
+            mod._forward_hooks or mod._forward_pre_hooks or mod._backward_hooks
+            or getattr(mod, "_backward_pre_hooks", None) for mod in loss.modules()):
+        return "its loss has forward/backward hooks"
     return None
 
 
@@ -173,7 +178,7 @@ def signature(m: Member, task: str, has_scheduler: bool) -> tuple[Any, ...] | st
     activations share the matrix products and each applies its own to its slice."""
     if has_scheduler or m.scheduler:
         return "a learning-rate scheduler is not stacked"
-    hooked = hooks(m.model, m.optimizer)
+    hooked = hooks(m.model, m.optimizer, m.loss)
     if hooked is not None:
         return hooked
     if not all(p.requires_grad for p in m.model.parameters()):
