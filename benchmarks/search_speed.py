@@ -345,6 +345,10 @@ def main() -> None:
                 ratios[f"{other['way']}/hpspec to {k}, misses past the budget"] = oa / xa
                 print(f"{other['way']} / hpspec CPU time to {k}: {o / x:.2f}x "
                       f"(a miss as past the budget: {oa / xa:.2f}x)")
+    # strict JSON: a median past the budget (inf) or a ratio of two (nan) is written as null
+    rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+             for k, v in r.items()} for r in rows]
+    ratios = {k: (v if math.isfinite(v) else None) for k, v in ratios.items()}
     Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows, "ratios": ratios,
                                         "runs": runs, "torch_threads": torch.get_num_threads(),
                                         "load_avg_at_end": os.getloadavg()},
