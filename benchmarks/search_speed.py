@@ -343,8 +343,9 @@ def main() -> None:
             if o and x:
                 ratios[f"{other['way']}/hpspec to {k}"] = o / x
                 ratios[f"{other['way']}/hpspec to {k}, misses past the budget"] = oa / xa
+                all_ = f"{oa / xa:.2f}x" if math.isfinite(oa / xa) else "never reached"
                 print(f"{other['way']} / hpspec CPU time to {k}: {o / x:.2f}x "
-                      f"(a miss as past the budget: {oa / xa:.2f}x)")
+                      f"(a miss as past the budget: {all_})")
     # strict JSON: a median past the budget (inf) or a ratio of two (nan) is written as null
     rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in r.items()} for r in rows]
