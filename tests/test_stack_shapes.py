@@ -129,6 +129,26 @@ def test_a_recipe_with_hooks_is_not_the_same_recipe_at_another_epoch_count(kind)
     assert why is not None and why.startswith("it has hooks: its "), why
 
 
+def test_whether_a_recipe_depends_on_the_epoch_count_is_asked_once_per_cell_and_seed():
+    """A halving search stacks the same cells again at every rung: the answer (two builds of
+    the recipe each) is remembered, not rebuilt."""
+    builds = []
+
+    def recipe(case):
+        builds.append(case.epochs)
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.05)
+
+    exp = build(hp.experiment(grid=hp.grid(epochs=[1, 2], lr=[0.1, 0.2]), seeds=1,
+                              batch_size=64, data=DATA)(recipe))
+    first, _ = run_stacked(exp, list(exp.cells), "cpu")
+    per_run = len(builds)
+    again, _ = run_stacked(exp, list(exp.cells), "cpu")
+    assert len(builds) - per_run == len(exp.cells)  # this time only the members' own builds
+    assert per_run == 3 * len(exp.cells)  # own build + two to compare, the first time
+    assert all(first[c.id].seeds[0].curves == again[c.id].seeds[0].curves for c in exp.cells)
+
+
 def _session_like(exp):
     """Each cell's result as the session trains it: stacked where it can, else one by one."""
     stacked, why = run_stacked(exp, list(exp.cells), "cpu")

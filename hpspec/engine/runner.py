@@ -17,6 +17,7 @@ import os
 import random
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -872,10 +873,30 @@ def _same_recipe(a: Recipe, b: Recipe) -> str | None:
     return None
 
 
+#: :func:`_epoch_bound`'s answers per recipe function: a halving search asks again for the
+#: same cells at every rung, and each answer costs two builds of the recipe.
+_BOUND_ANSWERS: weakref.WeakKeyDictionary[Callable[..., Any], dict[Any, str | None]] = (
+    weakref.WeakKeyDictionary())
+
+
 def _epoch_bound(exp: Experiment, cell: Cell, seed: int, device: str, data: Data,
                  other: int) -> str | None:
     """Why ``cell``'s recipe depends on the total epoch count (it is built again as if it
-    trained ``other`` epochs and compared), or None when it does not."""
+    trained ``other`` epochs and compared), or None when it does not. Remembered per recipe
+    function, experiment, cell, seed, device, data and the two epoch counts."""
+    key = (exp.where, exp.data, cell.id, seed, device, exp.epochs_for(cell), other)
+    try:
+        answers = _BOUND_ANSWERS.setdefault(exp.fn, {})
+        if key in answers:
+            return answers[key]
+    except TypeError:  # a function that cannot be weakly referenced, data that cannot hash
+        return _epoch_bound_now(exp, cell, seed, device, data, other)
+    answers[key] = found = _epoch_bound_now(exp, cell, seed, device, data, other)
+    return found
+
+
+def _epoch_bound_now(exp: Experiment, cell: Cell, seed: int, device: str, data: Data,
+                     other: int) -> str | None:
     where = f"{exp.where}[{cell.id}]"
     builds = []
     for epochs in (exp.epochs_for(cell), other):
