@@ -149,6 +149,40 @@ def test_whether_a_recipe_depends_on_the_epoch_count_is_asked_once_per_cell_and_
     assert all(first[c.id].seeds[0].curves == again[c.id].seeds[0].curves for c in exp.cells)
 
 
+def test_a_groups_probe_is_remembered_across_calls_by_what_decides_it(monkeypatch):
+    from hpspec.engine import stacked
+
+    probed = []
+    real = stacked._probe
+
+    def counting(m, data, batch_size, device):
+        probed.append((m.cell_id, batch_size))
+        return real(m, data, batch_size, device)
+
+    monkeypatch.setattr(stacked, "_probe", counting)
+    monkeypatch.setattr(stacked, "_PROBED", {})
+
+    def recipe(case):
+        model = hp.models.mlp(64, [24], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr, momentum=case.momentum)
+
+    exp = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1], momentum=[0.0, 0.9]), seeds=1,
+                              batch_size=64, epochs=1, data=DATA)(recipe))
+    first, _ = run_stacked(exp, list(exp.cells), "cpu")
+    # one probe per momentum (its buffer is memory); the learning rate changes no figure
+    assert len(probed) == 2
+    again, _ = run_stacked(exp, list(exp.cells), "cpu")
+    assert len(probed) == 2  # remembered: a search's next rung probes nothing again
+    for c in exp.cells:
+        m1, m2 = first[c.id].seeds[0].measurements, again[c.id].seeds[0].measurements
+        assert m1["peak_memory"] == m2["peak_memory"] > 0
+        assert m1["flops_per_sample"] == m2["flops_per_sample"] > 0
+    other = build(hp.experiment(grid=hp.grid(lr=[0.05, 0.1], momentum=[0.0]), seeds=1,
+                                batch_size=32, epochs=1, data=DATA)(recipe))
+    run_stacked(other, list(other.cells), "cpu")
+    assert len(probed) == 3 and probed[-1][1] == 32  # another batch size: probed anew
+
+
 def _session_like(exp):
     """Each cell's result as the session trains it: stacked where it can, else one by one."""
     stacked, why = run_stacked(exp, list(exp.cells), "cpu")

@@ -973,6 +973,36 @@ def _stacked_optimizer(kind: str, params: list[torch.Tensor],
 # ------------------------------------------------------------------------------- training
 
 
+#: :func:`_probe`'s figures by what decides them (see :func:`_probe_key`): a search trains
+#: the same architectures again at every rung and round. At most PROBES_KEPT, oldest dropped.
+_PROBED: dict[tuple[Any, ...], dict[str, float]] = {}
+PROBES_KEPT = 512
+
+
+def _probe_key(m: Member, data: Data, batch_size: int, device: str) -> tuple[Any, ...]:
+    """What a member's size, FLOPs and peak memory depend on: the model (its structure, shapes
+    and dtypes), the optimizer's kind and settings other than the learning rate (which changes
+    neither), the loss, the batch and the data's shapes."""
+    params = tuple((tuple(p.shape), p.dtype) for p in m.model.parameters())
+    settings = tuple(tuple(sorted((k, repr(v)) for k, v in g.items()
+                                  if k not in ("params", "lr", "initial_lr")))
+                     for g in m.optimizer.param_groups)
+    return (repr(m.model), params, type(m.optimizer), settings, repr(m.loss), data.task,
+            tuple(data.x_train.shape), data.x_train.dtype, tuple(data.y_train.shape),
+            batch_size, device)
+
+
+def _probe_once(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
+    """:func:`_probe`, remembered across groups and calls by :func:`_probe_key`."""
+    key = _probe_key(m, data, batch_size, device)
+    found = _PROBED.get(key)
+    if found is None:
+        found = _PROBED[key] = _probe(m, data, batch_size, device)
+        while len(_PROBED) > PROBES_KEPT:
+            del _PROBED[next(iter(_PROBED))]
+    return dict(found)
+
+
 def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
     """Size, FLOPs and peak live memory of one member trained alone, on a copy (the member's
     own weights are not touched), exactly as the one-by-one runner probes it: two steps of an
@@ -1103,15 +1133,9 @@ def train_group(
     k = len(members)
     own_epochs = [m.epochs or epochs for m in members]
     epochs = max(own_epochs)
-    # Size, FLOPs and memory are each member's own: probed once per architecture (members of
-    # different widths share a stack but not these figures)
-    by_shape: dict[tuple[Any, ...], dict[str, float]] = {}
-    probes: list[dict[str, float]] = []
-    for m in members:
-        shape = tuple(tuple(p.shape) for p in m.model.parameters())
-        if shape not in by_shape:
-            by_shape[shape] = _probe(m, data, batch_size, device)
-        probes.append(by_shape[shape])
+    # Size, FLOPs and memory are each member's own: probed once per architecture and
+    # optimizer setting (members of different widths share a stack but not these figures)
+    probes = [_probe_once(m, data, batch_size, device) for m in members]
     engine = _engine(members, data, device, batch_size)
     x, y = data.x_train, data.y_train
     n = x.shape[0]
