@@ -274,8 +274,8 @@ class Case:
     attributes too.
     """
 
-    __slots__ = ("_params", "seed", "device", "epochs", "batch_size", "data", "experiment",
-                 "cell_id")
+    __slots__ = ("_params", "seed", "device", "_epochs", "batch_size", "data", "experiment",
+                 "_cell_id", "_epochs_seen")
 
     def __init__(
         self,
@@ -292,18 +292,44 @@ class Case:
         self._params = dict(params)
         self.seed = seed
         self.device = device
-        self.epochs = epochs
+        self._epochs = epochs
         self.batch_size = batch_size
         self.data = data
         self.experiment = experiment
-        self.cell_id = cell_id
+        self._cell_id = cell_id
+        self._epochs_seen = False
+
+    @property
+    def epochs(self) -> int:
+        self._epochs_seen = True
+        return self._epochs
+
+    @property
+    def cell_id(self) -> str:
+        self._seen(None)  # the id spells out an epochs axis
+        return self._cell_id
+
+    @property
+    def epochs_seen(self) -> bool:
+        """Whether the epoch count reached the caller in any way (``case.epochs``, an
+        ``epochs`` hyperparameter, ``params``, the id or the repr): a recipe that never saw it
+        cannot depend on it, so cells that differ only in epochs share a run without building
+        the recipe again to compare."""
+        return self._epochs_seen
+
+    def _seen(self, name: str | None = "epochs") -> None:
+        """Note a read of hyperparameter ``name`` (None: of them all)."""
+        if name in (None, "epochs") and "epochs" in self._params:
+            self._epochs_seen = True
 
     @property
     def params(self) -> dict[str, Any]:
+        self._seen(None)
         return dict(self._params)
 
     def __getattr__(self, name: str) -> Any:
         params = object.__getattribute__(self, "_params")
+        self._seen(name)
         try:
             return params[name]
         except KeyError:
@@ -313,6 +339,7 @@ class Case:
             ) from None
 
     def __getitem__(self, name: str) -> Any:
+        self._seen(name)
         try:
             return self._params[name]
         except KeyError:
@@ -324,9 +351,11 @@ class Case:
         return name in self._params
 
     def get(self, name: str, default: Any = None) -> Any:
+        self._seen(name)
         return self._params.get(name, default)
 
     def __repr__(self) -> str:
+        self._seen(None)
         return f"Case({cell_id(self._params)}, seed={self.seed}, device={self.device!r})"
 
 

@@ -149,6 +149,34 @@ def test_whether_a_recipe_depends_on_the_epoch_count_is_asked_once_per_cell_and_
     assert all(first[c.id].seeds[0].curves == again[c.id].seeds[0].curves for c in exp.cells)
 
 
+@pytest.mark.parametrize("reads", ["nothing", "epochs", "params", "get", "item", "cell_id",
+                                   "repr"])
+def test_a_recipe_that_never_sees_the_epoch_count_is_not_built_again_to_compare(reads):
+    builds = []
+
+    def recipe(case):
+        builds.append(1)
+        seen = {"nothing": lambda: None, "epochs": lambda: case.epochs,
+                "params": lambda: case.params, "get": lambda: case.get("epochs"),
+                "item": lambda: case["epochs"], "cell_id": lambda: case.cell_id,
+                "repr": lambda: repr(case)}[reads]()
+        del seen
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(grid=hp.grid(epochs=[1, 2], lr=[0.1, 0.2]), seeds=1,
+                              batch_size=64, data=DATA)(recipe))
+    shared, _ = run_stacked(exp, list(exp.cells), "cpu")
+    # each cell's own build, plus two to compare for cells whose recipe saw the count
+    assert len(builds) == len(exp.cells) * (1 if reads == "nothing" else 3)
+    for c in exp.cells:  # the shared run's prefix is each cell's own run
+        alone = run_cell(exp, c, "cpu").seeds[0].curves
+        got = shared[c.id].seeds[0].curves
+        assert got.keys() == alone.keys()
+        for key in alone:
+            assert got[key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6), key
+
+
 def test_a_groups_probe_is_remembered_across_calls_by_what_decides_it(monkeypatch):
     from hpspec.engine import stacked
 

@@ -1055,7 +1055,8 @@ def _run_stacked(
                 scheduler = scheduler or recipe.scheduler is not None
                 if recipe.metrics:
                     raise _OneByOne
-                if not built and len(counts) > 1:
+                if not built and len(counts) > 1 and case.epochs_seen:
+                    # (a recipe that never saw the epoch count cannot depend on it)
                     other = most if epochs != most else min(counts)
                     why_bound = _epoch_bound(exp, cell, seed, device, data, other)
                     if why_bound is not None:
