@@ -236,6 +236,11 @@ class ExperimentFile(pytest.Module):
 
 
 def _fn_location(fn: Any) -> tuple[int | None]:
+    """The 0-based line where ``fn``'s definition starts (its first decorator), as
+    ``inspect.getsourcelines`` says, without reading the file for a plain function."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is not None:
+        return (code.co_firstlineno - 1,)
     try:
         return (inspect.getsourcelines(fn)[1] - 1,)
     except (OSError, TypeError):
