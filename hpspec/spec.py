@@ -328,7 +328,10 @@ class Case:
         return self._params.get(name, default)
 
     def __repr__(self) -> str:
-        return f"Case({cell_id(self._params)}, seed={self.seed}, device={self.device!r})"
+        # Python reprs, as pytest shows the case in a failure: lr='0.1' (a string, say from a
+        # grid written lr=["0.1"]) must not read as the number lr=0.1.
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"Case({params}, seed={self.seed}, device={self.device!r})"
 
 
 # ------------------------------------------------------------------------------- experiments
