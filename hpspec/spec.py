@@ -81,6 +81,15 @@ class Grid:
     def _pieces(self) -> tuple[Grid, ...]:
         return self.parts if self.parts else (self,)
 
+    def __repr__(self) -> str:
+        # as the user wrote it (an error shows it: "grids = hp.grid(lr=[0.1, 0.3]) is not an
+        # argument of @hp.experiment()"), not the class's fields
+        if self.parts:
+            return " + ".join(map(repr, self.parts))
+        if self.listed is not None:
+            return f"hp.cells({', '.join(map(repr, self.listed))})"
+        return f"hp.grid({', '.join(f'{k}={v!r}' for k, v in self.axes)})"
+
     def expand(self, where: str = "") -> list[dict[str, Any]]:
         """Every cell as an ordered dict of hyperparameters; raises :class:`SpecError`."""
         if self.parts:

@@ -336,7 +336,7 @@ CASES = [
      "halving = 'hp.hyperband(min_epochs=1, eta=2)' is not run for hp.optuna", "hp.halving("),
     # misspelled keywords: this experiment's SpecError at collection, not a TypeError at import
     ("experiment misspelled keyword", dict(grids=hp.grid(lr=[0.1])),
-     "grids = Grid(", "did you mean grid=?"),
+     "grids = hp.grid(lr=[0.1]) is not an argument", "did you mean grid=?"),
     ("experiment two unknown keywords", dict(epoch=3, sead=1),
      "epoch = 3 is not an argument of @hp.experiment() (also unknown: sead)",
      "did you mean epochs=?"),
