@@ -1155,8 +1155,13 @@ def search_table(exp: Any, results: Mapping[str, CellResult], top: int = 10) -> 
         schedule = (f"; successive halving eta={h.eta} at epochs "
                     f"{rungs(h, max(e for e in epochs if isinstance(e, int)))}"
                     + (" (within each batch)" if s.asked else ""))
+    # a pruned trial's value is from an earlier epoch: it ranks after every finished one (a
+    # finished 0.10 above a pruned 0.63), which "sorted by" alone would not say
+    after = (", pruned trials after finished ones by the epoch they reached"
+             if any(pruned_at(r) is not None for r in got.values()) else "")
     lines = [f"search: {s.kind}, {len(exp.cells)} trials (seed {s.seed}{batch}), sorted by "
-             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better){schedule}"]
+             f"{metric} ({'lower' if s.lower_is_better() else 'higher'} is better){after}"
+             f"{schedule}"]
     labels = {c.id: c.label or c.id for c in exp.cells}
     lines += [f"  {b.describe(labels)}" for b in plan if bracket_of]
     lines.append(f"  {'#':>3}  {'trial':<{width}}  {metric:>10}  epochs  "

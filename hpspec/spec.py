@@ -13,6 +13,7 @@ import inspect
 import itertools
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -79,6 +80,15 @@ class Grid:
 
     def _pieces(self) -> tuple[Grid, ...]:
         return self.parts if self.parts else (self,)
+
+    def __repr__(self) -> str:
+        # as the user wrote it (an error shows it: "grids = hp.grid(lr=[0.1, 0.3]) is not an
+        # argument of @hp.experiment()"), not the class's fields
+        if self.parts:
+            return " + ".join(map(repr, self.parts))
+        if self.listed is not None:
+            return f"hp.cells({', '.join(map(repr, self.listed))})"
+        return f"hp.grid({', '.join(f'{k}={v!r}' for k, v in self.axes)})"
 
     def expand(self, where: str = "") -> list[dict[str, Any]]:
         """Every cell as an ordered dict of hyperparameters; raises :class:`SpecError`."""
@@ -356,7 +366,10 @@ class Case:
 
     def __repr__(self) -> str:
         self._seen(None)
-        return f"Case({cell_id(self._params)}, seed={self.seed}, device={self.device!r})"
+        # Python reprs, as pytest shows the case in a failure: lr='0.1' (a string, say from a
+        # grid written lr=["0.1"]) must not read as the number lr=0.1.
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params.items())
+        return f"Case({params}, seed={self.seed}, device={self.device!r})"
 
 
 # ------------------------------------------------------------------------------- experiments
@@ -455,11 +468,26 @@ def experiment(
         # function, hp.experiment(...)(f), makes its decorator after the first: not this.)
         # The bare @hp.experiment is made as it is applied: over a spec, always stacked.
         twice = isinstance(inner, RawSpec) and (bare or inner.made > made)
-        fn.__hpspec__ = RawSpec(  # type: ignore[attr-defined]
-            {**kwargs, "twice": inner.kwargs} if twice else kwargs, made)
+        # One function declared again by its own module's top level (small =
+        # hp.experiment(grid=a)(train); big = hp.experiment(grid=b)(train)): the second spec
+        # would silently replace the first, an experiment lost without a word. (A test or a
+        # notebook, __main__, declaring a function again still replaces its spec.)
+        again = (isinstance(inner, RawSpec) and not twice
+                 and _module_level(sys._getframe(2 if bare else 1), fn))
+        extra: dict[str, Any] = ({"twice": inner.kwargs} if twice else
+                                 {"again": inner.kwargs} if again else {})
+        fn.__hpspec__ = RawSpec({**kwargs, **extra}, made)  # type: ignore[attr-defined]
         return fn
 
     return decorate(positional[0]) if bare else decorate
+
+
+def _module_level(frame: Any, fn: Callable[..., Any]) -> bool:
+    """Whether ``frame`` (the code that applies a decorator to ``fn``) is the top level of
+    ``fn``'s own module, imported under its name (not ``__main__``: a script or notebook)."""
+    module = getattr(fn, "__module__", None)
+    return (frame is not None and frame.f_code.co_name == "<module>"
+            and module not in (None, "__main__") and frame.f_globals.get("__name__") == module)
 
 
 @attrs.frozen
@@ -612,6 +640,16 @@ def build(fn: Callable[..., Any]) -> Experiment:
                         "the inner one", where=where, argument="@hp.experiment",
                         fix="decorate once; put both grids in one hp.grid (grids add: "
                         "grid=hp.grid(...) + hp.grid(...)) or write two functions")
+    if kw.get("again") is not None:
+        first = kw["again"].get("name") or getattr(fn, "__name__", "experiment")
+        raise SpecError(f"declares this function a second time (the first declaration is "
+                        f"named {first!r}), and a function holds one experiment: the second "
+                        "silently replaces the first, whose cells would never run",
+                        where=where, argument="hp.experiment(...)(fn)",
+                        fix=f"give each experiment its own function (def "
+                        f"{kw['name'] or 'second'}(case): return {fn.__name__}(case)), or put "
+                        "both grids in one hp.grid (grids add: grid=hp.grid(...) + "
+                        "hp.grid(...))")
     if kw.get("positional"):
         first = kw["positional"][0]
         raise SpecError("is passed by position; @hp.experiment() takes keywords only",

@@ -336,7 +336,7 @@ CASES = [
      "halving = 'hp.hyperband(min_epochs=1, eta=2)' is not run for hp.optuna", "hp.halving("),
     # misspelled keywords: this experiment's SpecError at collection, not a TypeError at import
     ("experiment misspelled keyword", dict(grids=hp.grid(lr=[0.1])),
-     "grids = Grid(", "did you mean grid=?"),
+     "grids = hp.grid(lr=[0.1]) is not an argument", "did you mean grid=?"),
     ("experiment two unknown keywords", dict(epoch=3, sead=1),
      "epoch = 3 is not an argument of @hp.experiment() (also unknown: sead)",
      "did you mean epochs=?"),
@@ -447,3 +447,41 @@ def test_stacked_decorators_are_a_spec_error_and_declaring_again_later_is_not():
     assert build(once(g)).cells[0].as_dict() == {"lr": 0.1}
     again = hp.experiment(grid=hp.grid(lr=[0.5]), epochs=1, data=data)(f)
     assert build(again).cells[0].as_dict() == {"lr": 0.5}
+
+
+def test_one_function_declared_twice_at_its_modules_top_level_is_a_spec_error(tmp_path):
+    # small = hp.experiment(grid=a)(train); big = hp.experiment(grid=b)(train): the second
+    # spec replaced the first on the one function, and the first experiment's cells silently
+    # never ran (collection saw one experiment). Declared once that way, it is fine.
+    import importlib.util
+    import sys
+
+    from hpspec.spec import build
+
+    body = (
+        "import hpspec as hp\n\n\n"
+        "def train(case):\n"
+        "    yield {'loss': 1.0}\n\n\n"
+        "small = hp.experiment(grid=hp.grid(lr=[0.1]), epochs=1, name='small')(train)\n"
+    )
+    for name, text in (("hpspec_reuse_once", body),
+                       ("hpspec_reuse_twice", body + "big = hp.experiment(grid=hp.grid("
+                        "lr=[0.5]), epochs=1, name='big')(train)\n")):
+        path = tmp_path / f"{name}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[name]
+        if name == "hpspec_reuse_once":
+            assert build(module.small).name == "small"
+            continue
+        with pytest.raises(hp.SpecError, match=r"::train: hp.experiment\(\.\.\.\)\(fn\): declares "
+                           r"this function a second time \(the first declaration is named "
+                           r"'small'\).*fix: give each experiment its own function \(def "
+                           r"big\(case\): return train\(case\)\)"):
+            build(module.big)

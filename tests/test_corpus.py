@@ -264,7 +264,8 @@ def test_a_misspelled_keyword_is_that_experiments_error_not_the_files(pytester):
     result = pytester.runpytest("--hpspec-cache=off", "-p", "no:randomly")
     out = result.stdout.str()
     result.assert_outcomes(passed=1, errors=3)
-    for where, text in [("grids", "grids = Grid("), ("optuna_n_trials", "n_trials = 4"),
+    for where, text in [("grids", "grids = hp.grid(lr=[0.1]) is not an argument"),
+                        ("optuna_n_trials", "n_trials = 4"),
                         ("halving_min_epoch", "min_epoch = 1")]:
         assert f"exp_typo.py::{where}: {text}" in out, out
     for fix in ("did you mean grid=?", "did you mean trials=?", "did you mean min_epochs=?"):

@@ -126,6 +126,14 @@ def test_search_table_shows_top_trials_and_pruned_count():
     assert "sorted by val_acc (higher is better)" in lines[0]
     assert exp.cells[3].id in lines[2]  # best finished trial first, pruned ones after
     assert "... 5 more trial(s) not shown; 4 pruned in all" in text
+    # the pruned trials score higher (0.7..0.85) than every finished one yet rank after them:
+    # the header says so rather than only "sorted by val_acc"
+    assert "sorted by val_acc (higher is better), pruned trials after finished ones by the " \
+        "epoch they reached; successive halving" in lines[0]
+    unpruned = {c: attrs.evolve(r, seeds=tuple(attrs.evolve(
+        x, measurements={k: v for k, v in x.measurements.items() if k != PRUNED})
+        for x in r.seeds)) for c, r in results.items()}
+    assert "pruned trials after" not in search_table(exp, unpruned, top=3).splitlines()[0]
 
 
 def test_successive_halving_ranks_all_trials_together_with_a_fake_trainer():

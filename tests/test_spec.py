@@ -101,6 +101,16 @@ def test_case_reads_params_by_attribute_and_key():
         _ = case.layers
 
 
+def test_case_repr_tells_a_string_from_a_number():
+    # pytest shows the case in a failure: lr=["0.1"] (a string) read Case(lr=0.1, ...), so a
+    # TypeError from the optimizer's `lr < 0.0` looked impossible
+    case = hp.Case({"lr": "0.1", "layers": 2, "act": "relu"}, seed=0, device="cpu", epochs=1,
+                   batch_size=8)
+    assert repr(case) == "Case(lr='0.1', layers=2, act='relu', seed=0, device='cpu')"
+    assert repr(hp.Case({"lr": 0.1}, seed=1, device="cpu", epochs=1, batch_size=8)) == (
+        "Case(lr=0.1, seed=1, device='cpu')")
+
+
 def test_a_positional_argument_is_that_experiments_spec_error():
     def body(case):
         yield {"val_loss": 1.0}
