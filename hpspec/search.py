@@ -687,16 +687,29 @@ HalvingSteps = Generator[dict[str, "int | None"], Mapping[str, CellResult],
                          dict[str, CellResult]]
 
 
+#: ``final(trial id, result)``: called as soon as a trial's result is final (finished,
+#: diverged or pruned), so that it can be saved before the search ends: a search stopped
+#: half-way (Ctrl-C, a killed worker) keeps every trial decided so far.
+Final = Callable[[str, CellResult], None]
+
+
 def halving_steps(h: Halving, epochs: Mapping[str, int], log: list[str] | None = None,
-                  at: Sequence[int] | None = None, prefix: str = "") -> HalvingSteps:
+                  at: Sequence[int] | None = None, prefix: str = "",
+                  final: Final | None = None) -> HalvingSteps:
     """Successive halving over ``epochs``' trials as a generator: each ``yield`` is one
     training (a rung: the trials still in, to the rung epoch; last, the survivors, to their
     end), answered with its results; the ranking between trainings is
     :func:`successive_halving`'s. :func:`run_brackets` drives several brackets' generators
-    together, so one call trains a round of every bracket."""
+    together, so one call trains a round of every bracket. ``final`` is told each trial's
+    result as soon as it is final."""
     lower = h.lower_is_better()
     alive = list(epochs)
     out: dict[str, CellResult] = {}
+
+    def decided(cid: str, result: CellResult) -> None:
+        out[cid] = result
+        if final is not None:
+            final(cid, result)
     for e in (rungs(h, max(epochs.values(), default=0)) if at is None else at):
         if len(alive) <= 1:
             break
@@ -707,13 +720,13 @@ def halving_steps(h: Halving, epochs: Mapping[str, int], log: list[str] | None =
             if r is None:  # failed to train: its own run reports the error
                 continue
             if epochs[cid] <= e or any(s.diverged is not None for s in r.seeds):
-                out[cid] = r  # finished (or diverged) within this rung: final
+                decided(cid, r)  # finished (or diverged) within this rung: final
             else:
                 going.append(cid)
         keep = max(1, len(going) // h.eta)
         order = sorted(going, key=lambda c: (_rung_score(got[c], h.metric, e, lower), c))
         for cid in order[keep:]:
-            out[cid] = mark_pruned(got[cid], e)
+            decided(cid, mark_pruned(got[cid], e))
         if log is not None and going:
             log.append(f"{prefix}halving at epoch {e}: {len(going)} trial(s) ranked on "
                        f"{h.metric} across all groups, {min(keep, len(going))} kept, "
@@ -721,7 +734,9 @@ def halving_steps(h: Halving, epochs: Mapping[str, int], log: list[str] | None =
         alive = order[:keep]
     if alive:
         got = yield dict.fromkeys(alive)
-        out.update({cid: got[cid] for cid in alive if cid in got})
+        for cid in alive:
+            if cid in got:
+                decided(cid, got[cid])
     return out
 
 
@@ -821,19 +836,21 @@ def search_brackets(exp: Any) -> list[Bracket]:
 
 
 def run_brackets(h: Halving, epochs: Mapping[str, int], train: TrainTo,
-                 log: list[str] | None = None) -> dict[str, CellResult]:
+                 log: list[str] | None = None,
+                 final: Final | None = None) -> dict[str, CellResult]:
     """Hyperband: :func:`successive_halving` in each bracket of :func:`plan_brackets`, the
     brackets advancing together: at each round the trainings of every bracket with one left
     (a rung, or its survivors to the end) go to ``train`` in one call, so trials that share
     an architecture stack across brackets, each stopping at its own bracket's epoch. The
     ranking stays per bracket, exactly as when the brackets ran one after the other; the log
     lists the brackets in order. With one bracket this is :func:`successive_halving` over all
-    the trials. Returns every trial's result, pruned ones marked."""
+    the trials. Returns every trial's result, pruned ones marked; ``final`` is told each as
+    soon as it is decided (see :data:`Final`)."""
     plan = plan_brackets(h, epochs)
     logs: list[list[str]] = [[] for _ in plan]
     steps = [halving_steps(h, {c: epochs[c] for c in b.trials}, logs[b.index],
                            b.rungs if len(plan) > 1 else None,
-                           f"bracket {b.index}: " if len(plan) > 1 else "")
+                           f"bracket {b.index}: " if len(plan) > 1 else "", final)
              for b in plan]
     out: dict[str, CellResult] = {}
     for got in _drive(steps, train):

@@ -272,6 +272,59 @@ def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_inclu
             list(x.curves["val_acc"]) for x in before[c.id].seeds]
 
 
+def test_a_halving_search_stopped_half_way_keeps_the_trials_it_decided(tmp_path, monkeypatch):
+    """Ctrl-C after the first rung: the trials pruned there were saved as they were decided,
+    so the next run serves them from the cache, retrains only the rest, and ends where an
+    uninterrupted search ends."""
+    torch = pytest.importorskip("torch")
+    from hpspec.session import Session
+
+    def recipe(case):
+        model = hp.models.mlp(64, [8], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+    exp = build(hp.experiment(search=hp.random(
+        hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=8, seed=3,
+        halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
+        epochs=4, data=hp.datasets.digits(n_train=200))(recipe))
+    whole = session_with(exp, cache="off")
+    whole.result("k", exp, exp.cells[0])
+    expected = {c.id: whole.results[("k", c.id)] for c in exp.cells}
+    first_rung = {c for c, r in expected.items() if pruned_at(r) == 1}
+    assert len(first_rung) == 4
+
+    real = Session._train_to
+    calls: list[set[str]] = []
+
+    def stop_at_the_second_rung(self, key, exp_, cells, cached, targets, report):
+        calls.append(set(targets))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, key, exp_, cells, cached, targets, report)
+
+    monkeypatch.setattr(Session, "_train_to", stop_at_the_second_rung)
+    with pytest.raises(KeyboardInterrupt):
+        session_with(exp, store_path=tmp_path / "r.sqlite").result("k", exp, exp.cells[0])
+    monkeypatch.setattr(Session, "_train_to", real)
+
+    trained: list[str] = []
+    real_trials = Session._train_trials
+
+    def counting(self, key, exp_, cells, *a, **k):
+        trained.extend(c.id for c in cells)
+        return real_trials(self, key, exp_, cells, *a, **k)
+
+    monkeypatch.setattr(Session, "_train_trials", counting)
+    again = session_with(exp, store_path=tmp_path / "r.sqlite")
+    again.result("k", exp, exp.cells[0])
+    assert first_rung.isdisjoint(trained) and set(trained) == set(expected) - first_rung
+    assert "(4 served from the cache, 4 trained" in " ".join(again.notes["k"])
+    for cid, r in expected.items():
+        got = again.results[("k", cid)]
+        assert pruned_at(got) == pruned_at(r)
+        assert got.seeds[0].curves["val_acc"] == pytest.approx(r.seeds[0].curves["val_acc"])
+
+
 # ------------------------------------------------------------------------------ Hyperband
 
 
@@ -677,7 +730,7 @@ def test_hyperband_through_the_session_equals_the_brackets_one_after_the_other(m
     together = session_with(exp, cache="off")
     new = run(together)
 
-    def sequential(h, epochs, train, log=None):
+    def sequential(h, epochs, train, log=None, final=None):  # (final: told at the end)
         def old_train(ids, stop_at):
             return train(dict.fromkeys(ids, stop_at))
         return _old_run_brackets(h, epochs, old_train, log)
