@@ -4,6 +4,7 @@ stop before its last epoch. No torch; the runner and the plugin ask, the tests c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -173,6 +174,8 @@ def stacked_note(groups: Sequence[StackGroup], alone: Mapping[str, str],
         by_reason.setdefault(why, []).append(cid)
     for why, cids in sorted(by_reason.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         example = cids[0] if len(cids) == 1 else f"e.g. {cids[0]}"
+        if len(cids) > 1:  # the reasons speak of one cell: "its recipe", "its model"
+            why = re.sub(r"\bits\b", "their", why)
         parts.append(f"{_count(len(cids), 'cell')} trained alone, one by one, because {why} "
                      f"({example})")
     if stacked:

@@ -392,7 +392,7 @@ class Session:
         lines[:] = [line for line in lines if not line.startswith("--hpspec-ray: halving")]
         self.note(key, f"--hpspec-ray: halving ranks the trials in this process; each rung's "
                   f"trials trained as Ray tasks ({self.ray_rung_tasks[key]} task(s), "
-                  f"{'one per stack' if stack else 'one per trial'})")
+                  f"{'one per batch size per round' if stack else 'one per trial'})")
         return got
 
     def _wait_for_peers(self, key: str, exp: Experiment, cell: Cell,

@@ -21,3 +21,14 @@ def test_summary_lines_say_store_problems_and_cache_hits_in_order():
     ]
     assert lines[0].markup() == {"yellow": True} and lines[2].markup() == {}
     assert Line("x", color="red", bold=True).markup() == {"red": True, "bold": True}
+
+
+def test_a_reason_shared_by_several_cells_reads_in_the_plural():
+    from hpspec.plan import StackGroup, stacked_note
+
+    why = "building its recipe raised (its own run reports the error)"
+    line = stacked_note([StackGroup(32, 2, ("a", "b"))], {"c": why, "d": why})
+    assert ("2 cells trained alone, one by one, because building their recipe raised (their "
+            "own run reports the error) (e.g. c)") in line
+    one = stacked_note([StackGroup(32, 2, ("a", "b"))], {"c": why})
+    assert f"1 cell trained alone, one by one, because {why} (c)" in one
