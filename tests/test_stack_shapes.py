@@ -705,3 +705,42 @@ def test_hand_laid_out_cnn_gradients_equal_each_members_own():
         torch.testing.assert_close(losses[k], loss.detach())
         for a, b in zip(seen[0], own, strict=True):
             torch.testing.assert_close(a[k], b)
+
+
+def _net(twice: bool, buffer: int, wrap: bool = False):
+    class Net(nn.Module):  # one name and repr, two forwards and buffers
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 64)
+            self.out = nn.Linear(64, 10)
+            self.register_buffer("table", torch.zeros(buffer))
+
+        def forward(self, x):
+            h = self.fc(x)
+            if twice:
+                h = self.fc(h)
+            return self.out(h)
+
+    return nn.Sequential(Net()) if wrap else Net()
+
+
+def test_a_remembered_probe_is_not_served_to_another_class_or_buffer_of_one_repr(monkeypatch):
+    """Two model classes of one name (two experiment files each with its own ``Net``, a
+    notebook cell run again) print the same repr and have the same parameters: the second's
+    FLOPs and bytes are its own, not the first's; so are a model's with bigger buffers."""
+    from hpspec.engine import stacked
+    from hpspec.engine.stacked import Member
+
+    monkeypatch.setattr(stacked, "_PROBED", {})
+    data = DATA.load()
+
+    def probe(model):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return stacked._probe_once(Member("c", 0, model, opt, None), data, 32, "cpu")
+
+    once, twice, wide = probe(_net(False, 4)), probe(_net(True, 4)), probe(_net(False, 4096))
+    assert repr(_net(False, 4)) == repr(_net(True, 4)) == repr(_net(False, 4096))
+    assert twice["flops_per_sample"] > once["flops_per_sample"]
+    inner = probe(_net(False, 4, wrap=True)), probe(_net(True, 4, wrap=True))  # (a submodule)
+    assert inner[1]["flops_per_sample"] > inner[0]["flops_per_sample"]
+    assert wide["param_bytes"] > once["param_bytes"]

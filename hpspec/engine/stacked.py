@@ -980,16 +980,21 @@ PROBES_KEPT = 512
 
 
 def _probe_key(m: Member, data: Data, batch_size: int, device: str) -> tuple[Any, ...]:
-    """What a member's size, FLOPs and peak memory depend on: the model (its structure, shapes
-    and dtypes), the optimizer's kind and settings other than the learning rate (which changes
-    neither), the loss, the batch and the data's shapes."""
+    """What a member's size, FLOPs and peak memory depend on: the model (its modules' classes,
+    which hold their forwards: two classes of one name print one repr; its structure; its
+    parameters' and buffers' shapes and dtypes), the optimizer's kind and settings other than
+    the learning rate (which changes neither), the loss, the batch and the data's shapes and
+    dtypes."""
     params = tuple((tuple(p.shape), p.dtype) for p in m.model.parameters())
+    buffers = tuple((tuple(b.shape), b.dtype) for b in m.model.buffers())
     settings = tuple(tuple(sorted((k, repr(v)) for k, v in g.items()
                                   if k not in ("params", "lr", "initial_lr")))
                      for g in m.optimizer.param_groups)
-    return (repr(m.model), params, type(m.optimizer), settings, repr(m.loss), data.task,
-            tuple(data.x_train.shape), data.x_train.dtype, tuple(data.y_train.shape),
-            batch_size, device)
+    return (tuple(map(type, m.model.modules())), repr(m.model), params, buffers,
+            type(m.optimizer), settings, type(m.loss), repr(m.loss), data.task,
+            tuple(data.x_train.shape),
+            data.x_train.dtype, tuple(data.y_train.shape), data.y_train.dtype, batch_size,
+            device)
 
 
 def _probe_once(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
