@@ -744,3 +744,25 @@ def test_a_remembered_probe_is_not_served_to_another_class_or_buffer_of_one_repr
     inner = probe(_net(False, 4, wrap=True)), probe(_net(True, 4, wrap=True))  # (a submodule)
     assert inner[1]["flops_per_sample"] > inner[0]["flops_per_sample"]
     assert wide["param_bytes"] > once["param_bytes"]
+
+
+def test_a_remembered_epoch_answer_is_not_served_to_the_function_declared_again(monkeypatch):
+    """One function declared again (a test, a notebook) with other fixed values: whether its
+    recipe depends on the epoch count may change with them, so the first declaration's answer
+    is not the second's (cell ids name only the grid's axes)."""
+    from hpspec.engine import runner
+
+    monkeypatch.setattr(runner, "_BOUND_ANSWERS", __import__("weakref").WeakKeyDictionary())
+
+    def recipe(case):
+        model = hp.models.mlp(64, [16], 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.05,
+                                      weight_decay=case.scale * 1e-3 * case.epochs)
+
+    def bound(scale):
+        exp = build(hp.experiment(grid=hp.grid(epochs=[1, 2]), fixed=dict(scale=scale),
+                                  seeds=1, batch_size=64, data=DATA)(recipe))
+        return runner._epoch_bound(exp, exp.cells[0], 0, "cpu", DATA.load(), 2)
+
+    assert bound(0.0) is None  # no weight decay whatever the count
+    assert bound(1.0) is not None  # weight decay by the count: bound to it

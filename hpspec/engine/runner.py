@@ -883,8 +883,12 @@ def _epoch_bound(exp: Experiment, cell: Cell, seed: int, device: str, data: Data
                  other: int) -> str | None:
     """Why ``cell``'s recipe depends on the total epoch count (it is built again as if it
     trained ``other`` epochs and compared), or None when it does not. Remembered per recipe
-    function, experiment, cell, seed, device, data and the two epoch counts."""
-    key = (exp.where, exp.data, cell.id, seed, device, exp.epochs_for(cell), other)
+    function, experiment, cell (all its hyperparameters, fixed ones too: a function declared
+    again may fix others under the same cell ids), batch size, seed, device, data and the two
+    epoch counts."""
+    key = (exp.where, exp.name, exp.data, cell.id,
+           tuple((k, type(v), repr(v)) for k, v in cell.params), exp.batch_size_for(cell),
+           seed, device, exp.epochs_for(cell), other)
     try:
         answers = _BOUND_ANSWERS.setdefault(exp.fn, {})
         if key in answers:
