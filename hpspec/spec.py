@@ -327,6 +327,12 @@ class Case:
         the recipe again to compare."""
         return self._epochs_seen
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # copy.copy, copy.deepcopy and pickle take the slots as they are, the epoch count
+        # with them, and a read of it from the copy would not reach this case's flag
+        self._epochs_seen = True
+        return super().__reduce_ex__(protocol)
+
     def _seen(self, name: str | None = "epochs") -> None:
         """Note a read of hyperparameter ``name`` (None: of them all)."""
         if name in (None, "epochs") and "epochs" in self._params:

@@ -101,6 +101,23 @@ def test_case_reads_params_by_attribute_and_key():
         _ = case.layers
 
 
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_copy_of_the_case_that_reads_the_epochs_counts_as_seeing_them(how):
+    """A recipe that copies its case (to change a value, to hand it to a worker) may read the
+    epoch count from the copy: the case it was given must say it was seen, or cells that
+    differ only in epochs would share one run although the recipe depends on the count."""
+    import copy
+    import pickle
+
+    case = hp.Case({"lr": 0.1}, seed=0, device="cpu", epochs=4, batch_size=8)
+    other = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+             "pickle": lambda c: pickle.loads(pickle.dumps(c))}[how](case)
+    assert other.epochs == 4 and other.lr == 0.1
+    assert case.epochs_seen
+    fresh = hp.Case({"lr": 0.1}, seed=0, device="cpu", epochs=4, batch_size=8)
+    assert fresh.lr == 0.1 and not fresh.epochs_seen  # (reading another value is not seeing)
+
+
 def test_case_repr_tells_a_string_from_a_number():
     # pytest shows the case in a failure: lr=["0.1"] (a string) read Case(lr=0.1, ...), so a
     # TypeError from the optimizer's `lr < 0.0` looked impossible
