@@ -91,7 +91,7 @@ def experiment(name: str, g: dict):
 
 
 def run_hpspec(exp, stack: bool) -> int:
-    from hpspec.engine.runner import PROBE_CACHE
+    from hpspec.engine.probes import PROBE_CACHE
     from hpspec.session import Session as State
 
     PROBE_CACHE.clear()

@@ -153,7 +153,7 @@ def hpspec_experiment(grid):
 
 
 def run_hpspec(exp, device: str, threads: str = "auto"):
-    from hpspec.engine.runner import PROBE_CACHE
+    from hpspec.engine.probes import PROBE_CACHE
     from hpspec.session import Session as State
 
     PROBE_CACHE.clear()  # every run pays for its probes, as a fresh pytest session does

@@ -196,9 +196,51 @@ def test_inference_without_pytorch_benchmark_says_how_to_install(monkeypatch):
 def test_mfu_from_flops_throughput_and_the_card_peak(monkeypatch):
     # The CUDA-only path, on the CPU: a made-up card peak of 1 GFLOP/s.
     import hpspec.engine.runner as runner
+    from hpspec.engine import probes
 
     monkeypatch.setattr(runner, "device_peak_flops", lambda device: 1e9)
-    runner.PROBE_CACHE.clear()
+    probes.PROBE_CACHE.clear()
     exp = build(hp.experiment(epochs=2, data=hp.datasets.digits(n_train=200))(_linear))
     m = run_cell(exp, exp.cells[0], "cpu").seeds[0].measurements
     assert m["mfu"] == pytest.approx(m["flops_per_sample"] * m["samples_per_s"] / 1e9)
+
+
+class _Distill(torch.nn.Module):
+    """A loss that runs a teacher model: its FLOPs are part of every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.teacher = torch.nn.Linear(64, 10)
+        self.ce = torch.nn.CrossEntropyLoss()
+
+    def forward(self, out, y):
+        return self.ce(out, y)
+
+    def __call__(self, out, y):  # the teacher sees the same batch size as the student's output
+        return super().__call__(out, y) + 0.0 * self.teacher(
+            torch.zeros(out.shape[0], 64)).sum()
+
+
+def test_a_remembered_one_by_one_probe_is_not_served_to_another_loss(monkeypatch):
+    """The one-by-one runner remembers a model's probed figures per process: a cell with the
+    same model and optimizer but a loss that runs a teacher has its own FLOPs, not the
+    plain loss's remembered ones."""
+    from hpspec.engine import probes
+
+    monkeypatch.setattr(probes, "PROBE_CACHE", {})
+
+    def plain(case):
+        model = torch.nn.Linear(64, 10)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def distilled(case):
+        model = torch.nn.Linear(64, 10)
+        return hp.Recipe(model, torch.optim.SGD(model.parameters(), lr=0.1), loss=_Distill())
+
+    flops = []
+    for fn in (plain, distilled, plain):
+        exp = build(hp.experiment(epochs=1, batch_size=32, stack=False,
+                                  data=hp.datasets.digits(n_train=200))(fn))
+        flops.append(run_cell(exp, exp.cells[0], "cpu").seeds[0].measurements[
+            "flops_per_sample"])
+    assert flops[1] > flops[0] == flops[2]

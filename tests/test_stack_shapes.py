@@ -178,7 +178,7 @@ def test_a_recipe_that_never_sees_the_epoch_count_is_not_built_again_to_compare(
 
 
 def test_a_groups_probe_is_remembered_across_calls_by_what_decides_it(monkeypatch):
-    from hpspec.engine import stacked
+    from hpspec.engine import probes, stacked
 
     probed = []
     real = stacked._probe
@@ -188,7 +188,7 @@ def test_a_groups_probe_is_remembered_across_calls_by_what_decides_it(monkeypatc
         return real(m, data, batch_size, device)
 
     monkeypatch.setattr(stacked, "_probe", counting)
-    monkeypatch.setattr(stacked, "_PROBED", {})
+    monkeypatch.setattr(probes, "PROBE_CACHE", {})
 
     def recipe(case):
         model = hp.models.mlp(64, [24], 10)
@@ -728,10 +728,10 @@ def test_a_remembered_probe_is_not_served_to_another_class_or_buffer_of_one_repr
     """Two model classes of one name (two experiment files each with its own ``Net``, a
     notebook cell run again) print the same repr and have the same parameters: the second's
     FLOPs and bytes are its own, not the first's; so are a model's with bigger buffers."""
-    from hpspec.engine import stacked
+    from hpspec.engine import probes, stacked
     from hpspec.engine.stacked import Member
 
-    monkeypatch.setattr(stacked, "_PROBED", {})
+    monkeypatch.setattr(probes, "PROBE_CACHE", {})
     data = DATA.load()
 
     def probe(model):

@@ -23,6 +23,10 @@ from torch.utils.flop_counter import flop_registry
 from hpspec.errors import HpspecError
 
 __all__ = [
+    "PROBE_CACHE",
+    "probe_key",
+    "recall_probe",
+    "remember_probe",
     "LiveMemory",
     "count_flops",
     "model_size",
@@ -30,6 +34,52 @@ __all__ = [
     "inference_profile",
     "InferenceUnavailable",
 ]
+
+#: Size, FLOPs and peak memory by what decides them (:func:`probe_key`), for every engine:
+#: equal for every cell, seed, rung and round that share them, so probed once per process.
+#: At most :data:`PROBES_KEPT` entries, the oldest dropped. Cleared by benchmarks that want
+#: every run to pay for its probes.
+PROBE_CACHE: dict[tuple[Any, ...], dict[str, float]] = {}
+PROBES_KEPT = 512
+
+
+def probe_key(engine: str, model: Any, opt: Any, loss: Any, data: Any, batch_size: int,
+              device: str) -> tuple[Any, ...] | None:
+    """What a model's size, FLOPs and peak memory depend on, for ``engine`` (its own way of
+    probing): the model (its modules' classes, which hold their forwards: two classes of one
+    name print one repr; its structure; its parameters' and buffers' shapes and dtypes), the
+    optimizer's kind and settings other than the learning rate (which changes neither), the
+    loss, the batch, the device and the data's shapes and dtypes. None: something in it could
+    not be read (the figures are then probed every time)."""
+    try:
+        params = tuple((tuple(p.shape), p.dtype) for p in model.parameters())
+        buffers = tuple((tuple(b.shape), b.dtype) for b in model.buffers())
+        settings = tuple(tuple(sorted((k, repr(v)) for k, v in g.items()
+                                      if k not in ("params", "lr", "initial_lr")))
+                         for g in opt.param_groups)
+        return (engine, tuple(map(type, model.modules())), repr(model), params, buffers,
+                type(opt), settings, type(loss), repr(loss), data.task,
+                tuple(data.x_train.shape), data.x_train.dtype, tuple(data.y_train.shape),
+                data.y_train.dtype, batch_size, device)
+    except Exception:  # noqa: BLE001 - an exotic model or optimizer: probe it every time
+        return None
+
+
+def recall_probe(key: tuple[Any, ...] | None) -> dict[str, float] | None:
+    """The figures remembered under ``key`` (a copy), or None."""
+    found = PROBE_CACHE.get(key) if key is not None else None
+    return dict(found) if found is not None else None
+
+
+def remember_probe(key: tuple[Any, ...] | None, figures: dict[str, float]) -> None:
+    """Remember ``figures`` under ``key`` (nothing for None), dropping the oldest past
+    :data:`PROBES_KEPT`."""
+    if key is None:
+        return
+    PROBE_CACHE[key] = dict(figures)
+    while len(PROBE_CACHE) > PROBES_KEPT:
+        del PROBE_CACHE[next(iter(PROBE_CACHE))]
+
 
 
 def _storages(tensors: Iterable[Any]) -> Iterator[torch.UntypedStorage]:

@@ -46,6 +46,9 @@ from hpspec.engine.probes import (
     device_peak_flops,
     inference_profile,
     model_size,
+    probe_key,
+    recall_probe,
+    remember_probe,
 )
 from hpspec.errors import BudgetExceeded, CellError
 from hpspec.measures import PROBED as MEASURE_PROBED
@@ -395,23 +398,6 @@ class Deadline:
 PROBED = MEASURE_PROBED
 
 
-#: Size, FLOPs and memory by (architecture, optimizer state, batch, data): equal for every
-#: cell and seed that share them, so probed once per process. Cleared by benchmarks that
-#: want every run to pay for its probes.
-PROBE_CACHE: dict[tuple[Any, ...], dict[str, float]] = {}
-
-
-def _probe_key(model: Any, opt: Any, batch_size: int, data: Data) -> tuple[Any, ...] | None:
-    try:
-        shapes = tuple((tuple(p.shape), p.dtype, p.device) for p in model.parameters())
-        flags = tuple(sorted((k, bool(v)) for k, v in opt.defaults.items()
-                             if isinstance(v, (bool, int, float))))
-        return (repr(model), shapes, type(model), type(opt), flags, len(opt.param_groups),
-                batch_size, id(data), tuple(data.x_train.shape), data.x_train.dtype)
-    except Exception:  # an exotic model or optimizer: probe it every time
-        return None
-
-
 def _check_parameters(model: Any, opt: Any, where: str) -> None:
     """Training that would do nothing without a word: a model without parameters, or an
     optimizer over parameters none of which are the model's."""
@@ -468,9 +454,10 @@ def _train_recipe(
         initial["val_acc"] = start_val["acc"]
     limit = divergence_limit(start_train["loss"])
 
-    cache_key = _probe_key(model, opt, batch_size, data) if probed is None else None
-    if cache_key is not None and cache_key in PROBE_CACHE:
-        probed = PROBE_CACHE[cache_key]
+    cache_key = (probe_key("one by one", model, opt, loss_fn, data, batch_size, device)
+                 if probed is None else None)
+    if cache_key is not None:
+        probed = recall_probe(cache_key)
     probe = probed is None
     measurements: dict[str, float] = dict(probed or {})
     if probe:
@@ -566,8 +553,7 @@ def _train_recipe(
     if inference and not any(m.startswith("inference_") for m in measurements):
         measurements.update(inference_profile(model, data.x_val[:batch_size]))
     if probe and cache_key is not None:
-        PROBE_CACHE[cache_key] = {m: v for m, v in measurements.items()
-                                  if is_probed(m)}
+        remember_probe(cache_key, {m: v for m, v in measurements.items() if is_probed(m)})
     peak = device_peak_flops(device)
     if peak and "flops_per_sample" in measurements and "samples_per_s" in measurements:
         measurements["mfu"] = (measurements["flops_per_sample"] * measurements["samples_per_s"]

@@ -47,7 +47,13 @@ from hpspec.engine.common import (
     train_step,
 )
 from hpspec.engine.common import plain as _plain
-from hpspec.engine.probes import device_peak_flops, model_size
+from hpspec.engine.probes import (
+    device_peak_flops,
+    model_size,
+    probe_key,
+    recall_probe,
+    remember_probe,
+)
 from hpspec.results import Divergence, SeedResult
 
 __all__ = ["Member", "hooks", "plan", "split", "chunk_size", "train_group", "width_buckets",
@@ -973,39 +979,16 @@ def _stacked_optimizer(kind: str, params: list[torch.Tensor],
 # ------------------------------------------------------------------------------- training
 
 
-#: :func:`_probe`'s figures by what decides them (see :func:`_probe_key`): a search trains
-#: the same architectures again at every rung and round. At most PROBES_KEPT, oldest dropped.
-_PROBED: dict[tuple[Any, ...], dict[str, float]] = {}
-PROBES_KEPT = 512
-
-
-def _probe_key(m: Member, data: Data, batch_size: int, device: str) -> tuple[Any, ...]:
-    """What a member's size, FLOPs and peak memory depend on: the model (its modules' classes,
-    which hold their forwards: two classes of one name print one repr; its structure; its
-    parameters' and buffers' shapes and dtypes), the optimizer's kind and settings other than
-    the learning rate (which changes neither), the loss, the batch and the data's shapes and
-    dtypes."""
-    params = tuple((tuple(p.shape), p.dtype) for p in m.model.parameters())
-    buffers = tuple((tuple(b.shape), b.dtype) for b in m.model.buffers())
-    settings = tuple(tuple(sorted((k, repr(v)) for k, v in g.items()
-                                  if k not in ("params", "lr", "initial_lr")))
-                     for g in m.optimizer.param_groups)
-    return (tuple(map(type, m.model.modules())), repr(m.model), params, buffers,
-            type(m.optimizer), settings, type(m.loss), repr(m.loss), data.task,
-            tuple(data.x_train.shape),
-            data.x_train.dtype, tuple(data.y_train.shape), data.y_train.dtype, batch_size,
-            device)
-
-
 def _probe_once(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
-    """:func:`_probe`, remembered across groups and calls by :func:`_probe_key`."""
-    key = _probe_key(m, data, batch_size, device)
-    found = _PROBED.get(key)
+    """:func:`_probe`, remembered across groups and calls (see
+    :func:`~hpspec.engine.probes.probe_key`): a search trains the same architectures again at
+    every rung and round."""
+    key = probe_key("stacked", m.model, m.optimizer, m.loss, data, batch_size, device)
+    found = recall_probe(key)
     if found is None:
-        found = _PROBED[key] = _probe(m, data, batch_size, device)
-        while len(_PROBED) > PROBES_KEPT:
-            del _PROBED[next(iter(_PROBED))]
-    return dict(found)
+        found = _probe(m, data, batch_size, device)
+        remember_probe(key, found)
+    return found
 
 
 def _probe(m: Member, data: Data, batch_size: int, device: str) -> dict[str, float]:
