@@ -233,23 +233,27 @@ def test_html_shows_a_search_by_hyperparameter_on_log_axes_and_only_the_best_cur
     assert "best 2 of 8" not in plain  # without the search field: the grid layout
 
 
+def _narrow(case):
+    """The search tests' recipe: a narrow digits MLP, SGD at the trial's lr."""
+    import torch
+
+    model = hp.models.mlp(64, [8], 10)
+    return model, torch.optim.SGD(model.parameters(), lr=case.lr)
+
+
 @pytest.mark.parametrize("schedule, pruned", [
     (hp.halving(min_epochs=1, eta=2, metric="val_acc"), 2),
     # 2 brackets of 2 trials: one pruned in the first, none in the second
     (hp.hyperband(min_epochs=1, eta=2, metric="val_acc"), 1)], ids=["halving", "hyperband"])
 def test_a_halving_search_run_again_is_served_from_the_cache_pruned_trials_included(
         tmp_path, monkeypatch, schedule, pruned):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from hpspec.engine import runner
-
-    def recipe(case):
-        model = hp.models.mlp(64, [8], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 
     exp = build(hp.experiment(search=hp.random(
         hp.space(lr=hp.loguniform(1e-3, 1.0), batch_size=hp.choice([32, 128])), trials=4,
         seed=2, halving=schedule),
-        epochs=2, data=hp.datasets.digits(n_train=200))(recipe))
+        epochs=2, data=hp.datasets.digits(n_train=200))(_narrow))
 
     def session():
         return session_with(exp, store_path=tmp_path / "r.sqlite")
@@ -276,17 +280,13 @@ def test_a_halving_search_stopped_half_way_keeps_the_trials_it_decided(tmp_path,
     """Ctrl-C after the first rung: the trials pruned there were saved as they were decided,
     so the next run serves them from the cache, retrains only the rest, and ends where an
     uninterrupted search ends."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from hpspec.session import Session
-
-    def recipe(case):
-        model = hp.models.mlp(64, [8], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 
     exp = build(hp.experiment(search=hp.random(
         hp.space(lr=hp.loguniform(1e-3, 1.0)), trials=8, seed=3,
         halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
-        epochs=4, data=hp.datasets.digits(n_train=200))(recipe))
+        epochs=4, data=hp.datasets.digits(n_train=200))(_narrow))
     whole = session_with(exp, cache="off")
     whole.result("k", exp, exp.cells[0])
     expected = {c.id: whole.results[("k", c.id)] for c in exp.cells}
@@ -457,18 +457,14 @@ def test_search_trials_never_stop_early_on_decided_within_claims():
     """A search whose only claim is "reaches ... within N epochs": its trials still train to
     each rung (and survivors to the end), so halving ranks them on curves as long as the rung,
     not on curves cut when the claim was decided (all then scored infinity)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from hpspec.plan import stop_rule
-
-    def recipe(case):
-        model = hp.models.mlp(64, [8], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 
     claim = hp.expect(hp.metric("val_acc").above(0.2).within(epochs=4))
     exp = build(hp.experiment(search=hp.random(
         hp.space(lr=hp.loguniform(1e-1, 1.0)), trials=4, seed=0,
         halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
-        epochs=4, data=hp.datasets.digits(n_train=200), claims=[claim])(recipe))
+        epochs=4, data=hp.datasets.digits(n_train=200), claims=[claim])(_narrow))
     assert all(stop_rule(exp, c.as_dict(), False) is None for c in exp.cells)
     s = session_with(exp, cache="off")
     s.result("k", exp, exp.cells[0])
@@ -507,17 +503,13 @@ def test_a_halving_search_trains_its_trials_under_the_budget_and_inference_as_a_
         monkeypatch):
     """_train_search trains through _train_trials: --hpspec-timeout and --hpspec-inference
     reach every trial at every rung (they did not: a copy of the trainer ignored them)."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from hpspec.engine import runner
-
-    def recipe(case):
-        model = hp.models.mlp(64, [8], 10)
-        return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 
     exp = build(hp.experiment(search=hp.random(
         hp.space(lr=hp.loguniform(1e-2, 1.0)), trials=4, seed=0,
         halving=hp.halving(min_epochs=1, eta=2, metric="val_acc")),
-        epochs=2, data=hp.datasets.digits(n_train=100))(recipe))
+        epochs=2, data=hp.datasets.digits(n_train=100))(_narrow))
     seen = []
     real = runner.run_cell
 
