@@ -571,6 +571,15 @@ class _Stacked:
                                                       device=like.device)
         return found
 
+    def _zero(self, like: torch.Tensor) -> torch.Tensor:
+        """A kept 0-dim zero: the ignored input (``beta=0``) of a ``baddbmm`` that scales its
+        product (``alpha``) in the same kernel."""
+        key = ("zero", like.dtype, like.device)
+        found = self._constants.get(key)
+        if found is None:
+            found = self._constants[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+        return found
+
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
         input and each activation's output."""
@@ -621,21 +630,37 @@ class _Stacked:
             return self._manual_step(x, y, loss_kind, into, beta)
 
     def _loss_grad(self, out: torch.Tensor, y: torch.Tensor, loss_kind: str) -> tuple[
-            torch.Tensor, torch.Tensor]:
-        """Per-cell losses [K] and the gradient of their sum with respect to ``out``."""
+            torch.Tensor, torch.Tensor, float]:
+        """Per-cell losses [K], the gradient of their sum with respect to ``out`` divided by
+        a scale, and that scale: the parameters' gradients are the products with ``g`` times
+        the scale (:meth:`_linear_grads` folds it into their matrix products, which saves the
+        step a pass over ``g``). ``out`` is overwritten where the model ends with a linear
+        layer (no backward reads that layer's output; an activation's backward reads its own).
+
+        A few small kernels: on a small stack each costs more than its arithmetic."""
         k, rows = out.shape[0], out.shape[1]
+        mine = self.layers[-1][0] == "linear"
         if loss_kind == "ce":
             # (by hand: torch.log_softmax over 10 classes is several times slower on a CPU)
-            shifted = out - out.amax(dim=2, keepdim=True)
+            top = out.amax(dim=2, keepdim=True)
+            shifted = out.sub_(top) if mine else out - top
             exp = shifted.exp()
             total = exp.sum(dim=2, keepdim=True)
             target = y.unsqueeze(2)
-            losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
-            g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
-            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2)).div_(rows)
-            return losses, g
-        diff = out - y
-        return diff.square().reshape(k, -1).mean(dim=1), diff.mul_(2.0 / (diff[0].numel()))
+            # each row's -log p(target); the mean over the batch as a product with a row of
+            # 1 / rows (one kernel, not a squeeze, a mean's sum and its division)
+            nll = total.log().sub_(shifted.gather(2, target))
+            losses = torch.bmm(self._ones(k, rows, nll, 1.0 / rows), nll).view(k)
+            g = exp.div_(total)  # softmax - one-hot: rows x d(mean CE)/d(logits)
+            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2))
+            return losses, g, 1.0 / rows
+        diff = out.sub_(y) if mine and y.dtype == out.dtype else out - y
+        per = diff[0].numel()
+        flat = diff.view(k, 1, per)
+        # each cell's mean square as one product (its sum of squares, times 1 / numel)
+        losses = torch.baddbmm(self._zero(diff), flat, flat.transpose(1, 2), beta=0,
+                               alpha=1.0 / per).view(k)
+        return losses, diff, 2.0 / per
 
     def _space(self, rows: int) -> dict[str, Any]:
         """The buffers of :meth:`_buffered_step` for batches of ``rows``, made once per batch
@@ -678,22 +703,23 @@ class _Stacked:
 
     def _linear_grads(self, grads: list[torch.Tensor], slot: int, bias: bool,
                       saved_t: torch.Tensor, g: torch.Tensor, into: list[torch.Tensor] | None,
-                      beta: float) -> int:
+                      beta: float, scale: float) -> int:
         """One linear layer's gradients into ``grads`` (or added to ``beta`` times the
-        ``into`` buffers) from its output's gradient ``g`` [K, B, out] and its input's
-        transpose ``saved_t`` [K, in, B]: the bias's at ``slot - 1`` (when ``bias``), then the
-        weight's; returns the weight's slot."""
+        ``into`` buffers) from its output's gradient ``g`` [K, B, out] divided by ``scale``
+        and its input's transpose ``saved_t`` [K, in, B]: the bias's at ``slot - 1`` (when
+        ``bias``), then the weight's; returns the weight's slot."""
         k, rows = g.shape[0], g.shape[1]
         if bias:
             slot -= 1
-            # the bias gradient (a sum over the batch) as a product with a row of ones:
+            # the bias gradient (a sum over the batch) as a product with a row of ``scale``:
             # into the momentum buffer in one kernel instead of three
-            ones = self._ones(k, rows, g)
+            ones = self._ones(k, rows, g, scale)
             grads[slot] = (torch.bmm(ones, g) if into is None else
                            into[slot].baddbmm_(ones, g, beta=beta))
         slot -= 1
-        grads[slot] = (torch.bmm(saved_t, g) if into is None else
-                       into[slot].baddbmm_(saved_t, g, beta=beta))
+        grads[slot] = (torch.baddbmm(self._zero(g), saved_t, g, beta=0, alpha=scale)
+                       if into is None else
+                       into[slot].baddbmm_(saved_t, g, beta=beta, alpha=scale))
         return slot
 
     def _buffered_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
@@ -714,7 +740,7 @@ class _Stacked:
             else:
                 for f, view in space["forward"][i]:
                     f(view)
-        losses, g = self._loss_grad(h, y, loss_kind)
+        losses, g, scale = self._loss_grad(h, y, loss_kind)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
         for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
@@ -725,7 +751,8 @@ class _Stacked:
                 continue
             src = source[i]
             saved_t = x.transpose(1, 2) if src is None else space["t"][src]
-            slot = self._linear_grads(grads, slot, obj[1] is not None, saved_t, g, into, beta)
+            slot = self._linear_grads(grads, slot, obj[1] is not None, saved_t, g, into, beta,
+                                      scale)
             if i > self.first_linear:
                 g = torch.bmm(g, space["wt"][i], out=grad_in[i])
         if self.masks is not None:
@@ -737,7 +764,7 @@ class _Stacked:
             torch.Tensor, list[torch.Tensor]]:
         keep: list[torch.Tensor] = []
         out = self._forward(x, keep)
-        losses, g = self._loss_grad(out, y, loss_kind)
+        losses, g, scale = self._loss_grad(out, y, loss_kind)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
         acts = iter(reversed(self.backward))  # type: ignore[arg-type]
@@ -755,7 +782,7 @@ class _Stacked:
                 continue
             w, b = obj
             slot = self._linear_grads(grads, slot, b is not None, saved.transpose(1, 2), g,
-                                      into, beta)
+                                      into, beta, scale)
             if i > first_linear:
                 g = torch.bmm(g, w.transpose(1, 2))
         if self.masks is not None:
@@ -839,6 +866,14 @@ class _StackedSGD(_StackedOptimizer):
         #: one momentum for every cell: the buffers take the gradients straight from the model
         self.momentum = momenta.pop() if self.plain and len(momenta) == 1 else None
         self.bufs: list[torch.Tensor] | None = None
+        self._lists()
+
+    def _lists(self) -> None:
+        """The per-cell hyperparameters as one list per kind, for the foreach updates (made
+        once, not each step)."""
+        self.neg_lr = [h["neg_lr"] for h in self.h]
+        self.wd = [h["wd"] for h in self.h]
+        self.mom = [h["mom"] for h in self.h]
 
     def train_step(self, model: _Stacked, x: torch.Tensor, y: torch.Tensor,
                    loss_kind: str) -> torch.Tensor:
@@ -854,13 +889,14 @@ class _StackedSGD(_StackedOptimizer):
         self.h = _rows(self.h, at)
         if self.bufs is not None:
             self.bufs = _rows(self.bufs, at)
+        self._lists()
 
     @torch.no_grad()
     def _finish_plain(self) -> None:
         assert self.bufs is not None
         if self.use_wd:
-            torch._foreach_addcmul_(self.bufs, self.params, [h["wd"] for h in self.h])
-        torch._foreach_addcmul_(self.params, self.bufs, [h["neg_lr"] for h in self.h])
+            torch._foreach_addcmul_(self.bufs, self.params, self.wd)
+        torch._foreach_addcmul_(self.params, self.bufs, self.neg_lr)
 
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
@@ -869,9 +905,16 @@ class _StackedSGD(_StackedOptimizer):
             if self.bufs is None:
                 self.bufs = list(grads)  # torch: the first buffer is the (decayed) gradient
             else:
-                torch._foreach_mul_(self.bufs, [h["mom"] for h in self.h])
+                torch._foreach_mul_(self.bufs, self.mom)
                 torch._foreach_add_(self.bufs, grads)
             self._finish_plain()
+            return
+        if not self.use_mom:
+            # plain SGD (a search's common case): p -= lr * (g + wd * p), a kernel or two for
+            # every tensor at once (the gradients are this step's: scratch)
+            if self.use_wd:
+                torch._foreach_addcmul_(grads, self.params, self.wd)
+            torch._foreach_addcmul_(self.params, grads, self.neg_lr)
             return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
         bufs: list[torch.Tensor | None] = ([*self.bufs] if self.bufs is not None
