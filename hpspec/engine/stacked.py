@@ -725,6 +725,25 @@ class _Stacked:
                      backward=backward, t={i: o.transpose(1, 2) for i, o in outs.items()},
                      wt={i: obj[0].transpose(1, 2) for i, (kind, obj) in enumerate(self.layers)
                          if kind == "linear"})
+        # The step as flat lists, read in order (no per-step lookups by layer): forward, per
+        # linear layer, its weight, bias, output buffer and the activation after it; backward,
+        # from the last linear layer down, the activation after it, its input's transpose
+        # (None: the batch's), its weight's and bias's slots, its weight's transpose and its
+        # input's gradient buffer (None for the first layer).
+        slots: dict[int, tuple[int, int | None]] = {}
+        at = 0
+        for i, (kind, obj) in enumerate(self.layers):
+            if kind == "linear":
+                slots[i] = (at, None if obj[1] is None else at + 1)
+                at += 1 if obj[1] is None else 2
+        after = {i: i + 1 for i in outs if i + 1 in forward}
+        found["fwd_plan"] = [(obj[0], obj[1], outs[i], forward.get(after.get(i, -1), []))
+                             for i, (kind, obj) in enumerate(self.layers) if kind == "linear"]
+        found["bwd_plan"] = [
+            (backward.get(after.get(i, -1), []),
+             None if source[i] is None else found["t"][source[i]], *slots[i],
+             found["wt"][i], grad_in.get(i))
+            for i in sorted(outs, reverse=True)]
         self._spaces[rows] = found
         return found
 
@@ -756,32 +775,33 @@ class _Stacked:
         activation follows a linear layer: the same arithmetic, without a step's
         allocations, slicing and transposes (a third of a small group's step on a CPU)."""
         space = self._space(x.shape[1])
-        outs, grad_in, source = space["outs"], space["grad_in"], space["source"]
         h = x
-        for i, (kind, obj) in enumerate(self.layers):
-            if kind == "linear":
-                w, b = obj
-                h = torch.bmm(h, w, out=outs[i])
-                if b is not None:
-                    h.add_(b)
-            else:
-                for f, view in space["forward"][i]:
-                    f(view)
+        for w, b, out, acts in space["fwd_plan"]:
+            h = torch.bmm(h, w, out=out)
+            if b is not None:
+                h.add_(b)
+            for f, view in acts:
+                f(view)
         losses, g, scale = self._loss_grad(h, y, loss_kind)
+        ones = self._ones(g.shape[0], g.shape[1], g, scale)  # the bias gradients' row
+        zero = self._zero(g)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
-        slot = len(self.params)
-        for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
-            kind, obj = self.layers[i]
-            if kind == "act":
-                for f, a, b_, g_view, saved in space["backward"][i]:
-                    f(g[a:b_] if g_view is None else g_view, saved)
-                continue
-            src = source[i]
-            saved_t = x.transpose(1, 2) if src is None else space["t"][src]
-            slot = self._linear_grads(grads, slot, obj[1] is not None, saved_t, g, into, beta,
-                                      scale)
-            if i > self.first_linear:
-                g = torch.bmm(g, space["wt"][i], out=grad_in[i])
+        for acts, saved_t, w_slot, b_slot, wt, g_in in space["bwd_plan"]:
+            for f, a, b_, g_view, saved in acts:
+                f(g[a:b_] if g_view is None else g_view, saved)
+            if saved_t is None:
+                saved_t = x.transpose(1, 2)
+            # (:meth:`_linear_grads`, inlined)
+            if into is None:
+                if b_slot is not None:
+                    grads[b_slot] = torch.bmm(ones, g)
+                grads[w_slot] = torch.baddbmm(zero, saved_t, g, beta=0, alpha=scale)
+            else:
+                if b_slot is not None:
+                    grads[b_slot] = into[b_slot].baddbmm_(ones, g, beta=beta)
+                grads[w_slot] = into[w_slot].baddbmm_(saved_t, g, beta=beta, alpha=scale)
+            if g_in is not None:
+                g = torch.bmm(g, wt, out=g_in)
         if self.masks is not None:
             torch._foreach_mul_(grads, self.masks)
         return losses, grads
