@@ -25,10 +25,11 @@ Anything else trains sequentially; :func:`plan` says why.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import attrs
 import torch
@@ -75,6 +76,27 @@ class Member:
     scheduler: bool = False
     #: torch's CPU generator state right after the recipe was built (dropout masks start here)
     rng_state: Any = None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _no_grad(fn: _F) -> _F:
+    """``fn`` run with autograd off, as ``@torch.no_grad()`` does, without its context
+    object each call (a step calls two or three such functions: a few microseconds each, a
+    measurable share of a small stack's step)."""
+    set_grad = torch._C._set_grad_enabled
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        before = torch.is_grad_enabled()
+        set_grad(False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            set_grad(before)
+
+    return cast(_F, inner)
 
 
 def _layers(model: nn.Module) -> list[nn.Module] | None:
@@ -571,6 +593,15 @@ class _Stacked:
                                                       device=like.device)
         return found
 
+    def _zero(self, like: torch.Tensor) -> torch.Tensor:
+        """A kept 0-dim zero: the ignored input (``beta=0``) of a ``baddbmm`` that scales its
+        product (``alpha``) in the same kernel."""
+        key = ("zero", like.dtype, like.device)
+        found = self._constants.get(key)
+        if found is None:
+            found = self._constants[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+        return found
+
     def _forward(self, x: torch.Tensor, keep: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``x`` is [K, B, F]. ``keep`` collects what the backward needs: each linear layer's
         input and each activation's output."""
@@ -615,27 +646,48 @@ class _Stacked:
             torch._foreach_mul_(into, beta)
             torch._foreach_add_(into, grads)
             return losses.detach(), into
-        with torch.no_grad():
-            if self.chained:
-                return self._buffered_step(x, y, loss_kind, into, beta)
-            return self._manual_step(x, y, loss_kind, into, beta)
+        return self._hand_step(x, y, loss_kind, into, beta)
+
+    @_no_grad
+    def _hand_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
+                   into: list[torch.Tensor] | None, beta: float) -> tuple[
+            torch.Tensor, list[torch.Tensor]]:
+        if self.chained:
+            return self._buffered_step(x, y, loss_kind, into, beta)
+        return self._manual_step(x, y, loss_kind, into, beta)
 
     def _loss_grad(self, out: torch.Tensor, y: torch.Tensor, loss_kind: str) -> tuple[
-            torch.Tensor, torch.Tensor]:
-        """Per-cell losses [K] and the gradient of their sum with respect to ``out``."""
+            torch.Tensor, torch.Tensor, float]:
+        """Per-cell losses [K], the gradient of their sum with respect to ``out`` divided by
+        a scale, and that scale: the parameters' gradients are the products with ``g`` times
+        the scale (:meth:`_linear_grads` folds it into their matrix products, which saves the
+        step a pass over ``g``). ``out`` is overwritten where the model ends with a linear
+        layer (no backward reads that layer's output; an activation's backward reads its own).
+
+        A few small kernels: on a small stack each costs more than its arithmetic."""
         k, rows = out.shape[0], out.shape[1]
+        mine = self.layers[-1][0] == "linear"
         if loss_kind == "ce":
             # (by hand: torch.log_softmax over 10 classes is several times slower on a CPU)
-            shifted = out - out.amax(dim=2, keepdim=True)
+            top = out.amax(dim=2, keepdim=True)
+            shifted = out.sub_(top) if mine else out - top
             exp = shifted.exp()
             total = exp.sum(dim=2, keepdim=True)
             target = y.unsqueeze(2)
-            losses = (total.log() - shifted.gather(2, target)).squeeze(2).mean(dim=1)
-            g = exp.div_(total)  # softmax - one-hot, over the batch size: d(mean CE)/d(logits)
-            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2)).div_(rows)
-            return losses, g
-        diff = out - y
-        return diff.square().reshape(k, -1).mean(dim=1), diff.mul_(2.0 / (diff[0].numel()))
+            # each row's -log p(target); the mean over the batch as a product with a row of
+            # 1 / rows (one kernel, not a squeeze, a mean's sum and its division)
+            nll = total.log().sub_(shifted.gather(2, target))
+            losses = torch.bmm(self._ones(k, rows, nll, 1.0 / rows), nll).view(k)
+            g = exp.div_(total)  # softmax - one-hot: rows x d(mean CE)/d(logits)
+            g.scatter_add_(2, target, self._ones(k, rows, g, -1.0, 2))
+            return losses, g, 1.0 / rows
+        diff = out.sub_(y) if mine and y.dtype == out.dtype else out - y
+        per = diff[0].numel()
+        flat = diff.view(k, 1, per)
+        # each cell's mean square as one product (its sum of squares, times 1 / numel)
+        losses = torch.baddbmm(self._zero(diff), flat, flat.transpose(1, 2), beta=0,
+                               alpha=1.0 / per).view(k)
+        return losses, diff, 2.0 / per
 
     def _space(self, rows: int) -> dict[str, Any]:
         """The buffers of :meth:`_buffered_step` for batches of ``rows``, made once per batch
@@ -673,27 +725,47 @@ class _Stacked:
                      backward=backward, t={i: o.transpose(1, 2) for i, o in outs.items()},
                      wt={i: obj[0].transpose(1, 2) for i, (kind, obj) in enumerate(self.layers)
                          if kind == "linear"})
+        # The step as flat lists, read in order (no per-step lookups by layer): forward, per
+        # linear layer, its weight, bias, output buffer and the activation after it; backward,
+        # from the last linear layer down, the activation after it, its input's transpose
+        # (None: the batch's), its weight's and bias's slots, its weight's transpose and its
+        # input's gradient buffer (None for the first layer).
+        slots: dict[int, tuple[int, int | None]] = {}
+        at = 0
+        for i, (kind, obj) in enumerate(self.layers):
+            if kind == "linear":
+                slots[i] = (at, None if obj[1] is None else at + 1)
+                at += 1 if obj[1] is None else 2
+        after = {i: i + 1 for i in outs if i + 1 in forward}
+        found["fwd_plan"] = [(obj[0], obj[1], outs[i], forward.get(after.get(i, -1), []))
+                             for i, (kind, obj) in enumerate(self.layers) if kind == "linear"]
+        found["bwd_plan"] = [
+            (backward.get(after.get(i, -1), []),
+             None if source[i] is None else found["t"][source[i]], *slots[i],
+             found["wt"][i], grad_in.get(i))
+            for i in sorted(outs, reverse=True)]
         self._spaces[rows] = found
         return found
 
     def _linear_grads(self, grads: list[torch.Tensor], slot: int, bias: bool,
                       saved_t: torch.Tensor, g: torch.Tensor, into: list[torch.Tensor] | None,
-                      beta: float) -> int:
+                      beta: float, scale: float) -> int:
         """One linear layer's gradients into ``grads`` (or added to ``beta`` times the
-        ``into`` buffers) from its output's gradient ``g`` [K, B, out] and its input's
-        transpose ``saved_t`` [K, in, B]: the bias's at ``slot - 1`` (when ``bias``), then the
-        weight's; returns the weight's slot."""
+        ``into`` buffers) from its output's gradient ``g`` [K, B, out] divided by ``scale``
+        and its input's transpose ``saved_t`` [K, in, B]: the bias's at ``slot - 1`` (when
+        ``bias``), then the weight's; returns the weight's slot."""
         k, rows = g.shape[0], g.shape[1]
         if bias:
             slot -= 1
-            # the bias gradient (a sum over the batch) as a product with a row of ones:
+            # the bias gradient (a sum over the batch) as a product with a row of ``scale``:
             # into the momentum buffer in one kernel instead of three
-            ones = self._ones(k, rows, g)
+            ones = self._ones(k, rows, g, scale)
             grads[slot] = (torch.bmm(ones, g) if into is None else
                            into[slot].baddbmm_(ones, g, beta=beta))
         slot -= 1
-        grads[slot] = (torch.bmm(saved_t, g) if into is None else
-                       into[slot].baddbmm_(saved_t, g, beta=beta))
+        grads[slot] = (torch.baddbmm(self._zero(g), saved_t, g, beta=0, alpha=scale)
+                       if into is None else
+                       into[slot].baddbmm_(saved_t, g, beta=beta, alpha=scale))
         return slot
 
     def _buffered_step(self, x: torch.Tensor, y: torch.Tensor, loss_kind: str,
@@ -703,31 +775,33 @@ class _Stacked:
         activation follows a linear layer: the same arithmetic, without a step's
         allocations, slicing and transposes (a third of a small group's step on a CPU)."""
         space = self._space(x.shape[1])
-        outs, grad_in, source = space["outs"], space["grad_in"], space["source"]
         h = x
-        for i, (kind, obj) in enumerate(self.layers):
-            if kind == "linear":
-                w, b = obj
-                h = torch.bmm(h, w, out=outs[i])
-                if b is not None:
-                    h.add_(b)
-            else:
-                for f, view in space["forward"][i]:
-                    f(view)
-        losses, g = self._loss_grad(h, y, loss_kind)
+        for w, b, out, acts in space["fwd_plan"]:
+            h = torch.bmm(h, w, out=out)
+            if b is not None:
+                h.add_(b)
+            for f, view in acts:
+                f(view)
+        losses, g, scale = self._loss_grad(h, y, loss_kind)
+        ones = self._ones(g.shape[0], g.shape[1], g, scale)  # the bias gradients' row
+        zero = self._zero(g)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
-        slot = len(self.params)
-        for i in range(len(self.layers) - 1, self.first_linear - 1, -1):
-            kind, obj = self.layers[i]
-            if kind == "act":
-                for f, a, b_, g_view, saved in space["backward"][i]:
-                    f(g[a:b_] if g_view is None else g_view, saved)
-                continue
-            src = source[i]
-            saved_t = x.transpose(1, 2) if src is None else space["t"][src]
-            slot = self._linear_grads(grads, slot, obj[1] is not None, saved_t, g, into, beta)
-            if i > self.first_linear:
-                g = torch.bmm(g, space["wt"][i], out=grad_in[i])
+        for acts, saved_t, w_slot, b_slot, wt, g_in in space["bwd_plan"]:
+            for f, a, b_, g_view, saved in acts:
+                f(g[a:b_] if g_view is None else g_view, saved)
+            if saved_t is None:
+                saved_t = x.transpose(1, 2)
+            # (:meth:`_linear_grads`, inlined)
+            if into is None:
+                if b_slot is not None:
+                    grads[b_slot] = torch.bmm(ones, g)
+                grads[w_slot] = torch.baddbmm(zero, saved_t, g, beta=0, alpha=scale)
+            else:
+                if b_slot is not None:
+                    grads[b_slot] = into[b_slot].baddbmm_(ones, g, beta=beta)
+                grads[w_slot] = into[w_slot].baddbmm_(saved_t, g, beta=beta, alpha=scale)
+            if g_in is not None:
+                g = torch.bmm(g, wt, out=g_in)
         if self.masks is not None:
             torch._foreach_mul_(grads, self.masks)
         return losses, grads
@@ -737,7 +811,7 @@ class _Stacked:
             torch.Tensor, list[torch.Tensor]]:
         keep: list[torch.Tensor] = []
         out = self._forward(x, keep)
-        losses, g = self._loss_grad(out, y, loss_kind)
+        losses, g, scale = self._loss_grad(out, y, loss_kind)
         grads: list[torch.Tensor] = [None] * len(self.params)  # type: ignore[list-item]
         slot = len(self.params)
         acts = iter(reversed(self.backward))  # type: ignore[arg-type]
@@ -755,7 +829,7 @@ class _Stacked:
                 continue
             w, b = obj
             slot = self._linear_grads(grads, slot, b is not None, saved.transpose(1, 2), g,
-                                      into, beta)
+                                      into, beta, scale)
             if i > first_linear:
                 g = torch.bmm(g, w.transpose(1, 2))
         if self.masks is not None:
@@ -839,6 +913,14 @@ class _StackedSGD(_StackedOptimizer):
         #: one momentum for every cell: the buffers take the gradients straight from the model
         self.momentum = momenta.pop() if self.plain and len(momenta) == 1 else None
         self.bufs: list[torch.Tensor] | None = None
+        self._lists()
+
+    def _lists(self) -> None:
+        """The per-cell hyperparameters as one list per kind, for the foreach updates (made
+        once, not each step)."""
+        self.neg_lr = [h["neg_lr"] for h in self.h]
+        self.wd = [h["wd"] for h in self.h]
+        self.mom = [h["mom"] for h in self.h]
 
     def train_step(self, model: _Stacked, x: torch.Tensor, y: torch.Tensor,
                    loss_kind: str) -> torch.Tensor:
@@ -854,24 +936,32 @@ class _StackedSGD(_StackedOptimizer):
         self.h = _rows(self.h, at)
         if self.bufs is not None:
             self.bufs = _rows(self.bufs, at)
+        self._lists()
 
-    @torch.no_grad()
+    @_no_grad
     def _finish_plain(self) -> None:
         assert self.bufs is not None
         if self.use_wd:
-            torch._foreach_addcmul_(self.bufs, self.params, [h["wd"] for h in self.h])
-        torch._foreach_addcmul_(self.params, self.bufs, [h["neg_lr"] for h in self.h])
+            torch._foreach_addcmul_(self.bufs, self.params, self.wd)
+        torch._foreach_addcmul_(self.params, self.bufs, self.neg_lr)
 
-    @torch.no_grad()
+    @_no_grad
     def step(self, grads: list[torch.Tensor]) -> None:
         """``grads`` are fresh tensors of this step; the first step's become the buffers."""
         if self.plain:
             if self.bufs is None:
                 self.bufs = list(grads)  # torch: the first buffer is the (decayed) gradient
             else:
-                torch._foreach_mul_(self.bufs, [h["mom"] for h in self.h])
+                torch._foreach_mul_(self.bufs, self.mom)
                 torch._foreach_add_(self.bufs, grads)
             self._finish_plain()
+            return
+        if not self.use_mom:
+            # plain SGD (a search's common case): p -= lr * (g + wd * p), a kernel or two for
+            # every tensor at once (the gradients are this step's: scratch)
+            if self.use_wd:
+                torch._foreach_addcmul_(grads, self.params, self.wd)
+            torch._foreach_addcmul_(self.params, grads, self.neg_lr)
             return
         # Fused forms (addcmul) keep the update at a few kernels per tensor for all K cells.
         bufs: list[torch.Tensor | None] = ([*self.bufs] if self.bufs is not None
@@ -945,7 +1035,7 @@ class _StackedAdam(_StackedOptimizer):
         on = values.to(self.dtype)
         return [on.view((-1,) + (1,) * (p.dim() - 1)) for p in self.params]
 
-    @torch.no_grad()
+    @_no_grad
     def step(self, grads: list[torch.Tensor]) -> None:
         """``grads`` are fresh tensors of this step (they are used as scratch space)."""
         self.t += 1
@@ -1154,6 +1244,8 @@ def train_group(
         # slice (a view), not two gathers of its own (within EPOCH_GATHER numbers)
         whole = len(live) * (x.numel() + y.numel()) <= EPOCH_GATHER
         xs, ys = (x[perms], y[perms]) if whole else (x, y)
+        # the steps' batches as views, cut in one call each (not two slicings a step)
+        xb, yb = (xs.split(batch_size, dim=1), ys.split(batch_size, dim=1)) if whole else ((), ())
         step_losses: list[torch.Tensor] = []
         sync(device)
         t0 = time.perf_counter()
@@ -1165,8 +1257,7 @@ def train_group(
                     sync(device)
                 t1 = time.perf_counter()
             if whole:
-                step_losses.append(engine.step(xs[:, i * batch_size : (i + 1) * batch_size],
-                                               ys[:, i * batch_size : (i + 1) * batch_size]))
+                step_losses.append(engine.step(xb[i], yb[i]))
             else:
                 idx = perms[:, i * batch_size : (i + 1) * batch_size]
                 step_losses.append(engine.step(x[idx], y[idx]))
