@@ -49,17 +49,21 @@ def recipe(case):
     return model, torch.optim.SGD(model.parameters(), lr=case.lr)
 
 
-def sequential(h, epochs, train, log=None):
-    """run_brackets as it was: each bracket's halving to its end before the next starts."""
+def sequential(h, epochs, train, log=None, final=None):
+    """run_brackets as it was: each bracket's halving to its end before the next starts
+    (each bracket's trials told to ``final`` when it ends)."""
     plan = plan_brackets(h, epochs)
     out = {}
     for b in plan:
         own = {c: epochs[c] for c in b.trials}
         if len(plan) == 1:
-            out.update(successive_halving(h, own, train, log))
+            got = successive_halving(h, own, train, log)
         else:
-            out.update(successive_halving(h, own, train, log, at=b.rungs,
-                                          prefix=f"bracket {b.index}: "))
+            got = successive_halving(h, own, train, log, at=b.rungs,
+                                     prefix=f"bracket {b.index}: ")
+        for cid, result in got.items():
+            final(cid, result)
+        out.update(got)
     return out
 
 
@@ -82,11 +86,11 @@ def run(way: str, trials: int, eta: int, epochs: int, seed: int = 0) -> dict:
     calls = []
     inner = TOGETHER if way == "together" else sequential
 
-    def counting(h, epochs, train, log=None):  # one per trainer call: a rung, or a round
+    def counting(h, epochs, train, log=None, final=None):  # one per trainer call
         def counted(targets):
             calls.append(len(targets))
             return train(targets)
-        return inner(h, epochs, counted, log)
+        return inner(h, epochs, counted, log, final)
 
     search_mod.run_brackets = counting
     try:

@@ -660,11 +660,8 @@ class Session:
             # stacking as a grid cell has them; a round of every Hyperband bracket at once
             return self._train_to(key, exp, cells, cached, targets, report)
 
-        decided: set[str] = set()
-
         def final(cid: str, result: CellResult) -> None:
             # saved as soon as it is decided: a search stopped half-way keeps these
-            decided.add(cid)
             for r in result.seeds:  # (the run's record lists the cached seeds too)
                 self.save_seed(key, exp, cells[cid], r, cached=cid in cached)
             if cid in cached:
@@ -676,8 +673,6 @@ class Session:
         halving = exp.search.halving
         results = run_brackets(halving, {cid: exp.epochs_for(c) for cid, c in cells.items()},
                                train, log, final)
-        for cid in results.keys() - decided:  # (a driver that does not tell each one)
-            final(cid, results[cid])
         trained = len([c for c in results if c not in cached])
         plan = search_brackets(exp)
         how = ("one by one" if not stack else "stacked per rung" if len(plan) == 1
