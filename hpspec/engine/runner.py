@@ -691,18 +691,18 @@ def run_seed(
     data = device_data(exp.data, device) if exp.data is not None else None
     case = _case(exp, cell, seed, device, data)
     # The watchdog holds the budget inside a step too (a sleep, a blocking call).
-    if deadline is None:
-        with torch_state(seed):
-            return _train_seed(exp, cell, case, data, seed, device, probed, progress,
-                               inference, stop, deadline, threads)
-    deadline.epochs_done = 0
-    interrupted = deadline.interrupted(f"{exp.where}[{cell.id}]", seed)
+    guard: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if deadline is not None:
+        deadline.epochs_done = 0
+        interrupted = deadline.interrupted(f"{exp.where}[{cell.id}]", seed)
+        guard = watchdog(deadline.at, interrupted)
     try:
-        with torch_state(seed), watchdog(deadline.at, interrupted):
+        with torch_state(seed), guard:
             return _train_seed(exp, cell, case, data, seed, device, probed, progress,
                                inference, stop, deadline, threads)
     except BudgetAlarm:
         # Another thread's alarm that landed in the guard's own exit, past its reach.
+        assert deadline is not None
         raise interrupted(max(0.0, time.perf_counter() - deadline.at)) from None
 
 
