@@ -333,7 +333,7 @@ class Case:
         self._epochs_seen = True
         return super().__reduce_ex__(protocol)
 
-    def _seen(self, name: str | None = "epochs") -> None:
+    def _seen(self, name: str | None) -> None:
         """Note a read of hyperparameter ``name`` (None: of them all)."""
         if name in (None, "epochs") and "epochs" in self._params:
             self._epochs_seen = True
