@@ -108,19 +108,26 @@ def test_found_is_judged_on_fresh_seeds_only_and_says_so():
     assert v.outcome == PASS and "best found" in v.message and "fresh seeds" in v.message
 
 
-def test_search_table_shows_top_trials_and_pruned_count():
+def _table_search(trials, pruned_from):
+    """A halving search's experiment of ``trials`` trials and made-up results: trial i
+    scores 0.5 + 0.05 i, and those from ``pruned_from`` on are pruned at epoch 1."""
     def fn(case):
         return None
 
     exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
-                                               trials=8, seed=0, metric="val_acc",
+                                               trials=trials, seed=0, metric="val_acc",
                                                halving=hp.halving(metric="val_acc")),
                               epochs=9, data=hp.datasets.digits())(fn))
     results = {}
     for i, c in enumerate(exp.cells):
-        pr = 1 if i >= 4 else None
+        pr = 1 if i >= pruned_from else None
         results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
                                 pruned=pr)
+    return exp, results
+
+
+def test_search_table_shows_top_trials_and_pruned_count():
+    exp, results = _table_search(8, pruned_from=4)
     text = search_table(exp, results, top=3)
     lines = text.splitlines()
     assert "sorted by val_acc (higher is better)" in lines[0]
@@ -563,18 +570,7 @@ def test_a_profile_whose_epochs_fall_below_the_first_rung_is_a_spec_error(halvin
 
 
 def test_search_table_says_only_the_counts_that_are_not_zero():
-    def fn(case):
-        return None
-
-    exp = build(hp.experiment(search=hp.random(hp.space(lr=hp.loguniform(1e-3, 1.0)),
-                                               trials=4, seed=0, metric="val_acc",
-                                               halving=hp.halving(metric="val_acc")),
-                              epochs=9, data=hp.datasets.digits())(fn))
-    results = {}
-    for i, c in enumerate(exp.cells):
-        pr = 1 if i >= 2 else None
-        results[c.id] = _result(c.id, c.as_dict(), [[0.5 + 0.05 * i] * (1 if pr else 9)],
-                                pruned=pr)
+    exp, results = _table_search(4, pruned_from=2)
     text = search_table(exp, results, top=10)
     assert "  ... 2 pruned in all" in text and "not shown" not in text
     text = search_table(exp, {k: v for k, v in results.items() if pruned_at(v) is None}, top=1)
@@ -722,10 +718,13 @@ def test_hyperband_through_the_session_equals_the_brackets_one_after_the_other(m
     together = session_with(exp, cache="off")
     new = run(together)
 
-    def sequential(h, epochs, train, log=None, final=None):  # (final: told at the end)
+    def sequential(h, epochs, train, log=None, final=None):
         def old_train(ids, stop_at):
             return train(dict.fromkeys(ids, stop_at))
-        return _old_run_brackets(h, epochs, old_train, log)
+        out = _old_run_brackets(h, epochs, old_train, log)
+        for cid, result in out.items():  # (the old code knew no final: told at the end)
+            final(cid, result)
+        return out
 
     monkeypatch.setattr(search_mod, "run_brackets", sequential)
     one_by_one = session_with(exp, cache="off")

@@ -269,17 +269,12 @@ def test_a_halving_search_trains_once_with_two_workers_and_as_serially(pytester,
     tmp = pytester.mkdir("tmp")
     monkeypatch.setenv("TMPDIR", str(tmp))  # where the controller makes the shared folder
     runs = {}
-    for name, args in (("serial", ()), ("par", ("-n", "2")),
-                       ("group", ("-n", "2", "--dist", "loadgroup"))):
-        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
-        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
-                                               f"--hpspec-json={name}.json")
-        result.assert_outcomes(passed=13)
-        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
-        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+    for name, (calls, outcomes, doc, out) in _ways(
+            pytester, monkeypatch, 13, serial=(), par=("-n", "2"),
+            group=("-n", "2", "--dist", "loadgroup")).items():
         pruned = {(e["name"], c["cell_id"]): c["result"]["seeds"][0]["measurements"].get(
             "pruned_at_epoch") for e in doc["experiments"] for c in e["cells"]}
-        runs[name] = calls, outcomes, pruned, result.stdout.str()
+        runs[name] = calls, outcomes, pruned, out
     calls, outcomes, pruned, out = runs["serial"]
     assert len(calls) == 20 and sum(v is not None for v in pruned.values()) == 7
     assert "Hyperband bracket 0: 2 trial(s) t00..t01, ranked at epochs 1, 2" in out
@@ -355,13 +350,8 @@ def test_an_optuna_search_runs_once_with_two_workers_and_as_serially(pytester, m
     tmp = pytester.mkdir("tmp")
     monkeypatch.setenv("TMPDIR", str(tmp))
     runs = {}
-    for name, args in (("serial", ()), ("par", ("-n", "2"))):
-        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
-        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
-                                               f"--hpspec-json={name}.json")
-        result.assert_outcomes(passed=6)
-        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
-        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+    for name, (calls, outcomes, doc, _) in _ways(pytester, monkeypatch, 6, serial=(),
+                                                 par=("-n", "2")).items():
         params = {c["cell_id"]: c["params"] for e in doc["experiments"] for c in e["cells"]}
         runs[name] = calls, outcomes, params
     calls, outcomes, params = runs["serial"]
@@ -369,6 +359,22 @@ def test_an_optuna_search_runs_once_with_two_workers_and_as_serially(pytester, m
     assert runs["par"][0] == calls  # each trial's seed trained once, with the same values
     assert_same_runs(outcomes, runs["par"][1])
     assert runs["par"][2] == params and all("lr" in p for p in params.values())
+
+
+def _ways(pytester, monkeypatch, passed, **ways):
+    """Run the pytester's files once per way (name -> pytest arguments), cache off, each
+    seed training logged to HPSPEC_CALLS: per way, the sorted calls, the outcomes and JSON
+    document (``_outcomes``) and the terminal output."""
+    runs = {}
+    for name, args in ways.items():
+        monkeypatch.setenv("HPSPEC_CALLS", str(pytester.path / f"{name}.calls"))
+        result = pytester.runpytest_subprocess(*args, "--hpspec-cache=off",
+                                               f"--hpspec-json={name}.json")
+        result.assert_outcomes(passed=passed)
+        calls = sorted((pytester.path / f"{name}.calls").read_text().splitlines())
+        outcomes, doc = _outcomes(pytester.path / f"{name}.json")
+        runs[name] = calls, outcomes, doc, result.stdout.str()
+    return runs
 
 
 def _search_tables(out: str) -> dict[str, str]:
